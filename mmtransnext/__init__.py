@@ -1,0 +1,9 @@
+"""mmtransnext: the TransNeXt backbone (CVPR 2024) for MMDetection 3 and MMSegmentation 1."""
+from .checkpoint import install_mmengine_loader
+from .version import __version__
+
+install_mmengine_loader()
+
+from .models import ARCH_SETTINGS, TransNeXt  # noqa: E402
+
+__all__ = ['ARCH_SETTINGS', 'TransNeXt', '__version__']

@@ -1,0 +1,3 @@
+from .backbones import ARCH_SETTINGS, TransNeXt
+
+__all__ = ['ARCH_SETTINGS', 'TransNeXt']

@@ -1,0 +1,6 @@
+from ...registry import register_backbone
+from .transnext import ARCH_SETTINGS, TransNeXt
+
+register_backbone(TransNeXt)
+
+__all__ = ['ARCH_SETTINGS', 'TransNeXt']

@@ -1,0 +1,370 @@
+"""TransNeXt backbone for MMDetection / MMSegmentation.
+
+Paper: "TransNeXt: Robust Foveal Visual Perception for Vision Transformers", Dai Shi, CVPR 2024
+(arXiv 2311.17132). Module and parameter names follow the official checkpoints, so they load
+unchanged (see :mod:`mmtransnext.checkpoint`).
+"""
+import copy
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.utils.checkpoint as cp
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from torch import Tensor, nn
+
+from ...ops.sliding_window import window_lengths, window_padding_mask
+from ..layers.attention import AggregatedAttention, FullAttention, StageGeometry
+from ..layers.conv_glu import ConvGLU
+from ..layers.position_bias import DEFAULT_CACHE_ENTRIES, PositionTableCache
+
+Size2d = Tuple[int, int]
+
+#: Official variants. ``window_size`` None marks a full-attention stage (``sr_ratio`` 1).
+ARCH_SETTINGS: Dict[str, dict] = {
+    'micro': dict(embed_dims=[48, 96, 192, 384], num_heads=[2, 4, 8, 16], depths=[2, 2, 15, 2]),
+    'tiny': dict(embed_dims=[72, 144, 288, 576], num_heads=[3, 6, 12, 24], depths=[2, 2, 15, 2]),
+    'small': dict(embed_dims=[72, 144, 288, 576], num_heads=[3, 6, 12, 24], depths=[5, 5, 22, 5]),
+    'base': dict(embed_dims=[96, 192, 384, 768], num_heads=[4, 8, 16, 32], depths=[5, 5, 23, 5]),
+    'micro_aaaa': dict(embed_dims=[48, 96, 192, 384], num_heads=[2, 4, 8, 16],
+                       depths=[2, 2, 15, 2], sr_ratios=[16, 8, 4, 2], window_size=[3, 3, 3, 3]),
+}
+_ARCH_DEFAULTS = dict(sr_ratios=[8, 4, 2, 1], window_size=[3, 3, 3, None], mlp_ratios=[8, 8, 4, 4])
+_STAGE_KEYS = ('embed_dims', 'num_heads', 'depths', 'sr_ratios', 'window_size', 'mlp_ratios')
+
+
+def _pair(value: Union[int, Sequence[int]], name: str) -> Size2d:
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    raise ValueError(f'{name} must be an int or a pair of ints, got {value!r}')
+
+
+def resolve_arch(arch: Union[str, dict], **overrides) -> dict:
+    """Per-stage settings of ``arch`` (a preset name or a dict) with non-None ``overrides``."""
+    if isinstance(arch, str):
+        if arch not in ARCH_SETTINGS:
+            raise ValueError(f'unknown TransNeXt arch {arch!r}; choose one of '
+                             f'{sorted(ARCH_SETTINGS)} or pass a dict of {list(_STAGE_KEYS)}')
+        settings = dict(_ARCH_DEFAULTS, **ARCH_SETTINGS[arch])
+    elif isinstance(arch, dict):
+        unknown = set(arch) - set(_STAGE_KEYS)
+        if unknown:
+            raise ValueError(f'unknown key(s) {sorted(unknown)} in TransNeXt arch dict; '
+                             f'allowed: {list(_STAGE_KEYS)}')
+        missing = {'embed_dims', 'num_heads', 'depths'} - set(arch)
+        if missing:
+            raise ValueError(f'TransNeXt arch dict lacks {sorted(missing)}')
+        settings = dict(_ARCH_DEFAULTS, **arch)
+    else:
+        raise ValueError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings = {k: list(v) for k, v in settings.items()}
+    num_stages = len(settings['depths'])
+    for key in _STAGE_KEYS:
+        if len(settings[key]) != num_stages:
+            raise ValueError(f'{key} has {len(settings[key])} entries but depths has '
+                             f'{num_stages}; give one value per stage')
+    for i in range(num_stages):
+        dim, heads = settings['embed_dims'][i], settings['num_heads'][i]
+        sr, window = settings['sr_ratios'][i], settings['window_size'][i]
+        if dim % heads:
+            raise ValueError(f'stage {i + 1}: embed_dims {dim} not divisible by num_heads {heads}')
+        if sr < 1:
+            raise ValueError(f'stage {i + 1}: sr_ratio must be >= 1, got {sr}')
+        if sr == 1 and window is not None:
+            raise ValueError(f'stage {i + 1}: sr_ratio 1 means full attention, so window_size '
+                             f'must be None (got {window})')
+        if sr > 1 and (window is None or window < 1 or window % 2 == 0):
+            raise ValueError(f'stage {i + 1}: aggregated attention needs a positive odd '
+                             f'window_size, got {window}')
+    return settings
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Overlapping strided conv + LayerNorm: ``(B, C, H, W) -> (B, H'*W', C')``."""
+
+    def __init__(self, in_channels: int, embed_dim: int, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size, stride, kernel_size // 2)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Size2d]:
+        x = self.proj(x)
+        size = (x.shape[2], x.shape[3])
+        return self.norm(x.flatten(2).transpose(1, 2)), size
+
+
+class TransNeXtBlock(nn.Module):
+    """Pre-norm block: token mixer (aggregated or full attention), then ConvGLU, with drop path.
+
+    Args:
+        dim, num_heads, window_size, sr_ratio: as in :class:`AggregatedAttention`; ``sr_ratio``
+            1 selects :class:`FullAttention`.
+        mlp_ratio: ConvGLU nominal hidden width over ``dim``.
+        drop, attn_drop, drop_path: dropout rates and stochastic depth.
+        with_cp: recompute the block in backward (activation checkpointing).
+        attn_impl: sliding-window backend of aggregated attention ('auto', 'ext', 'torch').
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: Optional[int], sr_ratio: int,
+                 mlp_ratio: float, qkv_bias: bool = True, drop: float = 0., attn_drop: float = 0.,
+                 drop_path: float = 0., with_cp: bool = False, attn_impl: str = 'auto') -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        if sr_ratio == 1:
+            self.attn = FullAttention(dim, num_heads, qkv_bias, attn_drop, drop)
+        else:
+            self.attn = AggregatedAttention(dim, num_heads, window_size, sr_ratio, qkv_bias,
+                                            attn_drop, drop, attn_impl)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = ConvGLU(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.with_cp = with_cp
+
+    def _forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), geometry))
+        return x + self.drop_path(self.mlp(self.norm2(x), geometry.size))
+
+    def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
+        if self.with_cp and x.requires_grad and torch.is_grad_enabled():
+            return cp.checkpoint(self._forward, x, geometry, use_reentrant=False)
+        return self._forward(x, geometry)
+
+
+class TransNeXt(BaseModule):
+    """TransNeXt backbone returning multi-scale NCHW features at strides 4, 8, 16, 32.
+
+    Args:
+        arch: 'micro', 'tiny', 'small', 'base', 'micro_aaaa', or a dict with ``embed_dims``,
+            ``num_heads``, ``depths`` and optionally ``sr_ratios``, ``window_size``,
+            ``mlp_ratios`` (one value per stage).
+        in_channels: input image channels.
+        img_size: training image size (int or (h, w)); in interpolation mode the position bias
+            is built for it and resized to the actual feature size.
+        pretrain_size: image size of pretraining (224 for all released weights); scales the
+            relative coordinates. Defaults to ``img_size``.
+        is_extrapolation: build the position bias for the actual feature size at every forward
+            instead of resizing the one built for ``img_size``.
+        embed_dims, num_heads, depths, sr_ratios, window_size, mlp_ratios: per-stage overrides of
+            ``arch`` (names as in the official code).
+        qkv_bias: bias in the query/key/value projections.
+        out_indices: stages (0-based) whose outputs are returned.
+        frozen_stages: -1 trains everything, 0 freezes the stem (first patch embed), k >= 1
+            freezes the patch embeds, blocks and norms of stages 1..k.
+        drop_rate, attn_drop_rate, drop_path_rate: dropout, attention dropout, stochastic depth
+            (linearly increasing over blocks up to ``drop_path_rate``).
+        with_cp: activation checkpointing in every block.
+        attn_impl: backend of the sliding-window part of aggregated attention: 'auto' (compiled
+            op when available for the input's device, else PyTorch), 'ext' or 'torch'.
+        position_cache_size: entries of the LRU cache of position tables.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads an official ImageNet or
+            mmdet/mmseg checkpoint (see :func:`mmtransnext.checkpoint.load_pretrained`).
+    """
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'tiny',
+                 in_channels: int = 3,
+                 img_size: Union[int, Sequence[int]] = 224,
+                 pretrain_size: Optional[Union[int, Sequence[int]]] = None,
+                 is_extrapolation: bool = False,
+                 embed_dims: Optional[Sequence[int]] = None,
+                 num_heads: Optional[Sequence[int]] = None,
+                 depths: Optional[Sequence[int]] = None,
+                 sr_ratios: Optional[Sequence[int]] = None,
+                 window_size: Optional[Sequence[Optional[int]]] = None,
+                 mlp_ratios: Optional[Sequence[float]] = None,
+                 qkv_bias: bool = True,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.,
+                 with_cp: bool = False,
+                 attn_impl: str = 'auto',
+                 position_cache_size: int = DEFAULT_CACHE_ENTRIES,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+        super().__init__(init_cfg=copy.deepcopy(init_cfg))
+        settings = resolve_arch(arch, embed_dims=embed_dims, num_heads=num_heads, depths=depths,
+                                sr_ratios=sr_ratios, window_size=window_size,
+                                mlp_ratios=mlp_ratios)
+        self.arch_settings = settings
+        self.embed_dims: List[int] = settings['embed_dims']
+        self.num_heads: List[int] = settings['num_heads']
+        self.depths: List[int] = settings['depths']
+        self.sr_ratios: List[int] = settings['sr_ratios']
+        self.window_size: List[Optional[int]] = settings['window_size']
+        self.num_stages = len(self.depths)
+        self.in_channels = in_channels
+
+        self.out_indices = tuple(out_indices)
+        if not self.out_indices or any(not 0 <= i < self.num_stages for i in self.out_indices):
+            raise ValueError(f'out_indices {out_indices} must be non-empty stage indices in '
+                             f'[0, {self.num_stages - 1}]')
+        if not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'frozen_stages must be in [-1, {self.num_stages}], '
+                             f'got {frozen_stages}')
+        self.frozen_stages = frozen_stages
+        self.is_extrapolation = bool(is_extrapolation)
+        self.img_size = _pair(img_size, 'img_size')
+        self.pretrain_size = _pair(pretrain_size if pretrain_size is not None else img_size,
+                                   'pretrain_size')
+        self._check_sizes()
+        self.position_tables = PositionTableCache(position_cache_size)
+
+        dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        cur = 0
+        for i in range(self.num_stages):
+            first = i == 0
+            patch_embed = OverlapPatchEmbed(in_channels if first else self.embed_dims[i - 1],
+                                            self.embed_dims[i], 7 if first else 3,
+                                            4 if first else 2)
+            blocks = nn.ModuleList([
+                TransNeXtBlock(self.embed_dims[i], self.num_heads[i], self.window_size[i],
+                               self.sr_ratios[i], settings['mlp_ratios'][i], qkv_bias, drop_rate,
+                               attn_drop_rate, dpr[cur + j], with_cp, attn_impl)
+                for j in range(self.depths[i])
+            ])
+            cur += self.depths[i]
+            setattr(self, f'patch_embed{i + 1}', patch_embed)
+            setattr(self, f'block{i + 1}', blocks)
+            setattr(self, f'norm{i + 1}', nn.LayerNorm(self.embed_dims[i], eps=1e-6))
+
+        self.feature_info = [
+            dict(num_chs=self.embed_dims[i], reduction=2 ** (i + 2), module=f'norm{i + 1}')
+            for i in range(self.num_stages)
+        ]
+        self.apply(self._init_module)
+        self._freeze_stages()
+
+    # ----------------------------------------------------------------------------- set-up
+    def _check_sizes(self) -> None:
+        for i in range(self.num_stages):
+            stride = 2 ** (i + 2)
+            pretrain = [s // stride for s in self.pretrain_size]
+            if min(pretrain) < 2:
+                raise ValueError(f'pretrain_size {self.pretrain_size} is too small: stage {i + 1} '
+                                 f'(stride {stride}) needs at least a 2x2 grid, i.e. '
+                                 f'pretrain_size >= {2 * stride}')
+            if not self.is_extrapolation:
+                pooled = [s // (stride * self.sr_ratios[i]) for s in self.img_size]
+                if min(pooled) < 1:
+                    raise ValueError(
+                        f'img_size {self.img_size} is too small for interpolation mode: stage '
+                        f'{i + 1} pools by {stride * self.sr_ratios[i]}, so img_size must be '
+                        f'>= {stride * self.sr_ratios[i]} (or use is_extrapolation=True)')
+
+    @staticmethod
+    def _init_module(m: nn.Module) -> None:
+        """Weight initialisation of the official release."""
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def init_weights(self) -> None:
+        """Load ``init_cfg`` Pretrained weights (reporting every key) or keep the official init."""
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            from ...checkpoint import load_pretrained
+            unknown = set(self.init_cfg) - {'type', 'checkpoint', 'prefix', 'map_location',
+                                            'strict'}
+            if unknown:
+                raise ValueError(f'unknown key(s) {sorted(unknown)} in TransNeXt init_cfg')
+            if not self.init_cfg.get('checkpoint'):
+                raise ValueError("init_cfg type 'Pretrained' needs a 'checkpoint' path")
+            load_pretrained(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'),
+                            map_location=self.init_cfg.get('map_location', 'cpu'),
+                            strict=self.init_cfg.get('strict', True))
+            self._is_init = True
+        elif self.init_cfg is not None:
+            super().init_weights()
+        else:
+            self._is_init = True
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        modules: List[nn.Module] = [self.patch_embed1]
+        for i in range(1, self.frozen_stages + 1):
+            modules += [getattr(self, f'block{i}'), getattr(self, f'norm{i}')]
+            if i > 1:
+                modules.append(getattr(self, f'patch_embed{i}'))
+        return modules
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'TransNeXt':
+        """Set train mode, keeping frozen stages in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    # ----------------------------------------------------------------------------- forward
+    def stage_geometry(self, stage: int, size: Size2d, device: torch.device) -> StageGeometry:
+        """Sizes, length scale, window mask and position table of ``stage`` for an ``size`` map."""
+        sr = self.sr_ratios[stage]
+        stride = 2 ** (stage + 2)
+        pool_size = (max(1, size[0] // sr), max(1, size[1] // sr))
+        pretrain = (self.pretrain_size[0] // stride, self.pretrain_size[1] // stride)
+        if self.is_extrapolation:
+            table = self.position_tables.table(size, pool_size, pretrain, device)
+        else:
+            trained = (self.img_size[0] // stride, self.img_size[1] // stride)
+            trained_pool = (trained[0] // sr, trained[1] // sr)
+            table = self.position_tables.table(trained, trained_pool, pretrain, device)
+        num_pool = pool_size[0] * pool_size[1]
+        window = self.window_size[stage]
+        if window is None:
+            scale = torch.log(torch.tensor(float(num_pool), device=device))
+            mask = None
+        else:
+            scale = torch.log(window_lengths(size, window, device) + num_pool)
+            mask = window_padding_mask(size, window, device)
+        return StageGeometry(size, pool_size, scale, table, not self.is_extrapolation, mask)
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise ValueError(f'TransNeXt expects a tensor, got {type(x).__name__}')
+        if x.dim() != 4:
+            raise ValueError(f'TransNeXt expects a 4-D (N, C, H, W) image batch, got a '
+                             f'{x.dim()}-D tensor of shape {tuple(x.shape)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f'TransNeXt was built for {self.in_channels} input channels but the '
+                             f'input has {x.shape[1]} (shape {tuple(x.shape)})')
+        if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f'TransNeXt got an empty input of shape {tuple(x.shape)}')
+        if not x.is_floating_point():
+            raise ValueError(f'TransNeXt expects a floating-point input, got {x.dtype}')
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """``(B, in_channels, H, W)`` -> one ``(B, C_i, ceil(H / 2**(i+2)), ...)`` map per
+        stage in ``out_indices``."""
+        self._check_input(x)
+        batch = x.shape[0]
+        outs = []
+        for i in range(self.num_stages):
+            x, size = getattr(self, f'patch_embed{i + 1}')(x)
+            geometry = self.stage_geometry(i, size, x.device)
+            for block in getattr(self, f'block{i + 1}'):
+                x = block(x, geometry)
+            x = getattr(self, f'norm{i + 1}')(x)
+            x = x.reshape(batch, size[0], size[1], -1).permute(0, 3, 1, 2).contiguous()
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)

@@ -1,0 +1,6 @@
+from .attention import AggregatedAttention, FullAttention, StageGeometry
+from .conv_glu import ConvGLU
+from .position_bias import PositionTable, PositionTableCache, build_position_table
+
+__all__ = ['AggregatedAttention', 'FullAttention', 'StageGeometry', 'ConvGLU', 'PositionTable',
+           'PositionTableCache', 'build_position_table']

@@ -1,0 +1,195 @@
+"""TransNeXt token mixers: Aggregated Attention (stages with pooling) and full attention.
+
+Both use length-scaled cosine attention: L2-normalised queries plus a learned query embedding,
+times ``softplus(temperature) * log(number of keys)``, against L2-normalised keys, plus a
+continuous relative position bias (CPB) from a 2-layer MLP over log-spaced offsets.
+
+Aggregated Attention lets each query attend, under one softmax, to
+
+- its ``window x window`` neighbours (fine, "foveal" keys) with a local position bias and
+  out-of-map positions masked, and
+- ``(H/sr) x (W/sr)`` pooled keys (coarse, "peripheral": 1x1 conv, GELU, adaptive average pool,
+  LayerNorm) with the CPB;
+
+and adds, on the local path only, query-dependent weights from learnable tokens (``q . tokens +
+bias``). Parameter names follow the official checkpoints.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from mmengine.model.weight_init import trunc_normal_
+
+from ...ops.dispatch import check_impl, window_av, window_qk
+from .position_bias import PositionTable, continuous_position_bias, resize_bias
+
+Size2d = Tuple[int, int]
+
+
+@dataclass
+class StageGeometry:
+    """Everything about a stage's feature size that its blocks share (computed once per forward).
+
+    Attributes:
+        size: ``(H, W)`` of the feature map.
+        pool_size: ``(H', W')`` of the pooled keys (equal to ``size`` for full attention).
+        seq_length_scale: ``log`` of the number of keys each query sees, ``(H*W, 1)`` or scalar.
+        table: position table the CPB MLP runs over.
+        resize: True in interpolation mode: the bias built on ``table``'s grids is resized
+            bilinearly to ``size`` / ``pool_size``.
+        padding_mask: ``(H*W, window**2)`` mask of out-of-map window positions, or None.
+    """
+    size: Size2d
+    pool_size: Size2d
+    seq_length_scale: Tensor
+    table: PositionTable
+    resize: bool
+    padding_mask: Optional[Tensor] = None
+
+
+def _init_temperature(num_heads: int) -> nn.Parameter:
+    # softplus(temperature) starts at 1 / 0.24.
+    return nn.Parameter(torch.log(torch.expm1(torch.full((num_heads, 1, 1), 1 / 0.24))))
+
+
+def _init_param(*shape: int, std: float) -> nn.Parameter:
+    param = nn.Parameter(torch.empty(*shape))
+    trunc_normal_(param, std=std)
+    return param
+
+
+class _CosineAttentionBase(nn.Module):
+    """Parameters and position bias shared by both attention kinds."""
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.temperature = _init_temperature(num_heads)
+        self.query_embedding = _init_param(num_heads, 1, self.head_dim, std=0.02)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.cpb_fc1 = nn.Linear(2, 512, bias=True)
+        self.cpb_act = nn.ReLU(inplace=True)
+        self.cpb_fc2 = nn.Linear(512, num_heads, bias=True)
+
+    def position_bias(self, geometry: StageGeometry) -> Tensor:
+        """``(heads, H*W, H'*W')`` continuous relative position bias for this stage's sizes."""
+        bias = continuous_position_bias(self.cpb_fc1, self.cpb_act, self.cpb_fc2, geometry.table)
+        if geometry.resize:
+            table = geometry.table
+            bias = resize_bias(bias, table.query_size, table.key_size, geometry.size,
+                               geometry.pool_size)
+        return bias
+
+    def scale_queries(self, q_norm: Tensor, geometry: StageGeometry) -> Tensor:
+        """Add the query embedding and apply the length-scaled temperature."""
+        return (q_norm + self.query_embedding) * F.softplus(self.temperature) * \
+            geometry.seq_length_scale
+
+    def project(self, x: Tensor) -> Tensor:
+        """``(B, heads, N, d)`` -> ``(B, N, C)`` followed by the output projection."""
+        batch, _, length, _ = x.shape
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, length, self.dim)))
+
+
+class AggregatedAttention(_CosineAttentionBase):
+    """Pixel-focused aggregated attention: sliding-window keys + pooled keys, one softmax.
+
+    Args:
+        dim: channels.
+        num_heads: attention heads.
+        window_size: odd side of the sliding window.
+        sr_ratio: spatial reduction of the pooled keys (pool to ``H // sr_ratio``).
+        qkv_bias: bias in the query and key/value projections.
+        attn_drop: dropout on attention weights.
+        proj_drop: dropout after the output projection.
+        attn_impl: sliding-window backend, 'auto', 'ext' (compiled) or 'torch'.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int = 3, sr_ratio: int = 8,
+                 qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.,
+                 attn_impl: str = 'auto') -> None:
+        super().__init__(dim, num_heads, attn_drop, proj_drop)
+        self.attn_impl = check_impl(attn_impl)
+        if window_size < 1 or window_size % 2 == 0:
+            raise ValueError(f'window_size must be a positive odd number, got {window_size}')
+        self.window_size = window_size
+        self.local_len = window_size ** 2
+        self.sr_ratio = sr_ratio
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.sr = nn.Conv2d(dim, dim, kernel_size=1)
+        self.norm = nn.LayerNorm(dim)
+        self.act = nn.GELU()
+        self.relative_pos_bias_local = _init_param(num_heads, self.local_len, std=0.0004)
+        self.learnable_tokens = _init_param(num_heads, self.head_dim, self.local_len, std=0.02)
+        self.learnable_bias = nn.Parameter(torch.zeros(num_heads, 1, self.local_len))
+
+    def pooled_kv(self, x: Tensor, size: Size2d, pool_size: Size2d) -> Tuple[Tensor, Tensor]:
+        """Pooled keys (L2-normalised) and values, each ``(B, heads, H'*W', d)``."""
+        batch, _, channels = x.shape
+        grid = x.transpose(1, 2).reshape(batch, channels, *size)
+        pooled = F.adaptive_avg_pool2d(self.act(self.sr(grid)), pool_size)
+        pooled = self.norm(pooled.flatten(2).transpose(1, 2))
+        k, v = self.kv(pooled).view(batch, -1, 2, self.num_heads, self.head_dim).permute(
+            2, 0, 3, 1, 4)
+        return F.normalize(k, dim=-1), v
+
+    def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
+        """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``."""
+        batch, length, _ = x.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        q_norm = F.normalize(self.q(x).view(batch, length, heads, head_dim).transpose(1, 2),
+                             dim=-1)
+        q_scaled = self.scale_queries(q_norm, geometry)
+        k_local, v_local = self.kv(x).view(batch, length, 2, heads, head_dim).permute(
+            2, 0, 3, 1, 4)
+        k_local = F.normalize(k_local, dim=-1)
+
+        attn_local = window_qk(q_scaled, k_local, self.relative_pos_bias_local, geometry.size,
+                               self.window_size, geometry.padding_mask, self.attn_impl)
+        k_pool, v_pool = self.pooled_kv(x, geometry.size, geometry.pool_size)
+        attn_pool = q_scaled @ k_pool.transpose(-2, -1) + self.position_bias(geometry)
+
+        attn = torch.cat([attn_local, attn_pool], dim=-1).softmax(dim=-1)
+        attn = self.attn_drop(attn)
+        attn_local, attn_pool = attn.split([self.local_len, attn_pool.shape[-1]], dim=-1)
+
+        local_weights = q_norm @ self.learnable_tokens + self.learnable_bias + attn_local
+        out = window_av(local_weights, v_local, geometry.size, self.window_size, self.attn_impl)
+        out = out + attn_pool @ v_pool
+        return self.project(out)
+
+
+class FullAttention(_CosineAttentionBase):
+    """Global length-scaled cosine attention with CPB, used by stages with ``sr_ratio == 1``.
+
+    Args:
+        dim: channels.
+        num_heads: attention heads.
+        qkv_bias: bias in the fused query/key/value projection.
+        attn_drop: dropout on attention weights.
+        proj_drop: dropout after the output projection.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.,
+                 proj_drop: float = 0.) -> None:
+        super().__init__(dim, num_heads, attn_drop, proj_drop)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+
+    def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
+        """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``."""
+        batch, length, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(
+            2, 0, 3, 1, 4)
+        q_scaled = self.scale_queries(F.normalize(q, dim=-1), geometry)
+        attn = q_scaled @ F.normalize(k, dim=-1).transpose(-2, -1) + self.position_bias(geometry)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        return self.project(attn @ v)

@@ -1,0 +1,157 @@
+"""Relative position tables for TransNeXt's continuous position bias (CPB).
+
+The official release builds, for each stage, a table of every (query, pooled key) offset and
+runs ``torch.unique`` over all ``N x P`` rows, which at detection sizes costs gigabytes. The
+offsets are separable: the row offset depends only on (query row, key row) and the column offset
+only on (query column, key column). So the unique 2-D coordinates are the cartesian product of the
+unique 1-D offsets, in the same sorted order ``torch.unique(dim=0)`` returns, and the bias of a
+(query, key) pair is found with two small per-axis index maps. Same numbers, kilobytes instead of
+gigabytes.
+
+Tables depend only on sizes, never on weights, so :class:`PositionTableCache` keeps them in a
+bounded LRU keyed by (query size, key size, pretrain size, device).
+"""
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Hashable, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Size2d = Tuple[int, int]
+
+#: Default bound of a backbone's table cache. An entry holds four small tensors (a few KB even at
+#: 1333x800), so 1024 entries cover hundreds of multi-scale training sizes in a few MB.
+DEFAULT_CACHE_ENTRIES = 1024
+
+
+def _axis_offsets(query_len: int, key_len: int, pretrain_len: int,
+                  device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Unique scaled offsets along one axis and, per (query, key) pair, the index of its offset.
+
+    Key positions are the centres of the adaptive-average-pooling bins over the query positions,
+    offsets are scaled so that the pretraining grid spans [-8, 8].
+    """
+    axis_q = torch.arange(query_len, dtype=torch.float32, device=device)
+    axis_k = F.adaptive_avg_pool1d(axis_q.unsqueeze(0), key_len).squeeze(0)
+    offsets = (axis_q[:, None] - axis_k[None, :]) / (pretrain_len - 1) * 8
+    values, index = torch.unique(offsets.reshape(-1), sorted=True, return_inverse=True)
+    return values, index.view(query_len, key_len)
+
+
+def _log_spaced(t: Tensor) -> Tensor:
+    """Signed log2 spacing of the coordinates, normalised by log2(8), as in Swin-V2's CPB."""
+    return torch.sign(t) * torch.log2(t.abs() + 1.0) / math.log2(8)
+
+
+@dataclass(frozen=True)
+class PositionTable:
+    """Coordinates fed to the CPB MLP and the maps from (query, key) pairs to table rows.
+
+    Attributes:
+        values_h, values_w: sorted unique offsets per axis (before log spacing).
+        index_h: ``(query_h, key_h)`` row of each offset pair in ``values_h``.
+        index_w: ``(query_w, key_w)`` likewise for columns.
+        query_size, key_size: the grid sizes the table was built for.
+    """
+    values_h: Tensor
+    values_w: Tensor
+    index_h: Tensor
+    index_w: Tensor
+    query_size: Size2d
+    key_size: Size2d
+
+    def coords(self) -> Tensor:
+        """``(T, 2)`` log-spaced coordinates, rows in the order ``torch.unique(dim=0)`` gives."""
+        grid_h, grid_w = torch.meshgrid(self.values_h, self.values_w, indexing='ij')
+        return _log_spaced(torch.stack([grid_h, grid_w], dim=-1).view(-1, 2))
+
+    def gather(self, table_values: Tensor) -> Tensor:
+        """Expand ``(T, heads)`` per-coordinate values to a ``(heads, Nq, Nk)`` bias."""
+        heads = table_values.shape[-1]
+        grid = table_values.t().reshape(heads, self.values_h.numel(), self.values_w.numel())
+        bias = grid[:, self.index_h[:, None, :, None], self.index_w[None, :, None, :]]
+        (qh, qw), (kh, kw) = self.query_size, self.key_size
+        return bias.reshape(heads, qh * qw, kh * kw)
+
+
+def build_position_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
+                         device: torch.device) -> PositionTable:
+    """Build the relative position table for ``query_size`` queries and ``key_size`` pooled keys."""
+    if min(pretrain_size) < 2:
+        raise ValueError(f'pretrain grid {pretrain_size} must be at least 2x2 '
+                         '(pretrain_size is too small for this stage)')
+    values_h, index_h = _axis_offsets(query_size[0], key_size[0], pretrain_size[0], device)
+    values_w, index_w = _axis_offsets(query_size[1], key_size[1], pretrain_size[1], device)
+    return PositionTable(values_h, values_w, index_h, index_w, tuple(query_size), tuple(key_size))
+
+
+def continuous_position_bias(fc1: nn.Linear, act: nn.Module, fc2: nn.Linear,
+                             table: PositionTable) -> Tensor:
+    """Run the 2-layer CPB MLP over ``table`` and return the ``(heads, Nq, Nk)`` bias."""
+    coords = table.coords().to(fc1.weight.dtype)
+    return table.gather(fc2(act(fc1(coords))))
+
+
+def resize_bias(bias: Tensor, table_query: Size2d, table_key: Size2d, query_size: Size2d,
+                key_size: Size2d) -> Tensor:
+    """Bilinearly resize a ``(heads, Nq', Nk')`` bias built for the training grid to new grids.
+
+    Keys are resized first, then queries, both with ``align_corners=False``; this is the
+    interpolation mode of the official release (resizing to the same size is exact).
+    """
+    heads = bias.shape[0]
+    nq_t = table_query[0] * table_query[1]
+    nk = key_size[0] * key_size[1]
+    nq = query_size[0] * query_size[1]
+    bias = bias.reshape(heads, nq_t, *table_key)
+    bias = F.interpolate(bias, key_size, mode='bilinear', align_corners=False)
+    bias = bias.reshape(heads, nq_t, nk).transpose(-1, -2).reshape(heads, nk, *table_query)
+    bias = F.interpolate(bias, query_size, mode='bilinear', align_corners=False)
+    return bias.reshape(heads, nk, nq).transpose(-1, -2)
+
+
+class PositionTableCache:
+    """Bounded LRU cache of size-dependent, weight-independent tensors.
+
+    Args:
+        max_entries: the most entries kept; the least recently used is dropped beyond it.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError(f'max_entries must be >= 1, got {max_entries}')
+        self.max_entries = max_entries
+        self._entries: 'OrderedDict[Hashable, object]' = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable, factory: Callable[[], object]) -> object:
+        """Return the entry for ``key``, building it with ``factory()`` on a miss."""
+        if key in self._entries:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        self.misses += 1
+        value = factory()
+        self._entries[key] = value
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return value
+
+    def table(self, query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
+              device: torch.device) -> PositionTable:
+        """The cached :class:`PositionTable` for these sizes on ``device``."""
+        key = ('table', tuple(query_size), tuple(key_size), tuple(pretrain_size), str(device))
+        return self.get(key, lambda: build_position_table(query_size, key_size, pretrain_size,
+                                                          device))
+
+    def clear(self) -> None:
+        """Drop every entry and reset the hit/miss counters."""
+        self._entries.clear()
+        self.hits = self.misses = 0

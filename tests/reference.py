@@ -1,0 +1,141 @@
+"""Test oracle: TransNeXt attention written directly from the paper's equations.
+
+Deliberately naive and independent of the package's implementation: the window is visited one
+offset at a time on a zero-padded map, the position-bias coordinates are built for every
+(query, key) pair and made unique in 2-D, and the pooled and local logits share one softmax over
+their concatenation. Only the learned parameters are taken from the module under test.
+"""
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+Size2d = Tuple[int, int]
+
+
+def brute_force_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d):
+    """All (query, key) offsets, made unique row-wise; returns (index (Nq, Nk), coords (T, 2))."""
+    qh, qw = query_size
+    kh, kw = key_size
+    ys = torch.arange(qh, dtype=torch.float32)
+    xs = torch.arange(qw, dtype=torch.float32)
+    key_ys = F.adaptive_avg_pool1d(ys[None], kh)[0]
+    key_xs = F.adaptive_avg_pool1d(xs[None], kw)[0]
+    q = torch.stack(torch.meshgrid(ys, xs, indexing='ij'), -1).reshape(-1, 2)
+    k = torch.stack(torch.meshgrid(key_ys, key_xs, indexing='ij'), -1).reshape(-1, 2)
+    rel = q[:, None, :] - k[None, :, :]
+    rel[..., 0] = rel[..., 0] / (pretrain_size[0] - 1) * 8
+    rel[..., 1] = rel[..., 1] / (pretrain_size[1] - 1) * 8
+    coords, index = torch.unique(rel.reshape(-1, 2), dim=0, return_inverse=True)
+    coords = torch.sign(coords) * torch.log2(coords.abs() + 1.0) / math.log2(8)
+    return index.view(qh * qw, kh * kw), coords
+
+
+def reference_bias(attn, query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
+                   trained: Tuple[Size2d, Size2d] = None) -> torch.Tensor:
+    """CPB bias ``(heads, Nq, Nk)``; with ``trained`` = (query grid, key grid) it is built there
+    and resized bilinearly (keys first, then queries)."""
+    build_q, build_k = trained if trained else (query_size, key_size)
+    index, coords = brute_force_table(build_q, build_k, pretrain_size)
+    values = attn.cpb_fc2(torch.relu(attn.cpb_fc1(coords)))  # (T, heads)
+    bias = values.t()[:, index]  # (heads, Nq', Nk')
+    if trained:
+        heads = bias.shape[0]
+        bias = bias.reshape(heads, -1, *build_k)
+        bias = F.interpolate(bias, key_size, mode='bilinear', align_corners=False)
+        bias = bias.flatten(2).transpose(1, 2).reshape(heads, -1, *build_q)
+        bias = F.interpolate(bias, query_size, mode='bilinear', align_corners=False)
+        bias = bias.flatten(2).transpose(1, 2)
+    return bias
+
+
+def _unit(t):
+    return t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def reference_aggregated_attention(attn, x, size: Size2d, pool_size: Size2d, bias):
+    """Aggregated attention of module ``attn`` on tokens ``x`` (B, H*W, C)."""
+    B, N, C = x.shape
+    H, W = size
+    h, d, w = attn.num_heads, attn.head_dim, attn.window_size
+    r = w // 2
+    q = attn.q(x).view(B, H, W, h, d).permute(0, 3, 1, 2, 4)       # B h H W d
+    k, v = attn.kv(x).view(B, H, W, 2, h, d).permute(3, 0, 4, 1, 2, 5)
+    q_unit, k_unit = _unit(q), _unit(k)
+
+    grid = x.transpose(1, 2).reshape(B, C, H, W)
+    pooled = F.adaptive_avg_pool2d(F.gelu(attn.sr(grid)), pool_size).flatten(2).transpose(1, 2)
+    pooled = F.layer_norm(pooled, (C,), attn.norm.weight, attn.norm.bias, attn.norm.eps)
+    k_pool, v_pool = attn.kv(pooled).view(B, -1, 2, h, d).permute(2, 0, 3, 1, 4)
+    k_pool = _unit(k_pool)
+    num_pool = k_pool.shape[2]
+
+    k_pad = F.pad(k_unit, (0, 0, r, r, r, r))
+    v_pad = F.pad(v, (0, 0, r, r, r, r))
+    ones = F.pad(torch.ones(H, W), (r, r, r, r))
+    shifted_k, shifted_v, valid = [], [], []
+    for dy in range(w):
+        for dx in range(w):
+            shifted_k.append(k_pad[:, :, dy:dy + H, dx:dx + W])
+            shifted_v.append(v_pad[:, :, dy:dy + H, dx:dx + W])
+            valid.append(ones[dy:dy + H, dx:dx + W] > 0)
+    valid = torch.stack(valid, -1)                                  # H W L
+    length = valid.sum(-1, keepdim=True).float() + num_pool          # H W 1
+    temperature = F.softplus(attn.temperature).view(1, h, 1, 1, 1)
+    qs = (q_unit + attn.query_embedding.view(1, h, 1, 1, d)) * temperature * torch.log(length)
+
+    local = torch.stack([(qs * ks).sum(-1) for ks in shifted_k], -1)  # B h H W L
+    local = local + attn.relative_pos_bias_local.view(1, h, 1, 1, -1)
+    local = local.masked_fill(~valid, float('-inf'))
+    pool = torch.einsum('bhyxd,bhkd->bhyxk', qs, k_pool) + bias.view(1, h, H, W, -1)
+    probs = torch.cat([local, pool], -1).softmax(-1)
+    p_local, p_pool = probs[..., :w * w], probs[..., w * w:]
+    learned = torch.einsum('bhyxd,hdl->bhyxl', q_unit, attn.learnable_tokens)
+    p_local = p_local + learned + attn.learnable_bias.view(1, h, 1, 1, -1)
+    out = sum(p_local[..., i:i + 1] * vs for i, vs in enumerate(shifted_v))
+    out = out + torch.einsum('bhyxk,bhkd->bhyxd', p_pool, v_pool)
+    return attn.proj(out.permute(0, 2, 3, 1, 4).reshape(B, N, C))
+
+
+def reference_full_attention(attn, x, bias):
+    """Full attention of module ``attn`` on tokens ``x`` (B, N, C)."""
+    B, N, C = x.shape
+    h, d = attn.num_heads, attn.head_dim
+    q, k, v = attn.qkv(x).view(B, N, 3, h, d).permute(2, 0, 3, 1, 4)
+    qs = (_unit(q) + attn.query_embedding) * F.softplus(attn.temperature) * math.log(N)
+    probs = (qs @ _unit(k).transpose(-1, -2) + bias).softmax(-1)
+    return attn.proj((probs @ v).transpose(1, 2).reshape(B, N, C))
+
+
+def reference_backbone(model, img):
+    """Forward of a TransNeXt ``model`` with every attention replaced by the references above."""
+    from mmtransnext.models.layers.attention import AggregatedAttention
+    outs = []
+    x = img
+    for i in range(model.num_stages):
+        embed = getattr(model, f'patch_embed{i + 1}')
+        x = embed.proj(x)
+        B, _, H, W = x.shape
+        x = embed.norm(x.flatten(2).transpose(1, 2))
+        stride, sr = 2 ** (i + 2), model.sr_ratios[i]
+        pool = (max(1, H // sr), max(1, W // sr))
+        pretrain = (model.pretrain_size[0] // stride, model.pretrain_size[1] // stride)
+        for blk in getattr(model, f'block{i + 1}'):
+            trained = None
+            if not model.is_extrapolation:
+                tq = (model.img_size[0] // stride, model.img_size[1] // stride)
+                trained = (tq, (tq[0] // sr, tq[1] // sr))
+            bias = reference_bias(blk.attn, (H, W), pool, pretrain, trained)
+            y = blk.norm1(x)
+            if isinstance(blk.attn, AggregatedAttention):
+                y = reference_aggregated_attention(blk.attn, y, (H, W), pool, bias)
+            else:
+                y = reference_full_attention(blk.attn, y, bias)
+            x = x + y
+            x = x + blk.mlp(blk.norm2(x), (H, W))
+        x = getattr(model, f'norm{i + 1}')(x)
+        x = x.transpose(1, 2).reshape(B, -1, H, W)
+        if i in model.out_indices:
+            outs.append(x)
+    return outs

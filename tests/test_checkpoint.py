@@ -1,0 +1,134 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint
+
+from mmtransnext.checkpoint import (CheckpointError, extract_state_dict, read_checkpoint,
+                                    trusted_checkpoints)
+from mmtransnext.models import TransNeXt
+
+ARCH = dict(arch='micro', depths=[1, 1, 1, 1])
+
+
+def _official_imagenet_file(tmp_path, model):
+    state = {k: v.clone() + 0.5 for k, v in model.state_dict().items()}
+    state['head.weight'] = torch.randn(1000, 384)
+    state['head.bias'] = torch.randn(1000)
+    path = tmp_path / 'transnext_micro_224_1k.pth'
+    torch.save({'model': state}, path)
+    return path, state
+
+
+def _pretrained(path, **extra):
+    return TransNeXt(**ARCH, init_cfg=dict(type='Pretrained', checkpoint=str(path), **extra))
+
+
+def test_imagenet_file_loads_and_head_is_ignored(tmp_path):
+    path, state = _official_imagenet_file(tmp_path, TransNeXt(**ARCH))
+    model = _pretrained(path)
+    model.init_weights()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+
+
+def test_downstream_file_with_backbone_prefix_loads(tmp_path):
+    source = TransNeXt(**ARCH)
+    state = {f'backbone.{k}': v + 1 for k, v in source.state_dict().items()}
+    state['neck.lateral_convs.0.conv.weight'] = torch.randn(4, 4)
+    path = tmp_path / 'mask_rcnn.pth'
+    torch.save({'state_dict': state, 'meta': {'epoch': 12}}, path)
+    model = _pretrained(path)
+    model.init_weights()
+    torch.testing.assert_close(model.norm4.weight, source.norm4.weight + 1)
+
+
+def test_mismatched_arch_fails_naming_the_key(tmp_path):
+    path, _ = _official_imagenet_file(tmp_path, TransNeXt('tiny', depths=[1, 1, 1, 1]))
+    with pytest.raises(CheckpointError, match='shape mismatch'):
+        _pretrained(path).init_weights()
+
+
+def test_deeper_checkpoint_fails_unless_not_strict(tmp_path):
+    path, _ = _official_imagenet_file(tmp_path, TransNeXt('micro', depths=[2, 1, 1, 1]))
+    with pytest.raises(CheckpointError, match=r'29 unexpected key'):
+        _pretrained(path).init_weights()
+    _pretrained(path, strict=False).init_weights()
+
+
+def test_unrelated_checkpoint_fails(tmp_path):
+    path = tmp_path / 'resnet.pth'
+    torch.save({'state_dict': {'conv1.weight': torch.randn(3)}}, path)
+    with pytest.raises(CheckpointError, match='no key'):
+        _pretrained(path).init_weights()
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nowhere.pth'):
+        _pretrained(tmp_path / 'nowhere.pth').init_weights()
+
+
+def test_bad_init_cfg_key():
+    with pytest.raises(ValueError, match='chekpoint'):
+        TransNeXt(**ARCH, init_cfg=dict(type='Pretrained', chekpoint='x.pth')).init_weights()
+
+
+def test_pretrained_refuses_pickled_objects(tmp_path, monkeypatch):
+    monkeypatch.delenv('MMTRANSNEXT_TRUSTED_CHECKPOINTS', raising=False)
+    path = tmp_path / 'evil.pth'
+    state = TransNeXt(**ARCH).state_dict()
+    torch.save({'model': state, 'extra': np.float64(1.0), 'obj': pickle.PicklingError}, path)
+    with pytest.raises(CheckpointError, match='MMTRANSNEXT_TRUSTED_CHECKPOINTS'):
+        _pretrained(path).init_weights()
+    monkeypatch.setenv('MMTRANSNEXT_TRUSTED_CHECKPOINTS', '1')
+    _pretrained(path).init_weights()
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / 'notes.pth'
+    path.write_text('hello')
+    with pytest.raises(CheckpointError, match='not a readable'):
+        read_checkpoint(str(path))
+
+
+def test_extract_state_dict_layouts():
+    t = torch.zeros(1)
+    assert list(extract_state_dict({'model': {'a': t}})) == ['a']
+    assert list(extract_state_dict({'state_dict': {'module.backbone.a': t, 'head.b': t}})) == ['a']
+    assert list(extract_state_dict({'a': t})) == ['a']
+    with pytest.raises(CheckpointError, match='decoder'):
+        extract_state_dict({'a': t}, prefix='decoder')
+
+
+def _runner_checkpoint(tmp_path):
+    """A checkpoint as mmengine's Runner writes it: numpy scalars, message hub, optimizer."""
+    model = torch.nn.Linear(2, 2)
+    optim = torch.optim.AdamW(model.parameters())
+    model(torch.randn(3, 2)).sum().backward()
+    optim.step()
+    from mmengine.logging import HistoryBuffer
+    hub = {'log_scalars': {'train/loss': HistoryBuffer([np.float64(0.5)], [1])}}
+    path = tmp_path / 'iter_10.pth'
+    torch.save({'meta': {'epoch': 1, 'iter': 10, 'seed': np.int64(3)},
+                'state_dict': model.state_dict(), 'optimizer': optim.state_dict(),
+                'message_hub': hub}, path)
+    return path, model
+
+
+def test_runner_checkpoint_loads_through_runner(tmp_path):
+    path, source = _runner_checkpoint(tmp_path)
+    runner = Runner(model=torch.nn.Linear(2, 2), work_dir=str(tmp_path / 'work'))
+    checkpoint = runner.load_checkpoint(str(path))
+    assert checkpoint['meta']['iter'] == 10
+    torch.testing.assert_close(runner.model.weight, source.weight)
+
+
+def test_runner_checkpoint_outside_runner_needs_trust(tmp_path, monkeypatch):
+    monkeypatch.delenv('MMTRANSNEXT_TRUSTED_CHECKPOINTS', raising=False)
+    path, _ = _runner_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match='could run code'):
+        _load_checkpoint(str(path))
+    with trusted_checkpoints():
+        assert _load_checkpoint(str(path))['meta']['iter'] == 10

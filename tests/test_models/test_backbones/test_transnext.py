@@ -1,0 +1,165 @@
+import pytest
+import torch
+
+from conftest import perturb_
+from mmtransnext.models import ARCH_SETTINGS, TransNeXt
+from reference import reference_backbone
+
+# Backbone-only parameter counts of the official implementation, measured by building the
+# official detection/segmentation TransNeXt class; shared/reference rounds them to
+# 12.42M / 27.68M / 49.16M / 88.95M.
+OFFICIAL_PARAMS = {
+    'micro': 12_424_304,
+    'tiny': 27_681_960,
+    'small': 49_164_564,
+    'base': 88_952_496,
+}
+
+SMALL = dict(arch='tiny', depths=[1, 1, 2, 1])
+
+
+def _expected_shapes(model, h, w):
+    shapes = []
+    for i, dim in enumerate(model.embed_dims):
+        h, w = (h + 3) // 4 if i == 0 else (h + 1) // 2, (w + 3) // 4 if i == 0 else (w + 1) // 2
+        if i in model.out_indices:
+            shapes.append((1, dim, h, w))
+    return shapes
+
+
+@pytest.mark.parametrize('arch', sorted(ARCH_SETTINGS))
+def test_every_arch_at_odd_sizes(arch):
+    model = TransNeXt(arch, img_size=256 if arch == 'micro_aaaa' else 224).eval()
+    for h, w in [(33, 33), (97, 123), (1, 1)]:
+        with torch.no_grad():
+            outs = model(torch.randn(1, 3, h, w))
+        assert [tuple(o.shape) for o in outs] == _expected_shapes(model, h, w)
+        assert all(torch.isfinite(o).all() for o in outs)
+
+
+@pytest.mark.parametrize('arch', sorted(OFFICIAL_PARAMS))
+def test_parameter_counts_equal_official(arch):
+    model = TransNeXt(arch)
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[arch]
+
+
+@pytest.mark.parametrize('extrapolation', [False, True])
+@pytest.mark.parametrize('size', [(64, 64), (97, 123), (40, 200), (8, 8), (1, 1)])
+def test_backbone_matches_reference(extrapolation, size):
+    model = perturb_(TransNeXt(**SMALL, img_size=128, pretrain_size=224,
+                               is_extrapolation=extrapolation)).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        outs = model(x)
+        expected = reference_backbone(model, x)
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_out_indices_and_feature_info():
+    model = TransNeXt(**SMALL, out_indices=(1, 3)).eval()
+    outs = model(torch.randn(1, 3, 64, 96))
+    assert [o.shape[1] for o in outs] == [144, 576]
+    assert [f['reduction'] for f in model.feature_info] == [4, 8, 16, 32]
+
+
+def test_gradients_reach_every_parameter():
+    model = perturb_(TransNeXt(**SMALL, drop_path_rate=0.1)).train()
+    outs = model(torch.randn(2, 3, 70, 52))
+    sum(o.square().mean() for o in outs).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not dead
+
+
+def test_frozen_stages_stay_frozen():
+    model = TransNeXt(**SMALL, frozen_stages=2)
+    model.train()
+    for name, param in model.named_parameters():
+        stage = int(name.split('.')[0][-1])
+        assert param.requires_grad == (stage > 2), name
+    assert not model.block2.training and not model.norm1.training and not model.patch_embed2.training
+    assert model.block3.training
+    stem_only = TransNeXt(**SMALL, frozen_stages=0).train()
+    assert not stem_only.patch_embed1.proj.weight.requires_grad
+    assert stem_only.block1[0].attn.q.weight.requires_grad
+
+
+def test_with_cp_gives_same_outputs_and_gradients():
+    torch.manual_seed(1)
+    plain = perturb_(TransNeXt(**SMALL)).train()
+    ckpt = TransNeXt(**SMALL, with_cp=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 48, 40)
+    grads = []
+    for model in (plain, ckpt):
+        outs = model(x)
+        sum(o.sum() for o in outs).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('bad,match', [
+    (torch.randn(3, 32, 32), '4-D'),
+    (torch.randn(1, 4, 32, 32), '3 input channels'),
+    (torch.randn(0, 3, 32, 32), 'empty'),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), 'floating-point'),
+])
+def test_bad_inputs_raise_clear_errors(bad, match):
+    model = TransNeXt(**SMALL)
+    with pytest.raises(ValueError, match=match):
+        model(bad)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(arch='huge'), 'unknown TransNeXt arch'),
+    (dict(arch=dict(embed_dims=[8], num_heads=[1], depths=[1], colour=[1])), 'colour'),
+    (dict(arch='tiny', depths=[1, 1, 1]), 'one value per stage'),
+    (dict(arch='tiny', out_indices=(4,)), 'out_indices'),
+    (dict(arch='tiny', img_size=32), 'too small'),
+    (dict(arch='tiny', pretrain_size=48), 'pretrain_size'),
+    (dict(arch='tiny', window_size=[3, 4, 3, None]), 'odd'),
+    (dict(arch='tiny', frozen_stages=7), 'frozen_stages'),
+])
+def test_bad_settings_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TransNeXt(**kwargs)
+
+
+def test_position_tables_are_cached_per_size():
+    model = TransNeXt(**SMALL, is_extrapolation=True).eval()
+    cache = model.position_tables
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+        misses = cache.misses
+        model(torch.randn(1, 3, 64, 64))
+        assert cache.misses == misses and cache.hits >= 4
+        model(torch.randn(1, 3, 96, 64))
+        assert cache.misses > misses
+
+
+def test_position_cache_is_bounded():
+    model = TransNeXt(**SMALL, is_extrapolation=True, position_cache_size=6).eval()
+    with torch.no_grad():
+        for side in range(32, 128, 8):
+            model(torch.randn(1, 3, side, side))
+    assert len(model.position_tables) == 6
+
+
+def test_interpolation_mode_builds_one_table_per_stage():
+    model = TransNeXt(**SMALL).eval()
+    with torch.no_grad():
+        for side in (32, 64, 96):
+            model(torch.randn(1, 3, side, side))
+    assert len(model.position_tables) == model.num_stages
+
+
+def test_bf16_autocast_forward_and_backward_are_finite():
+    model = TransNeXt(**SMALL).train()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(x)
+        loss = sum(o.float().square().mean() for o in outs)
+    loss.backward()
+    assert all(torch.isfinite(o).all() for o in outs)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

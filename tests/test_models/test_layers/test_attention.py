@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from conftest import perturb_
+from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention, StageGeometry
+from mmtransnext.models.layers.position_bias import build_position_table
+from mmtransnext.ops.sliding_window import window_lengths, window_padding_mask
+from reference import (reference_aggregated_attention, reference_bias,
+                       reference_full_attention)
+
+CPU = torch.device('cpu')
+
+
+def _geometry(size, pool, window, pretrain, trained=None):
+    table_q, table_k = trained if trained else (size, pool)
+    table = build_position_table(table_q, table_k, pretrain, CPU)
+    num_pool = pool[0] * pool[1]
+    if window is None:
+        return StageGeometry(size, pool, torch.log(torch.tensor(float(num_pool))), table,
+                             trained is not None)
+    scale = torch.log(window_lengths(size, window, CPU) + num_pool)
+    return StageGeometry(size, pool, scale, table, trained is not None,
+                         window_padding_mask(size, window, CPU))
+
+
+@pytest.mark.parametrize('size,sr,window,heads,interp', [
+    ((8, 8), 4, 3, 2, False),
+    ((7, 11), 4, 3, 3, False),
+    ((13, 9), 2, 5, 1, True),
+    ((1, 1), 8, 3, 2, False),        # one token: only the window centre and one pooled key
+    ((2, 3), 8, 7, 2, True),         # window larger than the map
+    ((16, 12), 8, 3, 4, True),
+])
+def test_aggregated_attention_matches_paper_equations(size, sr, window, heads, interp):
+    dim = heads * 8
+    attn = perturb_(AggregatedAttention(dim, heads, window, sr)).eval()
+    pool = (max(1, size[0] // sr), max(1, size[1] // sr))
+    pretrain = (14, 14)
+    trained = ((12, 10), (12 // sr or 1, 10 // sr or 1)) if interp else None
+    x = torch.randn(2, size[0] * size[1], dim)
+    with torch.no_grad():
+        out = attn(x, _geometry(size, pool, window, pretrain, trained))
+        bias = reference_bias(attn, size, pool, pretrain, trained)
+        expected = reference_aggregated_attention(attn, x, size, pool, bias)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('size,interp', [((7, 7), False), ((5, 9), True), ((1, 1), False)])
+def test_full_attention_matches_paper_equations(size, interp):
+    attn = perturb_(FullAttention(32, 4)).eval()
+    trained = ((7, 7), (7, 7)) if interp else None
+    x = torch.randn(2, size[0] * size[1], 32)
+    with torch.no_grad():
+        out = attn(x, _geometry(size, size, None, (7, 7), trained))
+        expected = reference_full_attention(attn, x, reference_bias(attn, size, size, (7, 7),
+                                                                    trained))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_rejects_bad_settings():
+    with pytest.raises(ValueError, match='divisible'):
+        FullAttention(30, 4)
+    with pytest.raises(ValueError, match='odd'):
+        AggregatedAttention(32, 4, window_size=4)

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from mmtransnext.models.layers.position_bias import (PositionTableCache, build_position_table,
+                                                     resize_bias)
+from reference import brute_force_table
+
+
+@pytest.mark.parametrize('query,key,pretrain', [
+    ((7, 7), (7, 7), (7, 7)),          # full attention at 224 px
+    ((56, 56), (7, 7), (56, 56)),      # stage 1 at 224 px
+    ((25, 31), (3, 3), (56, 56)),      # odd sizes
+    ((13, 5), (1, 1), (28, 28)),       # one pooled token
+    ((1, 1), (1, 1), (7, 7)),
+])
+def test_separable_table_equals_brute_force_unique(query, key, pretrain):
+    table = build_position_table(query, key, pretrain, torch.device('cpu'))
+    index, coords = brute_force_table(query, key, pretrain)
+    torch.testing.assert_close(table.coords(), coords, rtol=0, atol=0)
+    # The separable gather must pick the same row for every (query, key) pair.
+    values = torch.randn(coords.shape[0], 3)
+    expected = values.t()[:, index]
+    torch.testing.assert_close(table.gather(values), expected, rtol=0, atol=0)
+
+
+def test_small_pretrain_grid_is_rejected():
+    with pytest.raises(ValueError, match='pretrain grid'):
+        build_position_table((4, 4), (2, 2), (1, 7), torch.device('cpu'))
+
+
+def test_resize_to_same_size_is_identity():
+    bias = torch.randn(2, 6 * 5, 3 * 2)
+    out = resize_bias(bias, (6, 5), (3, 2), (6, 5), (3, 2))
+    torch.testing.assert_close(out, bias, rtol=0, atol=0)
+
+
+def test_resize_shapes():
+    bias = torch.randn(2, 6 * 5, 3 * 2)
+    assert resize_bias(bias, (6, 5), (3, 2), (9, 4), (1, 1)).shape == (2, 36, 1)
+
+
+def test_cache_hits_and_bound():
+    cache = PositionTableCache(max_entries=3)
+    cpu = torch.device('cpu')
+    first = cache.table((8, 8), (2, 2), (56, 56), cpu)
+    assert cache.table((8, 8), (2, 2), (56, 56), cpu) is first
+    assert (cache.hits, cache.misses) == (1, 1)
+    for n in range(4, 10):
+        cache.table((n, n), (1, 1), (56, 56), cpu)
+    assert len(cache) == 3
+    # the first entry was least recently used: it is rebuilt
+    misses = cache.misses
+    cache.table((8, 8), (2, 2), (56, 56), cpu)
+    assert cache.misses == misses + 1
+
+
+def test_cache_rejects_zero_size():
+    with pytest.raises(ValueError):
+        PositionTableCache(0)
