@@ -109,18 +109,20 @@ class TransNeXtBlock(nn.Module):
         drop, attn_drop, drop_path: dropout rates and stochastic depth.
         with_cp: recompute the block in backward (activation checkpointing).
         attn_impl: sliding-window backend of aggregated attention ('auto', 'ext', 'torch').
+        attention_mode: 'fast' or 'reference' (the official computation, the oracle).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: Optional[int], sr_ratio: int,
                  mlp_ratio: float, qkv_bias: bool = True, drop: float = 0., attn_drop: float = 0.,
-                 drop_path: float = 0., with_cp: bool = False, attn_impl: str = 'auto') -> None:
+                 drop_path: float = 0., with_cp: bool = False, attn_impl: str = 'auto',
+                 attention_mode: str = 'fast') -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if sr_ratio == 1:
-            self.attn = FullAttention(dim, num_heads, qkv_bias, attn_drop, drop)
+            self.attn = FullAttention(dim, num_heads, qkv_bias, attn_drop, drop, attention_mode)
         else:
             self.attn = AggregatedAttention(dim, num_heads, window_size, sr_ratio, qkv_bias,
-                                            attn_drop, drop, attn_impl)
+                                            attn_drop, drop, attn_impl, attention_mode)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = ConvGLU(dim, int(dim * mlp_ratio), drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -161,6 +163,9 @@ class TransNeXt(BaseModule):
         with_cp: activation checkpointing in every block.
         attn_impl: backend of the sliding-window part of aggregated attention: 'auto' (compiled
             op when available for the input's device, else PyTorch), 'ext' or 'torch'.
+        attention_mode: 'fast' (default) or 'reference': the official computation step by step
+            in pure PyTorch, kept as the oracle (see
+            :data:`mmtransnext.models.layers.attention.ATTENTION_MODES`).
         position_cache_size: entries of the LRU cache of position tables.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads an official ImageNet or
             mmdet/mmseg checkpoint (see :func:`mmtransnext.checkpoint.load_pretrained`).
@@ -186,6 +191,7 @@ class TransNeXt(BaseModule):
                  drop_path_rate: float = 0.,
                  with_cp: bool = False,
                  attn_impl: str = 'auto',
+                 attention_mode: str = 'fast',
                  position_cache_size: int = DEFAULT_CACHE_ENTRIES,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=copy.deepcopy(init_cfg))
@@ -226,7 +232,8 @@ class TransNeXt(BaseModule):
             blocks = nn.ModuleList([
                 TransNeXtBlock(self.embed_dims[i], self.num_heads[i], self.window_size[i],
                                self.sr_ratios[i], settings['mlp_ratios'][i], qkv_bias, drop_rate,
-                               attn_drop_rate, dpr[cur + j], with_cp, attn_impl)
+                               attn_drop_rate, dpr[cur + j], with_cp, attn_impl,
+                               attention_mode)
                 for j in range(self.depths[i])
             ])
             cur += self.depths[i]

@@ -23,9 +23,16 @@ from torch import Tensor, nn
 from mmengine.model.weight_init import trunc_normal_
 
 from ...ops.dispatch import check_impl, window_av, window_qk
-from .position_bias import PositionTable, continuous_position_bias, resize_bias
+from .position_bias import PositionTable, continuous_position_bias, expand_bias, resize_bias
 
 Size2d = Tuple[int, int]
+
+#: ``'fast'``: pooled keys through ``scaled_dot_product_attention`` merged with the window keys
+#: by log-sum-exp, position bias expanded directly at the feature size and, without gradients,
+#: its MLP run once per size until the weights change. ``'reference'``: the official
+#: computation step by step in PyTorch (concatenated logits, unfolded windows, bias built for
+#: ``img_size`` then resized twice): the oracle the fast path is tested against.
+ATTENTION_MODES = ('fast', 'reference')
 
 
 @dataclass
@@ -49,6 +56,44 @@ class StageGeometry:
     padding_mask: Optional[Tensor] = None
 
 
+def check_attention_mode(mode: str) -> str:
+    """Validate an ``attention_mode`` value."""
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f'attention_mode must be one of {ATTENTION_MODES}, got {mode!r}')
+    return mode
+
+
+def merged_softmax_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
+                             extra_lse: Tensor) -> Tuple[Tensor, Tensor]:
+    """Attention over keys ``k`` whose softmax also counts an extra key set summarised by its
+    log-sum-exp ``extra_lse`` (the local window), without concatenating any logits.
+
+    The extra set enters as one virtual key: queries get ``extra_lse`` as one more channel,
+    the virtual key is the unit vector on that channel (so its logit is ``extra_lse``) and its
+    value is the unit vector on one more value channel, which therefore returns the share of
+    the probability mass the extra set receives. Everything runs in one fused
+    ``scaled_dot_product_attention`` and stays differentiable.
+
+    Args:
+        q: ``(B, heads, N, d)`` scaled queries.
+        k, v: ``(B, heads, P, d)`` keys and values.
+        bias: ``(heads, N, P)`` logit bias shared by the batch.
+        extra_lse: ``(B, heads, N, 1)`` log-sum-exp of the extra set's logits.
+
+    Returns:
+        ``sum_p softmax_p v_p`` ``(B, heads, N, d)`` and the extra set's mass ``(B, heads, N, 1)``.
+    """
+    batch, heads, _, dim = q.shape
+    unit = q.new_zeros(1, 1, 1, dim + 1)
+    unit[..., dim] = 1
+    q_aug = torch.cat([q, extra_lse.to(q.dtype)], dim=-1)
+    k_aug = torch.cat([F.pad(k, (0, 1)), unit.to(k.dtype).expand(batch, heads, 1, dim + 1)], 2)
+    v_aug = torch.cat([F.pad(v, (0, 1)), unit.to(v.dtype).expand(batch, heads, 1, dim + 1)], 2)
+    mask = F.pad(bias, (0, 1)).unsqueeze(0).to(q.dtype)
+    out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, attn_mask=mask, scale=1.0)
+    return out[..., :dim], out[..., dim:]
+
+
 def _init_temperature(num_heads: int) -> nn.Parameter:
     # softplus(temperature) starts at 1 / 0.24.
     return nn.Parameter(torch.log(torch.expm1(torch.full((num_heads, 1, 1), 1 / 0.24))))
@@ -63,8 +108,10 @@ def _init_param(*shape: int, std: float) -> nn.Parameter:
 class _CosineAttentionBase(nn.Module):
     """Parameters and position bias shared by both attention kinds."""
 
-    def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float) -> None:
+    def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float,
+                 attention_mode: str = 'fast') -> None:
         super().__init__()
+        self.attention_mode = check_attention_mode(attention_mode)
         if dim % num_heads:
             raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
         self.dim = dim
@@ -78,12 +125,36 @@ class _CosineAttentionBase(nn.Module):
         self.cpb_fc1 = nn.Linear(2, 512, bias=True)
         self.cpb_act = nn.ReLU(inplace=True)
         self.cpb_fc2 = nn.Linear(512, num_heads, bias=True)
+        self._grid_cache: Optional[tuple] = None
+
+    def use_fast_path(self) -> bool:
+        """Fast path unless the reference is asked for or attention dropout is active (the
+        fused kernel cannot drop the two key sets' probabilities separately)."""
+        return self.attention_mode == 'fast' and not (self.training and self.attn_drop.p > 0)
+
+    def _cpb_grid(self, table: PositionTable) -> Tensor:
+        """The CPB MLP over ``table`` as a ``(heads, |values_h|, |values_w|)`` grid.
+
+        Without gradients it is computed once per table and reused until the MLP's weights
+        change (in-place updates bump their version; moves and casts change the storage).
+        """
+        params = (self.cpb_fc1.weight, self.cpb_fc1.bias, self.cpb_fc2.weight, self.cpb_fc2.bias)
+        key = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
+        cached = self._grid_cache
+        if not torch.is_grad_enabled() and cached and cached[0] is table and cached[1] == key:
+            return cached[2]
+        grid = table.grid(self.cpb_fc2(self.cpb_act(self.cpb_fc1(
+            table.coords().to(self.cpb_fc1.weight.dtype)))))
+        self._grid_cache = (table, key, grid) if not torch.is_grad_enabled() else None
+        return grid
 
     def position_bias(self, geometry: StageGeometry) -> Tensor:
         """``(heads, H*W, H'*W')`` continuous relative position bias for this stage's sizes."""
-        bias = continuous_position_bias(self.cpb_fc1, self.cpb_act, self.cpb_fc2, geometry.table)
+        table = geometry.table
+        if self.use_fast_path():
+            return expand_bias(self._cpb_grid(table), table, geometry.size, geometry.pool_size)
+        bias = continuous_position_bias(self.cpb_fc1, self.cpb_act, self.cpb_fc2, table)
         if geometry.resize:
-            table = geometry.table
             bias = resize_bias(bias, table.query_size, table.key_size, geometry.size,
                                geometry.pool_size)
         return bias
@@ -110,13 +181,15 @@ class AggregatedAttention(_CosineAttentionBase):
         qkv_bias: bias in the query and key/value projections.
         attn_drop: dropout on attention weights.
         proj_drop: dropout after the output projection.
-        attn_impl: sliding-window backend, 'auto', 'ext' (compiled) or 'torch'.
+        attn_impl: sliding-window backend of the fast path, 'auto', 'ext' (compiled) or
+            'torch'; the reference mode always uses the PyTorch ops.
+        attention_mode: 'fast' or 'reference' (see :data:`ATTENTION_MODES`).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 3, sr_ratio: int = 8,
                  qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.,
-                 attn_impl: str = 'auto') -> None:
-        super().__init__(dim, num_heads, attn_drop, proj_drop)
+                 attn_impl: str = 'auto', attention_mode: str = 'fast') -> None:
+        super().__init__(dim, num_heads, attn_drop, proj_drop, attention_mode)
         self.attn_impl = check_impl(attn_impl)
         if window_size < 1 or window_size % 2 == 0:
             raise ValueError(f'window_size must be a positive odd number, got {window_size}')
@@ -142,20 +215,39 @@ class AggregatedAttention(_CosineAttentionBase):
             2, 0, 3, 1, 4)
         return F.normalize(k, dim=-1), v
 
-    def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
-        """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``."""
+    def _local_qkv(self, x: Tensor, geometry: StageGeometry) -> Tuple[Tensor, ...]:
         batch, length, _ = x.shape
         heads, head_dim = self.num_heads, self.head_dim
         q_norm = F.normalize(self.q(x).view(batch, length, heads, head_dim).transpose(1, 2),
                              dim=-1)
-        q_scaled = self.scale_queries(q_norm, geometry)
         k_local, v_local = self.kv(x).view(batch, length, 2, heads, head_dim).permute(
             2, 0, 3, 1, 4)
-        k_local = F.normalize(k_local, dim=-1)
+        return q_norm, self.scale_queries(q_norm, geometry), F.normalize(k_local, dim=-1), v_local
 
-        attn_local = window_qk(q_scaled, k_local, self.relative_pos_bias_local, geometry.size,
-                               self.window_size, geometry.padding_mask, self.attn_impl)
-        k_pool, v_pool = self.pooled_kv(x, geometry.size, geometry.pool_size)
+    def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
+        """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``."""
+        if not self.use_fast_path():
+            return self.forward_reference(x, geometry)
+        size, window = geometry.size, self.window_size
+        q_norm, q_scaled, k_local, v_local = self._local_qkv(x, geometry)
+        attn_local = window_qk(q_scaled, k_local, self.relative_pos_bias_local, size, window,
+                               geometry.padding_mask, self.attn_impl)
+        lse_local = torch.logsumexp(attn_local, dim=-1, keepdim=True)
+        k_pool, v_pool = self.pooled_kv(x, size, geometry.pool_size)
+        out, local_mass = merged_softmax_attention(q_scaled, k_pool, v_pool,
+                                                   self.position_bias(geometry), lse_local)
+        local_weights = torch.exp(attn_local - lse_local) * local_mass
+        local_weights = local_weights + q_norm @ self.learnable_tokens + self.learnable_bias
+        out = out + window_av(local_weights, v_local, size, window, self.attn_impl)
+        return self.project(out)
+
+    def forward_reference(self, x: Tensor, geometry: StageGeometry) -> Tensor:
+        """The official computation: concatenated logits, one softmax, unfolded windows."""
+        size, window = geometry.size, self.window_size
+        q_norm, q_scaled, k_local, v_local = self._local_qkv(x, geometry)
+        attn_local = window_qk(q_scaled, k_local, self.relative_pos_bias_local, size, window,
+                               geometry.padding_mask, 'torch')
+        k_pool, v_pool = self.pooled_kv(x, size, geometry.pool_size)
         attn_pool = q_scaled @ k_pool.transpose(-2, -1) + self.position_bias(geometry)
 
         attn = torch.cat([attn_local, attn_pool], dim=-1).softmax(dim=-1)
@@ -163,7 +255,7 @@ class AggregatedAttention(_CosineAttentionBase):
         attn_local, attn_pool = attn.split([self.local_len, attn_pool.shape[-1]], dim=-1)
 
         local_weights = q_norm @ self.learnable_tokens + self.learnable_bias + attn_local
-        out = window_av(local_weights, v_local, geometry.size, self.window_size, self.attn_impl)
+        out = window_av(local_weights, v_local, size, window, 'torch')
         out = out + attn_pool @ v_pool
         return self.project(out)
 
@@ -177,11 +269,12 @@ class FullAttention(_CosineAttentionBase):
         qkv_bias: bias in the fused query/key/value projection.
         attn_drop: dropout on attention weights.
         proj_drop: dropout after the output projection.
+        attention_mode: 'fast' (fused ``scaled_dot_product_attention``) or 'reference'.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.,
-                 proj_drop: float = 0.) -> None:
-        super().__init__(dim, num_heads, attn_drop, proj_drop)
+                 proj_drop: float = 0., attention_mode: str = 'fast') -> None:
+        super().__init__(dim, num_heads, attn_drop, proj_drop, attention_mode)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
 
     def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
@@ -190,6 +283,11 @@ class FullAttention(_CosineAttentionBase):
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(
             2, 0, 3, 1, 4)
         q_scaled = self.scale_queries(F.normalize(q, dim=-1), geometry)
-        attn = q_scaled @ F.normalize(k, dim=-1).transpose(-2, -1) + self.position_bias(geometry)
-        attn = self.attn_drop(attn.softmax(dim=-1))
+        k = F.normalize(k, dim=-1)
+        bias = self.position_bias(geometry)
+        if self.use_fast_path():
+            out = F.scaled_dot_product_attention(q_scaled, k, v, attn_mask=bias.unsqueeze(0),
+                                                 scale=1.0)
+            return self.project(out)
+        attn = self.attn_drop((q_scaled @ k.transpose(-2, -1) + bias).softmax(dim=-1))
         return self.project(attn @ v)

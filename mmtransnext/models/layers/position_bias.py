@@ -14,7 +14,7 @@ bounded LRU keyed by (query size, key size, pretrain size, device).
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Hashable, Tuple
+from typing import Callable, Hashable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,13 +68,13 @@ class PositionTable:
         grid_h, grid_w = torch.meshgrid(self.values_h, self.values_w, indexing='ij')
         return _log_spaced(torch.stack([grid_h, grid_w], dim=-1).view(-1, 2))
 
+    def grid(self, table_values: Tensor) -> Tensor:
+        """``(T, heads)`` per-coordinate values as a ``(heads, |values_h|, |values_w|)`` grid."""
+        return table_values.t().reshape(-1, self.values_h.numel(), self.values_w.numel())
+
     def gather(self, table_values: Tensor) -> Tensor:
         """Expand ``(T, heads)`` per-coordinate values to a ``(heads, Nq, Nk)`` bias."""
-        heads = table_values.shape[-1]
-        grid = table_values.t().reshape(heads, self.values_h.numel(), self.values_w.numel())
-        bias = grid[:, self.index_h[:, None, :, None], self.index_w[None, :, None, :]]
-        (qh, qw), (kh, kw) = self.query_size, self.key_size
-        return bias.reshape(heads, qh * qw, kh * kw)
+        return expand_bias(self.grid(table_values), self, self.query_size, self.key_size)
 
 
 def build_position_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
@@ -93,6 +93,77 @@ def continuous_position_bias(fc1: nn.Linear, act: nn.Module, fc2: nn.Linear,
     """Run the 2-layer CPB MLP over ``table`` and return the ``(heads, Nq, Nk)`` bias."""
     coords = table.coords().to(fc1.weight.dtype)
     return table.gather(fc2(act(fc1(coords))))
+
+
+def linear_taps(src: int, dst: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Source indices and weights ``(dst, 2)`` of 1-D linear resizing with
+    ``align_corners=False``, the arithmetic of ``F.interpolate(mode='bilinear')``."""
+    scale = src / dst
+    real = ((torch.arange(dst, device=device, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0)
+    lo = real.floor().long().clamp_max(src - 1)
+    hi = torch.where(lo < src - 1, lo + 1, lo)
+    frac = real - lo.float()
+    return torch.stack([lo, hi], 1), torch.stack([1 - frac, frac], 1)
+
+
+def _axis_taps(index: Tensor, query_len: int, key_len: int,
+               resize: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """Per (query, key) pair along one axis: the table rows ``(Q, K, T)`` it mixes and their
+    weights (None when there is one tap of weight 1). Taps of zero weight everywhere are dropped,
+    so an axis whose sizes do not change costs one tap."""
+    if not resize or tuple(index.shape) == (query_len, key_len):
+        return index[..., None], None
+    device = index.device
+    q_idx, q_w = linear_taps(index.shape[0], query_len, device)
+    k_idx, k_w = linear_taps(index.shape[1], key_len, device)
+    rows = index[q_idx[:, None, :, None], k_idx[None, :, None, :]].reshape(query_len, key_len, 4)
+    weights = (q_w[:, None, :, None] * k_w[None, :, None, :]).reshape(query_len, key_len, 4)
+    keep = (weights != 0).reshape(-1, 4).any(0)
+    return rows[..., keep], weights[..., keep]
+
+
+def _weighted_taps(gather, weights: Optional[Tensor], shape_for) -> Tensor:
+    """``sum_t weights[..., t] * gather(t)``, the weights reshaped by ``shape_for``."""
+    if weights is None:
+        return gather(0)
+    out = None
+    for t in range(weights.shape[-1]):
+        term = gather(t) * shape_for(weights[..., t])
+        out = term if out is None else out + term
+    return out
+
+
+def expand_bias(grid: Tensor, table: PositionTable, query_size: Size2d,
+                key_size: Size2d) -> Tensor:
+    """``(heads, Hq*Wq, Hk*Wk)`` bias from the CPB ``grid`` (see :meth:`PositionTable.grid`).
+
+    Without resizing this is a pure gather. When ``query_size``/``key_size`` differ from the
+    table's grids, the result equals :func:`resize_bias` of the gathered table (the official
+    interpolation mode): bilinear resizing is separable, so each axis is a weighted sum of at
+    most four table rows. The axis with more taps is folded into the small grid first, so the
+    full-size output is written by as few gathers as possible (one, when the rows keep their
+    size, as for 1333x800 inputs with ``img_size=800``).
+    """
+    rows_h, w_h = _axis_taps(table.index_h, query_size[0], key_size[0], True)
+    rows_w, w_w = _axis_taps(table.index_w, query_size[1], key_size[1], True)
+    heads = grid.shape[0]
+    (qh, qw), (kh, kw) = query_size, key_size
+    device = grid.device
+    ys = torch.arange(qh, device=device)[:, None, None, None]
+    xs = torch.arange(qw, device=device)[None, :, None, None]
+    as_ = torch.arange(kh, device=device)[None, None, :, None]
+    bs = torch.arange(kw, device=device)[None, None, None, :]
+    if rows_h.shape[-1] <= rows_w.shape[-1]:
+        # fold columns: (heads, |values_h|, Wq, Wk), then gather rows at full size
+        folded = _weighted_taps(lambda t: grid[:, :, rows_w[..., t]], w_w, lambda w: w)
+        out = _weighted_taps(lambda t: folded[:, rows_h[:, None, :, None, t], xs, bs], w_h,
+                             lambda w: w[:, None, :, None])
+    else:
+        # fold rows: (heads, Hq, Hk, |values_w|), then gather columns at full size
+        folded = _weighted_taps(lambda t: grid[:, rows_h[..., t], :], w_h, lambda w: w[..., None])
+        out = _weighted_taps(lambda t: folded[:, ys, as_, rows_w[None, :, None, :, t]], w_w,
+                             lambda w: w[None, :, None, :])
+    return out.reshape(heads, qh * qw, kh * kw)
 
 
 def resize_bias(bias: Tensor, table_query: Size2d, table_key: Size2d, query_size: Size2d,

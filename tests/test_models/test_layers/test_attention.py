@@ -62,3 +62,38 @@ def test_attention_rejects_bad_settings():
         FullAttention(30, 4)
     with pytest.raises(ValueError, match='odd'):
         AggregatedAttention(32, 4, window_size=4)
+
+
+@pytest.mark.parametrize('mode', ['fast', 'reference'])
+def test_both_attention_modes_match_the_oracle(mode):
+    size, pool = (9, 7), (2, 1)
+    attn = perturb_(AggregatedAttention(24, 3, 3, 4, attention_mode=mode)).eval()
+    x = torch.randn(2, 63, 24)
+    trained = ((12, 10), (3, 2))
+    with torch.no_grad():
+        out = attn(x, _geometry(size, pool, 3, (14, 14), trained))
+        expected = reference_aggregated_attention(
+            attn, x, size, pool, reference_bias(attn, size, pool, (14, 14), trained))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_dropout_uses_the_reference_path_in_training():
+    attn = AggregatedAttention(16, 2, attn_drop=0.5)
+    assert attn.use_fast_path() is False
+    assert attn.eval().use_fast_path() is True
+    with pytest.raises(ValueError, match='attention_mode'):
+        AggregatedAttention(16, 2, attention_mode='turbo')
+
+
+def test_position_bias_grid_is_reused_until_weights_change():
+    attn = perturb_(AggregatedAttention(16, 2, 3, 4)).eval()
+    geometry = _geometry((8, 8), (2, 2), 3, (14, 14))
+    with torch.no_grad():
+        first = attn.position_bias(geometry)
+        grid = attn._grid_cache[2]
+        assert attn.position_bias(geometry).equal(first) and attn._grid_cache[2] is grid
+        attn.cpb_fc2.weight.add_(1.0)   # an optimizer step or a checkpoint load
+        changed = attn.position_bias(geometry)
+    assert attn._grid_cache[2] is not grid and not changed.equal(first)
+    bias = attn.position_bias(geometry)  # with gradients: computed, never cached
+    assert bias.requires_grad and attn._grid_cache is None
