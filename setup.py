@@ -1,4 +1,14 @@
-"""Install mmtransnext (``pip install -e . --no-build-isolation``, or ``bash tools/install.sh``)."""
+"""Install mmtransnext (``pip install -e . --no-build-isolation``, or ``bash tools/install.sh``).
+
+The ops in ``csrc/`` are compiled into ``mmtransnext._ext`` with ninja, against the torch of the
+installing environment (hence ``--no-build-isolation``). Environment variables:
+
+- ``MMTRANSNEXT_WITH_OPS=0``: skip the ops (the package then uses a JIT build or pure PyTorch);
+- ``FORCE_CUDA=1``: build the CUDA kernels even without a visible GPU (needs torch with CUDA
+  and the CUDA toolkit, ``CUDA_HOME``); ``FORCE_CUDA=0``: CPU kernels only. Unset: CUDA kernels
+  when torch has CUDA and a toolkit is found. ``TORCH_CUDA_ARCH_LIST`` picks the GPU archs.
+"""
+import os
 import os.path as osp
 
 from setuptools import find_packages, setup
@@ -18,6 +28,49 @@ def read_requirements(name: str) -> list:
         return [line.split('#')[0].strip() for line in f if line.split('#')[0].strip()]
 
 
+def read_build_config() -> dict:
+    # By path: the package (and its mmcv imports) is not importable before installation.
+    scope: dict = {}
+    with open(osp.join(HERE, 'mmtransnext', 'ops', 'ext_build.py')) as f:
+        exec(f.read(), scope)
+    return scope
+
+
+def ops_extensions() -> dict:
+    """``ext_modules``/``cmdclass`` for the ops in ``csrc/``, or nothing when they are skipped."""
+    if os.environ.get('MMTRANSNEXT_WITH_OPS', '1') == '0':
+        print('mmtransnext: MMTRANSNEXT_WITH_OPS=0, not compiling the ops in csrc/')
+        return {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import (CUDA_HOME, BuildExtension, CppExtension,
+                                               CUDAExtension)
+    except ImportError:
+        # e.g. pip's build isolation: no torch to build against. The package still works.
+        print('mmtransnext: torch is not importable here, not compiling the ops in csrc/ '
+              '(install with --no-build-isolation to compile them)')
+        return {}
+    config = read_build_config()
+    force_cuda = os.environ.get('FORCE_CUDA')
+    has_cuda = torch.version.cuda is not None and CUDA_HOME is not None
+    if force_cuda == '1' and not has_cuda:
+        raise RuntimeError(f'FORCE_CUDA=1 but torch {torch.__version__} has no CUDA '
+                           f'(torch.version.cuda={torch.version.cuda}) or no CUDA toolkit was '
+                           f'found (CUDA_HOME={CUDA_HOME})')
+    with_cuda = force_cuda == '1' or (force_cuda != '0' and has_cuda)
+    extension = CUDAExtension if with_cuda else CppExtension
+    # Relative paths: setuptools wants sources inside the project.
+    sources = [osp.relpath(p, HERE) for p in config['sources'](HERE, with_cuda)]
+    extra_compile_args = {'cxx': config['CXX_FLAGS']}
+    if with_cuda:
+        extra_compile_args['nvcc'] = config['NVCC_FLAGS']
+    ext = extension(config['EXT_NAME'], sources, include_dirs=config['include_dirs'](HERE),
+                    extra_compile_args=extra_compile_args,
+                    extra_link_args=config['LINK_FLAGS'])
+    return dict(ext_modules=[ext],
+                cmdclass={'build_ext': BuildExtension.with_options(use_ninja=True)})
+
+
 setup(
     name='mmtransnext',
     version=read_version(),
@@ -33,4 +86,5 @@ setup(
     install_requires=['mmengine>=0.10.0,<1.0'],
     extras_require={'tests': read_requirements('tests.txt')},
     zip_safe=False,
+    **ops_extensions(),
 )

@@ -12,11 +12,3 @@ import mmtransnext  # noqa: E402,F401  (registers the backbone and the checkpoin
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def perturb_(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
-    """Move every parameter off its init (zeros/ones would hide mistakes)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * std)
-    return model

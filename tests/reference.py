@@ -14,6 +14,14 @@ import torch.nn.functional as F
 Size2d = Tuple[int, int]
 
 
+def perturb_(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
+    """Move every parameter off its init (zeros/ones would hide mistakes)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * std)
+    return model
+
+
 def brute_force_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d):
     """All (query, key) offsets, made unique row-wise; returns (index (Nq, Nk), coords (T, 2))."""
     qh, qw = query_size

@@ -21,7 +21,8 @@ say() { echo "[install] $*" >&2; }
 die() { echo "[install] ERROR: $*" >&2; exit 1; }
 
 fingerprint() {
-  cat "$ROOT"/requirements/*.txt "$ROOT/setup.py" "$ROOT/tools/install.sh" \
+  cat "$ROOT"/requirements/*.txt "$ROOT/setup.py" "$ROOT/pyproject.toml" \
+    "$ROOT/tools/install.sh" "$ROOT/mmtransnext/ops/ext_build.py" \
     $(find "$ROOT/csrc" -type f 2>/dev/null | sort) | sha1sum | cut -d' ' -f1
 }
 
@@ -31,9 +32,14 @@ from mmcv.ops import nms, RoIAlign, MultiScaleDeformableAttention  # noqa: F401
 EOF
 }
 
+ext_ok() {
+  # The compiled sliding-window ops, unless the user opted out of building them.
+  [ "${MMTRANSNEXT_WITH_OPS:-1}" = "0" ] || "$PY" -c "import mmtransnext._ext" 2>/dev/null
+}
+
 ready() {
   [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ] && \
-    "$PY" -c "import mmtransnext, mmdet, mmseg, pytest" 2>/dev/null && ops_ok
+    "$PY" -c "import mmtransnext, mmdet, mmseg, pytest" 2>/dev/null && ops_ok && ext_ok
 }
 
 if [ -x "$PY" ] && ready; then
@@ -86,9 +92,10 @@ say "installing requirements/runtime.txt and requirements/tests.txt"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -r "$ROOT/requirements/runtime.txt" \
   -r "$ROOT/requirements/tests.txt" || die "could not install the runtime requirements"
 
-say "installing mmtransnext (editable)"
+say "installing mmtransnext (editable; compiles the ops in csrc/ with ninja)"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" --no-build-isolation --no-deps -e "$ROOT" \
   || die "pip install -e . failed"
+ext_ok || die "mmtransnext installed but its compiled ops (mmtransnext._ext) do not import"
 
 for forbidden in timm torchvision; do
   if "$PY" -c "import $forbidden" 2>/dev/null; then

@@ -1,7 +1,10 @@
-"""Sliding-window attention ops: pure-PyTorch reference (compiled kernels: see csrc/)."""
+"""Sliding-window attention ops: pure-PyTorch reference and (optional) compiled kernels."""
 from .dispatch import ATTN_IMPLS, check_impl, window_av, window_qk
+from .extension import ExtensionStatus, load_extension
 from .sliding_window import (sliding_window_av, sliding_window_qk, window_lengths,
                              window_padding_mask)
+from .window_ops import sliding_window_av_ext, sliding_window_qk_ext
 
-__all__ = ['ATTN_IMPLS', 'check_impl', 'window_av', 'window_qk', 'sliding_window_av',
-           'sliding_window_qk', 'window_lengths', 'window_padding_mask']
+__all__ = ['ATTN_IMPLS', 'check_impl', 'window_av', 'window_qk', 'ExtensionStatus',
+           'load_extension', 'sliding_window_av', 'sliding_window_qk', 'sliding_window_av_ext',
+           'sliding_window_qk_ext', 'window_lengths', 'window_padding_mask']

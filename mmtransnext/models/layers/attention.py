@@ -83,6 +83,16 @@ def merged_softmax_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
     Returns:
         ``sum_p softmax_p v_p`` ``(B, heads, N, d)`` and the extra set's mass ``(B, heads, N, 1)``.
     """
+    if not torch.is_grad_enabled() and q.device.type == 'cpu':
+        # Inference: the fused CPU kernel also returns the pooled log-sum-exp, so both key sets
+        # merge afterwards and nothing (bias included) is padded or copied.
+        dtype = torch.promote_types(q.dtype, k.dtype)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=bias.unsqueeze(0).to(dtype),
+            scale=1.0)[:2]
+        lse = lse.unsqueeze(-1).float()
+        total = torch.logaddexp(lse, extra_lse.float())
+        return out * torch.exp(lse - total).to(out.dtype), torch.exp(extra_lse - total)
     batch, heads, _, dim = q.shape
     unit = q.new_zeros(1, 1, 1, dim + 1)
     unit[..., dim] = 1

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...ops.bias_ops import expand_columns, expand_columns_compiled
+
 Size2d = Tuple[int, int]
 
 #: Default bound of a backbone's table cache. An entry holds four small tensors (a few KB even at
@@ -122,48 +124,32 @@ def _axis_taps(index: Tensor, query_len: int, key_len: int,
     return rows[..., keep], weights[..., keep]
 
 
-def _weighted_taps(gather, weights: Optional[Tensor], shape_for) -> Tensor:
-    """``sum_t weights[..., t] * gather(t)``, the weights reshaped by ``shape_for``."""
-    if weights is None:
-        return gather(0)
-    out = None
-    for t in range(weights.shape[-1]):
-        term = gather(t) * shape_for(weights[..., t])
-        out = term if out is None else out + term
-    return out
-
-
 def expand_bias(grid: Tensor, table: PositionTable, query_size: Size2d,
                 key_size: Size2d) -> Tensor:
     """``(heads, Hq*Wq, Hk*Wk)`` bias from the CPB ``grid`` (see :meth:`PositionTable.grid`).
 
     Without resizing this is a pure gather. When ``query_size``/``key_size`` differ from the
     table's grids, the result equals :func:`resize_bias` of the gathered table (the official
-    interpolation mode): bilinear resizing is separable, so each axis is a weighted sum of at
-    most four table rows. The axis with more taps is folded into the small grid first, so the
-    full-size output is written by as few gathers as possible (one, when the rows keep their
-    size, as for 1333x800 inputs with ``img_size=800``).
+    interpolation mode): bilinear resizing is separable, so along each axis a (query, key) pair
+    mixes at most four table entries. Rows are mixed on the small grid, then columns while the
+    full-size output is written (:func:`mmtransnext.ops.bias_ops.expand_columns`).
     """
     rows_h, w_h = _axis_taps(table.index_h, query_size[0], key_size[0], True)
     rows_w, w_w = _axis_taps(table.index_w, query_size[1], key_size[1], True)
-    heads = grid.shape[0]
-    (qh, qw), (kh, kw) = query_size, key_size
-    device = grid.device
-    ys = torch.arange(qh, device=device)[:, None, None, None]
-    xs = torch.arange(qw, device=device)[None, :, None, None]
-    as_ = torch.arange(kh, device=device)[None, None, :, None]
-    bs = torch.arange(kw, device=device)[None, None, None, :]
-    if rows_h.shape[-1] <= rows_w.shape[-1]:
-        # fold columns: (heads, |values_h|, Wq, Wk), then gather rows at full size
-        folded = _weighted_taps(lambda t: grid[:, :, rows_w[..., t]], w_w, lambda w: w)
-        out = _weighted_taps(lambda t: folded[:, rows_h[:, None, :, None, t], xs, bs], w_h,
-                             lambda w: w[:, None, :, None])
-    else:
-        # fold rows: (heads, Hq, Hk, |values_w|), then gather columns at full size
-        folded = _weighted_taps(lambda t: grid[:, rows_h[..., t], :], w_h, lambda w: w[..., None])
-        out = _weighted_taps(lambda t: folded[:, ys, as_, rows_w[None, :, None, :, t]], w_w,
-                             lambda w: w[None, :, None, :])
-    return out.reshape(heads, qh * qw, kh * kw)
+    if (w_h is not None or w_w is not None) and not expand_columns_compiled(grid):
+        # Without the compiled kernel, PyTorch's resizing beats one full-size pass per tap.
+        bias = expand_bias(grid, table, table.query_size, table.key_size)
+        return resize_bias(bias, table.query_size, table.key_size, query_size, key_size)
+    folded = None
+    for t in range(rows_h.shape[-1]):
+        term = grid[:, rows_h[..., t]]  # (heads, Hq, Hk, |values_w|)
+        if w_h is not None:
+            term = term * w_h[..., t, None].to(term.dtype)
+        folded = term if folded is None else folded + term
+    if w_w is None:
+        w_w = torch.ones(rows_w.shape, device=grid.device)
+    out = expand_columns(folded, rows_w, w_w)
+    return out.reshape(grid.shape[0], query_size[0] * query_size[1], key_size[0] * key_size[1])
 
 
 def resize_bias(bias: Tensor, table_query: Size2d, table_key: Size2d, query_size: Size2d,

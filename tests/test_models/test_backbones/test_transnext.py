@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from conftest import perturb_
 from mmtransnext.models import ARCH_SETTINGS, TransNeXt
-from reference import reference_backbone
+from reference import perturb_, reference_backbone
 
 # Backbone-only parameter counts of the official implementation, measured by building the
 # official detection/segmentation TransNeXt class; shared/reference rounds them to

@@ -1,11 +1,10 @@
 import pytest
 import torch
 
-from conftest import perturb_
 from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention, StageGeometry
 from mmtransnext.models.layers.position_bias import build_position_table
 from mmtransnext.ops.sliding_window import window_lengths, window_padding_mask
-from reference import (reference_aggregated_attention, reference_bias,
+from reference import (perturb_, reference_aggregated_attention, reference_bias,
                        reference_full_attention)
 
 CPU = torch.device('cpu')

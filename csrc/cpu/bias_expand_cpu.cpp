@@ -1,0 +1,135 @@
+// CPU kernels of expand_bias (schema and semantics: csrc/bias_expand.cpp).
+//
+// The output (heads, H, W, h, w) is written once, row by row; every row reads one small
+// (h, |columns|) slice of the folded grid, which stays in cache. The backward accumulates into
+// the folded grid; each (head, y) slice belongs to one task, so there are no write races.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+namespace mmtransnext {
+namespace bias_expand {
+namespace {
+
+void check_taps(const at::Tensor& rows, const at::Tensor& weights) {
+  TORCH_CHECK(rows.dim() == 3 && rows.scalar_type() == at::kLong,
+              "expand_bias: rows must be a 3-D int64 tensor (W, w, taps), got ", rows.sizes(),
+              " ", rows.scalar_type());
+  TORCH_CHECK(weights.sizes() == rows.sizes() && weights.scalar_type() == at::kFloat,
+              "expand_bias: weights must be float32 with the shape of rows ", rows.sizes(),
+              ", got ", weights.sizes(), " ", weights.scalar_type());
+}
+
+// One (head, query row) slice: out[x, a, b] = sum_s w[x, b, s] * slice[a, rows[x, b, s]].
+// (An AVX2 clone of this loop measured no faster: the taps are gathers and the writes dominate.)
+template <typename scalar_t>
+void expand_slice(const scalar_t* slice, const int64_t* idx, const float* wts, scalar_t* target,
+                  int64_t width, int64_t kh, int64_t kw, int64_t taps, int64_t columns) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t x = 0; x < width; ++x) {
+    const int64_t* r = idx + x * kw * taps;
+    const float* w = wts + x * kw * taps;
+    for (int64_t a = 0; a < kh; ++a) {
+      const scalar_t* row = slice + a * columns;
+      scalar_t* o = target + (x * kh + a) * kw;
+      for (int64_t b = 0; b < kw; ++b) {
+        acc_t sum = 0;
+        for (int64_t s = 0; s < taps; ++s) {
+          sum += static_cast<acc_t>(w[b * taps + s]) * static_cast<acc_t>(row[r[b * taps + s]]);
+        }
+        o[b] = static_cast<scalar_t>(sum);
+      }
+    }
+  }
+}
+
+at::Tensor forward(const at::Tensor& folded_in, const at::Tensor& rows_in,
+                   const at::Tensor& weights_in) {
+  TORCH_CHECK(folded_in.dim() == 4, "expand_bias: folded must be 4-D (heads, H, h, columns), "
+              "got ", folded_in.sizes());
+  check_taps(rows_in, weights_in);
+  const auto folded = folded_in.contiguous();
+  const auto rows = rows_in.contiguous();
+  const auto weights = weights_in.contiguous();
+  const int64_t heads = folded.size(0), height = folded.size(1), kh = folded.size(2);
+  const int64_t columns = folded.size(3);
+  const int64_t width = rows.size(0), kw = rows.size(1), taps = rows.size(2);
+  TORCH_CHECK(rows.numel() == 0 || (rows.min().item<int64_t>() >= 0 &&
+                                    rows.max().item<int64_t>() < columns),
+              "expand_bias: rows index outside [0, ", columns, ")");
+  auto out = at::empty({heads, height, width, kh, kw}, folded.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, folded.scalar_type(),
+                                  "expand_bias", [&] {
+    const scalar_t* src = folded.data_ptr<scalar_t>();
+    const int64_t* idx = rows.data_ptr<int64_t>();
+    const float* wts = weights.data_ptr<float>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, heads * height, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t hy = begin; hy < end; ++hy) {
+        expand_slice<scalar_t>(src + hy * kh * columns, idx, wts, dst + hy * width * kh * kw,
+                               width, kh, kw, taps, columns);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor backward(const at::Tensor& grad_in, const at::Tensor& rows_in,
+                    const at::Tensor& weights_in, int64_t columns) {
+  TORCH_CHECK(grad_in.dim() == 5, "expand_bias_backward: grad must be 5-D, got ",
+              grad_in.sizes());
+  check_taps(rows_in, weights_in);
+  const auto grad = grad_in.contiguous();
+  const auto rows = rows_in.contiguous();
+  const auto weights = weights_in.contiguous();
+  const int64_t heads = grad.size(0), height = grad.size(1), width = grad.size(2);
+  const int64_t kh = grad.size(3), kw = grad.size(4), taps = rows.size(2);
+  TORCH_CHECK(rows.size(0) == width && rows.size(1) == kw,
+              "expand_bias_backward: rows ", rows.sizes(), " do not fit grad ", grad.sizes());
+  // Accumulate in the accumulation type, then cast: half inputs would lose the many small terms.
+  const auto acc_dtype = at::toOpMathType(grad.scalar_type());
+  auto grad_folded = at::zeros({heads, height, kh, columns}, grad.options().dtype(acc_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(),
+                                  "expand_bias_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    const int64_t* idx = rows.data_ptr<int64_t>();
+    const float* wts = weights.data_ptr<float>();
+    acc_t* dst = grad_folded.data_ptr<acc_t>();
+    at::parallel_for(0, heads * height, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t hy = begin; hy < end; ++hy) {
+        const scalar_t* source = g + hy * width * kh * kw;
+        acc_t* slice = dst + hy * kh * columns;
+        for (int64_t x = 0; x < width; ++x) {
+          const int64_t* r = idx + x * kw * taps;
+          const float* w = wts + x * kw * taps;
+          for (int64_t a = 0; a < kh; ++a) {
+            const scalar_t* gi = source + (x * kh + a) * kw;
+            acc_t* row = slice + a * columns;
+            for (int64_t b = 0; b < kw; ++b) {
+              const acc_t value = static_cast<acc_t>(gi[b]);
+              for (int64_t s = 0; s < taps; ++s) {
+                row[r[b * taps + s]] += static_cast<acc_t>(w[b * taps + s]) * value;
+              }
+            }
+          }
+        }
+      }
+    });
+  });
+  return grad_folded.to(grad.scalar_type());
+}
+
+}  // namespace
+}  // namespace bias_expand
+}  // namespace mmtransnext
+
+TORCH_LIBRARY_IMPL(mmtransnext, CPU, m) {
+  m.impl("expand_bias", &mmtransnext::bias_expand::forward);
+  m.impl("expand_bias_backward", &mmtransnext::bias_expand::backward);
+}

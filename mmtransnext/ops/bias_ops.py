@@ -1,0 +1,102 @@
+"""Full-size step of the continuous position bias: ``expand_bias`` (compiled) or PyTorch.
+
+``out[h, y, x, a, b] = sum_s weights[x, b, s] * folded[h, y, a, rows[x, b, s]]`` turns the
+small, row-folded CPB grid ``(heads, H, h, columns)`` into the ``(heads, H, W, h, w)`` bias,
+i.e. ``(heads, H*W, h*w)`` for ``H x W`` queries and ``h x w`` pooled keys. The compiled CPU
+kernel (``csrc/bias_expand.cpp``) writes the output once; the PyTorch path needs one
+``index_select`` pass per tap. Both give the same numbers and gradients.
+"""
+import threading
+
+import torch
+from torch import Tensor
+
+OP = 'mmtransnext::expand_bias'
+OP_BACKWARD = 'mmtransnext::expand_bias_backward'
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_registered = False
+_lock = threading.Lock()
+
+
+def _op_available() -> bool:
+    """Load the compiled library once and register fake/autograd for ``expand_bias``."""
+    global _registered
+    if _registered:
+        return True
+    from . import extension
+    if not extension.load_extension().loaded:
+        return False
+    with _lock:
+        if _registered:
+            return True
+        try:
+            if not torch._C._dispatch_has_kernel_for_dispatch_key(OP, 'CPU'):
+                return False
+        except RuntimeError:  # an older build without this op
+            return False
+        _register()
+        _registered = True
+    return True
+
+
+def _register() -> None:
+    @torch.library.register_fake(OP)
+    def _fake(folded: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+        heads, height, kh, _ = folded.shape
+        return folded.new_empty(heads, height, rows.shape[0], kh, rows.shape[1])
+
+    @torch.library.register_fake(OP_BACKWARD)
+    def _fake_backward(grad: Tensor, rows: Tensor, weights: Tensor, columns: int) -> Tensor:
+        heads, height, _, kh, _ = grad.shape
+        return grad.new_empty(heads, height, kh, columns)
+
+    def setup_context(ctx, inputs, output):
+        folded, rows, weights = inputs
+        ctx.save_for_backward(rows, weights)
+        ctx.columns = folded.shape[-1]
+
+    def backward(ctx, grad):
+        rows, weights = ctx.saved_tensors
+        grad_folded = torch.ops.mmtransnext.expand_bias_backward(grad, rows, weights,
+                                                                 ctx.columns)
+        return grad_folded, None, None
+
+    torch.library.register_autograd(OP, backward, setup_context=setup_context)
+
+
+def expand_columns_torch(folded: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+    """PyTorch path of :func:`expand_columns`: one ``index_select`` per tap."""
+    heads, height, kh, columns = folded.shape
+    width, kw, taps = rows.shape
+    flat = folded.reshape(heads * height, kh * columns)
+    offsets = (torch.arange(kh, device=rows.device) * columns)[None, :, None]
+    out = None
+    for s in range(taps):
+        index = (offsets + rows[:, None, :, s]).reshape(-1)
+        term = flat.index_select(1, index).view(-1, width, kh, kw)
+        if taps > 1 or bool((weights[..., s] != 1).any()):
+            term = term * weights[:, None, :, s].to(term.dtype)
+        out = term if out is None else out + term
+    return out.view(heads, height, width, kh, kw)
+
+
+def expand_columns_compiled(tensor: Tensor) -> bool:
+    """Whether :func:`expand_columns` runs the compiled kernel for tensors like ``tensor``."""
+    return tensor.device.type == 'cpu' and tensor.dtype in _DTYPES and _op_available()
+
+
+def expand_columns(folded: Tensor, rows: Tensor, weights: Tensor, impl: str = 'auto') -> Tensor:
+    """``(heads, H, h, columns)`` folded grid -> ``(heads, H, W, h, w)`` bias.
+
+    Args:
+        folded: the CPB grid with the row axis already resolved.
+        rows: ``(W, w, taps)`` int64 column of ``folded`` each tap reads.
+        weights: ``(W, w, taps)`` float32 tap weights.
+        impl: 'auto' (compiled on CPU when built, else PyTorch), 'ext' or 'torch'.
+    """
+    if impl != 'torch' and expand_columns_compiled(folded):
+        return torch.ops.mmtransnext.expand_bias(folded, rows, weights.float())
+    if impl == 'ext':
+        raise RuntimeError('the compiled expand_bias op is not available for '
+                           f'{folded.device.type} {folded.dtype} tensors')
+    return expand_columns_torch(folded, rows, weights)

@@ -1,0 +1,72 @@
+"""The compiled position-bias expansion against PyTorch's bilinear resizing (the oracle)."""
+import pytest
+import torch
+
+from mmtransnext.models.layers.position_bias import (build_position_table, expand_bias,
+                                                     resize_bias)
+from mmtransnext.ops import bias_ops
+
+CPU = torch.device('cpu')
+
+# (table query grid, table key grid, query size, key size): same size (a gather), rows kept
+# and columns stretched (1333x800-like detection inputs), both axes resized, one pixel.
+CASES = [
+    ((12, 10), (3, 2), (12, 10), (3, 2)),
+    ((12, 10), (3, 2), (12, 17), (3, 4)),
+    ((12, 10), (3, 2), (9, 17), (2, 4)),
+    ((20, 20), (5, 5), (31, 13), (7, 3)),
+    ((12, 10), (3, 2), (1, 1), (1, 1)),
+]
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _compiled():
+    assert bias_ops._op_available(), 'the compiled expand_bias op is not available'
+
+
+def _table_values(query, key, dtype=torch.float32):
+    table = build_position_table(query, key, (28, 28), CPU)
+    count = table.values_h.numel() * table.values_w.numel()
+    return table, torch.randn(count, 3, dtype=dtype, requires_grad=True)
+
+
+@pytest.mark.parametrize('table_q,table_k,query,key', CASES)
+def test_expand_bias_equals_gather_then_resize(table_q, table_k, query, key):
+    table, values = _table_values(table_q, table_k, torch.float64)
+    expected = resize_bias(table.gather(values), table_q, table_k, query, key)
+    got = expand_bias(table.grid(values), table, query, key)
+    # tap weights are computed in float32, as F.interpolate does for float32 inputs
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+    grad = torch.randn_like(got)
+    (want_grad,) = torch.autograd.grad(expected, values, grad)
+    (got_grad,) = torch.autograd.grad(got, values, grad)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize('table_q,table_k,query,key', CASES[1:3])
+def test_compiled_and_torch_paths_agree_with_gradcheck(table_q, table_k, query, key):
+    rows = torch.randint(0, 7, (query[1], key[1], 4))
+    weights = torch.rand(query[1], key[1], 4)
+    folded = torch.randn(2, 3, key[0], 7, dtype=torch.float64, requires_grad=True)
+    ext = bias_ops.expand_columns(folded, rows, weights, impl='ext')
+    ref = bias_ops.expand_columns_torch(folded, rows, weights)
+    torch.testing.assert_close(ext, ref)
+    assert torch.autograd.gradcheck(
+        lambda f: bias_ops.expand_columns(f, rows, weights, impl='ext'), (folded,))
+
+
+def test_opcheck():
+    folded = torch.randn(2, 3, 2, 5, requires_grad=True)
+    rows = torch.randint(0, 5, (4, 3, 2))
+    weights = torch.rand(4, 3, 2)
+    torch.library.opcheck(torch.ops.mmtransnext.expand_bias.default, (folded, rows, weights))
+
+
+def test_bad_rows_are_rejected():
+    with pytest.raises(RuntimeError, match='rows index outside'):
+        torch.ops.mmtransnext.expand_bias(torch.randn(1, 2, 2, 3), torch.full((2, 2, 1), 3),
+                                          torch.ones(2, 2, 1))
+    with pytest.raises(RuntimeError, match='float32'):
+        torch.ops.mmtransnext.expand_bias(torch.randn(1, 2, 2, 3),
+                                          torch.zeros(2, 2, 1, dtype=torch.long),
+                                          torch.ones(2, 2, 1, dtype=torch.float64))

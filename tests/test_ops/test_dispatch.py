@@ -1,0 +1,219 @@
+"""Choosing the sliding-window backend: 'auto', 'ext', 'torch', fallback, missing builds,
+torch.compile, and the backbone giving the same result with either backend."""
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from mmtransnext import TransNeXt
+from mmtransnext.ops import dispatch, extension, load_extension, window_av, window_qk
+from mmtransnext.ops.sliding_window import sliding_window_av, sliding_window_qk
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def perturb_(model: nn.Module, std: float = 0.02) -> nn.Module:
+    """Move every parameter off its init (zero biases would hide mistakes)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * std)
+    return model
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _extension():
+    status = load_extension()
+    assert status.loaded, f'the compiled ops could not be loaded: {status.error}'
+
+
+@pytest.fixture
+def unavailable(monkeypatch):
+    """This process as if the compiled ops could not be loaded, before any fallback warning."""
+    monkeypatch.setattr(extension, '_status',
+                        extension.ExtensionStatus(False, error='simulated: no build'))
+    monkeypatch.setattr(dispatch, '_fallback_warned', False)
+
+
+def _inputs(size=(6, 7), window=5, heads=2, dim=8):
+    length = size[0] * size[1]
+    qkv = torch.randn(2, length, 3, heads, dim).permute(2, 0, 3, 1, 4)
+    q, k, v = (t.requires_grad_() for t in qkv.detach().unbind(0))
+    rpb = torch.randn(heads, window ** 2, requires_grad=True)
+    return q, k, v, rpb, size, window
+
+
+def _attention(impl, q, k, v, rpb, size, window):
+    weights = window_qk(q, k, rpb, size, window, impl=impl).softmax(-1)
+    return window_av(weights, v, size, window, impl=impl)
+
+
+def test_ext_and_torch_agree_in_forward_and_backward():
+    q, k, v, rpb, size, window = _inputs()
+    results = []
+    for impl in ('ext', 'torch'):
+        out = _attention(impl, q, k, v, rpb, size, window)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v, rpb))))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_uses_the_compiled_op_when_it_is_available(monkeypatch):
+    def reference_must_not_run(*args, **kwargs):
+        raise AssertionError('auto fell back although the compiled op is available')
+
+    monkeypatch.setattr(dispatch, 'sliding_window_qk', reference_must_not_run)
+    monkeypatch.setattr(dispatch, 'sliding_window_av', reference_must_not_run)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        _attention('auto', *_inputs())
+
+
+def test_auto_falls_back_to_pytorch_with_one_warning(unavailable):
+    q, k, v, rpb, size, window = _inputs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        outs = [_attention('auto', q, k, v, rpb, size, window) for _ in range(3)]
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages
+    assert 'simulated: no build' in messages[0]
+    assert 'pip install -e . --no-build-isolation' in messages[0]
+    weights = sliding_window_qk(q, k, rpb, size, window).softmax(-1)
+    torch.testing.assert_close(outs[-1], sliding_window_av(weights, v, size, window))
+
+
+def test_ext_when_unavailable_raises_and_says_how_to_build(unavailable):
+    with pytest.raises(RuntimeError, match=r"attn_impl='ext'.*simulated: no build.*"
+                                           r'pip install -e \. --no-build-isolation'):
+        _attention('ext', *_inputs())
+
+
+def test_unsupported_device_type_is_a_reason_to_fall_back():
+    reason = extension.unsupported_reason('mps', torch.float32)
+    assert reason is not None and 'not built for mps tensors' in reason
+
+
+def test_bad_impl_is_rejected():
+    with pytest.raises(ValueError, match=r"attn_impl must be one of \('auto', 'ext', 'torch'\)"):
+        _attention('cuda', *_inputs())
+
+
+def test_failed_jit_build_is_reported_not_raised(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def broken_load(*args, **kwargs):
+        raise RuntimeError('Error building extension: simulated compiler failure')
+
+    monkeypatch.setattr(cpp_extension, 'load', broken_load)
+    status = extension._jit_build()
+    assert not status.loaded
+    assert 'JIT build failed: Error building extension: simulated' in status.error
+
+
+def test_jit_build_can_be_disabled(monkeypatch):
+    monkeypatch.setattr(extension, '_status', None)
+    monkeypatch.setattr(extension.window_ops, 'op_defined', lambda *a: False)
+    monkeypatch.setattr(extension, '_import_built',
+                        lambda: extension.ExtensionStatus(False, error='mmtransnext._ext missing'))
+    monkeypatch.setattr(extension, '_jit_build', lambda: pytest.fail('JIT build attempted'))
+    monkeypatch.setenv(extension.JIT_ENV, '0')
+    status = extension.load_extension()
+    assert not status.loaded
+    assert status.error == 'mmtransnext._ext missing; JIT build disabled by MMTRANSNEXT_JIT_BUILD=0'
+
+
+def test_a_process_without_any_build_imports_and_falls_back():
+    # A fresh interpreter in which neither the built module nor a JIT build is available.
+    script = textwrap.dedent("""
+        import sys, warnings
+        sys.modules['mmtransnext._ext'] = None  # makes `import mmtransnext._ext` fail
+        import torch
+        import mmtransnext
+        from mmtransnext.ops import load_extension, window_qk
+        status = load_extension()
+        assert not status.loaded, status
+        q = torch.randn(1, 1, 6, 4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            window_qk(q, q, torch.zeros(1, 9), (2, 3), 3, impl='auto')
+            window_qk(q, q, torch.zeros(1, 9), (2, 3), 3, impl='auto')
+        assert len(caught) == 1, [str(w.message) for w in caught]
+        try:
+            window_qk(q, q, torch.zeros(1, 9), (2, 3), 3, impl='ext')
+        except RuntimeError as exc:
+            print(exc)
+        """)
+    env = dict(os.environ, MMTRANSNEXT_JIT_BUILD='0',
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+    result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "attn_impl='ext' was requested but" in result.stdout
+    assert 'JIT build disabled by MMTRANSNEXT_JIT_BUILD=0' in result.stdout
+
+
+class LocalAttention(nn.Module):
+    """The local half of aggregated attention, enough to trace both ops and their backward."""
+
+    def __init__(self, heads: int, window: int, impl: str) -> None:
+        super().__init__()
+        self.rpb = nn.Parameter(torch.randn(heads, window ** 2))
+        self.window = window
+        self.impl = impl
+
+    def forward(self, q, k, v, size):
+        weights = window_qk(q, k, self.rpb, size, self.window, impl=self.impl).softmax(-1)
+        return window_av(weights, v, size, self.window, impl=self.impl)
+
+
+@pytest.mark.parametrize('impl', ['ext', 'auto'])
+def test_torch_compile_fullgraph(impl):
+    torch._dynamo.reset()
+    model = LocalAttention(2, 3, impl)
+    reference = LocalAttention(2, 3, 'torch')
+    reference.load_state_dict(model.state_dict())
+    q, k, v, _, size, _ = _inputs(size=(5, 6), window=3)
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager' if impl == 'auto'
+                             else 'inductor')
+    out = compiled(q, k, v, size)
+    expected = reference(q, k, v, size)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.sum(), (q, k, v, model.rpb))
+    expected_grads = torch.autograd.grad(expected.sum(), (q, k, v, reference.rpb))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_backbone_with_ext_equals_backbone_with_torch():
+    models = {impl: TransNeXt('tiny', depths=[1, 1, 1, 1], attn_impl=impl)
+              for impl in ('ext', 'torch')}
+    perturb_(models['ext'])
+    models['torch'].load_state_dict(models['ext'].state_dict())
+    x = torch.randn(1, 3, 224, 320)
+    outs = {}
+    for impl, model in models.items():
+        model.eval()
+        with torch.no_grad():
+            outs[impl] = model(x)
+    for got, want in zip(outs['ext'], outs['torch']):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_backbone_gradients_with_ext_equal_gradients_with_torch():
+    models = {impl: TransNeXt('tiny', depths=[1, 1, 1, 1], attn_impl=impl)
+              for impl in ('ext', 'torch')}
+    perturb_(models['ext'])
+    models['torch'].load_state_dict(models['ext'].state_dict())
+    x = torch.randn(1, 3, 96, 128)
+    grads = {}
+    for impl, model in models.items():
+        loss = sum(out.square().mean() for out in model(x))
+        grads[impl] = dict(zip([n for n, _ in model.named_parameters()],
+                               torch.autograd.grad(loss, list(model.parameters()))))
+    for name, want in grads['torch'].items():
+        torch.testing.assert_close(grads['ext'][name], want, rtol=1e-4, atol=1e-6,
+                                   msg=lambda m: f'{name}: {m}')
