@@ -1,4 +1,5 @@
-"""Builds of the compiled ops other than the installed one. Opt-in: `pytest -m slow`.
+"""Builds of the compiled ops other than the installed one: the JIT build is opt-in
+(`pytest -m slow`); the CUDA build runs by default (marker ``cuda_build``, see pytest.ini).
 
 - The JIT build that a source tree without ``mmtransnext._ext`` falls back to (~1 min cold).
 - The CUDA build (tools/check_cuda_build.sh), compiled and linked without a GPU: the first run
@@ -40,6 +41,7 @@ def test_jit_build_loads_the_ops_when_the_built_module_is_missing(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cuda_build
 @pytest.mark.skipif(not os.path.exists(os.path.join(CUDA_HOME, 'bin', 'nvcc')),
                     reason=f'needs the CUDA toolkit (nvcc) in CUDA_HOME={CUDA_HOME}')
 def test_cuda_extension_compiles_links_and_registers_every_kernel():

@@ -23,6 +23,7 @@ def parse_args() -> argparse.Namespace:
                         help='backbone img_size (default: the larger input side)')
     parser.add_argument('--mode', choices=['interpolation', 'extrapolation'],
                         default='interpolation')
+    parser.add_argument('--attention-mode', choices=['fast', 'reference'], default='fast')
     parser.add_argument('--runs', type=int, default=1, help='timed forwards after a warm-up')
     parser.add_argument('--threads', type=int, default=None)
     return parser.parse_args()
@@ -38,6 +39,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     height, width = args.size
     print(f'TransNeXt backbones on a {args.batch}x3x{height}x{width} input, {args.mode} mode, '
+          f'{args.attention_mode} attention, '
           f'{torch.get_num_threads()} threads, torch {torch.__version__}')
     header = f"{'arch':<11}{'params (M)':>11}{'forward (s)':>13}{'peak RSS (MB)':>15}  stage outputs"
     print(header)
@@ -45,7 +47,8 @@ def main() -> None:
     for arch in args.arch:
         img_size = args.img_size or max(height, width)
         model = TransNeXt(arch, img_size=img_size, pretrain_size=224,
-                          is_extrapolation=args.mode == 'extrapolation').eval()
+                          is_extrapolation=args.mode == 'extrapolation',
+                          attention_mode=args.attention_mode).eval()
         params = sum(p.numel() for p in model.parameters()) / 1e6
         x = torch.randn(args.batch, 3, height, width)
         with torch.inference_mode():
