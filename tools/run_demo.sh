@@ -5,4 +5,4 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$ROOT/tools/install.sh"
 VENV=${MMTRANSNEXT_VENV:-$ROOT/.venv}
 cd "$ROOT"
-exec "$VENV/bin/python" tools/analysis/describe_backbone.py "$@"
+exec "$VENV/bin/python" tools/demo.py "$@"

@@ -1,0 +1,71 @@
+# Demo / smoke-test scale of the UperNet recipe (configs/upernet): TransNeXt-Micro from scratch on
+# the generated ADE20K-format shapes set, 128 px crops, narrow heads, short schedule. Not tuned
+# for accuracy. `tools/test.py ... --tta` runs the multi-scale + flip protocol at this scale.
+_base_ = [
+    '../upernet/upernet_transnext-tiny_8xb2-160k_ade20k-512x512.py',
+    './_base_/shapes_ade.py',
+]
+custom_imports = dict(imports=['mmtransnext', 'mmtransnext.datasets'], allow_failed_imports=False)
+
+crop_size = (128, 128)
+max_iters = 100
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(
+        arch='micro', img_size=128, pretrain_size=128, drop_path_rate=0.1, init_cfg=None),
+    decode_head=dict(in_channels=[48, 96, 192, 384], channels=128, num_classes=4),
+    auxiliary_head=dict(in_channels=192, channels=64, num_classes=4),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(85, 85)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomResize', scale=(512, 128), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(512, 128), keep_ratio=True),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(_delete_=True, **_base_.shapes_ade_train, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(_delete_=True, **_base_.shapes_ade_val, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+# The recipe's multi-scale + flip protocol with (512, 128) in place of (2048, 512).
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale=(int(512 * r), int(128 * r)), keep_ratio=True)
+             for r in _base_.img_ratios],
+            [dict(type='RandomFlip', prob=0., direction='horizontal'),
+             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='LoadAnnotations')],
+            [dict(type='PackSegInputs')],
+        ])
+]
+
+optim_wrapper = dict(optimizer=dict(lr=4e-4))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=10),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=max_iters),
+]
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+default_hooks = dict(
+    logger=dict(interval=10),
+    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+randomness = dict(seed=0)
+auto_scale_lr = dict(base_batch_size=4)

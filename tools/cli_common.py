@@ -1,0 +1,309 @@
+"""Set-up shared by tools/train.py, test.py, demo.py and analysis/get_flops.py.
+
+One entry point serves mmdet and mmseg configs: the library is the config's ``default_scope``.
+Everything a run needs from the file system (config, dataset files, pretrained and runner
+checkpoints) is checked before the Runner starts, so a missing or wrong file is reported by name
+instead of by a traceback from deep inside the Runner. Generated datasets
+(:mod:`mmtransnext.datasets`) are written on first use. On a machine without CUDA, training
+falls back from AMP to fp32 and distributed runs use gloo with a CPU model wrapper.
+"""
+import importlib
+import os
+import os.path as osp
+import sys
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+#: Libraries a config can belong to (its ``default_scope``).
+LIBRARIES = ('mmdet', 'mmseg')
+#: Checkpoint locations mmengine resolves itself (not local files).
+REMOTE_PREFIXES = ('http://', 'https://', 'torchvision://', 'open-mmlab://', 'mmcls://',
+                   'pavi://', 's3://', 'openmmlab://', 'modelzoo://')
+#: Dataset paths relative to ``data_root`` (besides ``ann_file``).
+PATH_KEYS = ('img', 'img_path', 'seg_map_path', 'seg', 'ann')
+
+
+class ToolError(RuntimeError):
+    """A problem the user can fix (missing file, wrong option); printed without a traceback."""
+
+
+def run_main(main) -> None:
+    """Call ``main()``; report :class:`ToolError` / checkpoint errors as one message, exit 1."""
+    from mmtransnext.checkpoint import CheckpointError
+    try:
+        main()
+    except (ToolError, CheckpointError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------------- config
+def load_config(path: str, cfg_options: Optional[dict] = None):
+    """Read a config file (after checking it exists), merge ``--cfg-options``, set the scope.
+
+    Returns:
+        The :class:`mmengine.Config`; ``custom_imports`` (e.g. ``mmtransnext``) are imported.
+    """
+    if not osp.isfile(path):
+        hint = ''
+        if not osp.isabs(path):
+            hint = f' (relative to the current directory {os.getcwd()})'
+        raise ToolError(f'config file not found: {path}{hint}')
+    import mmtransnext  # noqa: F401  (checkpoint loader for runner checkpoints)
+    from mmengine.config import Config
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    library = library_of(cfg, path)
+    try:
+        importlib.import_module(library)
+    except ImportError as err:
+        raise ToolError(f'{path} is an {library} config but {library} cannot be imported: '
+                        f'{err}') from err
+    from mmengine.registry import init_default_scope
+    init_default_scope(library)
+    return cfg
+
+
+def library_of(cfg, path: str = 'the config') -> str:
+    """'mmdet' or 'mmseg', from the config's ``default_scope``."""
+    scope = cfg.get('default_scope')
+    if scope not in LIBRARIES:
+        raise ToolError(f'{path} has default_scope={scope!r}; these tools run mmdet and mmseg '
+                        f'configs ({", ".join(LIBRARIES)}), which inherit it from their base')
+    return scope
+
+
+def is_tta_model(model_cfg: dict) -> bool:
+    """Whether a model config is a test-time-augmentation wrapper (evaluation only)."""
+    return str(model_cfg.get('type', '')).endswith('TTAModel')
+
+
+def default_work_dir(config_path: str) -> str:
+    return osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+# --------------------------------------------------------------------------------- device
+def adapt_to_device(cfg, distributed: bool) -> List[str]:
+    """Make a GPU recipe runnable without CUDA; returns what was changed (for the log).
+
+    - ``AmpOptimWrapper`` (mmengine supports it on accelerators only) becomes ``OptimWrapper``.
+    - distributed: gloo instead of nccl, a DDP wrapper without ``device_ids``, and SyncBN
+      (which needs a GPU) replaced by BN; single-process runs revert SyncBN in mmengine.
+    """
+    if torch.cuda.is_available():
+        return []
+    notes = []
+    optim = cfg.get('optim_wrapper')
+    if optim is not None and optim.get('type') == 'AmpOptimWrapper':
+        optim.type = 'OptimWrapper'
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            optim.pop(key, None)
+        notes.append('no CUDA: AmpOptimWrapper -> OptimWrapper (fp32 training)')
+    if distributed:
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+        if wrapper.get('type', 'MMDistributedDataParallel') == 'MMDistributedDataParallel':
+            wrapper['type'] = 'CPUDistributedDataParallel'
+            wrapper.setdefault('broadcast_buffers', False)
+            wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+            cfg.model_wrapper_cfg = wrapper
+        if _replace_type(cfg.model, 'SyncBN', 'BN'):
+            notes.append('no CUDA: SyncBN -> BN')
+        notes.append('no CUDA: distributed backend gloo, CPU DistributedDataParallel')
+    return notes
+
+
+def _replace_type(node: Any, old: str, new: str) -> int:
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') == old:
+            node['type'] = new
+            count += 1
+        for value in node.values():
+            count += _replace_type(value, old, new)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            count += _replace_type(value, old, new)
+    return count
+
+
+def init_distributed(launcher: str, cfg) -> None:
+    """Start the process group for ``launcher`` when mmengine cannot (no CUDA).
+
+    mmengine's ``init_dist`` calls ``torch.cuda.set_device``, which a CPU-only torch lacks, so
+    on CPU the group is created here (gloo) and the Runner uses it.
+    """
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    import torch.distributed as dist
+    if launcher != 'pytorch':
+        raise ToolError(f'--launcher {launcher} without CUDA is not supported; use torchrun '
+                        f'(tools/dist_train.sh) with --launcher pytorch')
+    if not dist.is_initialized():
+        import datetime
+        timeout = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout', 1800)
+        dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=timeout))
+    _register_cpu_ddp()
+
+
+def _register_cpu_ddp() -> None:
+    from mmengine.model import MMDistributedDataParallel
+    from mmengine.registry import MODEL_WRAPPERS
+    if 'CPUDistributedDataParallel' in MODEL_WRAPPERS.module_dict:
+        return
+
+    class CPUDistributedDataParallel(MMDistributedDataParallel):
+        """``MMDistributedDataParallel`` for CPU modules: DDP refuses ``device_ids`` there."""
+
+        def __init__(self, module, device_ids=None, **kwargs) -> None:
+            super().__init__(module=module, device_ids=None, **kwargs)
+
+    MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel)
+
+
+# --------------------------------------------------------------------------------- files
+def _datasets(node: Any, where: str) -> Iterator[Tuple[str, dict]]:
+    """Dataset configs under a dataloader/dataset config, through wrapper datasets."""
+    if not isinstance(node, dict):
+        return
+    if 'dataset' in node:
+        yield from _datasets(node['dataset'], f'{where}.dataset')
+    if 'datasets' in node:
+        for i, sub in enumerate(node['datasets']):
+            yield from _datasets(sub, f'{where}.datasets[{i}]')
+    if 'data_root' in node or 'ann_file' in node or 'data_prefix' in node:
+        yield where, node
+
+
+def _dataset_class(dataset_cfg: dict):
+    from mmengine.registry import DATASETS
+    kind = dataset_cfg.get('type')
+    if not isinstance(kind, str):
+        return kind
+    with DATASETS.switch_scope_and_registry(None) as registry:  # the default scope's registry
+        return registry.get(kind)
+
+
+def check_data(cfg, config_path: str, loaders: Sequence[str]) -> None:
+    """Generate datasets that are generated on first use; raise if any dataset file is missing.
+
+    Args:
+        cfg: the config.
+        config_path: for the message.
+        loaders: dataloader keys to check, e.g. ``('train_dataloader', 'val_dataloader')``;
+            the matching evaluators' ``ann_file`` are checked too.
+    """
+    missing: List[str] = []
+    for loader in loaders:
+        loader_cfg = cfg.get(loader)
+        for where, ds in _datasets(loader_cfg, loader):
+            if ds.get('backend_args'):
+                continue  # not the local file system
+            cls = _dataset_class(ds)
+            if cls is not None and hasattr(cls, 'generate_files'):
+                cls.generate_files(ds)
+            root = ds.get('data_root') or ''
+            if root and not osp.isdir(root):
+                missing.append(f'{where}.data_root: {root}')
+                continue
+            ann = ds.get('ann_file')
+            if ann:
+                ann_path = ann if osp.isabs(ann) else osp.join(root, ann)
+                if not osp.exists(ann_path):
+                    missing.append(f'{where}.ann_file: {ann_path}')
+            for key, prefix in (ds.get('data_prefix') or {}).items():
+                if key in PATH_KEYS and prefix:
+                    path = prefix if osp.isabs(prefix) else osp.join(root, prefix)
+                    if not osp.isdir(path):
+                        missing.append(f'{where}.data_prefix.{key}: {path}')
+        evaluator = cfg.get(loader.replace('dataloader', 'evaluator'))
+        for i, metric in enumerate(evaluator if isinstance(evaluator, list) else [evaluator]):
+            if isinstance(metric, dict) and metric.get('ann_file') and \
+                    not metric.get('backend_args') and not osp.exists(metric['ann_file']):
+                name = loader.replace('dataloader', 'evaluator')
+                missing.append(f'{name}{f"[{i}]" if isinstance(evaluator, list) else ""}'
+                               f'.ann_file: {metric["ann_file"]}')
+    if missing:
+        lines = '\n  '.join(missing)
+        raise ToolError(
+            f'dataset files of {config_path} not found (relative paths are relative to '
+            f'{os.getcwd()}):\n  {lines}\nPut the dataset there (see the mmdet / mmseg '
+            f'dataset preparation docs) or point the config at it, e.g. --cfg-options '
+            f'{loaders[0]}.dataset.data_root=/path/to/data/')
+
+
+def _pretrained_paths(node: Any, where: str) -> Iterator[Tuple[str, str]]:
+    if isinstance(node, dict):
+        if node.get('type') == 'Pretrained' and isinstance(node.get('checkpoint'), str):
+            yield f'{where}.checkpoint', node['checkpoint']
+        if isinstance(node.get('pretrained'), str):
+            yield f'{where}.pretrained', node['pretrained']
+        for key, value in node.items():
+            yield from _pretrained_paths(value, f'{where}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _pretrained_paths(value, f'{where}[{i}]')
+
+
+def check_pretrained(cfg, config_path: str) -> None:
+    """Raise if a local ``init_cfg`` / ``pretrained`` checkpoint of the model is missing."""
+    for where, path in _pretrained_paths(cfg.model, 'model'):
+        if path.startswith(REMOTE_PREFIXES) or osp.isfile(path):
+            continue
+        option = where.rsplit('.', 1)[0]
+        raise ToolError(
+            f'{where} of {config_path}: checkpoint file not found: {path}\nDownload the official '
+            f'ImageNet-1K weights (https://huggingface.co/DaiShiResearch, e.g. '
+            f'transnext-tiny-224-1k) to that path, or pass --cfg-options {where}=/path/to/file, '
+            f'or --cfg-options {option}=None to start from random weights.')
+
+
+def check_file(path: str, what: str) -> None:
+    if not osp.isfile(path):
+        raise ToolError(f'{what} not found: {path}')
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
+def check_checkpoint_fits(model: torch.nn.Module, path: str) -> None:
+    """Raise :class:`ToolError` naming ``path`` unless its weights fit ``model`` exactly."""
+    from mmtransnext.checkpoint import extract_state_dict, read_checkpoint
+    check_file(path, 'checkpoint file')
+    checkpoint = read_checkpoint(path, allow_pickle=True)  # asked for explicitly by the user
+    state = extract_state_dict(checkpoint, prefix='')
+    own = _unwrap(model).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f'{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        def preview(keys: List[str]) -> str:
+            return ', '.join(keys[:4]) + (f' ... (+{len(keys) - 4})' if len(keys) > 4 else '')
+        parts = []
+        if missing:
+            parts.append(f'{len(missing)} of the model\'s {len(own)} tensors missing '
+                         f'[{preview(missing)}]')
+        if unexpected:
+            parts.append(f'{len(unexpected)} unexpected [{preview(unexpected)}]')
+        if shapes:
+            parts.append(f'{len(shapes)} with another shape (checkpoint vs model) '
+                         f'[{preview(shapes)}]')
+        raise ToolError(f'checkpoint {path} does not fit the model of this config: '
+                        + '; '.join(parts) + '. Was it trained with this config / arch?')
+
+
+# --------------------------------------------------------------------------------- runner
+def build_runner(cfg):
+    """``Runner.from_cfg`` with the config's own runner type when it names one."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Train on NPROC processes of this machine (one per GPU; on a CPU-only machine they use gloo).
+#   bash tools/dist_train.sh CONFIG NPROC [train.py options]
+# Several machines: NNODES, NODE_RANK, MASTER_ADDR, PORT as for torchrun.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: bash $0 CONFIG NPROC [tools/train.py options]" >&2
+  exit 2
+fi
+CONFIG=$1
+NPROC=$2
+shift 2
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-python}
+exec "$PYTHON" -m torch.distributed.run \
+  --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
+  --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-29500}" \
+  --nproc_per_node="$NPROC" \
+  "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "$@"
