@@ -1,7 +1,7 @@
 # Demo: the Mask R-CNN recipe (configs/mask_rcnn) shrunk to train TransNeXt-Micro from scratch on
 # the generated shapes set on a CPU in a few minutes (python tools/demo.py). Changed: backbone
 # size, no pretrained weights, 128 px images, 128-channel FPN and narrower box / mask heads,
-# fewer RPN proposals and RoI samples, AdamW 4e-4 with warm-up and cosine decay over 150
+# fewer RPN proposals and RoI samples, AdamW 4e-4 with warm-up and cosine decay over 300
 # iterations of 4 images.
 _base_ = [
     '../mask_rcnn/mask-rcnn_transnext-tiny_fpn_1x_coco.py',
@@ -10,7 +10,7 @@ _base_ = [
 custom_imports = dict(imports=['mmtransnext', 'mmtransnext.datasets'], allow_failed_imports=False)
 
 image_size = (128, 128)
-max_iters = 150
+max_iters = 300
 model = dict(
     backbone=dict(
         arch='micro', img_size=128, pretrain_size=128, drop_path_rate=0.1, init_cfg=None),

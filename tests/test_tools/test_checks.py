@@ -4,7 +4,7 @@ import os.path as osp
 import pytest
 import torch
 from cli_common import ToolError
-from conftest import MASK_RCNN_DEMO, ROOT, coco_options, load_tool, run_tool
+from tool_helpers import MASK_RCNN_DEMO, ROOT, coco_options, load_tool, run_tool
 
 MASK_RCNN_TINY = osp.join(ROOT, 'configs', 'mask_rcnn', 'mask-rcnn_transnext-tiny_fpn_1x_coco.py')
 UPERNET_MS = osp.join(ROOT, 'configs', 'upernet',

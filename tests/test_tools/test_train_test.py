@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from conftest import (MASK_RCNN_DEMO, ROOT, SHALLOW, ade_options, coco_options, load_tool,
+from tool_helpers import (MASK_RCNN_DEMO, ROOT, SHALLOW, ade_options, coco_options, load_tool,
                       run_tool)
 
 pytestmark = pytest.mark.slow

@@ -4,9 +4,10 @@
     python tools/analysis/get_flops.py CONFIG --shape 512 512
 
 FLOPs are counted by mmengine's analyzer, which counts one multiply-add as one FLOP (what
-papers call FLOPs, i.e. MACs), plus rules for TransNeXt's compiled sliding-window ops. The whole
-model runs in ``mode='tensor'`` (no post-processing); operators without a rule (e.g. mmcv's
-RoIAlign and deformable attention, element-wise ops) are not counted and are listed in the log.
+papers call FLOPs, i.e. MACs), plus rules for scaled-dot-product attention and TransNeXt's
+compiled sliding-window ops. The whole model runs in ``mode='tensor'`` (no post-processing);
+operators without a rule (e.g. mmcv's RoIAlign and deformable attention, element-wise ops) are
+not counted and are listed in the log.
 In interpolation mode the backbone also evaluates its position-bias MLP on the tables built for
 ``img_size`` at every forward, which is counted.
 """
@@ -68,19 +69,33 @@ def _window_op_flops(reduced_input: int):
     return handle
 
 
-#: Rules for ops mmengine's analyzer does not know.
+def _sdpa_flops(inputs, outputs) -> int:
+    """``scaled_dot_product_attention``: the two matmuls, q @ k^T and weights @ v."""
+    from mmengine.analysis.jit_handles import get_shape
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = int(torch.tensor(q[:-2]).prod()) if len(q) > 2 else 1
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+#: Rules for ops mmengine's analyzer does not know (the SDPA variants take q, k, v first).
 EXTRA_HANDLES = {
+    **{f'aten::{name}': _sdpa_flops for name in (
+        'scaled_dot_product_attention', '_scaled_dot_product_flash_attention_for_cpu',
+        '_scaled_dot_product_flash_attention', '_scaled_dot_product_efficient_attention',
+        '_scaled_dot_product_cudnn_attention')},
     'mmtransnext::sliding_window_qk': _window_op_flops(0),
     'mmtransnext::sliding_window_av': _window_op_flops(0),
 }
 
 
 def complexity(module: nn.Module, inputs: torch.Tensor) -> Tuple[int, int]:
-    """(FLOPs, parameters) of ``module(inputs)``."""
+    """(FLOPs, parameters) of ``module(inputs)`` at inference (no autograd)."""
     from mmengine.analysis import FlopAnalyzer
     analyzer = FlopAnalyzer(module, (inputs, )).set_op_handle(**EXTRA_HANDLES)
     analyzer.uncalled_modules_warnings(False)
-    return int(analyzer.total()), sum(p.numel() for p in module.parameters())
+    with torch.no_grad():
+        flops = int(analyzer.total())
+    return flops, sum(p.numel() for p in module.parameters())
 
 
 def measure(cfg, library: str, height: int, width: int) -> List[Dict[str, object]]:
