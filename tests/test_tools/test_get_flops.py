@@ -45,3 +45,14 @@ def test_table_for_a_config(get_flops, capsys):
     out = capsys.readouterr().out
     assert 'input 1x3x128x128' in out and 'backbone (TransNeXt)' in out
     assert 'whole model (MaskRCNN)' in out
+
+
+@pytest.mark.parametrize('extrapolation', [False, True])
+def test_fast_path_is_counted_like_the_reference_computation(get_flops, extrapolation):
+    x = torch.randn(1, 3, 96, 128)
+    counts = [get_flops.complexity(TransNeXt('micro', depths=[1, 1, 1, 1], img_size=64,
+                                             is_extrapolation=extrapolation,
+                                             attention_mode=mode).eval(), x)[0]
+              for mode in ('fast', 'reference')]
+    # Interpolation mode: mmengine also counts the reference's bilinear resizing of the bias.
+    assert counts[0] == pytest.approx(counts[1], rel=0 if extrapolation else 2e-3)

@@ -1,11 +1,20 @@
 """Time and memory of the TransNeXt backbone: fast path vs the reference (official computation).
 
 Every case (arch x input x bias mode x task x implementation) runs in a fresh subprocess, so
-peak memory is that case's alone: the growth of the process's peak RSS over its RSS before the
-measured call (model and input already built). Time is the median of ``--runs`` calls after a
-warm-up. Ratios compare each implementation with the reference of the same case, measured in
-the same run. Achieved GFLOP/s uses the FLOPs counted by ``torch.utils.flop_counter`` and is
-set against this machine's fp32 matmul speed, measured at the start.
+its memory figures are its own. Time is the median of ``--runs`` calls after a warm-up. Memory
+is given two ways:
+
+- peak tensor memory: the most bytes held by live tensors during the first call (which also
+  builds the position tables), above what was held before it (the CPU allocator's running total, read from ``torch.profiler``'s memory events);
+  what the implementation itself controls, like ``torch.cuda.max_memory_allocated``;
+- peak RSS growth: the process's peak resident memory during the first call over its resident
+  memory before it. This also holds one-time library initialisation (oneDNN, thread pools: some
+  tens of MB) and memory glibc keeps after tensors are freed, so it is coarser.
+
+Ratios compare each implementation with the reference of the same case, measured in the same
+run. Achieved GFLOP/s uses the FLOPs ``torch.utils.flop_counter`` counts on the reference
+(grouped-convolution gradients counted correctly; the stock formula overcounts depthwise ones
+by the group count) and is set against this machine's fp32 matmul speed, measured at the start.
 
     python tools/analysis/benchmark_backbone.py                        # default table
     python tools/analysis/benchmark_backbone.py --sizes 512x512 --tasks train --runs 2
@@ -14,6 +23,7 @@ set against this machine's fp32 matmul speed, measured at the start.
 import argparse
 import csv
 import json
+import math
 import os
 import resource
 import statistics
@@ -69,6 +79,33 @@ def matmul_gflops(threads: int) -> float:
     return 5 * 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e9
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, **kwargs) -> int:
+    """FLOPs of ``aten.convolution_backward`` (input and weight gradients), each as many as
+    the forward convolution; ``w_shape`` already divides the input channels by the groups."""
+    transposed, output_mask = args[4], args[7]
+    forward = 2 * math.prod(x_shape if transposed else grad_out_shape) * math.prod(w_shape[1:])
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def peak_tensor_mb(step) -> float:
+    """Peak of the CPU allocator's total during ``step()``, over the total before it."""
+    import tempfile
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'trace.json')
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)['traceEvents']
+    memory = sorted((e for e in events if e.get('name') == '[memory]'
+                     and 'Total Allocated' in e.get('args', {})), key=lambda e: e['ts'])
+    if not memory:
+        return 0.0
+    before = memory[0]['args']['Total Allocated'] - memory[0]['args']['Bytes']
+    return (max(e['args']['Total Allocated'] for e in memory) - before) / 2**20
+
+
 def run_case(spec: dict) -> dict:
     """Run one case in this process; returns its measurements."""
     import torch
@@ -95,10 +132,10 @@ def run_case(spec: dict) -> dict:
             with torch.no_grad():
                 model(x)
 
+    # The first call also builds the position tables (and, without gradients, caches the MLP's
+    # output), so it is the most demanding: both memory figures are taken on it.
     base = rss_mb()
-    start = time.perf_counter()
-    step()  # warm-up: also builds tables; its peak is this case's peak
-    first = time.perf_counter() - start
+    tensor_peak = peak_tensor_mb(step)
     peak = peak_rss_mb() - base
     times = []
     for _ in range(spec['runs']):
@@ -107,12 +144,13 @@ def run_case(spec: dict) -> dict:
         times.append(time.perf_counter() - start)
     flops = 0.0
     if spec.get('count_flops'):
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping={
+            torch.ops.aten.convolution_backward: _conv_backward_flops})
         with counter:
             step()
         flops = counter.get_total_flops()
-    return dict(time_s=statistics.median(times), first_s=first, peak_mb=peak,
-                build_mb=build_mb, flops=flops)
+    return dict(time_s=statistics.median(times), peak_mb=peak,
+                tensor_peak_mb=tensor_peak, build_mb=build_mb, flops=flops)
 
 
 def main() -> None:
@@ -147,28 +185,32 @@ def main() -> None:
             print('failed\n' + proc.stderr[-2000:])
             continue
         result = dict(spec, **json.loads(line[0][len('RESULT '):]))
-        print(f"{result['time_s']:.2f} s, peak +{result['peak_mb']:.0f} MB", flush=True)
+        print(f"{result['time_s']:.2f} s, tensors {result['tensor_peak_mb']:.0f} MB, "
+              f"RSS +{result['peak_mb']:.0f} MB", flush=True)
         results.append(result)
 
     def key(r):
         return (r['arch'], tuple(r['size']), r['task'], r['mode'])
 
     refs = {key(r): r for r in results if r['impl'] == 'reference'}
-    header = (f"{'arch':<6}{'input':>10}{'task':>7}{'mode':>15}{'impl':>12}{'time s':>9}"
-              f"{'speed-up':>10}{'peak MB':>9}{'mem ratio':>11}{'build MB':>10}{'GFLOP/s':>9}"
-              f"{'% matmul':>10}")
+    header = (f"{'arch':<6}{'input':>10}{'task':>7}{'mode':>15}{'impl':>11}{'time s':>8}"
+              f"{'speed-up':>9}{'tensor MB':>10}{'ratio':>7}{'RSS MB':>8}{'ratio':>7}"
+              f"{'build MB':>9}{'GFLOP/s':>8}{'% matmul':>9}")
     print('\n' + header + '\n' + '-' * len(header))
     for r in results:
         ref = refs.get(key(r))
         flops = ref['flops'] if ref else 0
         r['speedup'] = ref['time_s'] / r['time_s'] if ref else float('nan')
+        r['tensor_memory_ratio'] = (ref['tensor_peak_mb'] / max(r['tensor_peak_mb'], 1)
+                                    if ref else float('nan'))
         r['memory_ratio'] = ref['peak_mb'] / max(r['peak_mb'], 1) if ref else float('nan')
         r['gflops'] = flops / r['time_s'] / 1e9 if flops else float('nan')
         r['matmul_fraction'] = r['gflops'] / machine
         print(f"{r['arch']:<6}{r['size'][0]:>5}x{r['size'][1]:<4}{r['task']:>7}{r['mode']:>15}"
-              f"{r['impl']:>12}{r['time_s']:>9.2f}{r['speedup']:>9.2f}x{r['peak_mb']:>9.0f}"
-              f"{r['memory_ratio']:>10.2f}x{r['build_mb']:>10.0f}{r['gflops']:>9.1f}"
-              f"{100 * r['matmul_fraction']:>9.0f}%")
+              f"{r['impl']:>11}{r['time_s']:>8.2f}{r['speedup']:>8.2f}x"
+              f"{r['tensor_peak_mb']:>10.0f}{r['tensor_memory_ratio']:>6.2f}x"
+              f"{r['peak_mb']:>8.0f}{r['memory_ratio']:>6.2f}x{r['build_mb']:>9.0f}"
+              f"{r['gflops']:>8.1f}{100 * r['matmul_fraction']:>8.0f}%")
     with open(args.out, 'w') as f:
         json.dump(dict(matmul_gflops=machine, results=results), f, indent=1)
     csv_path = os.path.splitext(args.out)[0] + '.csv'

@@ -77,7 +77,28 @@ def _sdpa_flops(inputs, outputs) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
-#: Rules for ops mmengine's analyzer does not know (the SDPA variants take q, k, v first).
+def _pooled_attention_flops(inputs, outputs) -> int:
+    """The fast path's chunked pooled attention: q @ k^T and weights @ v, as SDPA."""
+    return _sdpa_flops(inputs, outputs)
+
+
+def _separable_cpb_flops(inputs, outputs) -> int:
+    """The position-bias MLP over every table coordinate, counted as the official
+    ``fc2(relu(fc1(coords)))`` over ``|rows| x |cols|`` 2-d coordinates."""
+    from mmengine.analysis.jit_handles import get_shape
+    row, col, weight = (get_shape(x) for x in inputs[:3])
+    return row[0] * col[0] * row[1] * (2 + weight[0])
+
+
+def _gelu_gate_linear_flops(inputs, outputs) -> int:
+    """ConvGLU's ``fc2(GELU(conv) * value)``: the ``fc2`` matmul."""
+    from mmengine.analysis.jit_handles import get_shape
+    conv, _, weight = (get_shape(x) for x in inputs[:3])
+    return int(torch.tensor(conv).prod()) * weight[0]
+
+
+#: Rules for ops mmengine's analyzer does not know (the SDPA variants take q, k, v first; the
+#: fast path's autograd functions appear as ``prim::PythonOp.<name>``).
 EXTRA_HANDLES = {
     **{f'aten::{name}': _sdpa_flops for name in (
         'scaled_dot_product_attention', '_scaled_dot_product_flash_attention_for_cpu',
@@ -85,6 +106,9 @@ EXTRA_HANDLES = {
         '_scaled_dot_product_cudnn_attention')},
     'mmtransnext::sliding_window_qk': _window_op_flops(0),
     'mmtransnext::sliding_window_av': _window_op_flops(0),
+    'prim::PythonOp._PooledAttention': _pooled_attention_flops,
+    'prim::PythonOp._SeparableCPB': _separable_cpb_flops,
+    'prim::PythonOp._GeluGateLinear': _gelu_gate_linear_flops,
 }
 
 

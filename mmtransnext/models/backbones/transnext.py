@@ -109,7 +109,8 @@ class TransNeXtBlock(nn.Module):
         drop, attn_drop, drop_path: dropout rates and stochastic depth.
         with_cp: recompute the block in backward (activation checkpointing).
         attn_impl: sliding-window backend of aggregated attention ('auto', 'ext', 'torch').
-        attention_mode: 'fast' or 'reference' (the official computation, the oracle).
+        attention_mode: 'fast' or 'reference' (the official computation, the oracle); selects
+            the implementation of both the token mixer and the ConvGLU.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: Optional[int], sr_ratio: int,
@@ -124,7 +125,7 @@ class TransNeXtBlock(nn.Module):
             self.attn = AggregatedAttention(dim, num_heads, window_size, sr_ratio, qkv_bias,
                                             attn_drop, drop, attn_impl, attention_mode)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = ConvGLU(dim, int(dim * mlp_ratio), drop)
+        self.mlp = ConvGLU(dim, int(dim * mlp_ratio), drop, fast=attention_mode == 'fast')
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.with_cp = with_cp
 

@@ -23,15 +23,18 @@ from torch import Tensor, nn
 from mmengine.model.weight_init import trunc_normal_
 
 from ...ops.dispatch import check_impl, window_av, window_qk
-from .position_bias import PositionTable, continuous_position_bias, expand_bias, resize_bias
+from ...ops.pooled_attention import pooled_attention
+from .position_bias import (PositionTable, continuous_position_bias, cpb_grid, fold_rows,
+                            resize_bias)
 
 Size2d = Tuple[int, int]
 
-#: ``'fast'``: pooled keys through ``scaled_dot_product_attention`` merged with the window keys
-#: by log-sum-exp, position bias expanded directly at the feature size and, without gradients,
-#: its MLP run once per size until the weights change. ``'reference'``: the official
-#: computation step by step in PyTorch (concatenated logits, unfolded windows, bias built for
-#: ``img_size`` then resized twice): the oracle the fast path is tested against.
+#: ``'fast'``: pooled keys through the fused attention kernel in chunks of query rows, merged
+#: with the window keys by log-sum-exp; the position bias expanded chunk by chunk from the CPB
+#: grid (never whole, recomputed in backward) and, without gradients, the MLP run once per size
+#: until the weights change; a copy-free ConvGLU. ``'reference'``: the official computation
+#: step by step in PyTorch (concatenated logits, unfolded windows, bias built for ``img_size``
+#: then resized twice): the oracle the fast path is tested against.
 ATTENTION_MODES = ('fast', 'reference')
 
 
@@ -61,47 +64,6 @@ def check_attention_mode(mode: str) -> str:
     if mode not in ATTENTION_MODES:
         raise ValueError(f'attention_mode must be one of {ATTENTION_MODES}, got {mode!r}')
     return mode
-
-
-def merged_softmax_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
-                             extra_lse: Tensor) -> Tuple[Tensor, Tensor]:
-    """Attention over keys ``k`` whose softmax also counts an extra key set summarised by its
-    log-sum-exp ``extra_lse`` (the local window), without concatenating any logits.
-
-    The extra set enters as one virtual key: queries get ``extra_lse`` as one more channel,
-    the virtual key is the unit vector on that channel (so its logit is ``extra_lse``) and its
-    value is the unit vector on one more value channel, which therefore returns the share of
-    the probability mass the extra set receives. Everything runs in one fused
-    ``scaled_dot_product_attention`` and stays differentiable.
-
-    Args:
-        q: ``(B, heads, N, d)`` scaled queries.
-        k, v: ``(B, heads, P, d)`` keys and values.
-        bias: ``(heads, N, P)`` logit bias shared by the batch.
-        extra_lse: ``(B, heads, N, 1)`` log-sum-exp of the extra set's logits.
-
-    Returns:
-        ``sum_p softmax_p v_p`` ``(B, heads, N, d)`` and the extra set's mass ``(B, heads, N, 1)``.
-    """
-    if not torch.is_grad_enabled() and q.device.type == 'cpu':
-        # Inference: the fused CPU kernel also returns the pooled log-sum-exp, so both key sets
-        # merge afterwards and nothing (bias included) is padded or copied.
-        dtype = torch.promote_types(q.dtype, k.dtype)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=bias.unsqueeze(0).to(dtype),
-            scale=1.0)[:2]
-        lse = lse.unsqueeze(-1).float()
-        total = torch.logaddexp(lse, extra_lse.float())
-        return out * torch.exp(lse - total).to(out.dtype), torch.exp(extra_lse - total)
-    batch, heads, _, dim = q.shape
-    unit = q.new_zeros(1, 1, 1, dim + 1)
-    unit[..., dim] = 1
-    q_aug = torch.cat([q, extra_lse.to(q.dtype)], dim=-1)
-    k_aug = torch.cat([F.pad(k, (0, 1)), unit.to(k.dtype).expand(batch, heads, 1, dim + 1)], 2)
-    v_aug = torch.cat([F.pad(v, (0, 1)), unit.to(v.dtype).expand(batch, heads, 1, dim + 1)], 2)
-    mask = F.pad(bias, (0, 1)).unsqueeze(0).to(q.dtype)
-    out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, attn_mask=mask, scale=1.0)
-    return out[..., :dim], out[..., dim:]
 
 
 def _init_temperature(num_heads: int) -> nn.Parameter:
@@ -153,21 +115,31 @@ class _CosineAttentionBase(nn.Module):
         cached = self._grid_cache
         if not torch.is_grad_enabled() and cached and cached[0] is table and cached[1] == key:
             return cached[2]
-        grid = table.grid(self.cpb_fc2(self.cpb_act(self.cpb_fc1(
-            table.coords().to(self.cpb_fc1.weight.dtype)))))
+        grid = cpb_grid(self.cpb_fc1, self.cpb_fc2, table)
         self._grid_cache = (table, key, grid) if not torch.is_grad_enabled() else None
         return grid
 
     def position_bias(self, geometry: StageGeometry) -> Tensor:
-        """``(heads, H*W, H'*W')`` continuous relative position bias for this stage's sizes."""
+        """``(heads, H*W, H'*W')`` continuous relative position bias, the official way: the MLP
+        over the table, gathered, and in interpolation mode resized (reference path)."""
         table = geometry.table
-        if self.use_fast_path():
-            return expand_bias(self._cpb_grid(table), table, geometry.size, geometry.pool_size)
         bias = continuous_position_bias(self.cpb_fc1, self.cpb_act, self.cpb_fc2, table)
         if geometry.resize:
             bias = resize_bias(bias, table.query_size, table.key_size, geometry.size,
                                geometry.pool_size)
         return bias
+
+    def folded_bias(self, geometry: StageGeometry) -> Tuple[Tensor, Tensor, Tensor]:
+        """The position bias as a row-folded grid and column taps (fast path): what
+        :func:`mmtransnext.ops.pooled_attention.pooled_attention` expands chunk by chunk."""
+        return fold_rows(self._cpb_grid(geometry.table), geometry.table, geometry.size,
+                         geometry.pool_size)
+
+    def attend_pooled(self, q: Tensor, k: Tensor, v: Tensor, geometry: StageGeometry,
+                      extra_lse: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        """Fast path: softmax attention over ``k``/``v`` with the position bias, merged with an
+        extra key set summarised by ``extra_lse`` (see :func:`pooled_attention`)."""
+        return pooled_attention(q, k, v, *self.folded_bias(geometry), extra_lse=extra_lse)
 
     def scale_queries(self, q_norm: Tensor, geometry: StageGeometry) -> Tensor:
         """Add the query embedding and apply the length-scaled temperature."""
@@ -215,11 +187,20 @@ class AggregatedAttention(_CosineAttentionBase):
         self.learnable_tokens = _init_param(num_heads, self.head_dim, self.local_len, std=0.02)
         self.learnable_bias = nn.Parameter(torch.zeros(num_heads, 1, self.local_len))
 
-    def pooled_kv(self, x: Tensor, size: Size2d, pool_size: Size2d) -> Tuple[Tensor, Tensor]:
-        """Pooled keys (L2-normalised) and values, each ``(B, heads, H'*W', d)``."""
+    def pooled_kv(self, x: Tensor, size: Size2d, pool_size: Size2d,
+                  fast: bool = False) -> Tuple[Tensor, Tensor]:
+        """Pooled keys (L2-normalised) and values, each ``(B, heads, H'*W', d)``.
+
+        ``fast`` applies the 1x1 conv as a linear layer on the tokens and pools the
+        channels-last view, so the full-size map is never transposed into NCHW memory.
+        """
         batch, _, channels = x.shape
-        grid = x.transpose(1, 2).reshape(batch, channels, *size)
-        pooled = F.adaptive_avg_pool2d(self.act(self.sr(grid)), pool_size)
+        if fast:
+            tokens = self.act(F.linear(x, self.sr.weight.view(channels, channels), self.sr.bias))
+            grid = tokens.view(batch, size[0], size[1], channels).permute(0, 3, 1, 2)
+        else:
+            grid = self.act(self.sr(x.transpose(1, 2).reshape(batch, channels, *size)))
+        pooled = F.adaptive_avg_pool2d(grid, pool_size)
         pooled = self.norm(pooled.flatten(2).transpose(1, 2))
         k, v = self.kv(pooled).view(batch, -1, 2, self.num_heads, self.head_dim).permute(
             2, 0, 3, 1, 4)
@@ -243,9 +224,8 @@ class AggregatedAttention(_CosineAttentionBase):
         attn_local = window_qk(q_scaled, k_local, self.relative_pos_bias_local, size, window,
                                geometry.padding_mask, self.attn_impl)
         lse_local = torch.logsumexp(attn_local, dim=-1, keepdim=True)
-        k_pool, v_pool = self.pooled_kv(x, size, geometry.pool_size)
-        out, local_mass = merged_softmax_attention(q_scaled, k_pool, v_pool,
-                                                   self.position_bias(geometry), lse_local)
+        k_pool, v_pool = self.pooled_kv(x, size, geometry.pool_size, fast=True)
+        out, local_mass = self.attend_pooled(q_scaled, k_pool, v_pool, geometry, lse_local)
         local_weights = torch.exp(attn_local - lse_local) * local_mass
         local_weights = local_weights + q_norm @ self.learnable_tokens + self.learnable_bias
         out = out + window_av(local_weights, v_local, size, window, self.attn_impl)
@@ -294,10 +274,8 @@ class FullAttention(_CosineAttentionBase):
             2, 0, 3, 1, 4)
         q_scaled = self.scale_queries(F.normalize(q, dim=-1), geometry)
         k = F.normalize(k, dim=-1)
-        bias = self.position_bias(geometry)
         if self.use_fast_path():
-            out = F.scaled_dot_product_attention(q_scaled, k, v, attn_mask=bias.unsqueeze(0),
-                                                 scale=1.0)
-            return self.project(out)
+            return self.project(self.attend_pooled(q_scaled, k, v, geometry)[0])
+        bias = self.position_bias(geometry)
         attn = self.attn_drop((q_scaled @ k.transpose(-2, -1) + bias).softmax(dim=-1))
         return self.project(attn @ v)

@@ -79,6 +79,61 @@ class PositionTable:
         return expand_bias(self.grid(table_values), self, self.query_size, self.key_size)
 
 
+#: Elements of one chunk of the CPB MLP's hidden layer in :func:`cpb_grid` (4 MB in float32).
+CPB_CHUNK_ELEMENTS = 1 << 20
+
+
+class _SeparableCPB(torch.autograd.Function):
+    """``fc2(relu(row[i] + col[j]))`` for every (i, j), chunked over i, saving only the two
+    per-axis halves of the first layer: its hidden layer is recomputed in backward instead of
+    being kept (``|values_h| * |values_w| x 512`` floats, over 100 MB per block at 512x512)."""
+
+    @staticmethod
+    def forward(ctx, row: Tensor, col: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        rows, cols, heads = row.shape[0], col.shape[0], weight.shape[0]
+        step = max(1, CPB_CHUNK_ELEMENTS // max(1, cols * row.shape[1]))
+        grid = row.new_empty(heads, rows, cols)
+        for i in range(0, rows, step):
+            hidden = (row[i:i + step, None] + col[None]).relu_()
+            grid[:, i:i + step] = torch.movedim(F.linear(hidden, weight, bias), -1, 0)
+        ctx.step = step
+        ctx.save_for_backward(row, col, weight)
+        return grid
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        row, col, weight = ctx.saved_tensors
+        grad_row, grad_col = torch.empty_like(row), torch.zeros_like(col)
+        grad_weight = torch.zeros_like(weight)
+        for i in range(0, row.shape[0], ctx.step):
+            hidden = (row[i:i + ctx.step, None] + col[None]).relu_()
+            g = torch.movedim(grad[:, i:i + ctx.step], 0, -1)  # (rows, cols, heads)
+            grad_weight += g.reshape(-1, g.shape[-1]).t() @ hidden.reshape(-1, hidden.shape[-1])
+            grad_hidden = (g @ weight).mul_(hidden > 0)
+            grad_row[i:i + ctx.step] = grad_hidden.sum(1)
+            grad_col += grad_hidden.sum(0)
+        return grad_row, grad_col, grad_weight, grad.sum((1, 2))
+
+
+def cpb_grid(fc1: nn.Linear, fc2: nn.Linear, table: PositionTable) -> Tensor:
+    """The CPB MLP (``fc2(relu(fc1(coords)))``) over every coordinate of ``table``, as a
+    ``(heads, |values_h|, |values_w|)`` grid (same numbers as :meth:`PositionTable.grid` of
+    the MLP over :meth:`PositionTable.coords`).
+
+    The coordinates are a cartesian product, so ``fc1`` splits into a row part and a column
+    part; the hidden layer is formed chunk by chunk and never saved for backward.
+    """
+    dtype = fc1.weight.dtype
+    log_h = _log_spaced(table.values_h).to(dtype)
+    log_w = _log_spaced(table.values_w).to(dtype)
+    row = log_h[:, None] * fc1.weight[:, 0]
+    if fc1.bias is not None:
+        row = row + fc1.bias
+    col = log_w[:, None] * fc1.weight[:, 1]
+    bias = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
+    return _SeparableCPB.apply(row, col, fc2.weight, bias)
+
+
 def build_position_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
                          device: torch.device) -> PositionTable:
     """Build the relative position table for ``query_size`` queries and ``key_size`` pooled keys."""
@@ -124,22 +179,17 @@ def _axis_taps(index: Tensor, query_len: int, key_len: int,
     return rows[..., keep], weights[..., keep]
 
 
-def expand_bias(grid: Tensor, table: PositionTable, query_size: Size2d,
-                key_size: Size2d) -> Tensor:
-    """``(heads, Hq*Wq, Hk*Wk)`` bias from the CPB ``grid`` (see :meth:`PositionTable.grid`).
+def fold_rows(grid: Tensor, table: PositionTable, query_size: Size2d,
+              key_size: Size2d) -> Tuple[Tensor, Tensor, Tensor]:
+    """The CPB ``grid`` with the row axis resolved, plus the column taps that finish the bias.
 
-    Without resizing this is a pure gather. When ``query_size``/``key_size`` differ from the
-    table's grids, the result equals :func:`resize_bias` of the gathered table (the official
-    interpolation mode): bilinear resizing is separable, so along each axis a (query, key) pair
-    mixes at most four table entries. Rows are mixed on the small grid, then columns while the
-    full-size output is written (:func:`mmtransnext.ops.bias_ops.expand_columns`).
+    Returns ``folded (heads, Hq, Hk, |values_w|)``, ``rows_w (Wq, Wk, taps)`` and ``w_w``
+    (float32, same shape) such that ``expand_columns(folded, rows_w, w_w)`` is the
+    ``(heads, Hq, Wq, Hk, Wk)`` bias. With resizing (interpolation mode at a new size) a
+    (query, key) pair mixes up to two table entries per axis, as bilinear resizing does.
     """
     rows_h, w_h = _axis_taps(table.index_h, query_size[0], key_size[0], True)
     rows_w, w_w = _axis_taps(table.index_w, query_size[1], key_size[1], True)
-    if (w_h is not None or w_w is not None) and not expand_columns_compiled(grid):
-        # Without the compiled kernel, PyTorch's resizing beats one full-size pass per tap.
-        bias = expand_bias(grid, table, table.query_size, table.key_size)
-        return resize_bias(bias, table.query_size, table.key_size, query_size, key_size)
     folded = None
     for t in range(rows_h.shape[-1]):
         term = grid[:, rows_h[..., t]]  # (heads, Hq, Hk, |values_w|)
@@ -148,7 +198,27 @@ def expand_bias(grid: Tensor, table: PositionTable, query_size: Size2d,
         folded = term if folded is None else folded + term
     if w_w is None:
         w_w = torch.ones(rows_w.shape, device=grid.device)
-    out = expand_columns(folded, rows_w, w_w)
+    return folded, rows_w, w_w
+
+
+def expand_bias(grid: Tensor, table: PositionTable, query_size: Size2d,
+                key_size: Size2d) -> Tensor:
+    """``(heads, Hq*Wq, Hk*Wk)`` bias from the CPB ``grid`` (see :meth:`PositionTable.grid`).
+
+    Without resizing this is a pure gather. When ``query_size``/``key_size`` differ from the
+    table's grids, the result equals :func:`resize_bias` of the gathered table (the official
+    interpolation mode): bilinear resizing is separable, so along each axis a (query, key) pair
+    mixes at most two table entries. Rows are mixed on the small grid (:func:`fold_rows`), then
+    columns while the full-size output is written
+    (:func:`mmtransnext.ops.bias_ops.expand_columns`).
+    """
+    resized = tuple(table.index_h.shape) != (query_size[0], key_size[0]) or \
+        tuple(table.index_w.shape) != (query_size[1], key_size[1])
+    if resized and not expand_columns_compiled(grid):
+        # Without the compiled kernel, PyTorch's resizing beats one full-size pass per tap.
+        bias = expand_bias(grid, table, table.query_size, table.key_size)
+        return resize_bias(bias, table.query_size, table.key_size, query_size, key_size)
+    out = expand_columns(*fold_rows(grid, table, query_size, key_size))
     return out.reshape(grid.shape[0], query_size[0] * query_size[1], key_size[0] * key_size[1])
 
 

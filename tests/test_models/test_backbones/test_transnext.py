@@ -76,7 +76,10 @@ def test_fast_path_equals_reference_outputs_and_gradients(extrapolation, size):
         # Compared relative to the tensor's largest entry: summation order differs between the
         # paths, so tiny entries of large accumulated gradients differ by rounding. (The
         # full-attention cpb_fc2.bias shifts every logit of a softmax equally: its true gradient
-        # is zero and both paths return noise, hence the absolute floor.)
+        # is zero and both paths return rounding noise, checked to be small.)
+        if name.startswith('block4.') and name.endswith('cpb_fc2.bias'):
+            assert fast_grads[name].abs().max() < 1e-5 and grad.abs().max() < 1e-5, name
+            continue
         error = (fast_grads[name] - grad).abs().max().item()
         assert error <= 1e-4 * grad.abs().max().item() + 1e-6, (name, error)
 

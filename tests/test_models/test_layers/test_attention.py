@@ -88,11 +88,11 @@ def test_position_bias_grid_is_reused_until_weights_change():
     attn = perturb_(AggregatedAttention(16, 2, 3, 4)).eval()
     geometry = _geometry((8, 8), (2, 2), 3, (14, 14))
     with torch.no_grad():
-        first = attn.position_bias(geometry)
+        first = attn.folded_bias(geometry)[0]
         grid = attn._grid_cache[2]
-        assert attn.position_bias(geometry).equal(first) and attn._grid_cache[2] is grid
+        assert attn.folded_bias(geometry)[0].equal(first) and attn._grid_cache[2] is grid
         attn.cpb_fc2.weight.add_(1.0)   # an optimizer step or a checkpoint load
-        changed = attn.position_bias(geometry)
+        changed = attn.folded_bias(geometry)[0]
     assert attn._grid_cache[2] is not grid and not changed.equal(first)
-    bias = attn.position_bias(geometry)  # with gradients: computed, never cached
-    assert bias.requires_grad and attn._grid_cache is None
+    folded = attn.folded_bias(geometry)[0]  # with gradients: computed, never cached
+    assert folded.requires_grad and attn._grid_cache is None

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from mmtransnext.models.layers import position_bias
 from mmtransnext.models.layers.position_bias import (PositionTableCache, build_position_table,
                                                      resize_bias)
 from reference import brute_force_table
@@ -57,3 +58,23 @@ def test_cache_hits_and_bound():
 def test_cache_rejects_zero_size():
     with pytest.raises(ValueError):
         PositionTableCache(0)
+
+
+@pytest.mark.parametrize('chunk', [1 << 22, 700])  # one chunk; many chunks with a ragged end
+def test_separable_cpb_grid_equals_mlp_over_coords(monkeypatch, chunk):
+    monkeypatch.setattr(position_bias, 'CPB_CHUNK_ELEMENTS', chunk)
+    table = build_position_table((9, 7), (3, 2), (14, 14), torch.device('cpu'))
+    fc1, fc2 = torch.nn.Linear(2, 16), torch.nn.Linear(16, 3)
+    with torch.no_grad():
+        fc1.bias.normal_()
+    grid = position_bias.cpb_grid(fc1, fc2, table)
+    weights = torch.randn(grid.shape)
+    (grid * weights).sum().backward()
+    fast_grads = [p.grad.clone() for p in (*fc1.parameters(), *fc2.parameters())]
+    for p in (*fc1.parameters(), *fc2.parameters()):
+        p.grad = None
+    expected = table.grid(fc2(torch.relu(fc1(table.coords()))))
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(grid, expected, rtol=1e-5, atol=1e-6)
+    for fast, p in zip(fast_grads, (*fc1.parameters(), *fc2.parameters())):
+        torch.testing.assert_close(fast, p.grad, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+from mmtransnext.models.layers.position_bias import build_position_table, expand_bias, fold_rows
+from mmtransnext.ops import pooled_attention as pa
+
+
+def _case(size, pool, table_sizes=None, batch=2, heads=3, dim=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    table = build_position_table(*(table_sizes or (size, pool)), (14, 14), torch.device('cpu'))
+    grid = torch.randn(heads, table.values_h.numel(), table.values_w.numel(), generator=gen)
+    length, keys = size[0] * size[1], pool[0] * pool[1]
+    q = torch.randn(batch, heads, length, dim, generator=gen)
+    k = torch.randn(batch, heads, keys, dim, generator=gen)
+    v = torch.randn(batch, heads, keys, dim, generator=gen)
+    extra = torch.randn(batch, heads, length, 1, generator=gen)
+    return table, grid, q, k, v, extra
+
+
+def _expected(q, k, v, bias, extra):
+    """One softmax over the pooled logits and the extra set (as one logit ``extra``)."""
+    logits = q @ k.transpose(-2, -1) + bias
+    if extra is None:
+        probs = logits.softmax(-1)
+        return probs @ v, None
+    probs = torch.cat([logits, extra], -1).softmax(-1)
+    return probs[..., :-1] @ v, probs[..., -1:]
+
+
+def _leaves(*tensors):
+    return [t.detach().clone().requires_grad_() for t in tensors]
+
+
+@pytest.mark.parametrize('size,pool,table_sizes,chunk', [
+    ((8, 6), (2, 3), None, 1),                    # one query row per chunk
+    ((8, 6), (2, 3), None, 3),                    # ragged last chunk
+    ((7, 9), (3, 2), ((10, 12), (4, 3)), None),   # interpolation: resized bias taps
+    ((1, 1), (1, 1), None, None),
+])
+@pytest.mark.parametrize('with_extra', [True, False])
+def test_pooled_attention_equals_one_softmax_outputs_and_gradients(size, pool, table_sizes,
+                                                                   chunk, with_extra):
+    table, grid, q, k, v, extra = _case(size, pool, table_sizes)
+    extra = extra if with_extra else None
+    weights_out = torch.randn(q.shape)
+    weights_mass = torch.randn(q.shape[:-1] + (1,))
+
+    leaves = _leaves(q, k, v, grid) + (_leaves(extra) if with_extra else [None])
+    qf, kf, vf, gf, ef = leaves
+    out, mass = pa.pooled_attention(qf, kf, vf, *fold_rows(gf, table, size, pool), ef,
+                                    chunk=chunk)
+    loss = (out * weights_out).sum() + ((mass * weights_mass).sum() if with_extra else 0)
+    loss.backward()
+
+    ref_leaves = _leaves(q, k, v, grid) + (_leaves(extra) if with_extra else [None])
+    qr, kr, vr, gr, er = ref_leaves
+    bias = expand_bias(gr, table, size, pool)
+    out_r, mass_r = _expected(qr, kr, vr, bias, er)
+    loss_r = (out_r * weights_out).sum() + ((mass_r * weights_mass).sum() if with_extra else 0)
+    loss_r.backward()
+
+    torch.testing.assert_close(out, out_r, rtol=1e-5, atol=1e-5)
+    if with_extra:
+        torch.testing.assert_close(mass, mass_r, rtol=1e-5, atol=1e-5)
+    for name, a, b in zip('q k v grid extra'.split(), leaves, ref_leaves):
+        if a is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_pooled_attention_generic_path_and_pytorch_bias_expansion(monkeypatch):
+    """The path of devices without the fused CPU kernel (math on each chunk) and of builds
+    without the compiled bias op (gradient through the PyTorch expansion), run here on CPU."""
+    size, pool, table_sizes = (6, 5), (3, 2), ((8, 8), (2, 2))
+    table, grid, q, k, v, extra = _case(size, pool, table_sizes)
+    results = []
+    expand = pa.expand_columns
+    for generic in (False, True):
+        if generic:
+            def math_chunk(q, k, v, bias):
+                logits = (q @ k.transpose(-2, -1) + bias).float()
+                lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+                return torch.exp(logits - lse) @ v, lse
+            monkeypatch.setattr(pa, '_chunk_attention', math_chunk)
+            monkeypatch.setattr(pa, 'expand_columns_compiled', lambda t: False)
+            monkeypatch.setattr(pa, 'expand_columns',
+                                lambda f, r, w: expand(f, r, w, impl='torch'))
+        leaves = _leaves(q, k, v, grid, extra)
+        out, mass = pa.pooled_attention(leaves[0], leaves[1], leaves[2],
+                                        *fold_rows(leaves[3], table, size, pool), leaves[4],
+                                        chunk=2)
+        (out.sum() + 3 * mass.sum()).backward()
+        results.append((out, mass, [t.grad for t in leaves]))
+    (out_a, mass_a, grads_a), (out_b, mass_b, grads_b) = results
+    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mass_a, mass_b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_pooled_attention_output_is_token_major_and_bf16_runs():
+    size, pool = (4, 4), (2, 2)
+    table, grid, q, k, v, extra = _case(size, pool)
+    out, _ = pa.pooled_attention(q, k, v, *fold_rows(grid, table, size, pool), extra)
+    # (B, heads, N, d) view of (B, N, heads, d) memory: the projection reads it without a copy.
+    assert out.transpose(1, 2).is_contiguous()
+    out16, mass16 = pa.pooled_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(),
+                                        *fold_rows(grid, table, size, pool), extra)
+    assert out16.dtype == torch.bfloat16
+    torch.testing.assert_close(out16.float(), out, rtol=0.05, atol=0.05)
+
+
+def test_pooled_attention_rejects_mismatched_map():
+    size, pool = (4, 4), (2, 2)
+    table, grid, q, k, v, extra = _case(size, pool)
+    with pytest.raises(ValueError, match='do not form'):
+        pa.pooled_attention(q[:, :, :12], k, v, *fold_rows(grid, table, size, pool))
+
+
+def test_chunk_rows_respects_the_budget():
+    assert pa.chunk_rows(2, 3, 128, 256, budget=1 << 22) == 21
+    assert pa.chunk_rows(1, 3, 304, 950, budget=1 << 22) == 4
+    assert pa.chunk_rows(8, 24, 4096, 4096, budget=1 << 22) == 1
