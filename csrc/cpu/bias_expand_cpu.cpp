@@ -26,23 +26,29 @@ void check_taps(const at::Tensor& rows, const at::Tensor& weights) {
 }
 
 // One (head, query row) slice: out[x, a, b] = sum_s w[x, b, s] * slice[a, rows[x, b, s]].
-// (An AVX2 clone of this loop measured no faster: the taps are gathers and the writes dominate.)
-template <typename scalar_t>
-void expand_slice(const scalar_t* slice, const int64_t* idx, const float* wts, scalar_t* target,
+// TAPS is a compile-time tap count (1, 2, 4; 0 = read it from `taps`), UNIT says every weight
+// is 1 (a pure gather). Indices are int32 copies, so a (x, b) entry is 4 bytes per tap.
+template <typename scalar_t, int TAPS, bool UNIT>
+void expand_slice(const scalar_t* slice, const int32_t* idx, const float* wts, scalar_t* target,
                   int64_t width, int64_t kh, int64_t kw, int64_t taps, int64_t columns) {
   using acc_t = at::opmath_type<scalar_t>;
+  const int64_t t = TAPS > 0 ? TAPS : taps;
   for (int64_t x = 0; x < width; ++x) {
-    const int64_t* r = idx + x * kw * taps;
-    const float* w = wts + x * kw * taps;
-    for (int64_t a = 0; a < kh; ++a) {
+    const int32_t* r = idx + x * kw * t;
+    const float* w = wts + x * kw * t;
+    scalar_t* o = target + x * kh * kw;
+    for (int64_t a = 0; a < kh; ++a, o += kw) {
       const scalar_t* row = slice + a * columns;
-      scalar_t* o = target + (x * kh + a) * kw;
       for (int64_t b = 0; b < kw; ++b) {
-        acc_t sum = 0;
-        for (int64_t s = 0; s < taps; ++s) {
-          sum += static_cast<acc_t>(w[b * taps + s]) * static_cast<acc_t>(row[r[b * taps + s]]);
+        if constexpr (UNIT && TAPS == 1) {
+          o[b] = row[r[b]];
+        } else {
+          acc_t sum = 0;
+          for (int64_t s = 0; s < t; ++s) {
+            sum += static_cast<acc_t>(w[b * t + s]) * static_cast<acc_t>(row[r[b * t + s]]);
+          }
+          o[b] = static_cast<scalar_t>(sum);
         }
-        o[b] = static_cast<scalar_t>(sum);
       }
     }
   }
@@ -63,16 +69,28 @@ at::Tensor forward(const at::Tensor& folded_in, const at::Tensor& rows_in,
                                     rows.max().item<int64_t>() < columns),
               "expand_bias: rows index outside [0, ", columns, ")");
   auto out = at::empty({heads, height, width, kh, kw}, folded.options());
+  const auto rows32 = rows.to(at::kInt);
+  const bool unit = taps == 1 && weights.eq(1).all().item<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, folded.scalar_type(),
                                   "expand_bias", [&] {
+    auto kernel = &expand_slice<scalar_t, 0, false>;
+    if (unit) {
+      kernel = &expand_slice<scalar_t, 1, true>;
+    } else if (taps == 1) {
+      kernel = &expand_slice<scalar_t, 1, false>;
+    } else if (taps == 2) {
+      kernel = &expand_slice<scalar_t, 2, false>;
+    } else if (taps == 4) {
+      kernel = &expand_slice<scalar_t, 4, false>;
+    }
     const scalar_t* src = folded.data_ptr<scalar_t>();
-    const int64_t* idx = rows.data_ptr<int64_t>();
+    const int32_t* idx = rows32.data_ptr<int32_t>();
     const float* wts = weights.data_ptr<float>();
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, heads * height, 1, [&](int64_t begin, int64_t end) {
       for (int64_t hy = begin; hy < end; ++hy) {
-        expand_slice<scalar_t>(src + hy * kh * columns, idx, wts, dst + hy * width * kh * kw,
-                               width, kh, kw, taps, columns);
+        kernel(src + hy * kh * columns, idx, wts, dst + hy * width * kh * kw, width, kh, kw,
+               taps, columns);
       }
     });
   });

@@ -27,8 +27,10 @@ CHUNK_ELEMENTS = 1 << 20
 
 
 def chunk_rows(batch: int, heads: int, width: int, num_keys: int,
-               budget: int = CHUNK_ELEMENTS) -> int:
-    """Query rows (of ``width`` queries) per chunk for a ``budget`` of logits."""
+               budget: Optional[int] = None) -> int:
+    """Query rows (of ``width`` queries) per chunk for a ``budget`` of logits (default
+    :data:`CHUNK_ELEMENTS`)."""
+    budget = CHUNK_ELEMENTS if budget is None else budget
     return max(1, budget // max(1, batch * heads * width * num_keys))
 
 

@@ -1,5 +1,5 @@
 """Convolutional GLU, TransNeXt's channel mixer."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +106,7 @@ class ConvGLU(nn.Module):
         return _GeluGateLinear.apply(conv, value, self.fc2.weight, self.fc2.bias)
 
     def forward_bands(self, x: Tensor, size: Tuple[int, int],
-                      budget: int = BAND_ELEMENTS) -> Tensor:
+                      budget: Optional[int] = None) -> Tensor:
         """Inference in bands of rows, each with a one-row halo for the 3x3 conv, so that the
         hidden-width tensors never exist for the whole map (same numbers; the halo rows' gate
         projection is computed twice)."""
@@ -117,6 +117,7 @@ class ConvGLU(nn.Module):
         gate_b = None if bias is None else bias[:hidden]
         value_b = None if bias is None else bias[hidden:]
         conv = self.dwconv.dwconv
+        budget = BAND_ELEMENTS if budget is None else budget
         rows = max(1, budget // max(1, batch * width * hidden))
         grid = x.reshape(batch, height, width, x.shape[-1])
         out = x.new_empty(batch, height, width, self.fc2.out_features)

@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from mmtransnext.models import ARCH_SETTINGS, TransNeXt
+from mmtransnext.models.layers import conv_glu, position_bias
+from mmtransnext.ops import pooled_attention
 from reference import perturb_, reference_backbone
 
 # Backbone-only parameter counts of the official implementation, measured by building the
@@ -81,6 +83,34 @@ def test_fast_path_equals_reference_outputs_and_gradients(extrapolation, size):
             assert fast_grads[name].abs().max() < 1e-5 and grad.abs().max() < 1e-5, name
             continue
         error = (fast_grads[name] - grad).abs().max().item()
+        assert error <= 1e-4 * grad.abs().max().item() + 1e-6, (name, error)
+
+
+@pytest.mark.parametrize('extrapolation', [False, True])
+def test_fast_path_in_many_chunks_equals_reference(monkeypatch, extrapolation):
+    """Small budgets split the pooled attention, the CPB MLP and the inference ConvGLU into
+    many chunks (ragged ends included), as detection-size inputs do with the defaults."""
+    monkeypatch.setattr(pooled_attention, 'CHUNK_ELEMENTS', 3000)
+    monkeypatch.setattr(position_bias, 'CPB_CHUNK_ELEMENTS', 5000)
+    monkeypatch.setattr(conv_glu, 'BAND_ELEMENTS', 2000)
+    fast = perturb_(TransNeXt(**SMALL, img_size=96, pretrain_size=224,
+                              is_extrapolation=extrapolation))
+    ref = TransNeXt(**SMALL, img_size=96, pretrain_size=224, is_extrapolation=extrapolation,
+                    attention_mode='reference')
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 75, 101)
+    with torch.no_grad():
+        for a, b in zip(fast.eval()(x), ref.eval()(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    grads = []
+    for model in (fast, ref):
+        outs = model.train()(x)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, grad in grads[1].items():
+        if name.startswith('block4.') and name.endswith('cpb_fc2.bias'):
+            continue  # true gradient zero (see above)
+        error = (grads[0][name] - grad).abs().max().item()
         assert error <= 1e-4 * grad.abs().max().item() + 1e-6, (name, error)
 
 

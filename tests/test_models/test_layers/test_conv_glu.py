@@ -72,3 +72,13 @@ def test_fast_conv_glu_saves_less_for_backward():
     # The official sequence keeps gate/value, the conv output, GELU output and the product;
     # the fast one keeps the conv input and output and the value (and counts x twice).
     assert ref_bytes - fast_bytes >= 1.5 * hidden_tensor, (fast_bytes, ref_bytes)
+
+
+@pytest.mark.parametrize('budget', [1, 700, None])  # one row per band; ragged bands; one band
+@pytest.mark.parametrize('size', [(9, 7), (1, 6), (2, 2)])
+def test_conv_glu_bands_equal_whole_map(budget, size):
+    fast, ref = _pair()
+    x = torch.randn(2, size[0] * size[1], 12)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval().forward_bands(x, size, budget),
+                                   ref.eval()(x, size), rtol=1e-5, atol=1e-6)
