@@ -25,6 +25,27 @@ void check_taps(const at::Tensor& rows, const at::Tensor& weights) {
               ", got ", weights.sizes(), " ", weights.scalar_type());
 }
 
+// One pass over the (small) taps: the int32 copy the kernels read, a range check (an index
+// outside the folded grid would read or write out of bounds) and whether every weight is 1.
+at::Tensor checked_rows(const at::Tensor& rows, const at::Tensor& weights, int64_t columns,
+                        bool* unit_weights) {
+  TORCH_CHECK(rows.device().is_cpu() && weights.device().is_cpu(),
+              "expand_bias: rows and weights must be CPU tensors on the CPU path");
+  auto rows32 = at::empty(rows.sizes(), rows.options().dtype(at::kInt));
+  const int64_t* r = rows.data_ptr<int64_t>();
+  const float* w = weights.data_ptr<float>();
+  int32_t* r32 = rows32.data_ptr<int32_t>();
+  bool unit = true;
+  for (int64_t i = 0; i < rows.numel(); ++i) {
+    TORCH_CHECK(r[i] >= 0 && r[i] < columns, "expand_bias: rows index ", r[i],
+                " outside [0, ", columns, ")");
+    r32[i] = static_cast<int32_t>(r[i]);
+    unit = unit && w[i] == 1.f;
+  }
+  *unit_weights = unit;
+  return rows32;
+}
+
 // One (head, query row) slice: out[x, a, b] = sum_s w[x, b, s] * slice[a, rows[x, b, s]].
 // TAPS is a compile-time tap count (1, 2, 4; 0 = read it from `taps`), UNIT says every weight
 // is 1 (a pure gather). Indices are int32 copies, so a (x, b) entry is 4 bytes per tap.
@@ -65,16 +86,13 @@ at::Tensor forward(const at::Tensor& folded_in, const at::Tensor& rows_in,
   const int64_t heads = folded.size(0), height = folded.size(1), kh = folded.size(2);
   const int64_t columns = folded.size(3);
   const int64_t width = rows.size(0), kw = rows.size(1), taps = rows.size(2);
-  TORCH_CHECK(rows.numel() == 0 || (rows.min().item<int64_t>() >= 0 &&
-                                    rows.max().item<int64_t>() < columns),
-              "expand_bias: rows index outside [0, ", columns, ")");
+  bool unit = false;
+  const auto rows32 = checked_rows(rows, weights, columns, &unit);
   auto out = at::empty({heads, height, width, kh, kw}, folded.options());
-  const auto rows32 = rows.to(at::kInt);
-  const bool unit = taps == 1 && weights.eq(1).all().item<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, folded.scalar_type(),
                                   "expand_bias", [&] {
     auto kernel = &expand_slice<scalar_t, 0, false>;
-    if (unit) {
+    if (unit && taps == 1) {
       kernel = &expand_slice<scalar_t, 1, true>;
     } else if (taps == 1) {
       kernel = &expand_slice<scalar_t, 1, false>;
@@ -109,6 +127,8 @@ at::Tensor backward(const at::Tensor& grad_in, const at::Tensor& rows_in,
   const int64_t kh = grad.size(3), kw = grad.size(4), taps = rows.size(2);
   TORCH_CHECK(rows.size(0) == width && rows.size(1) == kw,
               "expand_bias_backward: rows ", rows.sizes(), " do not fit grad ", grad.sizes());
+  bool unit = false;
+  checked_rows(rows, weights, columns, &unit);
   // Accumulate in the accumulation type, then cast: half inputs would lose the many small terms.
   const auto acc_dtype = at::toOpMathType(grad.scalar_type());
   auto grad_folded = at::zeros({heads, height, kh, columns}, grad.options().dtype(acc_dtype));

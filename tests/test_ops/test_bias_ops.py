@@ -63,9 +63,13 @@ def test_opcheck():
 
 
 def test_bad_rows_are_rejected():
-    with pytest.raises(RuntimeError, match='rows index outside'):
+    with pytest.raises(RuntimeError, match=r'rows index 3 outside \[0, 3\)'):
         torch.ops.mmtransnext.expand_bias(torch.randn(1, 2, 2, 3), torch.full((2, 2, 1), 3),
                                           torch.ones(2, 2, 1))
+    with pytest.raises(RuntimeError, match=r'rows index -1 outside'):
+        torch.ops.mmtransnext.expand_bias_backward(torch.randn(1, 2, 2, 2, 2),
+                                                   torch.full((2, 2, 1), -1),
+                                                   torch.ones(2, 2, 1), 3)
     with pytest.raises(RuntimeError, match='float32'):
         torch.ops.mmtransnext.expand_bias(torch.randn(1, 2, 2, 3),
                                           torch.zeros(2, 2, 1, dtype=torch.long),
