@@ -5,8 +5,9 @@ its memory figures are its own. Time is the median of ``--runs`` calls after a w
 is given two ways:
 
 - peak tensor memory: the most bytes held by live tensors during the first call (which also
-  builds the position tables), above what was held before it (the CPU allocator's running total, read from ``torch.profiler``'s memory events);
-  what the implementation itself controls, like ``torch.cuda.max_memory_allocated``;
+  builds the position tables), above what was held before it (the CPU allocator's running
+  total, read from ``torch.profiler``'s memory events); what the implementation itself
+  controls, like ``torch.cuda.max_memory_allocated``;
 - peak RSS growth: the process's peak resident memory during the first call over its resident
   memory before it. This also holds one-time library initialisation (oneDNN, thread pools: some
   tens of MB) and memory glibc keeps after tensors are freed, so it is coarser.
