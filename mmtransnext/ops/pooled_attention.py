@@ -34,6 +34,13 @@ def chunk_rows(batch: int, heads: int, width: int, num_keys: int,
     return max(1, budget // max(1, batch * heads * width * num_keys))
 
 
+def balanced_rows(height: int, rows: int) -> int:
+    """Rows per chunk for as many chunks as ``rows`` gives, evened out so the last chunk is
+    not a small remainder (a short chunk keeps the kernel's threads poorly busy)."""
+    chunks = -(-height // max(1, rows))
+    return -(-height // chunks)
+
+
 def _chunk_bias(folded: Tensor, rows_w: Tensor, w_w: Tensor, y0: int, y1: int) -> Tensor:
     part = expand_columns(folded[:, y0:y1], rows_w, w_w)  # (heads, rows, W, Hk, Wk)
     heads, rows, width, kh, kw = part.shape
@@ -59,7 +66,7 @@ def _folded_grad(grad_bias: Tensor, folded: Tensor, rows_w: Tensor, w_w: Tensor,
     width, kw = rows_w.shape[:2]
     if expand_columns_compiled(part):
         grad = grad_bias.to(part.dtype).reshape(heads, rows, width, kh, kw)
-        return torch.ops.mmtransnext.expand_bias_backward(grad, rows_w, w_w.float(), columns)
+        return torch.ops.mmtransnext.expand_bias_backward(grad, rows_w, w_w, columns)
     with torch.enable_grad():
         leaf = part.detach().requires_grad_()
         bias = expand_columns(leaf, rows_w, w_w).reshape(heads, rows * width, kh * kw)
@@ -162,6 +169,6 @@ def pooled_attention(q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Te
         raise ValueError(f'{length} queries do not form the {folded.shape[1]}x{width} map of the '
                          'position bias')
     if chunk is None:
-        chunk = chunk_rows(batch, heads, width, k.shape[2])
+        chunk = balanced_rows(folded.shape[1], chunk_rows(batch, heads, width, k.shape[2]))
     out, mass = _PooledAttention.apply(q, k, v, folded, rows_w, w_w.float(), extra_lse, chunk)
     return out, mass

@@ -120,3 +120,16 @@ def test_chunk_rows_respects_the_budget():
     assert pa.chunk_rows(2, 3, 128, 256, budget=1 << 22) == 21
     assert pa.chunk_rows(1, 3, 304, 950, budget=1 << 22) == 4
     assert pa.chunk_rows(8, 24, 4096, 4096, budget=1 << 22) == 1
+
+
+@pytest.mark.parametrize('height,rows,expected', [
+    (32, 10, 8),     # 10+10+10+2 -> four chunks of 8
+    (128, 10, 10),   # 13 chunks either way
+    (50, 10, 10),    # already even
+    (5, 10, 5),      # one chunk
+    (7, 1, 1),
+])
+def test_balanced_rows_keep_the_chunk_count_and_even_it_out(height, rows, expected):
+    got = pa.balanced_rows(height, rows)
+    assert got == expected
+    assert -(-height // got) == -(-height // rows) and got <= rows

@@ -125,12 +125,11 @@ class ConvGLU(nn.Module):
             y1 = min(height, y0 + rows)
             lo, hi = max(0, y0 - 1), min(height, y1 + 1)
             gate = F.linear(grid[:, lo:hi], gate_w, gate_b)  # (B, rows + halo, W, hidden)
-            if lo == y0 or hi == y1:  # zero rows beyond the map, as the conv's padding gives
-                zero = gate.new_zeros(batch, 1, width, hidden)
-                gate = torch.cat([zero] * (lo == y0) + [gate] + [zero] * (hi == y1), dim=1)
             # (B, rows, W, hidden) memory is a channels-last map: the conv reads and writes it.
-            hidden_out = F.conv2d(gate.permute(0, 3, 1, 2), conv.weight, conv.bias,
-                                  padding=(0, 1), groups=hidden).permute(0, 2, 3, 1)
+            # Its zero padding is the map's own border wherever the band has no halo row, and
+            # only the halo rows' outputs (dropped) see padding inside the map.
+            hidden_out = F.conv2d(gate.permute(0, 3, 1, 2), conv.weight, conv.bias, padding=1,
+                                  groups=hidden).permute(0, 2, 3, 1)[:, y0 - lo:y1 - lo]
             del gate
             hidden_out = torch.ops.aten.gelu_(hidden_out)
             hidden_out.mul_(F.linear(grid[:, y0:y1], value_w, value_b))

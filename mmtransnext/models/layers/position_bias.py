@@ -13,7 +13,7 @@ bounded LRU keyed by (query size, key size, pretrain size, device).
 """
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, Optional, Tuple
 
 import torch
@@ -64,6 +64,22 @@ class PositionTable:
     index_w: Tensor
     query_size: Size2d
     key_size: Size2d
+    _taps: 'OrderedDict[tuple, BiasTaps]' = field(default_factory=OrderedDict, init=False,
+                                                  repr=False, compare=False)
+
+    def taps(self, query_size: Size2d, key_size: Size2d) -> 'BiasTaps':
+        """The :class:`BiasTaps` that map this table to ``query_size`` x ``key_size`` grids,
+        built once per size pair (they never depend on weights); the
+        :data:`TAPS_PER_TABLE` most recently used pairs are kept."""
+        key = (tuple(query_size), tuple(key_size))
+        taps = self._taps.get(key)
+        if taps is None:
+            taps = self._taps[key] = BiasTaps.build(self, query_size, key_size)
+            if len(self._taps) > TAPS_PER_TABLE:
+                self._taps.popitem(last=False)
+        else:
+            self._taps.move_to_end(key)
+        return taps
 
     def coords(self) -> Tensor:
         """``(T, 2)`` log-spaced coordinates, rows in the order ``torch.unique(dim=0)`` gives."""
@@ -179,6 +195,34 @@ def _axis_taps(index: Tensor, query_len: int, key_len: int,
     return rows[..., keep], weights[..., keep]
 
 
+#: Size pairs whose :class:`BiasTaps` a table keeps (a few KB each).
+TAPS_PER_TABLE = 64
+
+
+@dataclass(frozen=True)
+class BiasTaps:
+    """Per-axis table rows and weights that turn a table's grid into the bias of a
+    ``query_size`` x ``key_size`` pair of grids (see :func:`fold_rows`).
+
+    Attributes:
+        rows_h, weights_h: ``(Hq, Hk, taps)`` rows of ``values_h`` mixed per (query, key) row
+            pair, and their weights (None for one tap of weight 1).
+        rows_w, weights_w: likewise for columns; ``weights_w`` is always a float32 tensor.
+    """
+    rows_h: Tensor
+    weights_h: Optional[Tensor]
+    rows_w: Tensor
+    weights_w: Tensor
+
+    @classmethod
+    def build(cls, table: 'PositionTable', query_size: Size2d, key_size: Size2d) -> 'BiasTaps':
+        rows_h, w_h = _axis_taps(table.index_h, query_size[0], key_size[0], True)
+        rows_w, w_w = _axis_taps(table.index_w, query_size[1], key_size[1], True)
+        if w_w is None:
+            w_w = torch.ones(rows_w.shape, device=rows_w.device)
+        return cls(rows_h, w_h, rows_w, w_w)
+
+
 def fold_rows(grid: Tensor, table: PositionTable, query_size: Size2d,
               key_size: Size2d) -> Tuple[Tensor, Tensor, Tensor]:
     """The CPB ``grid`` with the row axis resolved, plus the column taps that finish the bias.
@@ -188,17 +232,14 @@ def fold_rows(grid: Tensor, table: PositionTable, query_size: Size2d,
     ``(heads, Hq, Wq, Hk, Wk)`` bias. With resizing (interpolation mode at a new size) a
     (query, key) pair mixes up to two table entries per axis, as bilinear resizing does.
     """
-    rows_h, w_h = _axis_taps(table.index_h, query_size[0], key_size[0], True)
-    rows_w, w_w = _axis_taps(table.index_w, query_size[1], key_size[1], True)
+    taps = table.taps(query_size, key_size)
     folded = None
-    for t in range(rows_h.shape[-1]):
-        term = grid[:, rows_h[..., t]]  # (heads, Hq, Hk, |values_w|)
-        if w_h is not None:
-            term = term * w_h[..., t, None].to(term.dtype)
+    for t in range(taps.rows_h.shape[-1]):
+        term = grid[:, taps.rows_h[..., t]]  # (heads, Hq, Hk, |values_w|)
+        if taps.weights_h is not None:
+            term = term * taps.weights_h[..., t, None].to(term.dtype)
         folded = term if folded is None else folded + term
-    if w_w is None:
-        w_w = torch.ones(rows_w.shape, device=grid.device)
-    return folded, rows_w, w_w
+    return folded, taps.rows_w, taps.weights_w
 
 
 def expand_bias(grid: Tensor, table: PositionTable, query_size: Size2d,

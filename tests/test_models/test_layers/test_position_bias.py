@@ -55,6 +55,20 @@ def test_cache_hits_and_bound():
     assert cache.misses == misses + 1
 
 
+def test_bias_taps_are_built_once_per_size_pair_and_bounded(monkeypatch):
+    monkeypatch.setattr(position_bias, 'TAPS_PER_TABLE', 2)
+    table = build_position_table((8, 8), (2, 2), (56, 56), torch.device('cpu'))
+    taps = table.taps((12, 10), (3, 2))
+    assert table.taps((12, 10), (3, 2)) is taps
+    assert taps.rows_h.shape[:2] == (12, 3) and taps.rows_h.shape[-1] > 1
+    assert taps.weights_w.dtype == torch.float32
+    same = table.taps((8, 8), (2, 2))  # the table's own grids: one tap of weight 1 per axis
+    assert same.weights_h is None and same.rows_w.shape[-1] == 1 and same.weights_w.eq(1).all()
+    table.taps((16, 16), (4, 4))  # a third pair drops the least recently used one
+    assert len(table._taps) == 2 and table.taps((8, 8), (2, 2)) is same
+    assert table.taps((12, 10), (3, 2)) is not taps
+
+
 def test_cache_rejects_zero_size():
     with pytest.raises(ValueError):
         PositionTableCache(0)
