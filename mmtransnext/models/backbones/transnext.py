@@ -323,6 +323,15 @@ class TransNeXt(BaseModule):
         self._freeze_stages()
         return self
 
+    def clear_caches(self) -> None:
+        """Drop the size-dependent state built lazily by forward passes: position tables and
+        their taps, and the CPB grids kept for inference. The next forward rebuilds what it
+        needs (e.g. to free memory after evaluating at many sizes)."""
+        self.position_tables.clear()
+        for module in self.modules():
+            if isinstance(module, (AggregatedAttention, FullAttention)):
+                module.clear_cache()
+
     # ----------------------------------------------------------------------------- forward
     def stage_geometry(self, stage: int, size: Size2d, device: torch.device) -> StageGeometry:
         """Sizes, length scale, window mask and position table of ``stage`` for an ``size`` map."""

@@ -119,6 +119,10 @@ class _CosineAttentionBase(nn.Module):
         self._grid_cache = (table, key, grid) if not torch.is_grad_enabled() else None
         return grid
 
+    def clear_cache(self) -> None:
+        """Forget the CPB grid kept for inference."""
+        self._grid_cache = None
+
     def position_bias(self, geometry: StageGeometry) -> Tensor:
         """``(heads, H*W, H'*W')`` continuous relative position bias, the official way: the MLP
         over the table, gathered, and in interpolation mode resized (reference path)."""
@@ -131,7 +135,9 @@ class _CosineAttentionBase(nn.Module):
 
     def folded_bias(self, geometry: StageGeometry) -> Tuple[Tensor, Tensor, Tensor]:
         """The position bias as a row-folded grid and column taps (fast path): what
-        :func:`mmtransnext.ops.pooled_attention.pooled_attention` expands chunk by chunk."""
+        :func:`mmtransnext.ops.pooled_attention.pooled_attention` expands chunk by chunk.
+        The folded grid is rebuilt per call: kept, it would cost ``Hq*Hk/|values_h|`` times
+        the grid's memory in every block."""
         return fold_rows(self._cpb_grid(geometry.table), geometry.table, geometry.size,
                          geometry.pool_size)
 
@@ -215,19 +221,38 @@ class AggregatedAttention(_CosineAttentionBase):
             2, 0, 3, 1, 4)
         return q_norm, self.scale_queries(q_norm, geometry), F.normalize(k_local, dim=-1), v_local
 
+    def _heads(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """``(B, N, C)`` tokens through a linear map into ``(B, heads, N, d)``."""
+        batch, length, _ = x.shape
+        return F.linear(x, weight, bias).view(batch, length, self.num_heads,
+                                              self.head_dim).transpose(1, 2)
+
     def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
-        """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``."""
+        """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``.
+
+        The fast path computes the official numbers in an order that keeps few full-size
+        tensors alive across the pooled attention: the learnable-token weights replace the
+        normalised queries as soon as they are made, and the local keys and values come from
+        the two halves of ``kv`` separately, the values only once they are needed.
+        """
         if not self.use_fast_path():
             return self.forward_reference(x, geometry)
-        size, window = geometry.size, self.window_size
-        q_norm, q_scaled, k_local, v_local = self._local_qkv(x, geometry)
+        size, window, dim = geometry.size, self.window_size, self.dim
+        kv_w, kv_b = self.kv.weight, self.kv.bias
+        q_norm = F.normalize(self._heads(x, self.q.weight, self.q.bias), dim=-1)
+        q_scaled = self.scale_queries(q_norm, geometry)
+        token_weights = q_norm @ self.learnable_tokens + self.learnable_bias
+        del q_norm
+        k_local = F.normalize(self._heads(x, kv_w[:dim], None if kv_b is None else kv_b[:dim]),
+                              dim=-1)
         attn_local = window_qk(q_scaled, k_local, self.relative_pos_bias_local, size, window,
                                geometry.padding_mask, self.attn_impl)
+        del k_local
         lse_local = torch.logsumexp(attn_local, dim=-1, keepdim=True)
         k_pool, v_pool = self.pooled_kv(x, size, geometry.pool_size, fast=True)
         out, local_mass = self.attend_pooled(q_scaled, k_pool, v_pool, geometry, lse_local)
-        local_weights = torch.exp(attn_local - lse_local) * local_mass
-        local_weights = local_weights + q_norm @ self.learnable_tokens + self.learnable_bias
+        local_weights = torch.exp(attn_local - lse_local) * local_mass + token_weights
+        v_local = self._heads(x, kv_w[dim:], None if kv_b is None else kv_b[dim:])
         out = out + window_av(local_weights, v_local, size, window, self.attn_impl)
         return self.project(out)
 

@@ -196,6 +196,21 @@ def test_position_tables_are_cached_per_size():
         assert cache.misses > misses
 
 
+def test_clear_caches_drops_lazy_state_and_keeps_outputs():
+    model = TransNeXt(**SMALL).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        first = model(x)
+        grids = [m._grid_cache for m in model.modules() if hasattr(m, '_grid_cache')]
+        assert len(model.position_tables) and grids and all(g is not None for g in grids)
+        model.clear_caches()
+        assert len(model.position_tables) == 0
+        assert all(m._grid_cache is None for m in model.modules() if hasattr(m, '_grid_cache'))
+        again = model(x)
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_position_cache_is_bounded():
     model = TransNeXt(**SMALL, is_extrapolation=True, position_cache_size=6).eval()
     with torch.no_grad():
