@@ -2,15 +2,22 @@
 
 Every case (arch x input x bias mode x task x implementation) runs in a fresh subprocess, so
 its memory figures are its own. Time is the median of ``--runs`` calls after a warm-up. Memory
-is given two ways:
+is given two ways, both for the first call at the case's input size (the one that also builds
+the position tables and, without gradients, the CPB grids kept for reuse):
 
-- peak tensor memory: the most bytes held by live tensors during the first call (which also
-  builds the position tables), above what was held before it (the CPU allocator's running
-  total, read from ``torch.profiler``'s memory events); what the implementation itself
-  controls, like ``torch.cuda.max_memory_allocated``;
-- peak RSS growth: the process's peak resident memory during the first call over its resident
-  memory before it. This also holds one-time library initialisation (oneDNN, thread pools: some
-  tens of MB) and memory glibc keeps after tensors are freed, so it is coarser.
+- peak tensor memory: the most bytes held by live tensors during that call, above what was
+  held before it (the CPU allocator's running total, read from ``torch.profiler``'s memory
+  events); what the implementation itself controls, like ``torch.cuda.max_memory_allocated``;
+- peak RSS growth: the process's peak resident memory during that call over its resident
+  memory before it (``VmHWM`` reset through ``/proc/self/clear_refs``). This also counts memory
+  glibc keeps after tensors are freed, so it is coarser. Before the model is built, one call
+  of a throwaway model (same arch and implementation, 64x64 input) initialises the libraries
+  (oneDNN, thread pools, the compiled ops: some tens of MB paid once per process, whatever the
+  input size); its memory is freed and the heap trimmed (``malloc_trim``) before each
+  measurement. ``--cold`` skips that call, so the growth also holds the one-time
+  initialisation. The profiled call that gives the tensor figure comes second, with the
+  model's size-dependent caches dropped (``TransNeXt.clear_caches``): the profiler's own
+  records would otherwise count as RSS.
 
 Ratios compare each implementation with the reference of the same case, measured in the same
 run. Achieved GFLOP/s uses the FLOPs ``torch.utils.flop_counter`` counts on the reference
@@ -20,13 +27,15 @@ by the group count) and is set against this machine's fp32 matmul speed, measure
     python tools/analysis/benchmark_backbone.py                        # default table
     python tools/analysis/benchmark_backbone.py --sizes 512x512 --tasks train --runs 2
     python tools/analysis/benchmark_backbone.py --out results.json     # also writes .csv
+    python tools/analysis/benchmark_backbone.py --cold                 # RSS incl. library init
 """
 import argparse
 import csv
+import ctypes
+import gc
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -54,19 +63,33 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--impls', nargs='+', default=['reference', 'fast'], choices=sorted(IMPLS))
     p.add_argument('--runs', type=int, default=3)
     p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--cold', action='store_true',
+                   help='no library warm-up before the RSS measurement (see above)')
     p.add_argument('--out', default='benchmark_backbone.json',
                    help='JSON results (a CSV is written next to it)')
     p.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case, print JSON
     return p.parse_args()
 
 
+def _status_mb(field: str) -> float:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
 def rss_mb() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+    return _status_mb('VmRSS')
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss_growth_mb(step) -> float:
+    """Peak resident memory during ``step()`` over the resident memory before it."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # resets VmHWM to the current RSS (Linux >= 4.0)
+    base = rss_mb()
+    step()
+    return _status_mb('VmHWM') - base
 
 
 def matmul_gflops(threads: int) -> float:
@@ -107,6 +130,26 @@ def peak_tensor_mb(step) -> float:
     return (max(e['args']['Total Allocated'] for e in memory) - before) / 2**20
 
 
+def release_memory() -> None:
+    """Collect garbage and return the heap's free memory to the system (glibc)."""
+    gc.collect()
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _run(model, x, train: bool) -> None:
+    if train:
+        outs = model(x)
+        sum(o.float().mean() for o in outs).backward()
+        model.zero_grad(set_to_none=True)
+    else:
+        import torch
+        with torch.no_grad():
+            model(x)
+
+
 def run_case(spec: dict) -> dict:
     """Run one case in this process; returns its measurements."""
     import torch
@@ -116,28 +159,30 @@ def run_case(spec: dict) -> dict:
     torch.manual_seed(0)
     h, w = spec['size']
     train = spec['task'] == 'train'
-    before_build = rss_mb()
-    model = TransNeXt(spec['arch'], img_size=800 if max(h, w) >= 800 else 512,
-                      pretrain_size=224, is_extrapolation=spec['mode'] == 'extrapolation',
-                      **IMPLS[spec['impl']])
-    model.train(train)
-    build_mb = peak_rss_mb() - before_build
-    x = torch.randn(2 if train else 1, 3, h, w)
+    batch = 2 if train else 1
+    options = dict(pretrain_size=224, is_extrapolation=spec['mode'] == 'extrapolation',
+                   **IMPLS[spec['impl']])
+    if not spec.get('cold'):
+        # One small call on a throwaway model initialises the libraries; its memory is freed
+        # and returned to the system before anything is measured.
+        warm = TransNeXt(spec['arch'], img_size=64, **options).train(train)
+        _run(warm, torch.randn(batch, 3, 64, 64), train)
+        del warm
+    release_memory()
+    built = []
+    build_mb = rss_growth_mb(lambda: built.append(TransNeXt(
+        spec['arch'], img_size=800 if max(h, w) >= 800 else 512, **options).train(train)))
+    model = built.pop()
+    x = torch.randn(batch, 3, h, w)
 
     def step():
-        if train:
-            outs = model(x)
-            sum(o.float().mean() for o in outs).backward()
-            model.zero_grad(set_to_none=True)
-        else:
-            with torch.no_grad():
-                model(x)
+        _run(model, x, train)
 
-    # The first call also builds the position tables (and, without gradients, caches the MLP's
-    # output), so it is the most demanding: both memory figures are taken on it.
-    base = rss_mb()
+    release_memory()
+    peak = rss_growth_mb(step)
+    model.clear_caches()
+    release_memory()
     tensor_peak = peak_tensor_mb(step)
-    peak = peak_rss_mb() - base
     times = []
     for _ in range(spec['runs']):
         start = time.perf_counter()
@@ -171,7 +216,8 @@ def main() -> None:
                 for mode in args.modes:
                     for impl in args.impls:
                         cases.append(dict(arch=arch, size=hw, task=task, mode=mode, impl=impl,
-                                          runs=args.runs, threads=args.threads))
+                                          runs=args.runs, threads=args.threads,
+                                          cold=args.cold))
     results: List[Dict] = []
     for i, spec in enumerate(cases, 1):
         label = (f"{spec['arch']} {spec['size'][0]}x{spec['size'][1]} {spec['task']} "
