@@ -1,7 +1,11 @@
 """Time and memory of the TransNeXt backbone: fast path vs the reference (official computation).
 
 Every case (arch x input x bias mode x task x implementation) runs in a fresh subprocess, so
-its memory figures are its own. Time is the median of ``--runs`` calls after a warm-up. Memory
+its memory figures are its own. Time is measured apart from memory, with all implementations of
+a case in one process, same weights, called in turn for ``--runs`` rounds after a warm-up call
+each: "time s" is an implementation's median, "speed-up" the median over rounds of the
+reference's time over its time in the same round, so that the machine's speed drifting during
+the run (shared machines drift by 2x over minutes) cancels out of the ratio. Memory
 is given two ways, both for the first call at the case's input size (the one that also builds
 the position tables and, without gradients, the CPB grids kept for reuse):
 
@@ -68,6 +72,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--out', default='benchmark_backbone.json',
                    help='JSON results (a CSV is written next to it)')
     p.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    p.add_argument('--timing', help=argparse.SUPPRESS)  # internal: time one case's impls
     return p.parse_args()
 
 
@@ -183,11 +188,6 @@ def run_case(spec: dict) -> dict:
     model.clear_caches()
     release_memory()
     tensor_peak = peak_tensor_mb(step)
-    times = []
-    for _ in range(spec['runs']):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
     flops = 0.0
     if spec.get('count_flops'):
         counter = FlopCounterMode(display=False, custom_mapping={
@@ -195,14 +195,47 @@ def run_case(spec: dict) -> dict:
         with counter:
             step()
         flops = counter.get_total_flops()
-    return dict(time_s=statistics.median(times), peak_mb=peak,
-                tensor_peak_mb=tensor_peak, build_mb=build_mb, flops=flops)
+    return dict(peak_mb=peak, tensor_peak_mb=tensor_peak, build_mb=build_mb, flops=flops)
+
+
+def run_timing(spec: dict) -> dict:
+    """Time every implementation of one (arch, input, task, mode) in this process: models
+    with the same weights, called in turn for ``runs`` rounds (the order rotating each round)
+    after one warm-up call each. Returns each implementation's times, round by round."""
+    import torch
+    from mmtransnext.models import TransNeXt
+    torch.set_num_threads(spec['threads'])
+    torch.manual_seed(0)
+    h, w = spec['size']
+    train = spec['task'] == 'train'
+    models = {}
+    for impl in spec['impls']:
+        models[impl] = TransNeXt(spec['arch'], img_size=800 if max(h, w) >= 800 else 512,
+                                 pretrain_size=224,
+                                 is_extrapolation=spec['mode'] == 'extrapolation',
+                                 **IMPLS[impl]).train(train)
+        if len(models) > 1:
+            models[impl].load_state_dict(models[spec['impls'][0]].state_dict())
+    x = torch.randn(2 if train else 1, 3, h, w)
+    for model in models.values():
+        _run(model, x, train)
+    times = {impl: [] for impl in models}
+    impls = list(models)
+    for r in range(spec['runs']):
+        for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
+            start = time.perf_counter()
+            _run(models[impl], x, train)
+            times[impl].append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
     args = parse_args()
     if args.case:
         print('RESULT ' + json.dumps(run_case(json.loads(args.case))))
+        return
+    if args.timing:
+        print('RESULT ' + json.dumps(run_timing(json.loads(args.timing))))
         return
     machine = matmul_gflops(args.threads)
     print(f'fp32 matmul on {args.threads} threads: {machine:.0f} GFLOP/s', flush=True)
@@ -218,26 +251,54 @@ def main() -> None:
                         cases.append(dict(arch=arch, size=hw, task=task, mode=mode, impl=impl,
                                           runs=args.runs, threads=args.threads,
                                           cold=args.cold))
-    results: List[Dict] = []
-    for i, spec in enumerate(cases, 1):
-        label = (f"{spec['arch']} {spec['size'][0]}x{spec['size'][1]} {spec['task']} "
-                 f"{spec['mode']} {spec['impl']}")
-        print(f'[{i}/{len(cases)}] {label} ...', end=' ', flush=True)
-        # FLOPs are counted once per shape, on the reference case (all aten ops).
-        spec = dict(spec, count_flops=spec['impl'] == 'reference')
-        proc = subprocess.run([sys.executable, __file__, '--case', json.dumps(spec)],
+
+    def subprocess_result(flag: str, spec: dict):
+        proc = subprocess.run([sys.executable, __file__, flag, json.dumps(spec)],
                               capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
         if proc.returncode or not line:
             print('failed\n' + proc.stderr[-2000:])
+            return None
+        return json.loads(line[0][len('RESULT '):])
+
+    results: List[Dict] = []
+    for i, spec in enumerate(cases, 1):
+        label = (f"{spec['arch']} {spec['size'][0]}x{spec['size'][1]} {spec['task']} "
+                 f"{spec['mode']} {spec['impl']}")
+        print(f'[{i}/{len(cases)}] memory: {label} ...', end=' ', flush=True)
+        # FLOPs are counted once per shape, on the reference case (all aten ops).
+        spec = dict(spec, count_flops=spec['impl'] == 'reference')
+        measured = subprocess_result('--case', spec)
+        if measured is None:
             continue
-        result = dict(spec, **json.loads(line[0][len('RESULT '):]))
-        print(f"{result['time_s']:.2f} s, tensors {result['tensor_peak_mb']:.0f} MB, "
-              f"RSS +{result['peak_mb']:.0f} MB", flush=True)
+        result = dict(spec, **measured)
+        print(f"tensors {result['tensor_peak_mb']:.0f} MB, RSS +{result['peak_mb']:.0f} MB",
+              flush=True)
         results.append(result)
 
     def key(r):
         return (r['arch'], tuple(r['size']), r['task'], r['mode'])
+
+    groups = list(dict.fromkeys(key(r) for r in results))
+    for i, group in enumerate(groups, 1):
+        members = [r for r in results if key(r) == group]
+        impls = [r['impl'] for r in members]
+        print(f"[{i}/{len(groups)}] time: {group[0]} {group[1][0]}x{group[1][1]} {group[2]} "
+              f"{group[3]} ({', '.join(impls)}) ...", end=' ', flush=True)
+        spec = dict(arch=group[0], size=group[1], task=group[2], mode=group[3], impls=impls,
+                    runs=args.runs, threads=args.threads)
+        times = subprocess_result('--timing', spec)
+        if times is None:
+            continue
+        for r in members:
+            r['times_s'] = times[r['impl']]
+            r['time_s'] = statistics.median(times[r['impl']])
+            if 'reference' in times:
+                r['speedup'] = statistics.median(
+                    a / b for a, b in zip(times['reference'], times[r['impl']]))
+        print(', '.join(f"{impl} {statistics.median(t):.2f} s" for impl, t in times.items()),
+              flush=True)
+    results = [r for r in results if 'time_s' in r]
 
     refs = {key(r): r for r in results if r['impl'] == 'reference'}
     header = (f"{'arch':<6}{'input':>10}{'task':>7}{'mode':>15}{'impl':>11}{'time s':>8}"
@@ -247,7 +308,7 @@ def main() -> None:
     for r in results:
         ref = refs.get(key(r))
         flops = ref['flops'] if ref else 0
-        r['speedup'] = ref['time_s'] / r['time_s'] if ref else float('nan')
+        r.setdefault('speedup', float('nan'))
         r['tensor_memory_ratio'] = (ref['tensor_peak_mb'] / max(r['tensor_peak_mb'], 1)
                                     if ref else float('nan'))
         r['memory_ratio'] = ref['peak_mb'] / max(r['peak_mb'], 1) if ref else float('nan')
