@@ -64,22 +64,16 @@ class PositionTable:
     index_w: Tensor
     query_size: Size2d
     key_size: Size2d
-    _taps: 'OrderedDict[tuple, BiasTaps]' = field(default_factory=OrderedDict, init=False,
-                                                  repr=False, compare=False)
+    _taps: 'PositionTableCache' = field(
+        default_factory=lambda: PositionTableCache(TAPS_PER_TABLE), init=False, repr=False,
+        compare=False)
 
     def taps(self, query_size: Size2d, key_size: Size2d) -> 'BiasTaps':
         """The :class:`BiasTaps` that map this table to ``query_size`` x ``key_size`` grids,
         built once per size pair (they never depend on weights); the
         :data:`TAPS_PER_TABLE` most recently used pairs are kept."""
-        key = (tuple(query_size), tuple(key_size))
-        taps = self._taps.get(key)
-        if taps is None:
-            taps = self._taps[key] = BiasTaps.build(self, query_size, key_size)
-            if len(self._taps) > TAPS_PER_TABLE:
-                self._taps.popitem(last=False)
-        else:
-            self._taps.move_to_end(key)
-        return taps
+        return self._taps.get((tuple(query_size), tuple(key_size)),
+                              lambda: BiasTaps.build(self, query_size, key_size))
 
     def coords(self) -> Tensor:
         """``(T, 2)`` log-spaced coordinates, rows in the order ``torch.unique(dim=0)`` gives."""
@@ -179,12 +173,11 @@ def linear_taps(src: int, dst: int, device: torch.device) -> Tuple[Tensor, Tenso
     return torch.stack([lo, hi], 1), torch.stack([1 - frac, frac], 1)
 
 
-def _axis_taps(index: Tensor, query_len: int, key_len: int,
-               resize: bool) -> Tuple[Tensor, Optional[Tensor]]:
+def _axis_taps(index: Tensor, query_len: int, key_len: int) -> Tuple[Tensor, Optional[Tensor]]:
     """Per (query, key) pair along one axis: the table rows ``(Q, K, T)`` it mixes and their
     weights (None when there is one tap of weight 1). Taps of zero weight everywhere are dropped,
     so an axis whose sizes do not change costs one tap."""
-    if not resize or tuple(index.shape) == (query_len, key_len):
+    if tuple(index.shape) == (query_len, key_len):
         return index[..., None], None
     device = index.device
     q_idx, q_w = linear_taps(index.shape[0], query_len, device)
@@ -216,8 +209,8 @@ class BiasTaps:
 
     @classmethod
     def build(cls, table: 'PositionTable', query_size: Size2d, key_size: Size2d) -> 'BiasTaps':
-        rows_h, w_h = _axis_taps(table.index_h, query_size[0], key_size[0], True)
-        rows_w, w_w = _axis_taps(table.index_w, query_size[1], key_size[1], True)
+        rows_h, w_h = _axis_taps(table.index_h, query_size[0], key_size[0])
+        rows_w, w_w = _axis_taps(table.index_w, query_size[1], key_size[1])
         if w_w is None:
             w_w = torch.ones(rows_w.shape, device=rows_w.device)
         return cls(rows_h, w_h, rows_w, w_w)
