@@ -44,7 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 IMPLS = {
     'reference': dict(attention_mode='reference', attn_impl='torch'),
@@ -155,30 +155,40 @@ def _run(model, x, train: bool) -> None:
             model(x)
 
 
-def run_case(spec: dict) -> dict:
-    """Run one case in this process; returns its measurements."""
+def _setup(spec: dict) -> Tuple[bool, int]:
+    """Threads and seed for a case; returns (train, batch)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
-    from mmtransnext.models import TransNeXt
     torch.set_num_threads(spec['threads'])
     torch.manual_seed(0)
-    h, w = spec['size']
     train = spec['task'] == 'train'
-    batch = 2 if train else 1
-    options = dict(pretrain_size=224, is_extrapolation=spec['mode'] == 'extrapolation',
-                   **IMPLS[spec['impl']])
+    return train, 2 if train else 1
+
+
+def _build(spec: dict, impl: str, img_size: Optional[int] = None):
+    """The case's backbone for ``impl``; ``img_size`` 800 for inputs with a side >= 800, else
+    512, unless given."""
+    from mmtransnext.models import TransNeXt
+    if img_size is None:
+        img_size = 800 if max(spec['size']) >= 800 else 512
+    return TransNeXt(spec['arch'], img_size=img_size, pretrain_size=224,
+                     is_extrapolation=spec['mode'] == 'extrapolation',
+                     **IMPLS[impl]).train(spec['task'] == 'train')
+
+
+def run_case(spec: dict) -> dict:
+    """Run one case's memory (and, if asked, FLOP) measurements in this process."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    train, batch = _setup(spec)
     if not spec.get('cold'):
         # One small call on a throwaway model initialises the libraries; its memory is freed
         # and returned to the system before anything is measured.
-        warm = TransNeXt(spec['arch'], img_size=64, **options).train(train)
-        _run(warm, torch.randn(batch, 3, 64, 64), train)
-        del warm
+        _run(_build(spec, spec['impl'], img_size=64), torch.randn(batch, 3, 64, 64), train)
     release_memory()
     built = []
-    build_mb = rss_growth_mb(lambda: built.append(TransNeXt(
-        spec['arch'], img_size=800 if max(h, w) >= 800 else 512, **options).train(train)))
+    build_mb = rss_growth_mb(lambda: built.append(_build(spec, spec['impl'])))
     model = built.pop()
-    x = torch.randn(batch, 3, h, w)
+    x = torch.randn(batch, 3, *spec['size'])
 
     def step():
         _run(model, x, train)
@@ -203,24 +213,15 @@ def run_timing(spec: dict) -> dict:
     with the same weights, called in turn for ``runs`` rounds (the order rotating each round)
     after one warm-up call each. Returns each implementation's times, round by round."""
     import torch
-    from mmtransnext.models import TransNeXt
-    torch.set_num_threads(spec['threads'])
-    torch.manual_seed(0)
-    h, w = spec['size']
-    train = spec['task'] == 'train'
-    models = {}
-    for impl in spec['impls']:
-        models[impl] = TransNeXt(spec['arch'], img_size=800 if max(h, w) >= 800 else 512,
-                                 pretrain_size=224,
-                                 is_extrapolation=spec['mode'] == 'extrapolation',
-                                 **IMPLS[impl]).train(train)
-        if len(models) > 1:
-            models[impl].load_state_dict(models[spec['impls'][0]].state_dict())
-    x = torch.randn(2 if train else 1, 3, h, w)
+    train, batch = _setup(spec)
+    impls = spec['impls']
+    models = {impl: _build(spec, impl) for impl in impls}
+    for impl in impls[1:]:
+        models[impl].load_state_dict(models[impls[0]].state_dict())
+    x = torch.randn(batch, 3, *spec['size'])
     for model in models.values():
         _run(model, x, train)
-    times = {impl: [] for impl in models}
-    impls = list(models)
+    times = {impl: [] for impl in impls}
     for r in range(spec['runs']):
         for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
             start = time.perf_counter()
