@@ -127,8 +127,8 @@ at::Tensor backward(const at::Tensor& grad_in, const at::Tensor& rows_in,
   const int64_t kh = grad.size(3), kw = grad.size(4), taps = rows.size(2);
   TORCH_CHECK(rows.size(0) == width && rows.size(1) == kw,
               "expand_bias_backward: rows ", rows.sizes(), " do not fit grad ", grad.sizes());
-  bool unit = false;
-  checked_rows(rows, weights, columns, &unit);
+  bool unit = false;  // the backward has no unit-weight kernel
+  const auto rows32 = checked_rows(rows, weights, columns, &unit);
   // Accumulate in the accumulation type, then cast: half inputs would lose the many small terms.
   const auto acc_dtype = at::toOpMathType(grad.scalar_type());
   auto grad_folded = at::zeros({heads, height, kh, columns}, grad.options().dtype(acc_dtype));
@@ -136,7 +136,7 @@ at::Tensor backward(const at::Tensor& grad_in, const at::Tensor& rows_in,
                                   "expand_bias_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* g = grad.data_ptr<scalar_t>();
-    const int64_t* idx = rows.data_ptr<int64_t>();
+    const int32_t* idx = rows32.data_ptr<int32_t>();
     const float* wts = weights.data_ptr<float>();
     acc_t* dst = grad_folded.data_ptr<acc_t>();
     at::parallel_for(0, heads * height, 1, [&](int64_t begin, int64_t end) {
@@ -144,7 +144,7 @@ at::Tensor backward(const at::Tensor& grad_in, const at::Tensor& rows_in,
         const scalar_t* source = g + hy * width * kh * kw;
         acc_t* slice = dst + hy * kh * columns;
         for (int64_t x = 0; x < width; ++x) {
-          const int64_t* r = idx + x * kw * taps;
+          const int32_t* r = idx + x * kw * taps;
           const float* w = wts + x * kw * taps;
           for (int64_t a = 0; a < kh; ++a) {
             const scalar_t* gi = source + (x * kh + a) * kw;
