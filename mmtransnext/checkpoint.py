@@ -1,20 +1,22 @@
 """Checkpoint reading and loading: the one place the package touches ``torch.load``.
 
-Two kinds of files, two levels of trust:
+Every local checkpoint, whoever asks for it, is read by :func:`read_checkpoint`; importing
+:mod:`mmtransnext` registers it as mmengine's local-file loader, so ``load_from``, ``--resume``,
+``init_cfg=dict(type='Pretrained')``, ``mmdet.apis.init_detector`` / ``DetInferencer`` and
+``mmseg.apis.init_model`` / ``MMSegInferencer`` all go through it. Nothing in a file is executed:
 
-- Pretrained / backbone weights (``init_cfg=dict(type='Pretrained', ...)``) are plain tensors and
-  are always read with ``torch.load(weights_only=True)``: a downloaded file cannot run code.
-- Runner checkpoints (``load_from``, ``--resume``) also hold optimizer state, message-hub buffers
-  and numpy scalars, which torch >= 2.6 refuses by default and mmengine 0.10.7 does not handle.
-  Importing :mod:`mmtransnext` registers a local-file loader with mmengine's
-  ``CheckpointLoader`` that first tries ``weights_only=True`` and unpickles fully only when the
-  load was asked for on purpose: inside ``Runner.load_checkpoint`` (used by ``load_from`` and
-  ``resume``), inside :func:`trusted_checkpoints`, or with ``MMTRANSNEXT_TRUSTED_CHECKPOINTS=1``.
-  Anywhere else such a file fails with a message saying why and how to allow it.
+- a file of tensors only (official ImageNet / downstream weights) is read with
+  ``torch.load(weights_only=True)``;
+- a file holding more (runner checkpoints: numpy scalars and arrays in meta and message hub,
+  mmengine's ``HistoryBuffer``, optimizer and scheduler state, dataset meta) is read with the
+  restricted unpickler of :mod:`mmtransnext.safe_pickle`, which admits exactly those kinds of
+  objects;
+- a file that needs anything else is refused with an error naming the global, unless trust was
+  given on purpose: :func:`trusted_checkpoints` or ``MMTRANSNEXT_TRUSTED_CHECKPOINTS=1``, which
+  then unpickle that file in full.
 """
 import contextlib
 import contextvars
-import functools
 import os
 import os.path as osp
 import pickle
@@ -24,6 +26,8 @@ from typing import Dict, Iterator, List, Optional
 import torch
 from mmengine.logging import print_log
 from torch import nn
+
+from . import safe_pickle
 
 TRUSTED_ENV = 'MMTRANSNEXT_TRUSTED_CHECKPOINTS'
 _TRUSTED = contextvars.ContextVar('mmtransnext_trusted_checkpoints', default=False)
@@ -38,7 +42,7 @@ class CheckpointError(RuntimeError):
 
 @contextlib.contextmanager
 def trusted_checkpoints() -> Iterator[None]:
-    """Allow full unpickling of local checkpoints read inside this block."""
+    """Allow full unpickling of local checkpoints read inside this block (trusted files only)."""
     token = _TRUSTED.set(True)
     try:
         yield
@@ -46,62 +50,62 @@ def trusted_checkpoints() -> Iterator[None]:
         _TRUSTED.reset(token)
 
 
-def _env_trusted() -> bool:
-    return os.environ.get(TRUSTED_ENV, '') == '1'
+def _trusted() -> bool:
+    return _TRUSTED.get() or os.environ.get(TRUSTED_ENV, '') == '1'
 
 
 def read_checkpoint(filename: str, map_location='cpu', allow_pickle: Optional[bool] = None):
-    """Read a local checkpoint file.
+    """Read a local checkpoint file without executing anything from it (see the module doc).
 
     Args:
         filename: path of the file.
         map_location: as for :func:`torch.load`.
-        allow_pickle: whether a file holding more than tensors may be unpickled in full. None
-            decides from the context (:func:`trusted_checkpoints`, ``Runner.load_checkpoint``)
-            and ``MMTRANSNEXT_TRUSTED_CHECKPOINTS``.
+        allow_pickle: whether a file that the restricted unpickler refuses may be unpickled in
+            full. None decides from :func:`trusted_checkpoints` and
+            ``MMTRANSNEXT_TRUSTED_CHECKPOINTS``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a checkpoint, or (untrusted) it needs a global that is refused.
     """
     path = osp.expanduser(str(filename))
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {filename}')
-    if allow_pickle is None:
-        allow_pickle = _TRUSTED.get() or _env_trusted()
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if allow_pickle:
-            return torch.load(path, map_location=map_location, weights_only=False)
-        raise CheckpointError(
-            f'{filename} holds Python objects besides tensors, and unpickling them could run '
-            f'code, so it was not loaded here (torch.load weights_only=True refused: '
-            f'{str(err).splitlines()[0]}). Runner checkpoints load through load_from / '
-            f'--resume; if you trust this file elsewhere, set {TRUSTED_ENV}=1 or load it inside '
-            f'mmtransnext.checkpoint.trusted_checkpoints().') from err
+    except pickle.UnpicklingError:
+        pass  # more than tensors: the restricted unpickler below reads what it can
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
         raise CheckpointError(f'{filename} is not a readable PyTorch checkpoint: {err}') from err
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False,
+                          pickle_module=safe_pickle)
+    except safe_pickle.RefusedGlobal as err:
+        refused = err
+    except Exception as err:
+        raise CheckpointError(f'{filename} is not a readable PyTorch checkpoint: {err}') from err
+    if not (_trusted() if allow_pickle is None else allow_pickle):
+        raise CheckpointError(
+            f'{filename} was not loaded: it needs {refused}. Checkpoints are read without '
+            f'running code from them, which admits tensors, Python containers and numbers, numpy '
+            f'numeric arrays and mmengine\'s plain-data classes; anything else could run code when '
+            f'unpickled (or is a class this version does not know). If you trust this file, '
+            f'load it inside mmtransnext.checkpoint.trusted_checkpoints() or set {TRUSTED_ENV}=1.'
+        ) from refused
+    print_log(f'{filename}: unpickled in full (trusted) because it needs {refused.name}',
+              logger='current', level=30)
+    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def _local_loader(filename: str, map_location=None):
-    """mmengine ``CheckpointLoader`` backend for local files (see the module docstring)."""
+    """mmengine ``CheckpointLoader`` backend for local files."""
     return read_checkpoint(filename, map_location)
-
-
-def _trusting(method):
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        with trusted_checkpoints():
-            return method(*args, **kwargs)
-
-    wrapper._mmtransnext_trusting = True
-    return wrapper
 
 
 def install_mmengine_loader() -> None:
     """Make mmengine read local checkpoints through :func:`read_checkpoint` (idempotent)."""
-    from mmengine.runner import Runner
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', loader=_local_loader, force=True)
-    if not getattr(Runner.load_checkpoint, '_mmtransnext_trusting', False):
-        Runner.load_checkpoint = _trusting(Runner.load_checkpoint)
 
 
 def extract_state_dict(checkpoint, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -148,12 +152,12 @@ def load_pretrained(model: nn.Module, filename: str, prefix: Optional[str] = Non
                     map_location='cpu', strict: bool = True) -> LoadReport:
     """Load official TransNeXt weights (ImageNet or mmdet/mmseg files) into ``model``.
 
-    Reads with ``weights_only=True`` (unless ``MMTRANSNEXT_TRUSTED_CHECKPOINTS=1``), drops the
-    classifier head, and logs loaded / missing / unexpected keys. Raises
-    :class:`CheckpointError` when no key matches, when a shape differs (a different arch), or,
-    with ``strict``, when keys are missing or left over.
+    Reads with :func:`read_checkpoint` (nothing in the file is executed), drops the classifier
+    head, and logs loaded / missing / unexpected keys. Raises :class:`CheckpointError` when no
+    key matches, when a shape differs (a different arch), or, with ``strict``, when keys are
+    missing or left over.
     """
-    checkpoint = read_checkpoint(filename, map_location, allow_pickle=_env_trusted())
+    checkpoint = read_checkpoint(filename, map_location)
     state = extract_state_dict(checkpoint, prefix)
     own = model.state_dict()
     report = LoadReport()

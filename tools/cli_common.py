@@ -276,7 +276,7 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str) -> None:
     """Raise :class:`ToolError` naming ``path`` unless its weights fit ``model`` exactly."""
     from mmtransnext.checkpoint import extract_state_dict, read_checkpoint
     check_file(path, 'checkpoint file')
-    checkpoint = read_checkpoint(path, allow_pickle=True)  # asked for explicitly by the user
+    checkpoint = read_checkpoint(path)
     state = extract_state_dict(checkpoint, prefix='')
     own = _unwrap(model).state_dict()
     missing = [k for k in own if k not in state]
