@@ -4,10 +4,8 @@ import numpy as np
 import pytest
 import torch
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import _load_checkpoint
 
-from mmtransnext.checkpoint import (CheckpointError, extract_state_dict, read_checkpoint,
-                                    trusted_checkpoints)
+from mmtransnext.checkpoint import CheckpointError, extract_state_dict, read_checkpoint
 from mmtransnext.models import TransNeXt
 
 ARCH = dict(arch='micro', depths=[1, 1, 1, 1])
@@ -80,8 +78,9 @@ def test_pretrained_refuses_pickled_objects(tmp_path, monkeypatch):
     path = tmp_path / 'evil.pth'
     state = TransNeXt(**ARCH).state_dict()
     torch.save({'model': state, 'extra': np.float64(1.0), 'obj': pickle.PicklingError}, path)
-    with pytest.raises(CheckpointError, match='MMTRANSNEXT_TRUSTED_CHECKPOINTS'):
+    with pytest.raises(CheckpointError, match=r'needs pickle\.PicklingError') as refusal:
         _pretrained(path).init_weights()
+    assert 'MMTRANSNEXT_TRUSTED_CHECKPOINTS=1' in str(refusal.value)
     monkeypatch.setenv('MMTRANSNEXT_TRUSTED_CHECKPOINTS', '1')
     _pretrained(path).init_weights()
 
@@ -117,7 +116,8 @@ def _runner_checkpoint(tmp_path):
     return path, model
 
 
-def test_runner_checkpoint_loads_through_runner(tmp_path):
+def test_runner_checkpoint_loads_through_runner(tmp_path, monkeypatch):
+    monkeypatch.delenv('MMTRANSNEXT_TRUSTED_CHECKPOINTS', raising=False)
     path, source = _runner_checkpoint(tmp_path)
     runner = Runner(model=torch.nn.Linear(2, 2), work_dir=str(tmp_path / 'work'))
     checkpoint = runner.load_checkpoint(str(path))
@@ -125,10 +125,15 @@ def test_runner_checkpoint_loads_through_runner(tmp_path):
     torch.testing.assert_close(runner.model.weight, source.weight)
 
 
-def test_runner_checkpoint_outside_runner_needs_trust(tmp_path, monkeypatch):
+def test_pretrained_reads_a_runner_checkpoint_without_trust(tmp_path, monkeypatch):
     monkeypatch.delenv('MMTRANSNEXT_TRUSTED_CHECKPOINTS', raising=False)
-    path, _ = _runner_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match='could run code'):
-        _load_checkpoint(str(path))
-    with trusted_checkpoints():
-        assert _load_checkpoint(str(path))['meta']['iter'] == 10
+    source = TransNeXt(**ARCH)
+    from mmengine.logging import HistoryBuffer
+    path = tmp_path / 'iter_2.pth'
+    torch.save({'meta': {'iter': 2, 'seed': np.int64(3)},
+                'state_dict': {f'backbone.{k}': v + 1 for k, v in source.state_dict().items()},
+                'message_hub': {'log_scalars': {'loss': HistoryBuffer([np.float64(1)], [1])}}},
+               path)
+    model = _pretrained(path)
+    model.init_weights()
+    torch.testing.assert_close(model.norm4.weight, source.norm4.weight + 1)
