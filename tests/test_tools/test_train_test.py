@@ -11,10 +11,12 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
-from tool_helpers import (MASK_RCNN_DEMO, ROOT, SHALLOW, ade_options, coco_options, load_tool,
-                      run_tool)
+from mmengine.logging import HistoryBuffer
+from tool_helpers import (MASK_RCNN_DEMO, NO_VAL, ROOT, SHALLOW, UPERNET_DEMO, ade_options,
+                          coco_options, load_tool, run_tool)
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +25,11 @@ FAMILIES = {
     'mask_rcnn': (MASK_RCNN_DEMO, coco_options, ('coco/bbox_mAP', 'coco/segm_mAP')),
     'dino': (osp.join(DEMO, 'dino-4scale_transnext-micro_shapes-128.py'), coco_options,
              ('coco/bbox_mAP', )),
-    'upernet': (osp.join(DEMO, 'upernet_transnext-micro_shapes-128.py'), ade_options,
-                ('mIoU', 'aAcc')),
+    'upernet': (UPERNET_DEMO, ade_options, ('mIoU', 'aAcc')),
     'mask2former': (osp.join(DEMO, 'mask2former_transnext-micro_shapes-128.py'), ade_options,
                     ('mIoU', 'aAcc')),
 }
 TRAIN = osp.join(ROOT, 'tools', 'train.py')
-#: mmengine validates after the last iteration whatever val_interval says; this turns it off.
-NO_VAL = ['val_cfg=None', 'val_dataloader=None', 'val_evaluator=None']
 TEST = osp.join(ROOT, 'tools', 'test.py')
 
 
@@ -92,6 +91,10 @@ def test_multi_scale_flip_test(data_dir, tmp_path):
 def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, HistoryBuffer):
+        return isinstance(b, HistoryBuffer) and _same(vars(a), vars(b))
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
@@ -99,31 +102,27 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def test_resume_continues_with_the_saved_state(data_dir, tmp_path):
+def test_resume_continues_with_the_saved_state(mask_rcnn_run, tmp_path, monkeypatch):
+    """--resume restores iteration, optimizer, lr schedule and message hub exactly, from a file
+    read without any trust switch (the restricted unpickler)."""
     from mmengine.hooks import Hook
     from mmtransnext.checkpoint import read_checkpoint
-    options = [*SHALLOW, *coco_options(data_dir), 'train_cfg.max_iters=4', *NO_VAL,
-               'default_hooks.checkpoint.interval=2',
-               'default_hooks.checkpoint.max_keep_ckpts=3', 'default_hooks.logger.interval=1',
-               'train_dataloader.batch_size=2']
-    straight = str(tmp_path / 'straight')
-    result = run_tool([TRAIN, MASK_RCNN_DEMO, '--work-dir', straight, '--cfg-options', *options],
-                      cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.delenv('MMTRANSNEXT_TRUSTED_CHECKPOINTS', raising=False)
     straight_lr = {int(m.group(1)): float(m.group(2)) for m in re.finditer(
-        r'Iter\(train\) \[(\d)/4\]\s+base_lr: \S+ lr: (\S+)', result.stdout + result.stderr)}
-    saved = read_checkpoint(osp.join(straight, 'iter_2.pth'), allow_pickle=True)
+        r'Iter\(train\) \[(\d)/4\]\s+base_lr: \S+ lr: (\S+)', mask_rcnn_run.log)}
+    saved = read_checkpoint(mask_rcnn_run.checkpoint(2))
 
     class Capture(Hook):
         def before_train(self, runner) -> None:
             self.iter = runner.iter
             self.optimizer = copy.deepcopy(runner.optim_wrapper.state_dict())
             self.lr = runner.optim_wrapper.get_lr()['lr'][0]
+            self.hub = copy.deepcopy(runner.message_hub.state_dict())
 
     train_tool = load_tool('train')
     args = train_tool.parse_args([MASK_RCNN_DEMO, '--work-dir', str(tmp_path / 'resumed'),
-                                  '--resume', osp.join(straight, 'iter_2.pth'),
-                                  '--cfg-options', *options])
+                                  '--resume', mask_rcnn_run.checkpoint(2),
+                                  '--cfg-options', *mask_rcnn_run.options])
     cfg, _ = train_tool.setup_train_config(args)
     from cli_common import build_runner
     runner = build_runner(cfg)
@@ -133,6 +132,10 @@ def test_resume_continues_with_the_saved_state(data_dir, tmp_path):
     assert capture.iter == 2 == saved['meta']['iter']
     assert _same(capture.optimizer, saved['optimizer'])
     assert capture.optimizer['state'], 'the optimizer state is empty'
+    # the message hub's loss histories (HistoryBuffer: numpy arrays) come back as saved
+    scalars = saved['message_hub']['log_scalars']
+    assert 'train/loss' in scalars and len(scalars['train/loss'].data[0]) == 2
+    assert _same(capture.hub['log_scalars'], scalars)
     # the lr of the 3rd iteration (the log prints 5 digits)
     assert capture.lr == pytest.approx(straight_lr[3], rel=1e-4)
     assert runner.iter == 4

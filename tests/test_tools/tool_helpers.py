@@ -10,8 +10,11 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOLS = osp.join(ROOT, 'tools')
 
 MASK_RCNN_DEMO = osp.join(ROOT, 'configs', 'demo', 'mask-rcnn_transnext-micro_fpn_shapes-128.py')
+UPERNET_DEMO = osp.join(ROOT, 'configs', 'demo', 'upernet_transnext-micro_shapes-128.py')
 #: Smaller than the demo configs, for smoke runs: a 1-block-per-stage Micro backbone.
 SHALLOW = ['model.backbone.depths=[1,1,1,1]']
+#: mmengine validates after the last iteration whatever val_interval says; this turns it off.
+NO_VAL = ['val_cfg=None', 'val_dataloader=None', 'val_evaluator=None']
 
 
 def coco_options(data_dir: str) -> List[str]:
