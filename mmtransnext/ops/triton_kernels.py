@@ -72,7 +72,7 @@ def _cpb_bias_grad(grad_grid, rows_h, weights_h, rows_w, weights_w, head, offs_m
 
 
 @triton.jit
-def _neighbour(offs_m, mask_m, height, width, l: tl.constexpr, WINDOW: tl.constexpr):
+def _neighbour(offs_m, mask_m, height, width, l, WINDOW: tl.constexpr):
     """Flat index of window position ``l`` (row-major over (dy, dx)) of each query, and whether
     it lies inside the map."""
     y = offs_m // width + (l // WINDOW - WINDOW // 2)
@@ -106,7 +106,7 @@ def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
     acc_tok = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if WINDOW > 0:
         qf = q.to(tl.float32)
-        for l in tl.static_range(WINDOW * WINDOW):
+        for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
             key = tl.load(K + b * sk_b + h * sk_h + nb[:, None] * sk_n + offs_d[None, :],
@@ -128,20 +128,21 @@ def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
-        key = tl.load(KP + b * skp_b + h * skp_h + offs_n[:, None] * skp_n + offs_d[None, :],
-                      mask=mask_kd, other=0.)
-        s = tl.dot(q, tl.trans(key), input_precision=PRECISION)
-        s += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n,
-                       mask_m[:, None] & mask_n[None, :], width, key_h, key_w, grid_h, grid_w,
-                       taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N)
-        s = tl.where(mask_n[None, :], s, float('-inf'))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        k_tile = tl.load(KP + b * skp_b + h * skp_h + offs_n[:, None] * skp_n
+                         + offs_d[None, :], mask=mask_kd, other=0.)
+        scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
+        scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n,
+                            mask_m[:, None] & mask_n[None, :], width, key_h, key_w, grid_h,
+                            grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N)
+        scores = tl.where(mask_n[None, :], scores, float('-inf'))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        value = tl.load(VP + b * svp_b + h * svp_h + offs_n[:, None] * svp_n + offs_d[None, :],
-                        mask=mask_kd, other=0.)
-        acc = acc * alpha[:, None] + tl.dot(p.to(value.dtype), value, input_precision=PRECISION)
+        p_tile = tl.exp(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p_tile, 1)
+        v_tile = tl.load(VP + b * svp_b + h * svp_h + offs_n[:, None] * svp_n
+                         + offs_d[None, :], mask=mask_kd, other=0.)
+        acc = acc * alpha[:, None] + tl.dot(p_tile.to(v_tile.dtype), v_tile,
+                                            input_precision=PRECISION)
         m_i = m_new
     out = acc / l_i[:, None] + acc_tok
     tl.store(OUT + b * so_b + h * so_h + offs_m[:, None] * so_n + offs_d[None, :],
@@ -185,7 +186,7 @@ def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, D
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     rows = bh * length + offs_m
     if WINDOW > 0:
-        for l in tl.static_range(WINDOW * WINDOW):
+        for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             value = tl.load(V + b * sv_b + h * sv_h + nb[:, None] * sv_n + offs_d[None, :],
                             mask=inside[:, None] & mask_d[None, :], other=0.).to(tl.float32)
@@ -195,7 +196,7 @@ def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, D
             delta -= tok * dp
             tl.store(DTOK + rows * (WINDOW * WINDOW) + l, dp.to(DTOK.dtype.element_ty),
                      mask=mask_m)
-        for l in tl.static_range(WINDOW * WINDOW):
+        for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
             key = tl.load(K + b * sk_b + h * sk_h + nb[:, None] * sk_n + offs_d[None, :],
@@ -220,18 +221,18 @@ def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, D
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        key = tl.load(KP + b * skp_b + h * skp_h + offs_n[:, None] * skp_n + offs_d[None, :],
-                      mask=mask_kd, other=0.)
-        value = tl.load(VP + b * svp_b + h * svp_h + offs_n[:, None] * svp_n + offs_d[None, :],
-                        mask=mask_kd, other=0.)
-        s = tl.dot(q, tl.trans(key), input_precision=PRECISION)
-        s += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width, key_h, key_w,
-                       grid_h, grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N)
-        p = tl.where(mask_mn, tl.exp(s - lse[:, None]), 0.)
-        dp = tl.dot(do_in, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(q.dtype), key, input_precision=PRECISION)
-        _cpb_bias_grad(DGRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, ds, width, key_h,
+        k_tile = tl.load(KP + b * skp_b + h * skp_h + offs_n[:, None] * skp_n
+                         + offs_d[None, :], mask=mask_kd, other=0.)
+        v_tile = tl.load(VP + b * svp_b + h * svp_h + offs_n[:, None] * svp_n
+                         + offs_d[None, :], mask=mask_kd, other=0.)
+        scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
+        scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width, key_h,
+                            key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N)
+        p_tile = tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
+        dp_tile = tl.dot(do_in, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
+        ds_tile = p_tile * (dp_tile - delta[:, None])
+        dq += tl.dot(ds_tile.to(q.dtype), k_tile, input_precision=PRECISION)
+        _cpb_bias_grad(DGRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, ds_tile, width, key_h,
                        key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH)
     tl.store(DQ + rows[:, None] * HEAD_DIM + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=mask_md)

@@ -154,7 +154,8 @@ def _assert_all_close(got, want, dtype):
         error = (g.float() - w).abs().max().item()
         # Gradients that vanish in exact arithmetic (one key, a bias shift under one softmax)
         # are rounding noise: the floor keeps them from setting the scale.
-        assert error <= tol * max(scale, floor), f'{name}: max error {error:.3g} vs scale {scale:.3g}'
+        assert error <= tol * max(scale, floor), \
+            f'{name}: max error {error:.3g} vs scale {scale:.3g}'
 
 
 @pytest.mark.parametrize('size,pool,trained,batch,window', CASES)
