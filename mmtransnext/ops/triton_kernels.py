@@ -36,6 +36,18 @@ def _tap_offsets(offs_m, offs_n, width, key_h, key_w):
 
 
 @triton.jit
+def _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask, taps_h, taps_w,
+         head, grid_h, grid_w, HAS_WH: tl.constexpr):
+    """Flat grid index and weight of tap ``(s, t)`` of every (query, pooled key) pair."""
+    row = tl.load(rows_h + pair_h * taps_h + s, mask=mask, other=0)
+    col = tl.load(rows_w + pair_w * taps_w + t, mask=mask, other=0)
+    weight = tl.load(weights_w + pair_w * taps_w + t, mask=mask, other=0.)
+    if HAS_WH:
+        weight = weight * tl.load(weights_h + pair_h * taps_h + s, mask=mask, other=0.)
+    return (head * grid_h + row) * grid_w + col, weight
+
+
+@triton.jit
 def _cpb_bias(grid_ptr, rows_h, weights_h, rows_w, weights_w, head, offs_m, offs_n, mask,
               width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -43,14 +55,10 @@ def _cpb_bias(grid_ptr, rows_h, weights_h, rows_w, weights_w, head, offs_m, offs
     pair_h, pair_w = _tap_offsets(offs_m, offs_n, width, key_h, key_w)
     bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for s in range(taps_h):
-        row = tl.load(rows_h + pair_h * taps_h + s, mask=mask, other=0)
         for t in range(taps_w):
-            col = tl.load(rows_w + pair_w * taps_w + t, mask=mask, other=0)
-            weight = tl.load(weights_w + pair_w * taps_w + t, mask=mask, other=0.)
-            if HAS_WH:
-                weight = weight * tl.load(weights_h + pair_h * taps_h + s, mask=mask, other=0.)
-            value = tl.load(grid_ptr + (head * grid_h + row) * grid_w + col, mask=mask, other=0.)
-            bias += weight * value.to(tl.float32)
+            at, weight = _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask,
+                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH)
+            bias += weight * tl.load(grid_ptr + at, mask=mask, other=0.).to(tl.float32)
     return bias
 
 
@@ -61,14 +69,39 @@ def _cpb_bias_grad(grad_grid, rows_h, weights_h, rows_w, weights_w, head, offs_m
     """Scatter-add the bias gradient ``grad (BLOCK_M, BLOCK_N)`` into the float32 grid gradient."""
     pair_h, pair_w = _tap_offsets(offs_m, offs_n, width, key_h, key_w)
     for s in range(taps_h):
-        row = tl.load(rows_h + pair_h * taps_h + s, mask=mask, other=0)
         for t in range(taps_w):
-            col = tl.load(rows_w + pair_w * taps_w + t, mask=mask, other=0)
-            weight = tl.load(weights_w + pair_w * taps_w + t, mask=mask, other=0.)
-            if HAS_WH:
-                weight = weight * tl.load(weights_h + pair_h * taps_h + s, mask=mask, other=0.)
-            tl.atomic_add(grad_grid + (head * grid_h + row) * grid_w + col, grad * weight,
-                          mask=mask)
+            at, weight = _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask,
+                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH)
+            tl.atomic_add(grad_grid + at, grad * weight, mask=mask)
+
+
+@triton.jit
+def _tile(ptr, b, h, s_b, s_h, s_n, offs, offs_d, mask):
+    """Rows ``offs`` of the ``(batch b, head h)`` slice of a tensor with unit stride along d."""
+    return tl.load(ptr + b * s_b + h * s_h + offs[:, None] * s_n + offs_d[None, :], mask=mask,
+                   other=0.)
+
+
+@triton.jit
+def _program(heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+             HEAD_DIM: tl.constexpr):
+    """This program's ``batch * heads + head``, batch, head, tile offsets (along an axis of
+    ``extent``) and head-dim offsets, with their masks."""
+    bh = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    return bh, bh // heads, bh % heads, offs, offs < extent, offs_d, offs_d < HEAD_DIM
+
+
+@triton.jit
+def _pooled_probs(q, k_tile, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width,
+                  key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """Recomputed softmax probabilities of a (query tile, pooled-key tile) pair (backward)."""
+    scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
+    scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width, key_h, key_w,
+                        grid_h, grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N)
+    return tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
 
 
 @triton.jit
@@ -89,17 +122,10 @@ def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
                    taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WH: tl.constexpr,
                    PRECISION: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
     length = height * width
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < length
-    mask_d = offs_d < HEAD_DIM
-    q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_n + offs_d[None, :],
-                mask=mask_m[:, None] & mask_d[None, :], other=0.)
+    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
+                                                        HEAD_DIM)
+    q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs_m, offs_d, mask_m[:, None] & mask_d[None, :])
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -109,15 +135,13 @@ def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
-            key = tl.load(K + b * sk_b + h * sk_h + nb[:, None] * sk_n + offs_d[None, :],
-                          mask=mask_nd, other=0.).to(tl.float32)
+            key = _tile(K, b, h, sk_b, sk_h, sk_n, nb, offs_d, mask_nd).to(tl.float32)
             s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
             s = tl.where(inside, s, float('-inf'))
             m_new = tl.maximum(m_i, s)
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new)
-            value = tl.load(V + b * sv_b + h * sv_h + nb[:, None] * sv_n + offs_d[None, :],
-                            mask=mask_nd, other=0.).to(tl.float32)
+            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d, mask_nd).to(tl.float32)
             acc = acc * alpha[:, None] + p[:, None] * value
             l_i = l_i * alpha + p
             m_i = m_new
@@ -128,8 +152,7 @@ def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
-        k_tile = tl.load(KP + b * skp_b + h * skp_h + offs_n[:, None] * skp_n
-                         + offs_d[None, :], mask=mask_kd, other=0.)
+        k_tile = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
         scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
         scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n,
                             mask_m[:, None] & mask_n[None, :], width, key_h, key_w, grid_h,
@@ -139,8 +162,7 @@ def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
         alpha = tl.exp(m_i - m_new)
         p_tile = tl.exp(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p_tile, 1)
-        v_tile = tl.load(VP + b * svp_b + h * svp_h + offs_n[:, None] * svp_n
-                         + offs_d[None, :], mask=mask_kd, other=0.)
+        v_tile = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
         acc = acc * alpha[:, None] + tl.dot(p_tile.to(v_tile.dtype), v_tile,
                                             input_precision=PRECISION)
         m_i = m_new
@@ -157,29 +179,20 @@ def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, D
                          skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
                          sdo_b, sdo_h, sdo_n,
                          heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
-                   taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WH: tl.constexpr,
-                         PRECISION: tl.constexpr):
+                         taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
+                         HAS_WH: tl.constexpr, PRECISION: tl.constexpr):
     """Per query tile: ``delta``, ``dq``, ``dtok``; window ``dk``/``dv`` and ``drpb``, and the
     grid gradient, by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)`` contiguous; ``DK``,
     ``DV`` are contiguous float32 buffers of that shape, ``DTOK`` ``(B, heads, N, L)``."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
     length = height * width
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < length
-    mask_d = offs_d < HEAD_DIM
+    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
+                                                        HEAD_DIM)
     mask_md = mask_m[:, None] & mask_d[None, :]
-    q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_n + offs_d[None, :],
-                mask=mask_md, other=0.)
+    q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs_m, offs_d, mask_md)
     qf = q.to(tl.float32)
-    do = tl.load(DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_n + offs_d[None, :],
-                 mask=mask_md, other=0.).to(tl.float32)
-    out = tl.load(OUT + b * so_b + h * so_h + offs_m[:, None] * so_n + offs_d[None, :],
-                  mask=mask_md, other=0.).to(tl.float32)
+    do = _tile(DO, b, h, sdo_b, sdo_h, sdo_n, offs_m, offs_d, mask_md).to(tl.float32)
+    out = _tile(OUT, b, h, so_b, so_h, so_n, offs_m, offs_d, mask_md).to(tl.float32)
     lse = tl.load(LSE + bh * length + offs_m, mask=mask_m, other=0.)
     # delta = dO . (softmax part of the output) = dO . out - sum_l tok_l (dO . v_l).
     delta = tl.sum(do * out, 1)
@@ -188,8 +201,8 @@ def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, D
     if WINDOW > 0:
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
-            value = tl.load(V + b * sv_b + h * sv_h + nb[:, None] * sv_n + offs_d[None, :],
-                            mask=inside[:, None] & mask_d[None, :], other=0.).to(tl.float32)
+            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d,
+                          inside[:, None] & mask_d[None, :]).to(tl.float32)
             dp = tl.sum(do * value, 1)
             tok = tl.load(TOK + b * st_b + h * st_h + offs_m * st_n + l, mask=mask_m,
                           other=0.).to(tl.float32)
@@ -199,10 +212,8 @@ def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, D
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
-            key = tl.load(K + b * sk_b + h * sk_h + nb[:, None] * sk_n + offs_d[None, :],
-                          mask=mask_nd, other=0.).to(tl.float32)
-            value = tl.load(V + b * sv_b + h * sv_h + nb[:, None] * sv_n + offs_d[None, :],
-                            mask=mask_nd, other=0.).to(tl.float32)
+            key = _tile(K, b, h, sk_b, sk_h, sk_n, nb, offs_d, mask_nd).to(tl.float32)
+            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d, mask_nd).to(tl.float32)
             s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
             p = tl.where(inside, tl.exp(s - lse), 0.)
             dp = tl.sum(do * value, 1)
@@ -221,14 +232,11 @@ def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, D
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        k_tile = tl.load(KP + b * skp_b + h * skp_h + offs_n[:, None] * skp_n
-                         + offs_d[None, :], mask=mask_kd, other=0.)
-        v_tile = tl.load(VP + b * svp_b + h * svp_h + offs_n[:, None] * svp_n
-                         + offs_d[None, :], mask=mask_kd, other=0.)
-        scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
-        scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width, key_h,
-                            key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N)
-        p_tile = tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
+        k_tile = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
+        v_tile = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
+        p_tile = _pooled_probs(q, k_tile, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn,
+                               width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH,
+                               BLOCK_M, BLOCK_N, PRECISION)
         dp_tile = tl.dot(do_in, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
         ds_tile = p_tile * (dp_tile - delta[:, None])
         dq += tl.dot(ds_tile.to(q.dtype), k_tile, input_precision=PRECISION)
@@ -243,24 +251,17 @@ def _attention_bwd_keys(Q, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DELTA, DKP, DV
                         sq_b, sq_h, sq_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                         sdo_b, sdo_h, sdo_n,
                         heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
-                   taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, HAS_WH: tl.constexpr, PRECISION: tl.constexpr):
+                        taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WH: tl.constexpr,
+                        PRECISION: tl.constexpr):
     """Per tile of pooled keys: their ``dk``/``dv`` over every query, from the saved log-sum-exp
     and ``delta``. ``DKP``/``DVP`` are ``(B, heads, P, d)`` contiguous."""
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
     length = height * width
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_n = offs_n < num_keys
-    mask_d = offs_d < HEAD_DIM
+    bh, b, h, offs_n, mask_n, offs_d, mask_d = _program(heads, num_keys, BLOCK_N, BLOCK_D,
+                                                        HEAD_DIM)
     mask_kd = mask_n[:, None] & mask_d[None, :]
-    key = tl.load(KP + b * skp_b + h * skp_h + offs_n[:, None] * skp_n + offs_d[None, :],
-                  mask=mask_kd, other=0.)
-    value = tl.load(VP + b * svp_b + h * svp_h + offs_n[:, None] * svp_n + offs_d[None, :],
-                    mask=mask_kd, other=0.)
+    key = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
+    value = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for start in range(0, length, BLOCK_M):
@@ -268,16 +269,13 @@ def _attention_bwd_keys(Q, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DELTA, DKP, DV
         mask_m = offs_m < length
         mask_md = mask_m[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_n + offs_d[None, :],
-                    mask=mask_md, other=0.)
-        do = tl.load(DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_n + offs_d[None, :],
-                     mask=mask_md, other=0.).to(q.dtype)
+        q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs_m, offs_d, mask_md)
+        do = _tile(DO, b, h, sdo_b, sdo_h, sdo_n, offs_m, offs_d, mask_md).to(q.dtype)
         lse = tl.load(LSE + bh * length + offs_m, mask=mask_m, other=0.)
         delta = tl.load(DELTA + bh * length + offs_m, mask=mask_m, other=0.)
-        s = tl.dot(q, tl.trans(key), input_precision=PRECISION)
-        s += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width, key_h, key_w,
-                       grid_h, grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N)
-        p = tl.where(mask_mn, tl.exp(s - lse[:, None]), 0.)
+        p = _pooled_probs(q, key, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width,
+                          key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N,
+                          PRECISION)
         dv += tl.dot(tl.trans(p.to(q.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
