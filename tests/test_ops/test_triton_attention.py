@@ -278,3 +278,26 @@ def test_bad_inputs_raise_value_errors():
                          k_local=q)
     with pytest.raises(ValueError, match='supports'):
         triton_attention(q.double(), kp, kp, grid, rows_h, None, rows_w, ones_w, (3, 4), (2, 2))
+
+
+def test_op_traces_under_torch_compile():
+    """Fake and autograd registrations let torch.compile trace the op whole (fullgraph), forward
+    and backward (aot_eager: the op itself still runs in the interpreter)."""
+    size, pool = (7, 9), (3, 4)
+    attn, table, q, keys, values, tok = _case_inputs(size, pool, None, 1, 3)
+    taps = table.taps(size, pool)
+    grid = cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table).detach()
+    leaves = [t.requires_grad_() for t in (q, keys[1], values[1], keys[0], values[0], tok)]
+
+    def attend(q, kp, vp, k, v, tok):
+        return triton_attention(q, kp, vp, grid, taps.rows_h, taps.weights_h, taps.rows_w,
+                                taps.weights_w, size, pool, k_local=k, v_local=v,
+                                token_weights=tok, local_bias=attn.relative_pos_bias_local)
+
+    compiled = torch.compile(attend, backend='aot_eager', fullgraph=True)
+    results = []
+    for fn in (attend, compiled):
+        out = fn(*leaves)
+        results.append([out] + list(torch.autograd.grad(out.square().sum(), leaves)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
