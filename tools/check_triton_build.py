@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mmtransnext.models.backbones.transnext import ARCH_SETTINGS  # noqa: E402
-from mmtransnext.ops.triton_attention import BLOCK_CONFIGS, _pow2  # noqa: E402
+from mmtransnext.ops.triton_attention import BLOCK_CONFIGS, padded_dim  # noqa: E402
 
 TRITON_DTYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
 #: Pointer arguments by kind: 'data' takes the input dtype, the others are fixed.
@@ -73,7 +73,7 @@ def configurations() -> List[Tuple[str, object, str, Dict[str, object], int]]:
         name = TRITON_DTYPES[dtype]
         precisions = ('ieee', 'tf32') if dtype == torch.float32 else ('tf32',)
         for precision, has_wh in itertools.product(precisions, (False, True)):
-            base = dict(HEAD_DIM=dim, BLOCK_D=_pow2(dim), BLOCK_M=block_m, BLOCK_N=block_n,
+            base = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
                         HAS_WH=has_wh, PRECISION=precision)
             mode = 'resized' if has_wh else 'gather'
             tag = f'{name} d={dim} {block_m}x{block_n} {mode} {precision}'

@@ -63,7 +63,9 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _pow2(n: int) -> int:
+def padded_dim(n: int) -> int:
+    """Head dim ``n`` padded to the power of two (at least 16, ``tl.dot``'s minimum) the
+    kernels use as their block size."""
     return max(16, 1 << (n - 1).bit_length())
 
 
@@ -83,7 +85,7 @@ def _common(q: Tensor, kp: Tensor, height: int, width: int, window: int, key_h: 
     block_m, block_n, warps = BLOCK_CONFIGS[q.dtype]
     sizes = (heads, height, width, kp.shape[2], key_h, key_w, grid.shape[1], grid.shape[2],
              rows_h.shape[-1], rows_w.shape[-1])
-    meta = dict(HEAD_DIM=dim, BLOCK_D=_pow2(dim), BLOCK_M=block_m, BLOCK_N=block_n,
+    meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
                 HAS_WH=weights_h is not None, PRECISION=_precision(q.dtype, tf32),
                 num_warps=warps)
     return batch * heads, sizes, meta
