@@ -230,13 +230,25 @@ def test_backbone_with_triton_matches_the_reference():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_dispatch_choices():
+def test_dispatch_choices(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mmtransnext.ops import triton_attention
     cpu = torch.zeros(1)
     assert use_triton('triton', cpu)  # CPU only because TRITON_INTERPRET=1 is set here
     assert not use_triton('auto', cpu) and not use_triton('torch', cpu)
     assert not use_triton('ext', cpu)
     with pytest.raises(RuntimeError, match="attn_impl='triton'.*meta"):
         use_triton('triton', torch.zeros(1, device='meta'))
+    with FakeTensorMode():
+        cuda = torch.empty(1, device='cuda')  # a CUDA tensor's metadata, no GPU needed
+    assert use_triton('auto', cuda) and use_triton('triton', cuda)
+    assert not use_triton('ext', cuda) and not use_triton('torch', cuda)
+    monkeypatch.setattr(triton_attention, 'unsupported_reason',
+                        lambda device_type: 'triton cannot be imported (simulated)')
+    assert not use_triton('auto', cuda)  # 'auto' then takes the compiled ops or PyTorch
+    with pytest.raises(RuntimeError, match='simulated'):
+        use_triton('triton', cuda)
 
 
 def test_op_on_meta_tensors_needs_no_data():
