@@ -1,6 +1,11 @@
 import os
 import sys
 
+# Triton kernels run in Triton's CPU interpreter in the tests (no GPU). @triton.jit reads this
+# variable when it decorates, and triton.language decorates its own helpers when triton is
+# imported, which happens while torch/mmengine load: it must be set before any import below.
+os.environ['TRITON_INTERPRET'] = '1'
+
 import pytest
 import torch
 

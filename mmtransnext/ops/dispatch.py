@@ -17,7 +17,8 @@ from . import extension
 from .sliding_window import sliding_window_av, sliding_window_qk
 from .window_ops import sliding_window_av_ext, sliding_window_qk_ext
 
-ATTN_IMPLS = ('auto', 'ext', 'torch')
+#: ``'triton'`` is resolved by the attention layers (:mod:`.triton_attention`), not here.
+ATTN_IMPLS = ('auto', 'triton', 'ext', 'torch')
 
 _fallback_warned = False
 

@@ -5,8 +5,10 @@
 - The CUDA build (tools/check_cuda_build.sh), compiled and linked without a GPU: the first run
   creates a ~5.5 GB CUDA torch environment in ~/.cache/mmtransnext and compiles for one arch
   (~6 min on 2 cores); later runs take ~15 s.
+- The Triton kernels (tools/check_triton_build.py), compiled for sm_80 and sm_90 (~2 min).
 """
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -53,3 +55,21 @@ def test_cuda_extension_compiles_links_and_registers_every_kernel():
     assert 'CPU kernels of the CUDA build match the reference' in log
     for kernel in ('window_dot_kernel', 'window_gather_kernel', 'bias_grad_kernel'):
         assert kernel in log, f'{kernel} is missing from the device code'
+
+
+@pytest.mark.slow
+@pytest.mark.cuda_build
+def test_triton_kernels_compile_for_sm80_and_sm90():
+    """tools/check_triton_build.py: every shipped kernel configuration compiled ahead of time
+    to a cubin (~2 min on 2 cores), outside the interpreter the other tests run in."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+    env.pop('TRITON_INTERPRET', None)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'check_triton_build.py')],
+                            env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    lines = result.stdout.splitlines()
+    compiled = re.search(r'(\d+) of (\d+) configurations compiled', lines[-1])
+    assert compiled and compiled.group(1) == compiled.group(2) and int(compiled.group(2)) > 0
+    for kernel in ('_attention_fwd', '_attention_bwd_query', '_attention_bwd_keys'):
+        for arch in ('80', '90'):
+            assert any(line.split()[:2] == [kernel, arch] for line in lines), (kernel, arch)

@@ -98,7 +98,8 @@ def test_unsupported_device_type_is_a_reason_to_fall_back():
 
 
 def test_bad_impl_is_rejected():
-    with pytest.raises(ValueError, match=r"attn_impl must be one of \('auto', 'ext', 'torch'\)"):
+    with pytest.raises(ValueError,
+                       match=r"attn_impl must be one of \('auto', 'triton', 'ext', 'torch'\)"):
         _attention('cuda', *_inputs())
 
 

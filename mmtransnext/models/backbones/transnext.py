@@ -108,7 +108,8 @@ class TransNeXtBlock(nn.Module):
         mlp_ratio: ConvGLU nominal hidden width over ``dim``.
         drop, attn_drop, drop_path: dropout rates and stochastic depth.
         with_cp: recompute the block in backward (activation checkpointing).
-        attn_impl: sliding-window backend of aggregated attention ('auto', 'ext', 'torch').
+        attn_impl: attention backend ('auto', 'triton', 'ext', 'torch'; see
+            :class:`AggregatedAttention`).
         attention_mode: 'fast' or 'reference' (the official computation, the oracle); selects
             the implementation of both the token mixer and the ConvGLU.
     """
@@ -120,7 +121,8 @@ class TransNeXtBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if sr_ratio == 1:
-            self.attn = FullAttention(dim, num_heads, qkv_bias, attn_drop, drop, attention_mode)
+            self.attn = FullAttention(dim, num_heads, qkv_bias, attn_drop, drop, attention_mode,
+                                      attn_impl)
         else:
             self.attn = AggregatedAttention(dim, num_heads, window_size, sr_ratio, qkv_bias,
                                             attn_drop, drop, attn_impl, attention_mode)
@@ -162,8 +164,10 @@ class TransNeXt(BaseModule):
         drop_rate, attn_drop_rate, drop_path_rate: dropout, attention dropout, stochastic depth
             (linearly increasing over blocks up to ``drop_path_rate``).
         with_cp: activation checkpointing in every block.
-        attn_impl: backend of the sliding-window part of aggregated attention: 'auto' (compiled
-            op when available for the input's device, else PyTorch), 'ext' or 'torch'.
+        attn_impl: attention backend: 'triton' (fused Triton kernels, CUDA or
+            ``TRITON_INTERPRET=1``), 'ext' (compiled sliding-window ops), 'torch', or 'auto'
+            (Triton for CUDA tensors when triton imports, else the compiled ops when built,
+            else PyTorch).
         attention_mode: 'fast' (default) or 'reference': the official computation step by step
             in pure PyTorch, kept as the oracle (see
             :data:`mmtransnext.models.layers.attention.ATTENTION_MODES`).

@@ -24,6 +24,7 @@ from mmengine.model.weight_init import trunc_normal_
 
 from ...ops.dispatch import check_impl, window_av, window_qk
 from ...ops.pooled_attention import pooled_attention
+from ...ops.triton_attention import triton_attention, use_triton
 from .position_bias import (PositionTable, continuous_position_bias, cpb_grid, fold_rows,
                             resize_bias)
 
@@ -147,6 +148,17 @@ class _CosineAttentionBase(nn.Module):
         extra key set summarised by ``extra_lse`` (see :func:`pooled_attention`)."""
         return pooled_attention(q, k, v, *self.folded_bias(geometry), extra_lse=extra_lse)
 
+    def attend_triton(self, q: Tensor, k: Tensor, v: Tensor, geometry: StageGeometry,
+                      **local: Tensor) -> Tensor:
+        """GPU path: attention over ``k``/``v`` with the position bias built inside the fused
+        Triton kernels from the CPB grid and its taps; ``local`` holds the window inputs of
+        aggregated attention (see :func:`mmtransnext.ops.triton_attention.triton_attention`)."""
+        table = geometry.table
+        taps = table.taps(geometry.size, geometry.pool_size)
+        return triton_attention(q, k, v, self._cpb_grid(table), taps.rows_h, taps.weights_h,
+                                taps.rows_w, taps.weights_w, geometry.size, geometry.pool_size,
+                                **local)
+
     def scale_queries(self, q_norm: Tensor, geometry: StageGeometry) -> Tensor:
         """Add the query embedding and apply the length-scaled temperature."""
         return (q_norm + self.query_embedding) * F.softplus(self.temperature) * \
@@ -169,8 +181,10 @@ class AggregatedAttention(_CosineAttentionBase):
         qkv_bias: bias in the query and key/value projections.
         attn_drop: dropout on attention weights.
         proj_drop: dropout after the output projection.
-        attn_impl: sliding-window backend of the fast path, 'auto', 'ext' (compiled) or
-            'torch'; the reference mode always uses the PyTorch ops.
+        attn_impl: backend of the fast path: 'triton' (fused Triton kernels for the whole
+            attention), 'ext' (compiled sliding-window ops), 'torch', or 'auto' ('triton' for
+            CUDA tensors when triton imports, else 'ext' when built, else 'torch'); the
+            reference mode always uses the PyTorch ops.
         attention_mode: 'fast' or 'reference' (see :data:`ATTENTION_MODES`).
     """
 
@@ -237,6 +251,8 @@ class AggregatedAttention(_CosineAttentionBase):
         """
         if not self.use_fast_path():
             return self.forward_reference(x, geometry)
+        if use_triton(self.attn_impl, x):
+            return self.forward_triton(x, geometry)
         size, window, dim = geometry.size, self.window_size, self.dim
         kv_w, kv_b = self.kv.weight, self.kv.bias
         q_norm = F.normalize(self._heads(x, self.q.weight, self.q.bias), dim=-1)
@@ -255,6 +271,15 @@ class AggregatedAttention(_CosineAttentionBase):
         v_local = self._heads(x, kv_w[dim:], None if kv_b is None else kv_b[dim:])
         out = out + window_av(local_weights, v_local, size, window, self.attn_impl)
         return self.project(out)
+
+    def forward_triton(self, x: Tensor, geometry: StageGeometry) -> Tensor:
+        """GPU path: window and pooled keys under one softmax in one fused Triton kernel."""
+        q_norm, q_scaled, k_local, v_local = self._local_qkv(x, geometry)
+        token_weights = q_norm @ self.learnable_tokens + self.learnable_bias
+        k_pool, v_pool = self.pooled_kv(x, geometry.size, geometry.pool_size, fast=True)
+        return self.project(self.attend_triton(
+            q_scaled, k_pool, v_pool, geometry, k_local=k_local, v_local=v_local,
+            token_weights=token_weights, local_bias=self.relative_pos_bias_local))
 
     def forward_reference(self, x: Tensor, geometry: StageGeometry) -> Tensor:
         """The official computation: concatenated logits, one softmax, unfolded windows."""
@@ -285,11 +310,15 @@ class FullAttention(_CosineAttentionBase):
         attn_drop: dropout on attention weights.
         proj_drop: dropout after the output projection.
         attention_mode: 'fast' (fused ``scaled_dot_product_attention``) or 'reference'.
+        attn_impl: 'triton' runs the fast path in the fused Triton kernels, as 'auto' does for
+            CUDA tensors when triton imports (see :class:`AggregatedAttention`).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.,
-                 proj_drop: float = 0., attention_mode: str = 'fast') -> None:
+                 proj_drop: float = 0., attention_mode: str = 'fast',
+                 attn_impl: str = 'auto') -> None:
         super().__init__(dim, num_heads, attn_drop, proj_drop, attention_mode)
+        self.attn_impl = check_impl(attn_impl)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
 
     def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
@@ -300,6 +329,8 @@ class FullAttention(_CosineAttentionBase):
         q_scaled = self.scale_queries(F.normalize(q, dim=-1), geometry)
         k = F.normalize(k, dim=-1)
         if self.use_fast_path():
+            if use_triton(self.attn_impl, x):
+                return self.project(self.attend_triton(q_scaled, k, v, geometry))
             return self.project(self.attend_pooled(q_scaled, k, v, geometry)[0])
         bias = self.position_bias(geometry)
         attn = self.attn_drop((q_scaled @ k.transpose(-2, -1) + bias).softmax(dim=-1))

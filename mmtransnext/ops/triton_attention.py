@@ -1,0 +1,272 @@
+"""GPU path of TransNeXt attention: the fused Triton kernels of :mod:`.triton_kernels` as
+``torch.library`` ops (``mmtransnext::triton_attention`` and its backward), with fake
+implementations and an autograd formula, so they compose with autograd and ``torch.compile``.
+
+One forward launch per attention call and two backward launches, whatever the input size: no
+Python loop over chunks and no host-device synchronisation. Saved for backward: the output and
+the float32 log-sum-exp of each query; the logits are recomputed.
+
+The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's
+interpreter, used by the tests). That variable is read when the kernels are decorated, i.e. the
+first time this path runs in a process: set it before.
+"""
+import os
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+OP = 'mmtransnext::triton_attention'
+OP_BACKWARD = 'mmtransnext::triton_attention_backward'
+
+#: ``(BLOCK_M, BLOCK_N, num_warps)`` per input dtype: query tile, pooled-key tile, warps.
+#: With 4 warps ptxas spills registers (tools/check_triton_build.py reports it); 8 do not.
+BLOCK_CONFIGS = {
+    torch.float32: (64, 32, 8),
+    torch.float16: (64, 32, 8),
+    torch.bfloat16: (64, 32, 8),
+}
+
+
+def interpreting() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
+
+
+@torch.compiler.assume_constant_result
+def unsupported_reason(device_type: str) -> Optional[str]:
+    """Why the Triton path cannot run on ``device_type`` tensors, or None if it can."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return f'triton cannot be imported ({error})'
+    if device_type == 'cuda' or (device_type == 'cpu' and interpreting()):
+        return None
+    return (f'the Triton kernels run on CUDA tensors (on CPU only under TRITON_INTERPRET=1), '
+            f'not on {device_type}')
+
+
+def use_triton(impl: str, tensor: Tensor) -> bool:
+    """Whether ``attn_impl=impl`` runs the Triton kernels for ``tensor``: always for
+    ``'triton'`` (an error saying why if it cannot), for ``'auto'`` on CUDA tensors when triton
+    imports."""
+    if impl == 'triton':
+        reason = unsupported_reason(tensor.device.type)
+        if reason is not None:
+            raise RuntimeError(f"attn_impl='triton' was requested but {reason}")
+        return True
+    return impl == 'auto' and tensor.device.type == 'cuda' and \
+        unsupported_reason('cuda') is None
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def padded_dim(n: int) -> int:
+    """Head dim ``n`` padded to the power of two (at least 16, ``tl.dot``'s minimum) the
+    kernels use as their block size."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def _precision(dtype: torch.dtype, tf32: bool) -> str:
+    # Full fp32 products unless TF32 is allowed the torch way; 16-bit inputs ignore it.
+    return 'tf32' if tf32 or dtype != torch.float32 else 'ieee'
+
+
+def _strides(t: Tensor) -> Tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _common(q: Tensor, kp: Tensor, height: int, width: int, window: int, key_h: int,
+            key_w: int, grid: Tensor, rows_h: Tensor, rows_w: Tensor, weights_h, tf32: bool):
+    """Launch grid and the arguments both kernels of a query tile share."""
+    batch, heads, length, dim = q.shape
+    block_m, block_n, warps = BLOCK_CONFIGS[q.dtype]
+    sizes = (heads, height, width, kp.shape[2], key_h, key_w, grid.shape[1], grid.shape[2],
+             rows_h.shape[-1], rows_w.shape[-1])
+    meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
+                HAS_WH=weights_h is not None, PRECISION=_precision(q.dtype, tf32),
+                num_warps=warps)
+    return batch * heads, sizes, meta
+
+
+@torch.library.custom_op(OP, mutates_args=())
+def _attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], tok: Optional[Tensor],
+               rpb: Optional[Tensor], kp: Tensor, vp: Tensor, grid: Tensor, rows_h: Tensor,
+               weights_h: Optional[Tensor], rows_w: Tensor, weights_w: Tensor, height: int,
+               width: int, window: int, key_h: int, key_w: int,
+               tf32: bool) -> Tuple[Tensor, Tensor]:
+    from . import triton_kernels as kernels
+    batch, heads, length, dim = q.shape
+    # Output in (B, N, heads, d) memory, the layout the output projection reads.
+    out = q.new_empty(batch, length, heads, dim).transpose(1, 2)
+    lse = q.new_empty(batch, heads, length, dtype=torch.float32)
+    bh, sizes, meta = _common(q, kp, height, width, window, key_h, key_w, grid, rows_h, rows_w,
+                              weights_h, tf32)
+    k, v, tok, rpb = (q, q, q, q) if window == 0 else (k, v, tok, rpb)
+    launch = (_cdiv(length, meta['BLOCK_M']), bh)
+    kernels._attention_fwd[launch](
+        q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_w if weights_h is None else weights_h,
+        rows_w, weights_w, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(tok),
+        *_strides(kp), *_strides(vp), *_strides(out), *sizes, WINDOW=window, **meta)
+    return out, lse
+
+
+@_attention.register_fake
+def _attention_fake(q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w, weights_w,
+                    height, width, window, key_h, key_w, tf32):
+    batch, heads, length, dim = q.shape
+    return (q.new_empty(batch, length, heads, dim).transpose(1, 2),
+            q.new_empty(batch, heads, length, dtype=torch.float32))
+
+
+@torch.library.custom_op(OP_BACKWARD, mutates_args=())
+def _attention_backward(grad_out: Tensor, q: Tensor, k: Optional[Tensor], v: Optional[Tensor],
+                        tok: Optional[Tensor], rpb: Optional[Tensor], kp: Tensor, vp: Tensor,
+                        grid: Tensor, rows_h: Tensor, weights_h: Optional[Tensor],
+                        rows_w: Tensor, weights_w: Tensor, out: Tensor, lse: Tensor,
+                        height: int, width: int, window: int, key_h: int, key_w: int,
+                        tf32: bool) -> List[Tensor]:
+    # Returns dq, dk, dv, dtok, drpb (empty for full attention), dk_pool, dv_pool, dgrid.
+    from . import triton_kernels as kernels
+    batch, heads, length, dim = q.shape
+    f32 = torch.float32
+    bh, sizes, meta = _common(q, kp, height, width, window, key_h, key_w, grid, rows_h, rows_w,
+                              weights_h, tf32)
+    delta = q.new_empty(batch, heads, length, dtype=f32)
+    dq = torch.empty(batch, heads, length, dim, dtype=q.dtype, device=q.device)
+    dkp, dvp = torch.empty_like(kp, memory_format=torch.contiguous_format), \
+        torch.empty_like(vp, memory_format=torch.contiguous_format)
+    dgrid = torch.zeros(grid.shape, dtype=f32, device=q.device)
+    if window:
+        dk = torch.zeros(batch, heads, length, dim, dtype=f32, device=q.device)
+        dv = torch.zeros_like(dk)
+        dtok = torch.empty(batch, heads, length, window * window, dtype=tok.dtype,
+                           device=q.device)
+        drpb = torch.zeros(rpb.shape, dtype=f32, device=q.device)
+    else:
+        k = v = tok = rpb = dk = dv = dtok = drpb = q
+    weights_h_arg = weights_w if weights_h is None else weights_h
+    kernels._attention_bwd_query[(_cdiv(length, meta['BLOCK_M']), bh)](
+        q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h_arg, rows_w, weights_w, out,
+        grad_out, lse, delta, dq, dk, dv, dtok, drpb, dgrid, *_strides(q), *_strides(k),
+        *_strides(v), *_strides(tok), *_strides(kp), *_strides(vp), *_strides(out),
+        *_strides(grad_out), *sizes, WINDOW=window, **meta)
+    kernels._attention_bwd_keys[(_cdiv(kp.shape[2], meta['BLOCK_N']), bh)](
+        q, kp, vp, grid, rows_h, weights_h_arg, rows_w, weights_w, grad_out, lse, delta, dkp,
+        dvp, *_strides(q), *_strides(kp), *_strides(vp), *_strides(grad_out), *sizes, **meta)
+    if not window:
+        dk, dv, dtok, drpb = (q.new_empty(0) for _ in range(4))
+        return [dq, dk, dv, dtok, drpb, dkp, dvp, dgrid.to(grid.dtype)]
+    return [dq, dk.to(k.dtype), dv.to(v.dtype), dtok, drpb.to(rpb.dtype), dkp, dvp,
+            dgrid.to(grid.dtype)]
+
+
+@_attention_backward.register_fake
+def _attention_backward_fake(grad_out, q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h,
+                             rows_w, weights_w, out, lse, height, width, window, key_h, key_w,
+                             tf32):
+    dgrid = grid.new_empty(grid.shape)
+    if window:
+        local = (k.new_empty(k.shape), v.new_empty(v.shape), tok.new_empty(tok.shape),
+                 rpb.new_empty(rpb.shape))
+    else:
+        local = tuple(q.new_empty(0) for _ in range(4))
+    return [q.new_empty(q.shape), *local, kp.new_empty(kp.shape), vp.new_empty(vp.shape), dgrid]
+
+
+def _setup_context(ctx, inputs, output):
+    (q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w, weights_w, height, width,
+     window, key_h, key_w, tf32) = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w, weights_w,
+                          out, lse)
+    ctx.config = (height, width, window, key_h, key_w, tf32)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    saved = ctx.saved_tensors
+    height, width, window, key_h, key_w, tf32 = ctx.config
+    grad_out = _rows(grad_out.to(saved[-2].dtype))  # e.g. the stride-0 gradient of a sum
+    dq, dk, dv, dtok, drpb, dkp, dvp, dgrid = _attention_backward(
+        grad_out, *saved, height, width, window, key_h, key_w, tf32)
+    local = (dk, dv, dtok, drpb) if window else (None,) * 4
+    return (dq, *local, dkp, dvp, dgrid) + (None,) * 10
+
+
+torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
+
+
+def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, rows_h: Tensor,
+                     weights_h: Optional[Tensor], rows_w: Tensor, weights_w: Tensor,
+                     size: Tuple[int, int], pool_size: Tuple[int, int],
+                     k_local: Optional[Tensor] = None, v_local: Optional[Tensor] = None,
+                     token_weights: Optional[Tensor] = None,
+                     local_bias: Optional[Tensor] = None) -> Tensor:
+    """Aggregated attention (window + pooled keys, one softmax) or, without the window
+    arguments, full attention with a CPB bias, in fused Triton kernels.
+
+    Args:
+        q: ``(B, heads, H*W, d)`` scaled queries of an ``H x W`` map (``size``).
+        k_pool, v_pool: ``(B, heads, P, d)`` pooled keys and values, ``P = Hk * Wk``
+            (``pool_size``).
+        grid: ``(heads, GH, GW)`` CPB grid (see
+            :func:`mmtransnext.models.layers.position_bias.cpb_grid`).
+        rows_h, weights_h, rows_w, weights_w: the grid's taps for these sizes (see
+            :class:`mmtransnext.models.layers.position_bias.BiasTaps`).
+        k_local, v_local: ``(B, heads, H*W, d)`` keys and values of the sliding window.
+        token_weights: ``(B, heads, H*W, window**2)`` weights added to the window probabilities.
+        local_bias: ``(heads, window**2)`` local position bias.
+
+    Returns:
+        ``(B, heads, H*W, d)`` attention output, stored as ``(B, H*W, heads, d)``.
+    """
+    batch, heads, length, dim = q.shape
+    height, width = size
+    key_h, key_w = pool_size
+    local = (k_local, v_local, token_weights, local_bias)
+    if length != height * width:
+        raise ValueError(f'{length} queries do not form the {height}x{width} map')
+    if tuple(k_pool.shape) != (batch, heads, key_h * key_w, dim) or v_pool.shape != k_pool.shape:
+        raise ValueError(f'pooled keys/values of shapes {tuple(k_pool.shape)}, '
+                         f'{tuple(v_pool.shape)} do not match {key_h}x{key_w} keys of queries '
+                         f'{tuple(q.shape)}')
+    if tuple(rows_h.shape[:2]) != (height, key_h) or tuple(rows_w.shape[:2]) != (width, key_w):
+        raise ValueError(f'bias taps of shapes {tuple(rows_h.shape)}, {tuple(rows_w.shape)} do '
+                         f'not map {size} queries to {pool_size} keys')
+    if any(t is None for t in local) != all(t is None for t in local):
+        raise ValueError('k_local, v_local, token_weights and local_bias go together')
+    window = 0
+    if local_bias is not None:
+        window = int(round(local_bias.shape[-1] ** 0.5))
+        if local_bias.shape != (heads, window * window) or window % 2 == 0 or \
+                k_local.shape != q.shape or v_local.shape != q.shape or \
+                token_weights.shape != (batch, heads, length, window * window):
+            raise ValueError(
+                f'window inputs do not match queries {tuple(q.shape)}: keys '
+                f'{tuple(k_local.shape)}, values {tuple(v_local.shape)}, token weights '
+                f'{tuple(token_weights.shape)}, local bias {tuple(local_bias.shape)}')
+    tensors = [q, k_pool, v_pool] + ([k_local, v_local, token_weights] if window else [])
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    if dtype not in BLOCK_CONFIGS:
+        raise ValueError(f'the Triton attention supports {tuple(BLOCK_CONFIGS)}, got {dtype}')
+    q, k_pool, v_pool = (_rows(t.to(dtype)) for t in (q, k_pool, v_pool))
+    if window:
+        k_local, v_local, token_weights = (_rows(t.to(dtype)) for t in local[:3])
+        local_bias = local_bias.float().contiguous()
+    tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+    out, _ = _attention(q, k_local, v_local, token_weights, local_bias, k_pool, v_pool,
+                        grid.float().contiguous(), rows_h.contiguous(),
+                        None if weights_h is None else weights_h.float().contiguous(),
+                        rows_w.contiguous(), weights_w.float().contiguous(), height, width,
+                        window, key_h, key_w, tf32)
+    return out
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``t`` with unit stride along its last dimension (the kernels' only layout requirement)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+

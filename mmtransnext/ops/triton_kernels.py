@@ -1,0 +1,285 @@
+"""Triton kernels of TransNeXt attention: sliding-window keys plus pooled keys under one softmax.
+
+Imported lazily (by :mod:`.triton_attention`) because ``@triton.jit`` reads ``TRITON_INTERPRET``
+when it decorates: set that variable before the first call to run these kernels on CPU tensors.
+
+Per ``(batch, head)`` and tile of ``BLOCK_M`` queries of an ``height x width`` map:
+
+- window keys: ``WINDOW**2`` neighbours gathered one offset at a time (elementwise products, no
+  ``tl.dot``: 9 keys are too few for a matrix unit), plus the local bias ``rpb[head, l]``,
+  out-of-map neighbours masked;
+- pooled keys: ``BLOCK_N`` keys at a time with ``tl.dot``, plus the continuous position bias
+  built from the CPB ``grid (heads, GH, GW)`` by index arithmetic (:func:`_cpb_bias`): for query
+  ``(yq, xq)`` and key ``(yk, xk)`` it is ``sum_s sum_t wh[yq,yk,s] ww[xq,xk,t]
+  grid[head, rh[yq,yk,s], rw[xq,xk,t]]``, the taps of
+  :class:`mmtransnext.models.layers.position_bias.BiasTaps` (one tap of weight 1 per axis in
+  extrapolation mode; bilinear resizing otherwise);
+- one online softmax over both key sets (fp32 running max and sum); the learnable-token weights
+  ``tok[b, head, n, l]`` are added to the window probabilities (they are not normalised).
+
+``WINDOW == 0`` gives full attention (stage 4): pooled keys are then all tokens.
+The forward writes the output and the log-sum-exp. Backward recomputes the logits
+(FlashAttention-2 style): :func:`_attention_bwd_query` per query tile (``dq``, window ``dk``/``dv``
+by atomic adds, ``dtok``, ``drpb``, ``dgrid``, and ``delta = dO . O_softmax``),
+:func:`_attention_bwd_keys` per tile of pooled keys (``dk``/``dv`` without atomics).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tap_offsets(offs_m, offs_n, width, key_h, key_w):
+    """Row pair and column pair index of each (query, pooled key) in the taps' flat layout."""
+    pair_h = (offs_m // width)[:, None] * key_h + (offs_n // key_w)[None, :]
+    pair_w = (offs_m % width)[:, None] * key_w + (offs_n % key_w)[None, :]
+    return pair_h, pair_w
+
+
+@triton.jit
+def _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask, taps_h, taps_w,
+         head, grid_h, grid_w, HAS_WH: tl.constexpr):
+    """Flat grid index and weight of tap ``(s, t)`` of every (query, pooled key) pair."""
+    row = tl.load(rows_h + pair_h * taps_h + s, mask=mask, other=0)
+    col = tl.load(rows_w + pair_w * taps_w + t, mask=mask, other=0)
+    weight = tl.load(weights_w + pair_w * taps_w + t, mask=mask, other=0.)
+    if HAS_WH:
+        weight = weight * tl.load(weights_h + pair_h * taps_h + s, mask=mask, other=0.)
+    return (head * grid_h + row) * grid_w + col, weight
+
+
+@triton.jit
+def _cpb_bias(grid_ptr, rows_h, weights_h, rows_w, weights_w, head, offs_m, offs_n, mask,
+              width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``(BLOCK_M, BLOCK_N)`` float32 position bias gathered from the CPB grid and its taps."""
+    pair_h, pair_w = _tap_offsets(offs_m, offs_n, width, key_h, key_w)
+    bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for s in range(taps_h):
+        for t in range(taps_w):
+            at, weight = _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask,
+                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH)
+            bias += weight * tl.load(grid_ptr + at, mask=mask, other=0.).to(tl.float32)
+    return bias
+
+
+@triton.jit
+def _cpb_bias_grad(grad_grid, rows_h, weights_h, rows_w, weights_w, head, offs_m, offs_n, mask,
+                   grad, width, key_h, key_w, grid_h, grid_w, taps_h, taps_w,
+                   HAS_WH: tl.constexpr):
+    """Scatter-add the bias gradient ``grad (BLOCK_M, BLOCK_N)`` into the float32 grid gradient."""
+    pair_h, pair_w = _tap_offsets(offs_m, offs_n, width, key_h, key_w)
+    for s in range(taps_h):
+        for t in range(taps_w):
+            at, weight = _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask,
+                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH)
+            tl.atomic_add(grad_grid + at, grad * weight, mask=mask)
+
+
+@triton.jit
+def _tile(ptr, b, h, s_b, s_h, s_n, offs, offs_d, mask):
+    """Rows ``offs`` of the ``(batch b, head h)`` slice of a tensor with unit stride along d."""
+    return tl.load(ptr + b * s_b + h * s_h + offs[:, None] * s_n + offs_d[None, :], mask=mask,
+                   other=0.)
+
+
+@triton.jit
+def _program(heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+             HEAD_DIM: tl.constexpr):
+    """This program's ``batch * heads + head``, batch, head, tile offsets (along an axis of
+    ``extent``) and head-dim offsets, with their masks."""
+    bh = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    return bh, bh // heads, bh % heads, offs, offs < extent, offs_d, offs_d < HEAD_DIM
+
+
+@triton.jit
+def _pooled_probs(q, k_tile, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width,
+                  key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """Recomputed softmax probabilities of a (query tile, pooled-key tile) pair (backward)."""
+    scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
+    scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width, key_h, key_w,
+                        grid_h, grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N)
+    return tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
+
+
+@triton.jit
+def _neighbour(offs_m, mask_m, height, width, l, WINDOW: tl.constexpr):
+    """Flat index of window position ``l`` (row-major over (dy, dx)) of each query, and whether
+    it lies inside the map."""
+    y = offs_m // width + (l // WINDOW - WINDOW // 2)
+    x = offs_m % width + (l % WINDOW - WINDOW // 2)
+    inside = mask_m & (y >= 0) & (y < height) & (x >= 0) & (x < width)
+    return y * width + x, inside
+
+
+@triton.jit
+def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
+                   sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
+                   skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
+                   heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
+                   taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WH: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    length = height * width
+    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
+                                                        HEAD_DIM)
+    q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs_m, offs_d, mask_m[:, None] & mask_d[None, :])
+    m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc_tok = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if WINDOW > 0:
+        qf = q.to(tl.float32)
+        for l in range(WINDOW * WINDOW):
+            nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
+            mask_nd = inside[:, None] & mask_d[None, :]
+            key = _tile(K, b, h, sk_b, sk_h, sk_n, nb, offs_d, mask_nd).to(tl.float32)
+            s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
+            s = tl.where(inside, s, float('-inf'))
+            m_new = tl.maximum(m_i, s)
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new)
+            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d, mask_nd).to(tl.float32)
+            acc = acc * alpha[:, None] + p[:, None] * value
+            l_i = l_i * alpha + p
+            m_i = m_new
+            tok = tl.load(TOK + b * st_b + h * st_h + offs_m * st_n + l, mask=mask_m,
+                          other=0.).to(tl.float32)
+            acc_tok += tok[:, None] * value
+    for start in range(0, num_keys, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < num_keys
+        mask_kd = mask_n[:, None] & mask_d[None, :]
+        k_tile = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
+        scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
+        scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n,
+                            mask_m[:, None] & mask_n[None, :], width, key_h, key_w, grid_h,
+                            grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N)
+        scores = tl.where(mask_n[None, :], scores, float('-inf'))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        alpha = tl.exp(m_i - m_new)
+        p_tile = tl.exp(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p_tile, 1)
+        v_tile = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
+        acc = acc * alpha[:, None] + tl.dot(p_tile.to(v_tile.dtype), v_tile,
+                                            input_precision=PRECISION)
+        m_i = m_new
+    out = acc / l_i[:, None] + acc_tok
+    tl.store(OUT + b * so_b + h * so_h + offs_m[:, None] * so_n + offs_d[None, :],
+             out.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(LSE + bh * length + offs_m, m_i + tl.log(l_i), mask=mask_m)
+
+
+@triton.jit
+def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, DO, LSE,
+                         DELTA, DQ, DK, DV, DTOK, DRPB, DGRID,
+                         sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
+                         skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
+                         sdo_b, sdo_h, sdo_n,
+                         heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
+                         taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
+                         HAS_WH: tl.constexpr, PRECISION: tl.constexpr):
+    """Per query tile: ``delta``, ``dq``, ``dtok``; window ``dk``/``dv`` and ``drpb``, and the
+    grid gradient, by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)`` contiguous; ``DK``,
+    ``DV`` are contiguous float32 buffers of that shape, ``DTOK`` ``(B, heads, N, L)``."""
+    length = height * width
+    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
+                                                        HEAD_DIM)
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs_m, offs_d, mask_md)
+    qf = q.to(tl.float32)
+    do = _tile(DO, b, h, sdo_b, sdo_h, sdo_n, offs_m, offs_d, mask_md).to(tl.float32)
+    out = _tile(OUT, b, h, so_b, so_h, so_n, offs_m, offs_d, mask_md).to(tl.float32)
+    lse = tl.load(LSE + bh * length + offs_m, mask=mask_m, other=0.)
+    # delta = dO . (softmax part of the output) = dO . out - sum_l tok_l (dO . v_l).
+    delta = tl.sum(do * out, 1)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    rows = bh * length + offs_m
+    if WINDOW > 0:
+        for l in range(WINDOW * WINDOW):
+            nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
+            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d,
+                          inside[:, None] & mask_d[None, :]).to(tl.float32)
+            dp = tl.sum(do * value, 1)
+            tok = tl.load(TOK + b * st_b + h * st_h + offs_m * st_n + l, mask=mask_m,
+                          other=0.).to(tl.float32)
+            delta -= tok * dp
+            tl.store(DTOK + rows * (WINDOW * WINDOW) + l, dp.to(DTOK.dtype.element_ty),
+                     mask=mask_m)
+        for l in range(WINDOW * WINDOW):
+            nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
+            mask_nd = inside[:, None] & mask_d[None, :]
+            key = _tile(K, b, h, sk_b, sk_h, sk_n, nb, offs_d, mask_nd).to(tl.float32)
+            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d, mask_nd).to(tl.float32)
+            s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
+            p = tl.where(inside, tl.exp(s - lse), 0.)
+            dp = tl.sum(do * value, 1)
+            ds = p * (dp - delta)
+            dq += ds[:, None] * key
+            tok = tl.load(TOK + b * st_b + h * st_h + offs_m * st_n + l, mask=mask_m,
+                          other=0.).to(tl.float32)
+            grad_at = (bh * length + nb)[:, None] * HEAD_DIM + offs_d[None, :]
+            tl.atomic_add(DK + grad_at, ds[:, None] * qf, mask=mask_nd)
+            tl.atomic_add(DV + grad_at, (p + tok)[:, None] * do, mask=mask_nd)
+            tl.atomic_add(DRPB + h * WINDOW * WINDOW + l, tl.sum(ds, 0))
+    tl.store(DELTA + rows, delta, mask=mask_m)
+    do_in = do.to(q.dtype)
+    for start in range(0, num_keys, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < num_keys
+        mask_kd = mask_n[:, None] & mask_d[None, :]
+        mask_mn = mask_m[:, None] & mask_n[None, :]
+        k_tile = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
+        v_tile = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
+        p_tile = _pooled_probs(q, k_tile, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn,
+                               width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH,
+                               BLOCK_M, BLOCK_N, PRECISION)
+        dp_tile = tl.dot(do_in, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
+        ds_tile = p_tile * (dp_tile - delta[:, None])
+        dq += tl.dot(ds_tile.to(q.dtype), k_tile, input_precision=PRECISION)
+        _cpb_bias_grad(DGRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, ds_tile, width, key_h,
+                       key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH)
+    tl.store(DQ + rows[:, None] * HEAD_DIM + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=mask_md)
+
+
+@triton.jit
+def _attention_bwd_keys(Q, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DELTA, DKP, DVP,
+                        sq_b, sq_h, sq_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
+                        sdo_b, sdo_h, sdo_n,
+                        heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
+                        taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WH: tl.constexpr,
+                        PRECISION: tl.constexpr):
+    """Per tile of pooled keys: their ``dk``/``dv`` over every query, from the saved log-sum-exp
+    and ``delta``. ``DKP``/``DVP`` are ``(B, heads, P, d)`` contiguous."""
+    length = height * width
+    bh, b, h, offs_n, mask_n, offs_d, mask_d = _program(heads, num_keys, BLOCK_N, BLOCK_D,
+                                                        HEAD_DIM)
+    mask_kd = mask_n[:, None] & mask_d[None, :]
+    key = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
+    value = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for start in range(0, length, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < length
+        mask_md = mask_m[:, None] & mask_d[None, :]
+        mask_mn = mask_m[:, None] & mask_n[None, :]
+        q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs_m, offs_d, mask_md)
+        do = _tile(DO, b, h, sdo_b, sdo_h, sdo_n, offs_m, offs_d, mask_md).to(q.dtype)
+        lse = tl.load(LSE + bh * length + offs_m, mask=mask_m, other=0.)
+        delta = tl.load(DELTA + bh * length + offs_m, mask=mask_m, other=0.)
+        p = _pooled_probs(q, key, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width,
+                          key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N,
+                          PRECISION)
+        dv += tl.dot(tl.trans(p.to(q.dtype)), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+    grad_at = (bh * num_keys + offs_n)[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(DKP + grad_at, dk.to(DKP.dtype.element_ty), mask=mask_kd)
+    tl.store(DVP + grad_at, dv.to(DVP.dtype.element_ty), mask=mask_kd)

@@ -1,0 +1,315 @@
+"""The Triton attention kernels, run in Triton's CPU interpreter, against the naive oracle:
+forward and every gradient (queries, window and pooled keys/values, token weights, local bias,
+CPB MLP through its grid), odd sizes, both position-bias modes, fp32 and bf16; the layers and a
+small backbone end to end with ``attn_impl='triton'``; the op on meta tensors (no host sync)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmtransnext import TransNeXt
+from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention, StageGeometry
+from mmtransnext.models.layers.position_bias import build_position_table, cpb_grid
+from mmtransnext.ops.sliding_window import window_lengths
+from mmtransnext.ops.triton_attention import triton_attention, use_triton
+from reference import (perturb_, reference_aggregated_attention, reference_backbone,
+                       reference_bias, reference_full_attention)
+
+CPU = torch.device('cpu')
+PRETRAIN = (6, 6)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _interpreted_kernels():
+    """Check the kernels are interpreted, and mend the interpreter's bfloat16 ``tl.dot``.
+
+    Triton 3.8's interpreter stores bfloat16 as raw uint16 and multiplies those integers in
+    ``tl.dot``. The operands are widened to float32 first here (exact), which is what a GPU's
+    bfloat16 MMA computes (exact products, float32 sums), so the kernels run unchanged."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    from mmtransnext.ops import triton_kernels
+    assert isinstance(triton_kernels._attention_fwd, interpreter.InterpretedFunction), \
+        'TRITON_INTERPRET=1 must be set before triton is imported (tests/conftest.py)'
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def widen(handle):
+        if handle.dtype.scalar != tl.bfloat16:
+            return handle
+        bits = handle.data.astype(np.uint32) << np.uint32(16)
+        return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return original(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    interpreter.InterpreterBuilder.create_dot = create_dot
+    yield
+    interpreter.InterpreterBuilder.create_dot = original
+
+
+def naive_attention(q, kp, vp, bias, size, local=None):
+    """Oracle: one softmax over the concatenated window and pooled logits, the window visited one
+    offset at a time on a zero-padded map, token weights added to the window probabilities."""
+    pool = q @ kp.transpose(-1, -2) + bias
+    if local is None:
+        return pool.softmax(-1) @ vp
+    k, v, tok, rpb = local
+    batch, heads, length, dim = q.shape
+    height, width = size
+    window = int(round(rpb.shape[1] ** 0.5))
+    r = window // 2
+    k_pad = F.pad(k.reshape(batch, heads, height, width, dim), (0, 0, r, r, r, r))
+    v_pad = F.pad(v.reshape(batch, heads, height, width, dim), (0, 0, r, r, r, r))
+    inside = F.pad(torch.ones(height, width), (r, r, r, r)) > 0
+    logits, values = [], []
+    for dy in range(window):
+        for dx in range(window):
+            keys = k_pad[:, :, dy:dy + height, dx:dx + width].reshape(batch, heads, length, dim)
+            values.append(v_pad[:, :, dy:dy + height, dx:dx + width].reshape(q.shape))
+            valid = inside[dy:dy + height, dx:dx + width].reshape(length)
+            logit = (q * keys).sum(-1) + rpb[:, dy * window + dx, None]
+            logits.append(logit.masked_fill(~valid, float('-inf')))
+    probs = torch.cat([torch.stack(logits, -1), pool], -1).softmax(-1)
+    p_local, p_pool = probs[..., :window ** 2] + tok, probs[..., window ** 2:]
+    return sum(p_local[..., i, None] * values[i] for i in range(window ** 2)) + p_pool @ vp
+
+
+# (size, pool size, trained (query, key) grids in interpolation mode or None, batch, window)
+CASES = [
+    ((1, 1), (1, 1), None, 2, 3),
+    ((1, 1), (1, 1), ((4, 4), (2, 2)), 1, 3),
+    ((7, 9), (3, 4), None, 1, 5),
+    ((7, 9), (3, 4), ((8, 8), (4, 4)), 2, 3),
+    ((37, 53), (4, 6), None, 1, 3),
+    ((37, 53), (4, 6), ((32, 32), (4, 4)), 1, 3),
+]
+
+
+def _case_inputs(size, pool, trained, batch, window, heads=2, dim=24, full=False):
+    attn = FullAttention(heads * dim, heads) if full else \
+        AggregatedAttention(heads * dim, heads, window)
+    perturb_(attn, std=0.3)
+    length, num_keys = size[0] * size[1], pool[0] * pool[1]
+    q = torch.randn(batch, heads, length, dim) * 2
+    keys = [F.normalize(torch.randn(batch, heads, n, dim), dim=-1) for n in (length, num_keys)]
+    values = [torch.randn(batch, heads, n, dim) for n in (length, num_keys)]
+    tok = torch.randn(batch, heads, length, window ** 2) * 0.3
+    table_q, table_k = trained if trained else (size, pool)
+    table = build_position_table(table_q, table_k, PRETRAIN, CPU)
+    return attn, table, q, keys, values, tok
+
+
+def _run_case(size, pool, trained, batch, window, dtype, full=False):
+    """Kernel output and gradients next to the oracle's (float32, on the unrounded inputs)."""
+    attn, table, q, keys, values, tok = _case_inputs(size, pool, trained, batch, window,
+                                                     full=full)
+    leaves = [q, keys[1], values[1]] + ([] if full else [keys[0], values[0], tok])
+    params = [attn.cpb_fc1.weight, attn.cpb_fc1.bias, attn.cpb_fc2.weight, attn.cpb_fc2.bias]
+    if not full:
+        params.append(attn.relative_pos_bias_local)
+    grad_out = torch.randn(q.shape)
+
+    inputs = [t.to(dtype).requires_grad_() for t in leaves]
+    taps = table.taps(size, pool)
+    local = {} if full else dict(k_local=inputs[3], v_local=inputs[4], token_weights=inputs[5],
+                                 local_bias=attn.relative_pos_bias_local)
+    out = triton_attention(inputs[0], inputs[1], inputs[2], cpb_grid(attn.cpb_fc1, attn.cpb_fc2,
+                                                                      table),
+                           taps.rows_h, taps.weights_h, taps.rows_w, taps.weights_w, size, pool,
+                           **local)
+    got = [out] + list(torch.autograd.grad(out, inputs + params, grad_out.to(out.dtype)))
+
+    ref = copy.deepcopy(attn)
+    ref_params = [ref.cpb_fc1.weight, ref.cpb_fc1.bias, ref.cpb_fc2.weight, ref.cpb_fc2.bias]
+    if not full:
+        ref_params.append(ref.relative_pos_bias_local)
+    ref_inputs = [t.clone().requires_grad_() for t in leaves]
+    bias = reference_bias(ref, size, pool, PRETRAIN, trained)
+    ref_local = None if full else (*ref_inputs[3:], ref.relative_pos_bias_local)
+    expected = naive_attention(ref_inputs[0], ref_inputs[1], ref_inputs[2], bias, size,
+                               ref_local)
+    want = [expected] + list(torch.autograd.grad(expected, ref_inputs + ref_params,
+                                                 grad_out))
+    return got, want
+
+
+def _assert_all_close(got, want, dtype):
+    names = ['out', 'dq', 'dk_pool', 'dv_pool', 'dk_local', 'dv_local', 'dtoken', 'dfc1.w',
+             'dfc1.b', 'dfc2.w', 'dfc2.b', 'drpb']
+    if len(got) == 8:  # full attention
+        names = names[:4] + names[7:11]
+    assert len(got) == len(want) == len(names)
+    for name, g, w in zip(names, got, want):
+        assert g.dtype == (torch.float32 if name.startswith(('dfc', 'drpb')) else dtype), name
+        scale = w.abs().max().item()
+        tol, floor = (3e-2, 0.1) if dtype == torch.bfloat16 else (1e-4, 0.1)
+        if dtype == torch.bfloat16 and name.startswith(('dfc', 'drpb')):
+            # Sums over the whole map of terms that cancel (sum_j dS_ij = 0 per query), each
+            # carrying bfloat16 rounding: compared at 10% of max(scale, 1). An indexing error
+            # is O(1); the float32 cases check these at 1e-4.
+            tol, floor = 1e-1, 1.0
+        error = (g.float() - w).abs().max().item()
+        # Gradients that vanish in exact arithmetic (one key, a bias shift under one softmax)
+        # are rounding noise: the floor keeps them from setting the scale.
+        assert error <= tol * max(scale, floor), \
+            f'{name}: max error {error:.3g} vs scale {scale:.3g}'
+
+
+@pytest.mark.parametrize('size,pool,trained,batch,window', CASES)
+def test_aggregated_kernels_match_the_oracle_fp32(size, pool, trained, batch, window):
+    got, want = _run_case(size, pool, trained, batch, window, torch.float32)
+    _assert_all_close(got, want, torch.float32)
+
+
+@pytest.mark.parametrize('size,pool,trained,batch,window', CASES[:4])
+def test_aggregated_kernels_match_the_oracle_bf16(size, pool, trained, batch, window):
+    got, want = _run_case(size, pool, trained, batch, window, torch.bfloat16)
+    _assert_all_close(got, want, torch.bfloat16)
+
+
+@pytest.mark.parametrize('size,trained,dtype', [
+    ((1, 1), None, torch.float32),
+    ((7, 9), None, torch.float32),
+    ((7, 9), ((6, 6), (6, 6)), torch.float32),
+    ((5, 6), ((6, 6), (6, 6)), torch.bfloat16),
+])
+def test_full_attention_kernels_match_the_oracle(size, trained, dtype):
+    got, want = _run_case(size, size, trained, 2, 3, dtype, full=True)
+    _assert_all_close(got, want, dtype)
+
+
+def _geometry(size, pool, window, trained=None):
+    table_q, table_k = trained if trained else (size, pool)
+    table = build_position_table(table_q, table_k, PRETRAIN, CPU)
+    num_keys = pool[0] * pool[1]
+    if window is None:
+        scale = torch.log(torch.tensor(float(num_keys)))
+    else:
+        scale = torch.log(window_lengths(size, window, CPU) + num_keys)
+    return StageGeometry(size, pool, scale, table, trained is not None)
+
+
+@pytest.mark.parametrize('full', [False, True])
+def test_layers_with_triton_match_the_paper_equations(full):
+    size, pool, trained = (7, 9), (3, 4), ((8, 8), (4, 4))
+    if full:
+        pool = size
+        attn = perturb_(FullAttention(48, 2, attn_impl='triton'))
+    else:
+        attn = perturb_(AggregatedAttention(48, 2, 3, 2, attn_impl='triton'))
+    x = torch.randn(2, 63, 48, requires_grad=True)
+    out = attn(x, _geometry(size, pool, None if full else 3, trained))
+    bias = reference_bias(attn, size, pool, PRETRAIN, trained)
+    if full:
+        expected = reference_full_attention(attn, x, bias)
+    else:
+        expected = reference_aggregated_attention(attn, x, size, pool, bias)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    params = [x] + list(attn.parameters())
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, params, grad, allow_unused=True)
+    want = torch.autograd.grad(expected, params, grad, allow_unused=True)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None or not g.abs().any()
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_backbone_with_triton_matches_the_reference():
+    arch = dict(embed_dims=[16, 32, 32, 32], num_heads=[1, 2, 2, 2], depths=[1, 1, 1, 1])
+    model = perturb_(TransNeXt(arch, img_size=64, pretrain_size=64, attn_impl='triton')).eval()
+    img = torch.randn(1, 3, 45, 70)
+    with torch.no_grad():
+        outs = model(img)
+        expected = reference_backbone(model, img)
+    for got, want in zip(outs, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_dispatch_choices(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mmtransnext.ops import triton_attention
+    cpu = torch.zeros(1)
+    assert use_triton('triton', cpu)  # CPU only because TRITON_INTERPRET=1 is set here
+    assert not use_triton('auto', cpu) and not use_triton('torch', cpu)
+    assert not use_triton('ext', cpu)
+    with pytest.raises(RuntimeError, match="attn_impl='triton'.*meta"):
+        use_triton('triton', torch.zeros(1, device='meta'))
+    with FakeTensorMode():
+        cuda = torch.empty(1, device='cuda')  # a CUDA tensor's metadata, no GPU needed
+    assert use_triton('auto', cuda) and use_triton('triton', cuda)
+    assert not use_triton('ext', cuda) and not use_triton('torch', cuda)
+    monkeypatch.setattr(triton_attention, 'unsupported_reason',
+                        lambda device_type: 'triton cannot be imported (simulated)')
+    assert not use_triton('auto', cuda)  # 'auto' then takes the compiled ops or PyTorch
+    with pytest.raises(RuntimeError, match='simulated'):
+        use_triton('triton', cuda)
+
+
+def test_op_on_meta_tensors_needs_no_data():
+    """The glue around the kernels reads no tensor value (a host sync raises on meta tensors):
+    shapes, strides and the backward's outputs come from the fake implementations."""
+    meta = torch.device('meta')
+    size, pool, heads, dim = (7, 9), (3, 4), 2, 24
+    length, num_keys = 63, 12
+    leaves = [torch.empty(2, heads, n, dim, device=meta, requires_grad=True)
+              for n in (length, num_keys, num_keys, length, length)]
+    tok = torch.empty(2, heads, length, 9, device=meta, requires_grad=True)
+    rpb = torch.empty(heads, 9, device=meta, requires_grad=True)
+    grid = torch.empty(heads, 10, 12, device=meta, requires_grad=True)
+    rows_h = torch.empty(7, 3, 2, dtype=torch.long, device=meta)
+    rows_w = torch.empty(9, 4, 2, dtype=torch.long, device=meta)
+    weights = [torch.empty(r.shape, device=meta) for r in (rows_h, rows_w)]
+    out = triton_attention(*leaves[:3], grid, rows_h, weights[0], rows_w, weights[1], size, pool,
+                           k_local=leaves[3], v_local=leaves[4], token_weights=tok,
+                           local_bias=rpb)
+    assert out.shape == (2, heads, length, dim) and out.transpose(1, 2).is_contiguous()
+    grads = torch.autograd.grad(out.sum(), leaves + [tok, rpb, grid])
+    for g, t in zip(grads, leaves + [tok, rpb, grid]):
+        assert g.shape == t.shape and g.device == meta
+
+
+def test_bad_inputs_raise_value_errors():
+    q = torch.zeros(1, 2, 12, 24)
+    kp = torch.zeros(1, 2, 4, 24)
+    grid = torch.zeros(2, 3, 3)
+    rows_h, rows_w = torch.zeros(3, 2, 1, dtype=torch.long), torch.zeros(4, 2, 1,
+                                                                        dtype=torch.long)
+    ones_w = torch.ones(4, 2, 1)
+    with pytest.raises(ValueError, match='do not form'):
+        triton_attention(q, kp, kp, grid, rows_h, None, rows_w, ones_w, (3, 5), (2, 2))
+    with pytest.raises(ValueError, match='pooled keys'):
+        triton_attention(q, kp[:, :, :3], kp, grid, rows_h, None, rows_w, ones_w, (3, 4), (2, 2))
+    with pytest.raises(ValueError, match='go together'):
+        triton_attention(q, kp, kp, grid, rows_h, None, rows_w, ones_w, (3, 4), (2, 2),
+                         k_local=q)
+    with pytest.raises(ValueError, match='supports'):
+        triton_attention(q.double(), kp, kp, grid, rows_h, None, rows_w, ones_w, (3, 4), (2, 2))
+
+
+def test_op_traces_under_torch_compile():
+    """Fake and autograd registrations let torch.compile trace the op whole (fullgraph), forward
+    and backward (aot_eager: the op itself still runs in the interpreter)."""
+    size, pool = (7, 9), (3, 4)
+    attn, table, q, keys, values, tok = _case_inputs(size, pool, None, 1, 3)
+    taps = table.taps(size, pool)
+    grid = cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table).detach()
+    leaves = [t.requires_grad_() for t in (q, keys[1], values[1], keys[0], values[0], tok)]
+
+    def attend(q, kp, vp, k, v, tok):
+        return triton_attention(q, kp, vp, grid, taps.rows_h, taps.weights_h, taps.rows_w,
+                                taps.weights_w, size, pool, k_local=k, v_local=v,
+                                token_weights=tok, local_bias=attn.relative_pos_bias_local)
+
+    compiled = torch.compile(attend, backend='aot_eager', fullgraph=True)
+    results = []
+    for fn in (attend, compiled):
+        out = fn(*leaves)
+        results.append([out] + list(torch.autograd.grad(out.square().sum(), leaves)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
