@@ -21,6 +21,10 @@ GELU = dict(type='GELU')
 #: Norm of the blocks and of the backbone's output maps (LayerNorm over C, H, W).
 BLOCK_NORM = dict(type='GN', num_groups=1)
 BN = dict(type='BN')
+#: Attention logits per OSRA call of the attention kernel: longer query sequences are attended in
+#: chunks of query rows (softmax is per row), so inference never holds all logits of a
+#: detection-size stage 1 (60800 x 950 at 800x1216) at once.
+CHUNK_ELEMENTS = 1 << 24
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -152,9 +156,16 @@ class OSRA(nn.Module):
         v = v.reshape(batch, heads, channels // heads, -1).transpose(-1, -2)
         if pos_bias is not None:
             pos_bias = pos_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=pos_bias, scale=self.scale,
-            dropout_p=self.attn_drop if self.training else 0.)
+        num_q, num_k = q.shape[2], k.shape[2]
+        step = max(1, CHUNK_ELEMENTS // (batch * heads * num_k))
+        outs = [
+            F.scaled_dot_product_attention(
+                q[:, :, i:i + step], k, v,
+                attn_mask=None if pos_bias is None else pos_bias[:, :, i:i + step],
+                scale=self.scale, dropout_p=self.attn_drop if self.training else 0.)
+            for i in range(0, num_q, step)
+        ]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         return out.transpose(-1, -2).reshape(batch, channels, height, width)
 
 

@@ -4,6 +4,7 @@ from torch import nn
 
 from mmtransnext.models import TransXNet
 from mmtransnext.models.backbones import transxnet
+from mmtransnext.models.layers import transxnet_layers
 from reference import perturb_
 from reference_transxnet import ceil_grid, reference_transxnet
 
@@ -55,6 +56,18 @@ def test_matches_the_official_computation(size):
     pretrain_size 56) and resized bicubically (other sizes), BatchNorm in eval mode."""
     model = _perturbed(TransXNet(**SMALL, pretrain_size=56)).eval()
     x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        outs = model(x)
+        expected = reference_transxnet(model.state_dict(), x, model.depths, model.num_heads,
+                                       model.arch_settings['num_groups'])
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_in_query_chunks_matches_the_official_computation(monkeypatch):
+    monkeypatch.setattr(transxnet_layers, 'CHUNK_ELEMENTS', 1000)  # ragged chunks everywhere
+    model = _perturbed(TransXNet(**SMALL)).eval()
+    x = torch.randn(2, 3, 75, 101)
     with torch.no_grad():
         outs = model(x)
         expected = reference_transxnet(model.state_dict(), x, model.depths, model.num_heads,
