@@ -145,15 +145,18 @@ def _preview(keys: List[str], most: int = 8) -> str:
 
 
 def load_pretrained(model: nn.Module, filename: str, prefix: Optional[str] = None,
-                    map_location='cpu', strict: bool = True) -> LoadReport:
+                    map_location='cpu', strict: bool = True,
+                    allow_pickle: bool = False) -> LoadReport:
     """Load official TransNeXt weights (ImageNet or mmdet/mmseg files) into ``model``.
 
-    Reads with ``weights_only=True`` (unless ``MMTRANSNEXT_TRUSTED_CHECKPOINTS=1``), drops the
+    Reads with ``weights_only=True`` (unless ``MMTRANSNEXT_TRUSTED_CHECKPOINTS=1``, or
+    ``allow_pickle`` for a runner checkpoint a user passed to a tool on purpose), drops the
     classifier head, and logs loaded / missing / unexpected keys. Raises
     :class:`CheckpointError` when no key matches, when a shape differs (a different arch), or,
     with ``strict``, when keys are missing or left over.
     """
-    checkpoint = read_checkpoint(filename, map_location, allow_pickle=_env_trusted())
+    checkpoint = read_checkpoint(filename, map_location,
+                                 allow_pickle=allow_pickle or _env_trusted())
     state = extract_state_dict(checkpoint, prefix)
     own = model.state_dict()
     report = LoadReport()
