@@ -454,3 +454,18 @@ def demo_image(index: int, size: Optional[Sequence[int]] = None):
     """Validation image ``index`` of the bundled demo data (generated in memory)."""
     from mmtransnext.datasets.synthetic import ShapesSpec, make_scene
     return resize_image(make_scene(ShapesSpec(), 'val', index)[0], size)
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+    """Save a matplotlib figure as a PNG of at most 256 colours (a few times smaller than
+    full colour, with no visible change for plots) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=dpi)
+    plt.close(fig)
+    buffer.seek(0)
+    image = Image.open(buffer).convert('RGB')
+    image.quantize(256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)

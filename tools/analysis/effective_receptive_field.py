@@ -10,9 +10,9 @@ backbone config; several configs give side-by-side panels.
 Per image: the gradient of the stage's central output pixel (ReLU, then summed over channels,
 as RepLKNet does) with respect to the input, its absolute value (``--relu``: its positive part,
 exactly RepLKNet's recipe) summed over colour channels; the mean over ``--num`` images is drawn
-normalised to its peak on a log colour scale. Printed (and in each panel): RepLKNet's high-contribution area
-ratios, the smallest centred square holding 20/30/50/99% of the ``log10(1 + erf)`` map, as a
-share of the image. ``--save-npy`` also writes each mean map. Without a checkpoint the model has
+normalised to its peak on a log colour scale. Printed (and in each panel): RepLKNet's
+high-contribution area ratios, the smallest centred square holding 20/30/50/99% of the
+``log10(1 + erf)`` map, as a share of the image. ``--save-npy`` also writes each mean map. Without a checkpoint the model has
 random weights. Stages are 0-based; the backbone is built to return stage ``--stage``
 (``out_indices``).
 """
@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(RepLKNet's code)")
     parser.add_argument('--labels', nargs='+', help='panel titles (default: config names)')
     parser.add_argument('--out', default='erf.png', help='output PNG (default: %(default)s)')
+    parser.add_argument('--dpi', type=int, default=100, help='figure resolution (default 100)')
     parser.add_argument('--save-npy', action='store_true',
                         help='also save each mean map next to --out as <out>_<i>.npy')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
@@ -85,6 +86,7 @@ def measure(config: str, checkpoint, args: argparse.Namespace) -> Dict[str, obje
     from mmtransnext.analysis import (area_ratios, effective_receptive_field, log_scaled,
                                       stage_output)
     cfg = common.load_config(config, args.cfg_options)
+    torch.manual_seed(0)  # the same random weights every run when there is no checkpoint
     backbone, output = common.build_backbone(cfg, config, checkpoint, stage=args.stage)
     for param in backbone.parameters():
         param.requires_grad_(False)  # only the input's gradient is needed
@@ -117,8 +119,8 @@ def draw(results: List[Dict[str, object]], labels: List[str], args: argparse.Nam
 
     count = len(results)
     height, width = args.size
-    fig, axes = plt.subplots(1, count, squeeze=False,
-                             figsize=(3.4 * count + 0.8, 3.4 * height / width + 1.1))
+    fig, axes = plt.subplots(1, count, squeeze=False, layout='constrained',
+                             figsize=(3.2 * count + 1.2, 3.2 * height / width + 0.9))
     norm = LogNorm(vmin=1e-4, vmax=1)
     image = None
     for ax, result, label in zip(axes[0], results, labels):
@@ -132,12 +134,10 @@ def draw(results: List[Dict[str, object]], labels: List[str], args: argparse.Nam
         ax.set_xlabel(f'area ratio (% of image) holding\n{text}', fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout(rect=(0, 0, 0.9, 1))
-    bar = fig.add_axes((0.91, 0.2, 0.015, 0.6))
-    fig.colorbar(image, cax=bar).set_label('contribution / peak (log scale)', fontsize=8)
-    bar.tick_params(labelsize=7)
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
+    bar = fig.colorbar(image, ax=list(axes[0]), shrink=0.8, aspect=30)
+    bar.set_label('contribution / peak (log scale)', fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    common.save_figure(fig, args.out, args.dpi)
 
 
 def main(argv=None) -> List[Dict[str, object]]:

@@ -6,11 +6,12 @@
 
 For each point, two PNGs in --out:
 
-- ``attention_s{S}b{B}_y{Y}x{X}.png``: one panel per head plus their mean. The weight of each
-  window key is drawn on the pixels of its token (outlined), the weight of each pooled key over
-  the region it pools, on one logarithmic colour scale (they are one softmax); the title gives
-  the share of the softmax on the window ("fovea") and on the pooled keys ("periphery").
-  Stage 4's full attention draws every key on its own token.
+- ``attention_s{S}b{B}_y{Y}x{X}.png``: the input, then one panel per head and their mean. The
+  weight of each window key is drawn on the pixels of its token (outlined), the weight of each
+  pooled key over the region it pools, on one logarithmic colour scale (they are one softmax);
+  the title gives the share of the softmax on the window ("fovea") and on the pooled keys
+  ("periphery"). Full attention (the last stage, 0-based stage 3) draws every key on its own
+  token.
 - ``attention_s{S}_blocks_y{Y}x{X}.png``: the mean over heads (or ``--head``) in every block of
   the stage.
 
@@ -52,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='draw only this head (default: every head and their mean)')
     parser.add_argument('--out', default=osp.join('work_dirs', 'attention'),
                         help='output directory (default: %(default)s)')
+    parser.add_argument('--dpi', type=int, default=100, help='figure resolution (default 100)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries')
     return parser.parse_args(argv)
@@ -142,8 +144,11 @@ def _shares(maps: Dict[str, torch.Tensor], head: Optional[int]) -> str:
 
 def draw_panels(image_rgb: np.ndarray, panels: Sequence[Tuple[str, Dict[str, torch.Tensor],
                                                                 Optional[int]]],
-                point: Tuple[int, int], title: str, path: str, columns: int) -> None:
-    """Write a figure of ``panels`` (caption, maps, head) over the image to ``path``."""
+                point: Tuple[int, int], title: str, path: str, columns: int,
+                dpi: int = 100) -> None:
+    """Write a figure of the image and ``panels`` (caption, maps, head) over it to ``path``."""
+    import textwrap
+
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -156,31 +161,34 @@ def draw_panels(image_rgb: np.ndarray, panels: Sequence[Tuple[str, Dict[str, tor
     peak = max(float(canvas.max()) for _, canvas, _, _ in drawn)
     norm = LogNorm(vmin=peak * 1e-3, vmax=peak)
     grey = image_rgb.mean(-1, keepdims=True).repeat(3, -1) / 255
-    rows = -(-len(drawn) // columns)
+    columns = min(columns, len(drawn) + 1)
+    rows = -(-(len(drawn) + 1) // columns)
     scale = 2.6 * max(1., size[1] / size[0]) ** 0.5
     fig, axes = plt.subplots(rows, columns, squeeze=False,
                              figsize=(scale * columns + 0.9, scale * size[0] / size[1] * rows
-                                      + 0.9))
+                                      + 1.0))
     for ax in axes.flat:
         ax.axis('off')
+    axes.flat[0].imshow(image_rgb)
+    axes.flat[0].plot(point[1], point[0], marker='+', color='cyan', markersize=9, mew=1.5)
+    axes.flat[0].set_title(f'input, query ({point[0]}, {point[1]})', fontsize=8)
     image = None
-    for ax, (caption, canvas, box, shares) in zip(axes.flat, drawn):
-        ax.imshow(0.35 + 0.4 * grey)
+    for ax, (caption, canvas, box, shares) in zip(axes.flat[1:], drawn):
+        ax.imshow(grey)
         image = ax.imshow(np.clip(canvas, norm.vmin, None), cmap='inferno', norm=norm,
-                          alpha=0.75)
+                          alpha=0.6)
         if box is not None:
             y0, y1, x0, x1 = box
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                    edgecolor='white', linewidth=1))
         ax.plot(point[1], point[0], marker='+', color='cyan', markersize=9, mew=1.5)
         ax.set_title(f'{caption}\n{shares}', fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle('\n'.join(textwrap.wrap(title, int(11 * scale * columns))), fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.92, 1))
     bar = fig.add_axes((0.93, 0.15, 0.015, 0.65))
     fig.colorbar(image, cax=bar).set_label('attention weight (log scale)', fontsize=8)
     bar.tick_params(labelsize=7)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi)
 
 
 # ------------------------------------------------------------------------------- main
@@ -192,6 +200,7 @@ def main(argv=None) -> List[str]:
     if rest:
         raise common.ToolError('give one CONFIG [CHECKPOINT]')
     cfg = common.load_config(config, args.cfg_options)
+    torch.manual_seed(0)  # the same random weights every run when there is no checkpoint
     backbone, _ = common.build_backbone(cfg, config, checkpoint)
     try:
         mixers = token_mixers(backbone)
@@ -231,7 +240,7 @@ def main(argv=None) -> List[str]:
         draw_panels(image_rgb, panels, (y, x),
                     f'{name}: stage {args.stage}, block {block}, {where} of '
                     f'{tuple(maps["feature_size"].tolist())}; {source}', path,
-                    columns=min(len(panels), 5))
+                    columns=6, dpi=args.dpi)
         written.append(path)
 
         label = 'mean of heads' if args.head is None else f'head {args.head}'
@@ -240,7 +249,7 @@ def main(argv=None) -> List[str]:
         path = osp.join(args.out, f'attention_s{args.stage}_blocks_y{y}x{x}.png')
         draw_panels(image_rgb, panels, (y, x),
                     f'{name}: stage {args.stage}, every block ({label}), {where}', path,
-                    columns=min(depth, 5))
+                    columns=6, dpi=args.dpi)
         written.append(path)
     for path in written:
         print(f'wrote {path}')
