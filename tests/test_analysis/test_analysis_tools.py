@@ -100,9 +100,9 @@ def test_erf_tool_side_by_side(tmp_path, resnet_config):
     tool = load_tool('effective_receptive_field')
     out = tmp_path / 'pair.png'
     results = tool.main([MASK_RCNN_DEMO, resnet_config, '--demo', '--num', '1', '--size', '64',
-                         '64', '--stage', '3', '--out', str(out), '--labels', 'TransNeXt',
+                         '64', '--stage', '3', '1', '--out', str(out), '--labels', 'TransNeXt',
                          'ResNet'])
-    assert [r['backbone'] for r in results] == ['TransNeXt', 'ResNet']
+    assert [(r['backbone'], r['stage']) for r in results] == [('TransNeXt', 3), ('ResNet', 1)]
     # global attention in the last stage: every input pixel reaches the central output
     assert bool((results[0]['erf'] > 0).all())
     image = _png(str(out))
@@ -116,6 +116,8 @@ def test_erf_tool_errors(tmp_path, resnet_config):
                    str(tmp_path / 'x.png')])
     with pytest.raises(common.ToolError, match='2 titles for 1 models'):
         tool.main([resnet_config, '--demo', '--labels', 'a', 'b'])
+    with pytest.raises(common.ToolError, match='3 stages for 1 models'):
+        tool.main([resnet_config, '--demo', '--stage', '0', '1', '2'])
     with pytest.raises(common.ToolError, match='is not a config'):
         tool.main(['weights.pth', '--demo'])
     with pytest.raises(common.ToolError, match='config file not found: mmdet::nothing/here.py'):

@@ -12,9 +12,10 @@ as RepLKNet does) with respect to the input, its absolute value (``--relu``: its
 exactly RepLKNet's recipe) summed over colour channels; the mean over ``--num`` images is drawn
 normalised to its peak on a log colour scale. Printed (and in each panel): RepLKNet's
 high-contribution area ratios, the smallest centred square holding 20/30/50/99% of the
-``log10(1 + erf)`` map, as a share of the image. ``--save-npy`` also writes each mean map. Without a checkpoint the model has
-random weights. Stages are 0-based; the backbone is built to return stage ``--stage``
-(``out_indices``).
+``log10(1 + erf)`` map, as a share of the image. ``--save-npy`` also writes each mean map.
+Without a checkpoint the model has random weights. Stages are 0-based (``--stage`` takes one
+for all models or one per model); the backbone is built to return that stage
+(``out_indices``). ``--cfg-options`` apply to every config.
 """
 import argparse
 import glob
@@ -46,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--num', type=int, default=20, help='images to average (default 20)')
     parser.add_argument('--size', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'),
                         help='input size the images are resized to (default 224 224)')
-    parser.add_argument('--stage', type=int, default=3, help='0-based stage (default 3)')
+    parser.add_argument('--stage', type=int, nargs='+', default=[3], metavar='K',
+                        help='0-based stage: one for every model, or one per model (default 3)')
     parser.add_argument('--relu', action='store_true',
                         help="the gradient's positive part instead of its absolute value "
                         "(RepLKNet's code)")
@@ -80,21 +82,22 @@ def images_rgb(args: argparse.Namespace) -> Iterator[np.ndarray]:
         yield common.read_image(path, args.size)
 
 
-def measure(config: str, checkpoint, args: argparse.Namespace) -> Dict[str, object]:
-    """The mean ERF map of one model and its area ratios."""
+def measure(config: str, checkpoint, stage: int,
+            args: argparse.Namespace) -> Dict[str, object]:
+    """The mean ERF map of one model's ``stage`` and its area ratios."""
     from mmengine.utils import ProgressBar
     from mmtransnext.analysis import (area_ratios, effective_receptive_field, log_scaled,
                                       stage_output)
     cfg = common.load_config(config, args.cfg_options)
     torch.manual_seed(0)  # the same random weights every run when there is no checkpoint
-    backbone, output = common.build_backbone(cfg, config, checkpoint, stage=args.stage)
+    backbone, output = common.build_backbone(cfg, config, checkpoint, stage=stage)
     for param in backbone.parameters():
         param.requires_grad_(False)  # only the input's gradient is needed
 
     def stage_fn(image: torch.Tensor) -> torch.Tensor:
         return stage_output(backbone(image), output)
 
-    print(f'{config}: {type(backbone).__name__}, stage {args.stage}, {args.num} images')
+    print(f'{config}: {type(backbone).__name__}, stage {stage}, {args.num} images')
     bar = ProgressBar(args.num)
     inputs = (common.image_tensor(img, cfg) for img in images_rgb(args))
     try:
@@ -105,9 +108,9 @@ def measure(config: str, checkpoint, args: argparse.Namespace) -> Dict[str, obje
     print()
     if not bool((erf > 0).any()):
         raise common.ToolError(f'{config}: the gradient is zero everywhere: no channel of the '
-                               f'central output pixel of stage {args.stage} is positive on '
+                               f'central output pixel of stage {stage} is positive on '
                                f'these images')
-    return dict(config=config, backbone=type(backbone).__name__, erf=erf,
+    return dict(config=config, backbone=type(backbone).__name__, stage=stage, erf=erf,
                 ratios=area_ratios(log_scaled(erf)))
 
 
@@ -130,7 +133,7 @@ def draw(results: List[Dict[str, object]], labels: List[str], args: argparse.Nam
         ax.plot(width // 2, height // 2, marker='+', color='cyan', markersize=8, mew=1)
         ratios = result['ratios']
         text = '  '.join(f'{int(t * 100)}%: {r.ratio * 100:.1f}' for t, r in ratios.items())
-        ax.set_title(f'{label}\nstage {args.stage}, {args.num} images', fontsize=8)
+        ax.set_title(f'{label}\nstage {result["stage"]}, {args.num} images', fontsize=8)
         ax.set_xlabel(f'area ratio (% of image) holding\n{text}', fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -148,7 +151,17 @@ def main(argv=None) -> List[Dict[str, object]]:
                              for c, _ in models]
     if len(labels) != len(models):
         raise common.ToolError(f'--labels gives {len(labels)} titles for {len(models)} models')
-    results = [measure(config, checkpoint, args) for config, checkpoint in models]
+    for config, checkpoint in models:  # every file before the first long measurement
+        if not osp.isfile(common.resolve_config_path(config)):
+            raise common.ToolError(f'config file not found: {config}')
+        if checkpoint:
+            common.check_file(checkpoint, 'checkpoint file')
+    stages = args.stage * len(models) if len(args.stage) == 1 else args.stage
+    if len(stages) != len(models):
+        raise common.ToolError(f'--stage gives {len(stages)} stages for {len(models)} models '
+                               f'(give one, or one per model)')
+    results = [measure(config, checkpoint, stage, args)
+               for (config, checkpoint), stage in zip(models, stages)]
     out_dir = osp.dirname(osp.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     draw(results, labels, args)
@@ -157,7 +170,7 @@ def main(argv=None) -> List[Dict[str, object]]:
     for label, result in zip(labels, results):
         cells = '  '.join(f't={t:.2f}: {r.side:>4d} px {r.ratio * 100:6.2f}%'
                           for t, r in result['ratios'].items())
-        print(f'  {label} ({result["backbone"]}): {cells}')
+        print(f'  {label} ({result["backbone"]}, stage {result["stage"]}): {cells}')
     if args.save_npy:
         stem = osp.splitext(args.out)[0]
         for i, result in enumerate(results):
