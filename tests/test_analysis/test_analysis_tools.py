@@ -156,3 +156,41 @@ def test_tools_as_scripts_on_the_demo_config(tmp_path):
                        MASK_RCNN_DEMO, 'missing.pth', '--demo'], cwd=str(tmp_path))
     assert result.returncode == 1
     assert 'error: checkpoint file not found: missing.pth' in result.stderr
+
+
+def test_weight_image_places_window_and_pooled_cells():
+    """4x4 tokens on an 8x8 image (2 px per token), 2x2 pooled keys, query at token (0, 1)."""
+    tool = load_tool('visualize_attention')
+    window = torch.arange(1., 10.).view(1, 3, 3) / 100
+    pooled = torch.tensor([[[0.5, 0.6], [0.7, 0.8]]])
+    maps = dict(window=window, pooled=pooled, query=torch.tensor([0, 1]),
+                feature_size=torch.tensor([4, 4]))
+    canvas, box = tool.weight_image(maps, (8, 8), head=0)
+    assert box == (0, 4, 0, 6)  # tokens 0..1 x 0..2, clipped at the top border
+    expected = np.kron(np.array([[0.5, 0.6], [0.7, 0.8]]), np.ones((4, 4)))
+    expected[0:2, 0:6] = np.kron(window[0, 1].numpy()[None], np.ones((2, 2)))
+    expected[2:4, 0:6] = np.kron(window[0, 2].numpy()[None], np.ones((2, 2)))
+    np.testing.assert_allclose(canvas, expected, rtol=1e-6)
+    # full attention: every key on its token; no window box
+    canvas, box = tool.weight_image(dict(pooled=pooled, query=torch.tensor([1, 1]),
+                                         feature_size=torch.tensor([2, 2])), (4, 6), head=None)
+    assert box is None
+    np.testing.assert_allclose(canvas, np.kron(pooled[0].numpy(), np.ones((2, 3))), rtol=1e-6)
+
+
+def test_parse_points():
+    tool = load_tool('visualize_attention')
+    assert tool.parse_points(None, (10, 20)) == [(5, 10)]
+    assert tool.parse_points([['centre', '1', '2'], ['3', '4', '5', '6']], (10, 20)) == [
+        (5, 10), (1, 2), (3, 4), (5, 6)]
+
+
+def test_erf_tool_reads_an_image_folder(tmp_path, resnet_config):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f'{i}.png'), (np.random.rand(40, 50, 3) * 255).astype(np.uint8))
+    (tmp_path / 'notes.txt').write_text('not an image')
+    tool = load_tool('effective_receptive_field')
+    results = tool.main([resnet_config, '--images', str(tmp_path), '--num', '3', '--size', '32',
+                         '48', '--stage', '0', '--out', str(tmp_path / 'erf.png')])
+    assert results[0]['erf'].shape == (32, 48)
+    _png(str(tmp_path / 'erf.png'))
