@@ -1,9 +1,10 @@
-"""mmtransnext: the TransNeXt backbone (CVPR 2024) for MMDetection 3 and MMSegmentation 1."""
+"""mmtransnext: the TransNeXt (CVPR 2024) and TransXNet (IEEE TNNLS) backbones for MMDetection 3
+and MMSegmentation 1."""
 from .checkpoint import install_mmengine_loader
 from .version import __version__
 
 install_mmengine_loader()
 
-from .models import ARCH_SETTINGS, TransNeXt  # noqa: E402
+from .models import ARCH_SETTINGS, TransNeXt, TransXNet  # noqa: E402
 
-__all__ = ['ARCH_SETTINGS', 'TransNeXt', '__version__']
+__all__ = ['ARCH_SETTINGS', 'TransNeXt', 'TransXNet', '__version__']

@@ -19,7 +19,7 @@ import os
 import os.path as osp
 import pickle
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 from mmengine.logging import print_log
@@ -28,8 +28,9 @@ from torch import nn
 TRUSTED_ENV = 'MMTRANSNEXT_TRUSTED_CHECKPOINTS'
 _TRUSTED = contextvars.ContextVar('mmtransnext_trusted_checkpoints', default=False)
 
-#: Keys of an ImageNet classifier that a backbone never has; dropped silently but reported.
-CLASSIFIER_PREFIXES = ('head.', 'fc.')
+#: Keys of an ImageNet classifier that a backbone never has; dropped silently but reported
+#: (TransNeXt: ``head.``; TransXNet: ``classifier.``).
+CLASSIFIER_PREFIXES = ('head.', 'fc.', 'classifier.')
 
 
 class CheckpointError(RuntimeError):
@@ -137,6 +138,7 @@ class LoadReport:
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
     ignored: List[str] = field(default_factory=list)
+    kept_init: List[str] = field(default_factory=list)
 
 
 def _preview(keys: List[str], most: int = 8) -> str:
@@ -146,14 +148,16 @@ def _preview(keys: List[str], most: int = 8) -> str:
 
 def load_pretrained(model: nn.Module, filename: str, prefix: Optional[str] = None,
                     map_location='cpu', strict: bool = True,
-                    allow_pickle: bool = False) -> LoadReport:
-    """Load official TransNeXt weights (ImageNet or mmdet/mmseg files) into ``model``.
+                    optional: Sequence[str] = (), allow_pickle: bool = False) -> LoadReport:
+    """Load official weights (ImageNet or mmdet/mmseg files) into the backbone ``model``.
 
     Reads with ``weights_only=True`` (unless ``MMTRANSNEXT_TRUSTED_CHECKPOINTS=1``, or
     ``allow_pickle`` for a runner checkpoint a user passed to a tool on purpose), drops the
     classifier head, and logs loaded / missing / unexpected keys. Raises
     :class:`CheckpointError` when no key matches, when a shape differs (a different arch), or,
-    with ``strict``, when keys are missing or left over.
+    with ``strict``, when keys are missing or left over. Missing keys that start with one of
+    ``optional`` (parts a pretraining file legitimately lacks, e.g. output norms added for
+    dense prediction) keep their initialisation and are reported, not refused.
     """
     checkpoint = read_checkpoint(filename, map_location,
                                  allow_pickle=allow_pickle or _env_trusted())
@@ -172,11 +176,13 @@ def load_pretrained(model: nn.Module, filename: str, prefix: Optional[str] = Non
             report.ignored.append(key)
         else:
             report.unexpected.append(key)
-    report.missing = [k for k in own if k not in state]
+    absent = [k for k in own if k not in state]
+    report.kept_init = [k for k in absent if optional and k.startswith(tuple(optional))]
+    report.missing = [k for k in absent if k not in report.kept_init]
     name = type(model).__name__
     if not report.loaded:
         raise CheckpointError(f'no key of {filename} matches {name} (checkpoint keys: '
-                              f'{_preview(sorted(state))}); is it a TransNeXt checkpoint?')
+                              f'{_preview(sorted(state))}); is it a {name} checkpoint?')
     if mismatched:
         raise CheckpointError(f'{filename} does not fit this {name}: {len(mismatched)} shape '
                               f'mismatch(es), e.g. {_preview(mismatched, 4)}; check arch')
@@ -193,6 +199,9 @@ def load_pretrained(model: nn.Module, filename: str, prefix: Optional[str] = Non
     if report.ignored:
         print_log(f'{name}: ignored classifier keys: {_preview(report.ignored)}',
                   logger='current')
+    if report.kept_init:
+        print_log(f'{name}: not in the checkpoint, kept their initialisation: '
+                  f'{_preview(report.kept_init)}', logger='current')
     for label, keys in (('missing', report.missing), ('unexpected', report.unexpected)):
         if keys:
             print_log(f'{name}: {len(keys)} {label} key(s): {_preview(keys)}',

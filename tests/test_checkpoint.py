@@ -8,7 +8,7 @@ from mmengine.runner.checkpoint import _load_checkpoint
 
 from mmtransnext.checkpoint import (CheckpointError, extract_state_dict, read_checkpoint,
                                     trusted_checkpoints)
-from mmtransnext.models import TransNeXt
+from mmtransnext.models import TransNeXt, TransXNet
 
 ARCH = dict(arch='micro', depths=[1, 1, 1, 1])
 
@@ -132,3 +132,69 @@ def test_runner_checkpoint_outside_runner_needs_trust(tmp_path, monkeypatch):
         _load_checkpoint(str(path))
     with trusted_checkpoints():
         assert _load_checkpoint(str(path))['meta']['iter'] == 10
+
+
+# ----------------------------------------------------------------------------- TransXNet
+XNET = dict(arch='tiny', depths=[1, 1, 1, 1])
+
+
+def _xnet_imagenet_file(tmp_path, model, key='state_dict'):
+    """An official TransXNet ImageNet file: unprefixed, a classifier, no output norms."""
+    state = {k: v + (0.5 if v.is_floating_point() else 1) for k, v in model.state_dict().items()
+             if not k.startswith(('norm0.', 'norm2.', 'norm4.', 'norm6.'))}
+    state.update({'classifier.0.weight': torch.randn(448), 'classifier.0.bias': torch.randn(448),
+                  'classifier.2.weight': torch.randn(1000, 448, 1, 1),
+                  'classifier.2.bias': torch.randn(1000)})
+    path = tmp_path / 'transx-t.pth.tar'
+    torch.save({key: state, 'epoch': 300}, path)
+    return path, state
+
+
+def _xnet(path, **extra):
+    return TransXNet(**XNET, init_cfg=dict(type='Pretrained', checkpoint=str(path), **extra))
+
+
+@pytest.mark.parametrize('key', ['state_dict', 'model'])
+def test_transxnet_imagenet_file_loads_and_output_norms_keep_init(tmp_path, key):
+    path, state = _xnet_imagenet_file(tmp_path, TransXNet(**XNET), key)
+    model = _xnet(path)
+    model.init_weights()
+    for name, value in model.state_dict().items():
+        if name.startswith('norm'):
+            torch.testing.assert_close(value, torch.ones_like(value) if name.endswith('weight')
+                                       else torch.zeros_like(value))
+        else:
+            torch.testing.assert_close(value, state[name])
+
+
+def test_transxnet_downstream_file_with_backbone_prefix_loads(tmp_path):
+    source = TransXNet(**XNET)
+    state = {f'backbone.{k}': v + 1 for k, v in source.state_dict().items()}
+    state['neck.lateral_convs.0.conv.weight'] = torch.randn(4, 4)
+    path = tmp_path / 'mask_rcnn_transx_t.pth'
+    torch.save({'state_dict': state, 'meta': {'epoch': 12}}, path)
+    model = _xnet(path)
+    model.init_weights()
+    torch.testing.assert_close(model.norm6.weight, source.norm6.weight + 1)
+    torch.testing.assert_close(model.relative_pos_enc[2], source.relative_pos_enc[2] + 1)
+
+
+def test_transxnet_missing_block_key_still_fails_strict_loading(tmp_path):
+    path, state = _xnet_imagenet_file(tmp_path, TransXNet(**XNET))
+    del state['network.2.0.token_mixer.local_unit.weight']
+    torch.save({'state_dict': state}, path)
+    with pytest.raises(CheckpointError, match=r'1 missing key.*local_unit\.weight'):
+        _xnet(path).init_weights()
+
+
+def test_transxnet_mismatched_arch_fails(tmp_path):
+    path, _ = _xnet_imagenet_file(tmp_path, TransXNet('small', depths=[1, 1, 1, 1]))
+    with pytest.raises(CheckpointError, match='shape mismatch'):
+        _xnet(path).init_weights()
+
+
+def test_unrelated_checkpoint_names_the_class(tmp_path):
+    path = tmp_path / 'resnet.pth'
+    torch.save({'state_dict': {'conv1.weight': torch.randn(3)}}, path)
+    with pytest.raises(CheckpointError, match='is it a TransXNet checkpoint'):
+        _xnet(path).init_weights()

@@ -1,3 +1,3 @@
-from .backbones import ARCH_SETTINGS, TransNeXt
+from .backbones import ARCH_SETTINGS, MultiStageBackbone, TransNeXt, TransXNet
 
-__all__ = ['ARCH_SETTINGS', 'TransNeXt']
+__all__ = ['ARCH_SETTINGS', 'MultiStageBackbone', 'TransNeXt', 'TransXNet']

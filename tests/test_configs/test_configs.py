@@ -44,6 +44,28 @@ DEMO_PARAMS = {
     'demo/upernet_transnext-micro_shapes-128.py': 14.84e6,
     'demo/mask2former_transnext-micro_shapes-128.py': 18.95e6,
 }
+# TransXNet configs: whole-model counts measured here (the official READMEs print none); the
+# backbone counts must equal the official detection backbone's exactly (shared/reference §6),
+# minus stage 1's output norm (2 x 48 / 64 / 76) where RetinaNet's start_level=1 leaves it out.
+TRANSXNET_PARAMS = {
+    'mask_rcnn/mask-rcnn_transxnet-tiny_fpn_1x_coco.py': 32_500_704,
+    'mask_rcnn/mask-rcnn_transxnet-small_fpn_1x_coco.py': 46_519_500,
+    'mask_rcnn/mask-rcnn_transxnet-base_fpn_1x_coco.py': 67_558_810,
+    'retinanet/retinanet_transxnet-tiny_fpn_1x_coco.py': 22_439_812,
+    'retinanet/retinanet_transxnet-small_fpn_1x_coco.py': 36_601_936,
+    'retinanet/retinanet_transxnet-base_fpn_1x_coco.py': 58_006_790,
+    'sem_fpn/fpn_transxnet-tiny_8xb4-80k_ade20k-512x512.py': 16_599_942,
+    'sem_fpn/fpn_transxnet-small_8xb4-80k_ade20k-512x512.py': 30_618_738,
+    'sem_fpn/fpn_transxnet-base_8xb4-80k_ade20k-512x512.py': 51_658_048,
+}
+TRANSXNET_DEMO_PARAMS = {
+    'demo/mask-rcnn_transxnet-tiny_fpn_shapes-128.py': 14_777_114,
+    'demo/retinanet_transxnet-tiny_fpn_shapes-128.py': 13_997_271,
+    'demo/fpn_transxnet-tiny_shapes-128.py': 13_231_100,
+}
+TRANSXNET_BACKBONE = {'tiny': 12_386_544, 'small': 26_352_092, 'base': 47_337_130}
+TRANSXNET_CHANNELS = dict(tiny=[48, 96, 224, 448], small=[64, 128, 320, 512],
+                          base=[76, 152, 336, 672])
 BACKBONE_PARAMS = {'micro': 12.42e6, 'tiny': 27.68e6, 'small': 49.16e6, 'base': 88.95e6}
 DROP_PATH = {  # official drop-path rates per family and size
     'mask_rcnn': dict(tiny=0.4, small=0.6, base=0.7),
@@ -84,7 +106,8 @@ def family_and_size(rel: str):
 
 
 def test_every_config_is_listed():
-    assert set(_all_configs()) == set(OFFICIAL_PARAMS) | set(DEMO_PARAMS)
+    assert set(_all_configs()) == set(OFFICIAL_PARAMS) | set(DEMO_PARAMS) | \
+        set(TRANSXNET_PARAMS) | set(TRANSXNET_DEMO_PARAMS)
 
 
 @pytest.mark.parametrize('rel', sorted(OFFICIAL_PARAMS))
@@ -296,3 +319,130 @@ def test_model_builds_with_official_parameter_count(rel):
     inner = model.module if cfg.model.type == 'SegTTAModel' else model
     backbone = sum(p.numel() for p in inner.backbone.parameters())
     assert backbone == pytest.approx(BACKBONE_PARAMS[size], rel=5e-4)
+
+
+# ----------------------------------------------------------------------------- TransXNet
+def _xnet_size(rel: str) -> str:
+    return next(s for s in ('tiny', 'small', 'base') if f'transxnet-{s}' in rel)
+
+
+@pytest.mark.parametrize('rel', sorted(TRANSXNET_PARAMS))
+def test_transxnet_recipe_backbone_and_neck(rel):
+    cfg = load(rel)
+    family, size = rel.split('/')[0], _xnet_size(rel)
+    backbone = cfg.model.backbone
+    assert cfg.custom_imports.imports[0] == 'mmtransnext'
+    assert backbone.type == 'TransXNet' and backbone.arch == size
+    assert backbone.pretrain_size == 224
+    assert backbone.drop_path_rate == dict(tiny=0.1, small=0.2, base=0.3)[size]
+    assert backbone.norm_cfg == dict(type='SyncBN', requires_grad=True)
+    assert backbone.init_cfg == dict(type='Pretrained',
+                                     checkpoint=f'checkpoints/transx-{size[0]}.pth.tar')
+    channels = TRANSXNET_CHANNELS[size]
+    neck = cfg.model.neck
+    assert neck.type == 'FPN' and neck.out_channels == 256
+    if family == 'retinanet':
+        # the official start_level=1: stages 2-4 reach the FPN, extra levels from stage 4
+        assert tuple(backbone.out_indices) == (1, 2, 3)
+        assert list(neck.in_channels) == channels[1:] and neck.start_level == 0
+        assert neck.add_extra_convs == 'on_input' and neck.num_outs == 5
+    else:
+        assert tuple(backbone.out_indices) == (0, 1, 2, 3)
+        assert list(neck.in_channels) == channels
+        assert neck.num_outs == (4 if family == 'sem_fpn' else 5)
+    if family == 'sem_fpn':
+        head = cfg.model.decode_head
+        assert (head.type, head.channels, head.dropout_ratio, head.num_classes) == \
+            ('FPNHead', 128, 0.1, 150)
+        assert head.norm_cfg.type == 'SyncBN' and cfg.model.test_cfg.mode == 'whole'
+
+
+@pytest.mark.parametrize('family', ['mask_rcnn', 'retinanet'])
+def test_transxnet_detection_recipe(family):
+    rel = next(r for r in TRANSXNET_PARAMS if r.startswith(family) and 'tiny' in r)
+    cfg = load(rel)
+    optim = cfg.optim_wrapper
+    opt = optim.optimizer
+    assert (opt.type, opt.lr, tuple(opt.betas)) == ('AdamW', 1e-4, (0.9, 0.999))
+    assert optim.type == 'OptimWrapper' and optim.get('clip_grad') is None
+    if family == 'mask_rcnn':
+        assert opt.weight_decay == 0.05
+        assert optim.paramwise_cfg.custom_keys == {'norm': dict(decay_mult=0.)}
+    else:
+        assert opt.weight_decay == 1e-4 and 'paramwise_cfg' not in optim
+    assert cfg.train_dataloader.batch_size == 2 and cfg.auto_scale_lr.base_batch_size == 16
+    assert cfg.train_cfg.max_epochs == 12
+    warmup, step = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == \
+        ('LinearLR', 0.001, 501, False)
+    assert (step.type, list(step.milestones), step.gamma) == ('MultiStepLR', [8, 11], 0.1)
+    pipeline = cfg.train_pipeline
+    assert pipeline[2].scale == (1333, 800) and pipeline[2].keep_ratio
+    assert pipeline[3].prob == 0.5
+    assert cfg.model.data_preprocessor.pad_size_divisor == 32
+
+
+def test_transxnet_mask_rcnn_parameter_groups_equal_the_official_ones():
+    """The official custom_keys also list two Swin names, which match no TransXNet parameter."""
+    cfg = load('mask_rcnn/mask-rcnn_transxnet-tiny_fpn_1x_coco.py')
+    cfg.model.backbone.depths = [1, 1, 1, 1]
+    model = MODELS.build(cfg.model)
+    ours = _groups(cfg.optim_wrapper.optimizer, cfg.optim_wrapper.paramwise_cfg, model)
+    official = _groups(cfg.optim_wrapper.optimizer, dict(custom_keys={
+        'absolute_pos_embed': dict(decay_mult=0.), 'relative_position_bias_table':
+        dict(decay_mult=0.), 'norm': dict(decay_mult=0.)}), model)
+    assert ours == official
+    wd = cfg.optim_wrapper.optimizer.weight_decay
+    assert ours['backbone.network.0.0.norm1.weight'][1] == 0
+    assert ours['backbone.network.4.0.mlp.norm.weight'][1] == 0
+    assert ours['backbone.norm6.bias'][1] == 0
+    assert ours['backbone.network.0.0.mlp.fc1.2.weight'][1] == wd  # a BatchNorm, not 'norm'
+    assert ours['backbone.relative_pos_enc.0'][1] == wd
+
+
+def test_transxnet_semantic_fpn_recipe():
+    cfg = load('sem_fpn/fpn_transxnet-tiny_8xb4-80k_ade20k-512x512.py')
+    optim = cfg.optim_wrapper
+    assert optim.type == 'OptimWrapper' and optim.get('clip_grad') is None
+    opt = optim.optimizer
+    assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 2e-4, 1e-4)
+    assert cfg.train_dataloader.batch_size == 4 and cfg.auto_scale_lr.base_batch_size == 32
+    assert cfg.train_cfg.max_iters == 80000 and cfg.train_cfg.val_interval == 4000
+    assert cfg.model.data_preprocessor.size == (512, 512)
+    train = {t.type: t for t in cfg.train_dataloader.dataset.pipeline}
+    assert train['RandomResize'].scale == (2048, 512)
+    assert tuple(train['RandomResize'].ratio_range) == (0.5, 2.0)
+    assert train['RandomCrop'].crop_size == (512, 512)
+    assert train['RandomCrop'].cat_max_ratio == 0.75 and 'PhotoMetricDistortion' in train
+    test = [t.type for t in cfg.test_dataloader.dataset.pipeline]
+    assert test[1:3] == ['Resize', 'ResizeToMultiple']  # the official AlignResize
+    assert cfg.test_dataloader.dataset.pipeline[1].scale == (2048, 512)
+    assert cfg.test_dataloader.dataset.pipeline[2].size_divisor == 32
+
+
+def test_transxnet_semantic_fpn_schedule_equals_mmcv_cosine_with_linear_warmup():
+    """mmseg 0.x: lr = cos(i) * (1 - 0.9 * (1 - i / 1000)) while i < 1000, where
+    cos(i) = base * (1e-8 + (1 - 1e-8) * (1 + cos(pi * i / 80000)) / 2)."""
+    import math
+    cfg = load('sem_fpn/fpn_transxnet-tiny_8xb4-80k_ade20k-512x512.py')
+    base = cfg.optim_wrapper.optimizer.lr
+    seen = _lrs(cfg, 3001)
+    for i in (0, 1, 500, 999, 1000, 1001, 3000):
+        cosine = base * (1e-8 + (1 - 1e-8) * (1 + math.cos(math.pi * i / 80000)) / 2)
+        warmup = 1 - 0.9 * (1 - i / 1000) if i < 1000 else 1
+        assert seen[i] == pytest.approx(cosine * warmup, rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('rel', sorted(TRANSXNET_PARAMS) + sorted(TRANSXNET_DEMO_PARAMS))
+def test_transxnet_model_parameter_counts(rel):
+    cfg = load(rel)
+    model = MODELS.build(cfg.model)
+    counts = {**TRANSXNET_PARAMS, **TRANSXNET_DEMO_PARAMS}
+    assert sum(p.numel() for p in model.parameters()) == counts[rel]
+    backbone = sum(p.numel() for p in model.backbone.parameters())
+    if rel.startswith('demo/'):
+        return  # position tables built for 128 px
+    size = _xnet_size(rel)
+    norm0 = 2 * TRANSXNET_CHANNELS[size][0] if rel.startswith('retinanet') else 0
+    assert backbone == TRANSXNET_BACKBONE[size] - norm0

@@ -1,6 +1,6 @@
-"""tools/train.py and tools/test.py end to end on the generated data, for each config family
-(a few iterations of the demo configs with a 1-block-per-stage backbone), resuming, and a
-2-process (gloo) run through tools/dist_train.sh / dist_test.sh."""
+"""tools/train.py and tools/test.py end to end on the generated data, for each config family of
+both backbones (a few iterations of the demo configs with a 1-block-per-stage backbone),
+resuming, and a 2-process (gloo) run through tools/dist_train.sh / dist_test.sh."""
 import copy
 import glob
 import math
@@ -27,6 +27,13 @@ FAMILIES = {
                 ('mIoU', 'aAcc')),
     'mask2former': (osp.join(DEMO, 'mask2former_transnext-micro_shapes-128.py'), ade_options,
                     ('mIoU', 'aAcc')),
+    # TransXNet (Tiny with one block per stage)
+    'mask_rcnn_transxnet': (osp.join(DEMO, 'mask-rcnn_transxnet-tiny_fpn_shapes-128.py'),
+                            coco_options, ('coco/bbox_mAP', 'coco/segm_mAP')),
+    'retinanet_transxnet': (osp.join(DEMO, 'retinanet_transxnet-tiny_fpn_shapes-128.py'),
+                            coco_options, ('coco/bbox_mAP', )),
+    'sem_fpn_transxnet': (osp.join(DEMO, 'fpn_transxnet-tiny_shapes-128.py'), ade_options,
+                          ('mIoU', 'aAcc')),
 }
 TRAIN = osp.join(ROOT, 'tools', 'train.py')
 #: mmengine validates after the last iteration whatever val_interval says; this turns it off.

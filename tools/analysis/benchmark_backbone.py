@@ -1,6 +1,7 @@
-"""Time and memory of the TransNeXt backbone: fast path vs the reference (official computation).
+"""Time and memory of a backbone (TransNeXt: fast path vs the reference, i.e. the official
+computation; TransXNet: its one implementation), one or several families side by side.
 
-Every case (arch x input x bias mode x task x implementation) runs in a fresh subprocess, so
+Every case (backbone x arch x input x bias mode x task x implementation) runs in a fresh subprocess, so
 its memory figures are its own. Time is measured apart from memory, with all implementations of
 a case in one process, same weights, called in turn for ``--runs`` rounds after a warm-up call
 each: "time s" is an implementation's median, "speed-up" the median over rounds of the
@@ -24,7 +25,8 @@ the position tables and, without gradients, the CPB grids kept for reuse):
   records would otherwise count as RSS.
 
 Ratios compare each implementation with the reference of the same case, measured in the same
-run. Achieved GFLOP/s uses the FLOPs ``torch.utils.flop_counter`` counts on the reference
+run (families without a reference implementation have none). Achieved GFLOP/s uses the FLOPs
+``torch.utils.flop_counter`` counts on the reference, or on the only implementation
 (grouped-convolution gradients counted correctly; the stock formula overcounts depthwise ones
 by the group count) and is set against this machine's fp32 matmul speed, measured at the start.
 
@@ -32,6 +34,8 @@ by the group count) and is set against this machine's fp32 matmul speed, measure
     python tools/analysis/benchmark_backbone.py --sizes 512x512 --tasks train --runs 2
     python tools/analysis/benchmark_backbone.py --out results.json     # also writes .csv
     python tools/analysis/benchmark_backbone.py --cold                 # RSS incl. library init
+    python tools/analysis/benchmark_backbone.py --backbone transxnet transnext --tasks infer \
+        --modes interpolation --impls default fast                     # the two families
 """
 import argparse
 import csv
@@ -46,25 +50,26 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-IMPLS = {
-    'reference': dict(attention_mode='reference', attn_impl='torch'),
-    'fast': dict(attention_mode='fast', attn_impl='auto'),
-    'fast-torch': dict(attention_mode='fast', attn_impl='torch'),
-}
+from backbone_families import FAMILIES, family
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--backbone', nargs='+', default=['transnext'], choices=sorted(FAMILIES),
+                   help='families to measure, each with its own modes and implementations')
     p.add_argument('--archs', nargs='+', default=['tiny'])
     p.add_argument('--sizes', nargs='+', default=['800x1216', '512x512'],
                    help='HxW inputs; img_size is 800 for inputs with a side >= 800, else 512')
-    p.add_argument('--modes', nargs='+', default=['interpolation', 'extrapolation'])
+    p.add_argument('--modes', nargs='+', default=['interpolation', 'extrapolation'],
+                   help='position-bias modes (those a family lacks are skipped)')
     p.add_argument('--tasks', nargs='+', default=['infer', 'train'],
                    help='infer: forward, batch 1, no grad; train: forward+backward, batch 2')
     p.add_argument('--train-sizes', nargs='+', default=['512x512'],
                    help='sizes at which the train task runs')
-    p.add_argument('--impls', nargs='+', default=['reference', 'fast'], choices=sorted(IMPLS))
+    p.add_argument('--impls', nargs='+', default=['reference', 'fast', 'default'],
+                   help='implementations (those a family lacks are skipped): TransNeXt '
+                   'reference, fast, fast-torch; TransXNet default')
     p.add_argument('--runs', type=int, default=3)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--cold', action='store_true',
@@ -165,14 +170,10 @@ def _setup(spec: dict) -> Tuple[bool, int]:
 
 
 def _build(spec: dict, impl: str, img_size: Optional[int] = None):
-    """The case's backbone for ``impl``; ``img_size`` 800 for inputs with a side >= 800, else
-    512, unless given."""
-    from mmtransnext.models import TransNeXt
-    if img_size is None:
-        img_size = 800 if max(spec['size']) >= 800 else 512
-    return TransNeXt(spec['arch'], img_size=img_size, pretrain_size=224,
-                     is_extrapolation=spec['mode'] == 'extrapolation',
-                     **IMPLS[impl]).train(spec['task'] == 'train')
+    """The case's backbone for ``impl`` (see :mod:`backbone_families`)."""
+    fam = family(spec['backbone'])
+    return fam.build(spec['arch'], tuple(spec['size']), spec['mode'], fam.impls[impl],
+                     img_size=img_size).train(spec['task'] == 'train')
 
 
 def run_case(spec: dict) -> dict:
@@ -241,17 +242,24 @@ def main() -> None:
     machine = matmul_gflops(args.threads)
     print(f'fp32 matmul on {args.threads} threads: {machine:.0f} GFLOP/s', flush=True)
     cases = []
-    for arch in args.archs:
-        for size in args.sizes:
-            hw = tuple(int(v) for v in size.lower().split('x'))
-            for task in args.tasks:
-                if task == 'train' and size not in args.train_sizes:
-                    continue
-                for mode in args.modes:
-                    for impl in args.impls:
-                        cases.append(dict(arch=arch, size=hw, task=task, mode=mode, impl=impl,
-                                          runs=args.runs, threads=args.threads,
-                                          cold=args.cold))
+    for backbone in args.backbone:
+        fam = FAMILIES[backbone]
+        impls = [i for i in args.impls if i in fam.impls]
+        for arch in args.archs:
+            for size in args.sizes:
+                hw = tuple(int(v) for v in size.lower().split('x'))
+                for task in args.tasks:
+                    if task == 'train' and size not in args.train_sizes:
+                        continue
+                    for mode in (m for m in args.modes if m in fam.modes):
+                        for impl in impls:
+                            cases.append(dict(backbone=backbone, arch=arch, size=hw, task=task,
+                                              mode=mode, impl=impl, counted=impls[0] if
+                                              'reference' not in impls else 'reference',
+                                              runs=args.runs, threads=args.threads,
+                                              cold=args.cold))
+    if not cases:
+        raise SystemExit('no case to run: check --impls / --modes against the families')
 
     def subprocess_result(flag: str, spec: dict):
         proc = subprocess.run([sys.executable, __file__, flag, json.dumps(spec)],
@@ -264,11 +272,11 @@ def main() -> None:
 
     results: List[Dict] = []
     for i, spec in enumerate(cases, 1):
-        label = (f"{spec['arch']} {spec['size'][0]}x{spec['size'][1]} {spec['task']} "
-                 f"{spec['mode']} {spec['impl']}")
+        label = (f"{spec['backbone']} {spec['arch']} {spec['size'][0]}x{spec['size'][1]} "
+                 f"{spec['task']} {spec['mode']} {spec['impl']}")
         print(f'[{i}/{len(cases)}] memory: {label} ...', end=' ', flush=True)
         # FLOPs are counted once per shape, on the reference case (all aten ops).
-        spec = dict(spec, count_flops=spec['impl'] == 'reference')
+        spec = dict(spec, count_flops=spec['impl'] == spec['counted'])
         measured = subprocess_result('--case', spec)
         if measured is None:
             continue
@@ -278,16 +286,16 @@ def main() -> None:
         results.append(result)
 
     def key(r):
-        return (r['arch'], tuple(r['size']), r['task'], r['mode'])
+        return (r['backbone'], r['arch'], tuple(r['size']), r['task'], r['mode'])
 
     groups = list(dict.fromkeys(key(r) for r in results))
     for i, group in enumerate(groups, 1):
         members = [r for r in results if key(r) == group]
         impls = [r['impl'] for r in members]
-        print(f"[{i}/{len(groups)}] time: {group[0]} {group[1][0]}x{group[1][1]} {group[2]} "
-              f"{group[3]} ({', '.join(impls)}) ...", end=' ', flush=True)
-        spec = dict(arch=group[0], size=group[1], task=group[2], mode=group[3], impls=impls,
-                    runs=args.runs, threads=args.threads)
+        print(f"[{i}/{len(groups)}] time: {group[0]} {group[1]} {group[2][0]}x{group[2][1]} "
+              f"{group[3]} {group[4]} ({', '.join(impls)}) ...", end=' ', flush=True)
+        spec = dict(backbone=group[0], arch=group[1], size=group[2], task=group[3],
+                    mode=group[4], impls=impls, runs=args.runs, threads=args.threads)
         times = subprocess_result('--timing', spec)
         if times is None:
             continue
@@ -302,20 +310,21 @@ def main() -> None:
     results = [r for r in results if 'time_s' in r]
 
     refs = {key(r): r for r in results if r['impl'] == 'reference'}
-    header = (f"{'arch':<6}{'input':>10}{'task':>7}{'mode':>15}{'impl':>11}{'time s':>8}"
+    counted = {key(r): r['flops'] for r in results if r['impl'] == r['counted']}
+    header = (f"{'backbone':<10}{'arch':<6}{'input':>10}{'task':>7}{'mode':>15}{'impl':>11}{'time s':>8}"
               f"{'speed-up':>9}{'tensor MB':>10}{'ratio':>7}{'RSS MB':>8}{'ratio':>7}"
               f"{'build MB':>9}{'GFLOP/s':>8}{'% matmul':>9}")
     print('\n' + header + '\n' + '-' * len(header))
     for r in results:
         ref = refs.get(key(r))
-        flops = ref['flops'] if ref else 0
+        flops = counted.get(key(r), 0)
         r.setdefault('speedup', float('nan'))
         r['tensor_memory_ratio'] = (ref['tensor_peak_mb'] / max(r['tensor_peak_mb'], 1)
                                     if ref else float('nan'))
         r['memory_ratio'] = ref['peak_mb'] / max(r['peak_mb'], 1) if ref else float('nan')
         r['gflops'] = flops / r['time_s'] / 1e9 if flops else float('nan')
         r['matmul_fraction'] = r['gflops'] / machine
-        print(f"{r['arch']:<6}{r['size'][0]:>5}x{r['size'][1]:<4}{r['task']:>7}{r['mode']:>15}"
+        print(f"{r['backbone']:<10}{r['arch']:<6}{r['size'][0]:>5}x{r['size'][1]:<4}{r['task']:>7}{r['mode']:>15}"
               f"{r['impl']:>11}{r['time_s']:>8.2f}{r['speedup']:>8.2f}x"
               f"{r['tensor_peak_mb']:>10.0f}{r['tensor_memory_ratio']:>6.2f}x"
               f"{r['peak_mb']:>8.0f}{r['memory_ratio']:>6.2f}x{r['build_mb']:>9.0f}"

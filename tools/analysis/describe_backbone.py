@@ -1,29 +1,33 @@
-"""Build TransNeXt variants, run an image through each and print stage shapes, size and time.
+"""Build a backbone family's variants, run an image through each and print stage shapes, size
+and time.
 
-    python tools/analysis/describe_backbone.py                       # all variants, 224x224
+    python tools/analysis/describe_backbone.py                       # TransNeXt variants, 224x224
     python tools/analysis/describe_backbone.py --arch tiny --size 800 1216 --mode extrapolation
+    python tools/analysis/describe_backbone.py --backbone transxnet --size 512 512
 """
 import argparse
 import resource
 import time
 
 import torch
-
-from mmtransnext.models import ARCH_SETTINGS, TransNeXt
+from backbone_families import FAMILIES, family
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--arch', nargs='+', default=['micro', 'tiny', 'small', 'base'],
-                        choices=sorted(ARCH_SETTINGS))
+    parser.add_argument('--backbone', default='transnext', choices=sorted(FAMILIES))
+    parser.add_argument('--arch', nargs='+', default=None,
+                        help='variants (default: the family\'s usual ones)')
     parser.add_argument('--size', nargs=2, type=int, default=[224, 224], metavar=('H', 'W'))
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--img-size', type=int, default=None,
                         help='backbone img_size (default: the larger input side)')
     parser.add_argument('--mode', choices=['interpolation', 'extrapolation'],
-                        default='interpolation')
-    parser.add_argument('--attention-mode', choices=['fast', 'reference'], default='fast')
+                        default='interpolation', help='position-bias mode (TransNeXt)')
+    parser.add_argument('--impl', '--attention-mode', dest='impl', default=None,
+                        help='implementation (default: the family\'s default), e.g. '
+                        'TransNeXt\'s fast or reference')
     parser.add_argument('--runs', type=int, default=1, help='timed forwards after a warm-up')
     parser.add_argument('--threads', type=int, default=None)
     return parser.parse_args()
@@ -35,20 +39,26 @@ def peak_rss_mb() -> float:
 
 def main() -> None:
     args = parse_args()
+    fam = family(args.backbone)
+    archs = args.arch or list(fam.default_archs)
+    impl = args.impl or fam.default_impl
+    unknown = [a for a in archs if a not in fam.archs]
+    if unknown or impl not in fam.impls or args.mode not in fam.modes:
+        raise SystemExit(f'{fam.name} has archs {list(fam.archs)}, implementations '
+                         f'{list(fam.impls)} and modes {list(fam.modes)}')
     if args.threads:
         torch.set_num_threads(args.threads)
     height, width = args.size
-    print(f'TransNeXt backbones on a {args.batch}x3x{height}x{width} input, {args.mode} mode, '
-          f'{args.attention_mode} attention, '
+    print(f'{fam.name} backbones on a {args.batch}x3x{height}x{width} input, {args.mode} mode, '
+          f'{impl} implementation, '
           f'{torch.get_num_threads()} threads, torch {torch.__version__}')
     header = f"{'arch':<11}{'params (M)':>11}{'forward (s)':>13}{'peak RSS (MB)':>15}  stage outputs"
     print(header)
     print('-' * len(header))
-    for arch in args.arch:
+    for arch in archs:
         img_size = args.img_size or max(height, width)
-        model = TransNeXt(arch, img_size=img_size, pretrain_size=224,
-                          is_extrapolation=args.mode == 'extrapolation',
-                          attention_mode=args.attention_mode).eval()
+        model = fam.build(arch, (height, width), args.mode, fam.impls[impl],
+                          img_size=img_size).eval()
         params = sum(p.numel() for p in model.parameters()) / 1e6
         x = torch.randn(args.batch, 3, height, width)
         with torch.inference_mode():

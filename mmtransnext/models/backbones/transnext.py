@@ -4,14 +4,12 @@ Paper: "TransNeXt: Robust Foveal Visual Perception for Vision Transformers", Dai
 (arXiv 2311.17132). Module and parameter names follow the official checkpoints, so they load
 unchanged (see :mod:`mmtransnext.checkpoint`).
 """
-import copy
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
@@ -19,6 +17,7 @@ from ...ops.sliding_window import window_lengths, window_padding_mask
 from ..layers.attention import AggregatedAttention, FullAttention, StageGeometry
 from ..layers.conv_glu import ConvGLU
 from ..layers.position_bias import DEFAULT_CACHE_ENTRIES, PositionTableCache
+from .base import MultiStageBackbone, Part, resolve_stage_settings, to_pair
 
 Size2d = Tuple[int, int]
 
@@ -35,40 +34,12 @@ _ARCH_DEFAULTS = dict(sr_ratios=[8, 4, 2, 1], window_size=[3, 3, 3, None], mlp_r
 _STAGE_KEYS = ('embed_dims', 'num_heads', 'depths', 'sr_ratios', 'window_size', 'mlp_ratios')
 
 
-def _pair(value: Union[int, Sequence[int]], name: str) -> Size2d:
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, int) for v in value):
-        return int(value[0]), int(value[1])
-    raise ValueError(f'{name} must be an int or a pair of ints, got {value!r}')
-
-
 def resolve_arch(arch: Union[str, dict], **overrides) -> dict:
     """Per-stage settings of ``arch`` (a preset name or a dict) with non-None ``overrides``."""
-    if isinstance(arch, str):
-        if arch not in ARCH_SETTINGS:
-            raise ValueError(f'unknown TransNeXt arch {arch!r}; choose one of '
-                             f'{sorted(ARCH_SETTINGS)} or pass a dict of {list(_STAGE_KEYS)}')
-        settings = dict(_ARCH_DEFAULTS, **ARCH_SETTINGS[arch])
-    elif isinstance(arch, dict):
-        unknown = set(arch) - set(_STAGE_KEYS)
-        if unknown:
-            raise ValueError(f'unknown key(s) {sorted(unknown)} in TransNeXt arch dict; '
-                             f'allowed: {list(_STAGE_KEYS)}')
-        missing = {'embed_dims', 'num_heads', 'depths'} - set(arch)
-        if missing:
-            raise ValueError(f'TransNeXt arch dict lacks {sorted(missing)}')
-        settings = dict(_ARCH_DEFAULTS, **arch)
-    else:
-        raise ValueError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    settings = {k: list(v) for k, v in settings.items()}
+    settings = resolve_stage_settings('TransNeXt', arch, ARCH_SETTINGS, _ARCH_DEFAULTS,
+                                      _STAGE_KEYS, ('embed_dims', 'num_heads', 'depths'),
+                                      overrides)
     num_stages = len(settings['depths'])
-    for key in _STAGE_KEYS:
-        if len(settings[key]) != num_stages:
-            raise ValueError(f'{key} has {len(settings[key])} entries but depths has '
-                             f'{num_stages}; give one value per stage')
     for i in range(num_stages):
         dim, heads = settings['embed_dims'][i], settings['num_heads'][i]
         sr, window = settings['sr_ratios'][i], settings['window_size'][i]
@@ -139,7 +110,7 @@ class TransNeXtBlock(nn.Module):
         return self._forward(x, geometry)
 
 
-class TransNeXt(BaseModule):
+class TransNeXt(MultiStageBackbone):
     """TransNeXt backbone returning multi-scale NCHW features at strides 4, 8, 16, 32.
 
     Args:
@@ -195,7 +166,7 @@ class TransNeXt(BaseModule):
                  attention_mode: str = 'fast',
                  position_cache_size: int = DEFAULT_CACHE_ENTRIES,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
-        super().__init__(init_cfg=copy.deepcopy(init_cfg))
+        super().__init__(init_cfg=init_cfg)
         settings = resolve_arch(arch, embed_dims=embed_dims, num_heads=num_heads, depths=depths,
                                 sr_ratios=sr_ratios, window_size=window_size,
                                 mlp_ratios=mlp_ratios)
@@ -205,20 +176,10 @@ class TransNeXt(BaseModule):
         self.depths: List[int] = settings['depths']
         self.sr_ratios: List[int] = settings['sr_ratios']
         self.window_size: List[Optional[int]] = settings['window_size']
-        self.num_stages = len(self.depths)
-        self.in_channels = in_channels
-
-        self.out_indices = tuple(out_indices)
-        if not self.out_indices or any(not 0 <= i < self.num_stages for i in self.out_indices):
-            raise ValueError(f'out_indices {out_indices} must be non-empty stage indices in '
-                             f'[0, {self.num_stages - 1}]')
-        if not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'frozen_stages must be in [-1, {self.num_stages}], '
-                             f'got {frozen_stages}')
-        self.frozen_stages = frozen_stages
+        self.setup_stages(len(self.depths), in_channels, out_indices, frozen_stages)
         self.is_extrapolation = bool(is_extrapolation)
-        self.img_size = _pair(img_size, 'img_size')
-        self.pretrain_size = _pair(pretrain_size if pretrain_size is not None else img_size,
+        self.img_size = to_pair(img_size, 'img_size')
+        self.pretrain_size = to_pair(pretrain_size if pretrain_size is not None else img_size,
                                    'pretrain_size')
         self._check_sizes()
         self.position_tables = PositionTableCache(position_cache_size)
@@ -242,12 +203,8 @@ class TransNeXt(BaseModule):
             setattr(self, f'block{i + 1}', blocks)
             setattr(self, f'norm{i + 1}', nn.LayerNorm(self.embed_dims[i], eps=1e-6))
 
-        self.feature_info = [
-            dict(num_chs=self.embed_dims[i], reduction=2 ** (i + 2), module=f'norm{i + 1}')
-            for i in range(self.num_stages)
-        ]
         self.apply(self._init_module)
-        self._freeze_stages()
+        self.finish_setup(self.embed_dims, [f'norm{i + 1}' for i in range(self.num_stages)])
 
     # ----------------------------------------------------------------------------- set-up
     def _check_sizes(self) -> None:
@@ -282,46 +239,14 @@ class TransNeXt(BaseModule):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def init_weights(self) -> None:
-        """Load ``init_cfg`` Pretrained weights (reporting every key) or keep the official init."""
-        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            from ...checkpoint import load_pretrained
-            unknown = set(self.init_cfg) - {'type', 'checkpoint', 'prefix', 'map_location',
-                                            'strict'}
-            if unknown:
-                raise ValueError(f'unknown key(s) {sorted(unknown)} in TransNeXt init_cfg')
-            if not self.init_cfg.get('checkpoint'):
-                raise ValueError("init_cfg type 'Pretrained' needs a 'checkpoint' path")
-            load_pretrained(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'),
-                            map_location=self.init_cfg.get('map_location', 'cpu'),
-                            strict=self.init_cfg.get('strict', True))
-            self._is_init = True
-        elif self.init_cfg is not None:
-            super().init_weights()
-        else:
-            self._is_init = True
+    def stem_parts(self) -> List[Part]:
+        return [self.patch_embed1]
 
-    def _frozen_modules(self) -> List[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        modules: List[nn.Module] = [self.patch_embed1]
-        for i in range(1, self.frozen_stages + 1):
-            modules += [getattr(self, f'block{i}'), getattr(self, f'norm{i}')]
-            if i > 1:
-                modules.append(getattr(self, f'patch_embed{i}'))
-        return modules
-
-    def _freeze_stages(self) -> None:
-        for module in self._frozen_modules():
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'TransNeXt':
-        """Set train mode, keeping frozen stages in eval mode."""
-        super().train(mode)
-        self._freeze_stages()
-        return self
+    def stage_parts(self, stage: int) -> List[Part]:
+        parts: List[Part] = [getattr(self, f'block{stage + 1}'), getattr(self, f'norm{stage + 1}')]
+        if stage > 0:
+            parts.append(getattr(self, f'patch_embed{stage + 1}'))
+        return parts
 
     def clear_caches(self) -> None:
         """Drop the size-dependent state built lazily by forward passes: position tables and
@@ -355,24 +280,10 @@ class TransNeXt(BaseModule):
             mask = window_padding_mask(size, window, device)
         return StageGeometry(size, pool_size, scale, table, not self.is_extrapolation, mask)
 
-    def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise ValueError(f'TransNeXt expects a tensor, got {type(x).__name__}')
-        if x.dim() != 4:
-            raise ValueError(f'TransNeXt expects a 4-D (N, C, H, W) image batch, got a '
-                             f'{x.dim()}-D tensor of shape {tuple(x.shape)}')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f'TransNeXt was built for {self.in_channels} input channels but the '
-                             f'input has {x.shape[1]} (shape {tuple(x.shape)})')
-        if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
-            raise ValueError(f'TransNeXt got an empty input of shape {tuple(x.shape)}')
-        if not x.is_floating_point():
-            raise ValueError(f'TransNeXt expects a floating-point input, got {x.dtype}')
-
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """``(B, in_channels, H, W)`` -> one ``(B, C_i, ceil(H / 2**(i+2)), ...)`` map per
         stage in ``out_indices``."""
-        self._check_input(x)
+        self.check_input(x)
         batch = x.shape[0]
         outs = []
         for i in range(self.num_stages):

@@ -1,0 +1,7 @@
+# Official: box 47.6 mAP.
+_base_ = './_base_/retinanet_transxnet_fpn_1x_coco.py'
+model = dict(
+    backbone=dict(
+        arch='base', drop_path_rate=0.3,
+        init_cfg=dict(checkpoint='checkpoints/transx-b.pth.tar')),
+    neck=dict(in_channels=[152, 336, 672]))

@@ -1,0 +1,7 @@
+# Official: 49.9 mIoU (single scale).
+_base_ = './_base_/fpn_transxnet_80k_ade20k-512x512.py'
+model = dict(
+    backbone=dict(
+        arch='base', drop_path_rate=0.3,
+        init_cfg=dict(checkpoint='checkpoints/transx-b.pth.tar')),
+    neck=dict(in_channels=[76, 152, 336, 672]))

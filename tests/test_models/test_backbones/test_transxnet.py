@@ -1,0 +1,226 @@
+import pytest
+import torch
+from torch import nn
+
+from mmtransnext.models import TransXNet
+from mmtransnext.models.backbones import transxnet
+from reference import perturb_
+from reference_transxnet import ceil_grid, reference_transxnet
+
+# Backbone parameter counts of the official detection/segmentation TransXNet (fork_feat, with the
+# four output GroupNorms), measured by building the official code (shared/reference §6).
+OFFICIAL_PARAMS = {'tiny': 12_386_544, 'small': 26_352_092, 'base': 47_337_130}
+SMALL = dict(arch='tiny', depths=[1, 1, 2, 1])
+
+
+def _perturbed(model: TransXNet) -> TransXNet:
+    """Parameters and BatchNorm statistics off their init, position tables far from zero."""
+    perturb_(model, std=0.05)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith('running_var'):
+                t.copy_(torch.rand_like(t) * 0.5 + 0.75)
+            elif name.endswith('running_mean'):
+                t.copy_(torch.randn_like(t) * 0.1)
+            elif name.startswith('relative_pos_enc') or 'layer_scale' in name:
+                t.copy_(torch.randn_like(t) * 0.3)
+    return model
+
+
+def _expected_shapes(model, h, w, batch=1):
+    return [(batch, model.embed_dims[i], ceil_grid(h, i), ceil_grid(w, i))
+            for i in model.out_indices]
+
+
+@pytest.mark.parametrize('arch', sorted(OFFICIAL_PARAMS))
+def test_every_arch_at_odd_sizes_and_official_parameter_count(arch):
+    model = TransXNet(arch).eval()
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[arch]
+    for h, w in [(33, 47), (1, 1), (97, 123)]:
+        with torch.no_grad():
+            outs = model(torch.randn(1, 3, h, w))
+        assert [tuple(o.shape) for o in outs] == _expected_shapes(model, h, w)
+        assert all(torch.isfinite(o).all() for o in outs)
+
+
+def test_official_short_names():
+    assert TransXNet('t').arch_settings == TransXNet('tiny').arch_settings
+    assert TransXNet('B', depths=[1, 1, 1, 1]).embed_dims == [76, 152, 336, 672]
+
+
+@pytest.mark.parametrize('size', [(56, 56), (224 // 4 * 4, 224), (75, 101), (33, 47), (1, 1)])
+def test_matches_the_official_computation(size):
+    """Against the functional oracle: tables used as is (56x56 input: the 224-size grids of
+    pretrain_size 56) and resized bicubically (other sizes), BatchNorm in eval mode."""
+    model = _perturbed(TransXNet(**SMALL, pretrain_size=56)).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        outs = model(x)
+        expected = reference_transxnet(model.state_dict(), x, model.depths, model.num_heads,
+                                       model.arch_settings['num_groups'])
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_out_indices_feature_info_and_output_norms():
+    model = TransXNet(**SMALL, out_indices=(1, 3)).eval()
+    outs = model(torch.randn(1, 3, 64, 96))
+    assert [o.shape[1] for o in outs] == [96, 448]
+    assert hasattr(model, 'norm2') and hasattr(model, 'norm6') and not hasattr(model, 'norm0')
+    assert [f['reduction'] for f in model.feature_info] == [4, 8, 16, 32]
+    assert [f['num_chs'] for f in model.feature_info] == [48, 96, 224, 448]
+
+
+def test_gradients_reach_every_parameter():
+    model = _perturbed(TransXNet(**SMALL, drop_path_rate=0.1)).train()
+    outs = model(torch.randn(2, 3, 70, 52))  # tables resized: they must still learn
+    sum(o.square().mean() for o in outs).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not dead
+
+
+def test_frozen_stages_and_norm_eval_survive_train():
+    model = TransXNet(**SMALL, frozen_stages=2, norm_eval=True)
+    model.train()
+    frozen = ('patch_embed.', 'network.0.', 'network.1.', 'network.2.', 'relative_pos_enc.0',
+              'relative_pos_enc.1', 'norm0.', 'norm2.')
+    for name, param in model.named_parameters():
+        assert param.requires_grad == (not name.startswith(frozen)), name
+    assert not model.network[2].training and not model.network[1].training
+    assert model.network[4].training and model.norm4.training
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    plain = TransXNet(**SMALL).train()
+    assert all(m.training for m in plain.modules())
+    stem_only = TransXNet(**SMALL, frozen_stages=0).train()
+    assert not stem_only.patch_embed.proj.conv.weight.requires_grad
+    assert stem_only.relative_pos_enc[0].requires_grad and not stem_only.patch_embed.training
+
+
+def test_frozen_stage_statistics_do_not_change_in_training():
+    model = TransXNet(**SMALL, frozen_stages=1).train()
+    before = model.network[0][0].mlp.norm.running_mean.clone()
+    model(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(model.network[0][0].mlp.norm.running_mean, before)
+    assert model.network[2][0].mlp.norm.num_batches_tracked == 1
+
+
+def test_with_cp_gives_same_outputs_and_gradients():
+    plain = _perturbed(TransXNet(**SMALL)).train()
+    ckpt = TransXNet(**SMALL, with_cp=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 48, 40)
+    results = []
+    for model in (plain, ckpt):
+        outs = model(x)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        results.append((outs, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    for a, b in zip(results[0][0], results[1][0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-5, atol=1e-6)
+
+
+def test_resized_tables_are_cached_without_grad_only_and_bounded():
+    model = TransXNet(**SMALL, position_cache_size=6).eval()
+    cache = model.position_tables
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        first = model(x)
+        assert cache.misses == 4 and len(cache) == 4
+        again = model(x)
+        assert cache.misses == 4 and cache.hits == 4
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # An in-place update of a table is seen at once (the version is part of the key).
+    with torch.no_grad():
+        model.relative_pos_enc[0].add_(torch.randn_like(model.relative_pos_enc[0]))
+        changed = model(x)
+    assert not torch.equal(changed[0], first[0])
+    # With gradients nothing is cached: the resized table stays in the graph.
+    misses, size = cache.misses, len(cache)
+    model(x)[0].square().sum().backward()
+    assert cache.misses == misses and len(cache) == size
+    assert model.relative_pos_enc[0].grad.abs().sum() > 0
+    with torch.no_grad():
+        for side in range(40, 120, 8):
+            model(torch.randn(1, 3, side, side))
+    assert len(cache) == 6
+    model.clear_caches()
+    assert len(cache) == 0
+
+
+def test_table_is_resized_once_per_stage_and_forward(monkeypatch):
+    calls = []
+    real = transxnet.F.interpolate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get('mode'))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transxnet.F, 'interpolate', counting)
+    model = TransXNet('tiny').train()  # 3, 3, 9, 3 blocks
+    model(torch.randn(2, 3, 64, 96))
+    assert calls == ['bicubic'] * 4
+
+
+def test_sync_bn_is_chosen_by_config_only():
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in TransXNet(**SMALL).modules())
+    model = TransXNet(**SMALL, norm_cfg=dict(type='SyncBN'))
+    syncs = [n for n, m in model.named_modules() if isinstance(m, nn.SyncBatchNorm)]
+    assert 'patch_embed.proj.bn' in syncs and 'network.0.0.mlp.norm' in syncs
+    assert set(model.state_dict()) == set(TransXNet(**SMALL).state_dict())
+
+
+def test_bf16_autocast_forward_and_backward_are_finite():
+    model = _perturbed(TransXNet(**SMALL)).train()
+    x = torch.randn(2, 3, 64, 48)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(x)
+        loss = sum(o.float().square().mean() for o in outs)
+    loss.backward()
+    assert all(torch.isfinite(o).all() for o in outs)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize('bad,match', [
+    (torch.randn(3, 32, 32), '4-D'),
+    (torch.randn(1, 4, 32, 32), '3 input channels'),
+    (torch.randn(0, 3, 32, 32), 'empty'),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), 'floating-point'),
+    ('image', 'tensor'),
+])
+def test_bad_inputs_raise_clear_errors(bad, match):
+    model = TransXNet(**SMALL).eval()
+    with pytest.raises(ValueError, match=match):
+        model(bad)
+
+
+def test_single_image_training_batch_is_refused_clearly():
+    with pytest.raises(ValueError, match='batch of at least 2'):
+        TransXNet(**SMALL).train()(torch.randn(1, 3, 32, 32))
+    TransXNet(**SMALL, norm_eval=True).train()(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(arch='huge'), 'unknown TransXNet arch'),
+    (dict(arch=dict(depths=[1] * 4, embed_dims=[48] * 4, num_heads=[1] * 4,
+                    num_groups=[2] * 4, colour=[1])), 'colour'),
+    (dict(arch=dict(depths=[1] * 4, embed_dims=[48] * 4)), 'lacks'),
+    (dict(depths=[1, 1, 1]), 'one value per stage'),
+    (dict(arch=dict(depths=[1] * 3, embed_dims=[48] * 3, num_heads=[1] * 3, num_groups=[2] * 3,
+                    sr_ratios=[4, 2, 1], mlp_ratios=[4] * 3)), '4 stages'),
+    (dict(out_indices=(4, )), 'out_indices'),
+    (dict(frozen_stages=5), 'frozen_stages'),
+    (dict(num_heads=[5, 2, 4, 8]), 'divisible by num_heads'),
+    (dict(num_groups=[1, 2, 2, 2]), 'num_groups'),
+    (dict(embed_dims=[47, 96, 224, 448]), 'even'),
+    (dict(sr_ratios=[0, 4, 2, 1]), 'sr_ratio'),
+    (dict(pretrain_size=(224, 224, 3)), 'pretrain_size'),
+    (dict(drop_path_rate=1.5), 'drop_path_rate'),
+    (dict(norm_cfg='BN'), 'norm_cfg'),
+    (dict(position_cache_size=0), 'max_entries'),
+])
+def test_bad_settings_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TransXNet(**kwargs)
