@@ -406,7 +406,8 @@ def build_backbone(cfg, config_path: str, checkpoint: Optional[str] = None,
                         f' {err}') from err
     if checkpoint:
         check_file(checkpoint, 'checkpoint file')
-        load_pretrained(backbone, checkpoint, allow_pickle=True)  # asked for by the user
+        load_pretrained(backbone, checkpoint, allow_pickle=True,  # asked for by the user
+                        optional=getattr(backbone, 'pretrained_optional_keys', ()))
     backbone.eval()  # some backbones' train() returns None, so not chained
     return backbone, output
 

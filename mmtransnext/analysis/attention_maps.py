@@ -1,4 +1,5 @@
-"""Attention maps of one query: where a token mixer's softmax puts its weight.
+"""Attention maps of one query: where a token mixer's softmax puts its weight (TransNeXt's
+aggregated and full attention, TransXNet's OSRA).
 
 For aggregated attention a query attends under one softmax to its ``window x window``
 neighbours (fine, "foveal") and to the pooled keys (coarse, "peripheral"); learnable-token
@@ -23,7 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.backbones.transnext import TransNeXt
+from ..models.backbones.transxnet import TransXNet
 from ..models.layers.attention import AggregatedAttention, FullAttention, StageGeometry
+from ..models.layers.transxnet_layers import OSRA
 from ..ops.bias_ops import expand_columns
 from ..ops.sliding_window import window_padding_mask
 
@@ -115,14 +118,39 @@ def _full_weights(attn: FullAttention, inputs: tuple, query: Size2d) -> Dict[str
     return dict(pooled=logits.softmax(dim=-1).reshape(heads, *geometry.pool_size))
 
 
+def _osra_weights(attn: OSRA, inputs: tuple, query: Size2d) -> Dict[str, Tensor]:
+    """TransXNet's OSRA: no window; every query attends to the keys of the reduced map (a
+    strided depthwise conv, then a residual 3x3 depthwise conv), plus the stage's position
+    bias. Heads split the channels in order."""
+    x, pos_bias = inputs[0], (inputs[1] if len(inputs) > 1 else None)
+    channels, height, width = x.shape[1:]
+    heads = attn.num_heads
+    iy, ix = query
+    q = attn.q(x[:, :, iy:iy + 1, ix:ix + 1]).reshape(heads, 1, channels // heads)
+    reduced = attn.sr(x)
+    reduced = attn.local_conv(reduced) + reduced
+    k = torch.chunk(attn.kv(reduced), 2, dim=1)[0]
+    key_size = tuple(k.shape[-2:])
+    logits = (q @ k.reshape(heads, channels // heads, -1))[:, 0] * attn.scale
+    if pos_bias is not None:
+        bias = pos_bias[..., iy * width + ix, :]
+        logits = logits + bias.reshape(-1, logits.shape[-1]).to(logits.dtype)
+    return dict(pooled=logits.softmax(dim=-1).reshape(heads, *key_size))
+
+
 def _geometry_size(module: nn.Module, inputs: tuple) -> Size2d:
     return tuple(inputs[1].size)
+
+
+def _map_size(module: nn.Module, inputs: tuple) -> Size2d:
+    return tuple(inputs[0].shape[-2:])
 
 
 #: Adapters by token-mixer class (exact class first, then the first matching base class).
 ATTENTION_ADAPTERS: Dict[type, AttentionAdapter] = {
     AggregatedAttention: AttentionAdapter(_geometry_size, _aggregated_weights),
     FullAttention: AttentionAdapter(_geometry_size, _full_weights),
+    OSRA: AttentionAdapter(_map_size, _osra_weights),
 }
 
 
@@ -131,9 +159,16 @@ def _transnext_mixers(backbone: TransNeXt) -> List[List[nn.Module]]:
             for i in range(backbone.num_stages)]
 
 
+def _transxnet_mixers(backbone: TransXNet) -> List[List[nn.Module]]:
+    """The attention half of each D-Mixer (the other half, IDConv, is a dynamic conv)."""
+    return [[block.token_mixer.global_unit for block in backbone.network[2 * i]]
+            for i in range(backbone.num_stages)]
+
+
 #: Per backbone class: its token mixers, ``[stage][block]``.
 BACKBONE_MIXERS: Dict[type, Callable[[nn.Module], List[List[nn.Module]]]] = {
     TransNeXt: _transnext_mixers,
+    TransXNet: _transxnet_mixers,
 }
 
 
@@ -216,7 +251,8 @@ def attention_map(model: nn.Module, image: Tensor, point: Sequence[int], stage: 
     """Attention weights of the query at pixel ``point`` in block ``block`` of stage ``stage``.
 
     Args:
-        model: a supported backbone (TransNeXt) or a model whose ``backbone`` is one.
+        model: a supported backbone (TransNeXt, TransXNet) or a model whose ``backbone`` is
+            one.
         image: ``(1, 3, H, W)`` input, normalised as the model expects; any size.
         point: ``(y, x)`` pixel of ``image``; the query is the stage's token holding it
             (:func:`pixel_to_token`).
@@ -235,7 +271,9 @@ def attention_map(model: nn.Module, image: Tensor, point: Sequence[int], stage: 
         - ``query``: the query's ``(y, x)`` cell in the stage's feature map, and
           ``feature_size``: that map's ``(H, W)`` (int64).
 
-        Full attention has no window: ``pooled`` and the last two entries only.
+        Full attention and TransXNet's OSRA (whose keys come from the map reduced by a strided
+        convolution, ``(H', W')`` = ``ceil(H / sr)``) have no window: ``pooled`` and the last
+        two entries only.
     """
     y, x = _check_image_and_point(image, point)
     mixers = token_mixers(model)

@@ -55,6 +55,17 @@ def test_attention_tool_on_the_demo_config(tmp_path):
     _png(written[0])
 
 
+def test_attention_tool_on_a_transxnet_config(tmp_path):
+    tool = load_tool('visualize_attention')
+    config = osp.join(ROOT, 'configs', 'demo', 'retinanet_transxnet-tiny_fpn_shapes-128.py')
+    written = tool.main([config, '--point', '10', '100', '--stage', '1', '--out', str(tmp_path),
+                         '--cfg-options', *SHALLOW])
+    assert [osp.basename(p) for p in written] == ['attention_s1b0_y10x100.png',
+                                                  'attention_s1_blocks_y10x100.png']
+    for path in written:
+        _png(path)
+
+
 def test_attention_tool_errors(tmp_path, resnet_config):
     tool = load_tool('visualize_attention')
     options = ['--out', str(tmp_path), '--cfg-options', *SHALLOW]
@@ -66,7 +77,7 @@ def test_attention_tool_errors(tmp_path, resnet_config):
         tool.main([MASK_RCNN_DEMO, '--stage', '4', *options])
     with pytest.raises(common.ToolError, match='--head 2: stage 0 has 2 heads'):
         tool.main([MASK_RCNN_DEMO, '--stage', '0', '--head', '2', *options])
-    with pytest.raises(common.ToolError, match='TransNeXt backbones, got ResNet'):
+    with pytest.raises(common.ToolError, match='TransNeXt, TransXNet backbones, got ResNet'):
         tool.main([resnet_config, '--out', str(tmp_path)])
 
 

@@ -206,10 +206,35 @@ def test_bad_arguments(models, image):
         attention_map(model, image, (0, 0), 4, 0)
     with pytest.raises(ValueError, match='block 2 out of range'):
         attention_map(model, image, (0, 0), 2, 2)
-    with pytest.raises(ValueError, match='TransNeXt backbones, got Conv2d'):
+    with pytest.raises(ValueError, match='TransNeXt, TransXNet backbones, got Conv2d'):
         attention_map(torch.nn.Conv2d(3, 3, 1), image, (0, 0), 0, 0)
 
 
 def test_mixer_kinds(models):
     kinds = [type(stage[0]) for stage in token_mixers(models['fast'])]
     assert kinds == [AggregatedAttention] * 3 + [FullAttention]
+
+
+def test_osra_weights_reproduce_block_output(image):
+    """TransXNet: OSRA's weights on its reduced-map values give its output at the query."""
+    from mmtransnext.models import TransXNet
+    torch.manual_seed(2)
+    model = perturb_(TransXNet('tiny', depths=[1, 1, 2, 1], pretrain_size=56)).eval()
+    records = _record(model, image)
+    assert len(records) == 5
+    mixers = token_mixers(model)
+    for (stage, block), (args, out) in records.items():
+        osra, x = mixers[stage][block], args[0]
+        assert args[1] is not None and bool(args[1].abs().sum() > 0)  # a real position bias
+        reduced = osra.sr(x)
+        v = torch.chunk(osra.kv(osra.local_conv(reduced) + reduced), 2, dim=1)[1]
+        heads, channels = osra.num_heads, x.shape[1]
+        v = v.reshape(heads, channels // heads, -1).transpose(1, 2)  # (heads, P, d)
+        for point in POINTS[:4]:
+            maps = attention_map(model, image, point, stage, block)
+            assert set(maps) == {'pooled', 'query', 'feature_size'}
+            assert maps['pooled'].shape[1:] == reduced.shape[-2:]
+            torch.testing.assert_close(maps['pooled'].sum((1, 2)), torch.ones(heads))
+            y, x_ = maps['query'].tolist()
+            rebuilt = (maps['pooled'].reshape(heads, 1, -1) @ v)[:, 0].reshape(-1)
+            torch.testing.assert_close(rebuilt, out[0, :, y, x_], atol=2e-5, rtol=1e-4)

@@ -1,4 +1,5 @@
-"""Draw where a TransNeXt query attends: foveal window and peripheral pooled keys over the image.
+"""Draw where a query attends, over the image: TransNeXt's foveal window and peripheral pooled
+keys, or the reduced-map keys of TransXNet's OSRA.
 
     python tools/analysis/visualize_attention.py CONFIG [CHECKPOINT] --point center --out vis
     python tools/analysis/visualize_attention.py CONFIG CKPT --image img.jpg --point 40 60 \\
@@ -10,8 +11,9 @@ For each point, two PNGs in --out:
   weight of each window key is drawn on the pixels of its token (outlined), the weight of each
   pooled key over the region it pools, on one logarithmic colour scale (they are one softmax);
   the title gives the share of the softmax on the window ("fovea") and on the pooled keys
-  ("periphery"). Full attention (the last stage, 0-based stage 3) draws every key on its own
-  token.
+  ("periphery"). Full attention (TransNeXt's last stage, 0-based stage 3) draws every key on
+  its own token; TransXNet's OSRA has no window, and each key of its reduced map is drawn over
+  an even share of the map (its strided conv's window, up to the overlap).
 - ``attention_s{S}_blocks_y{Y}x{X}.png``: the mean over heads (or ``--head``) in every block of
   the stage.
 
@@ -138,7 +140,8 @@ def _shares(maps: Dict[str, torch.Tensor], head: Optional[int]) -> str:
         per_head = t.flatten(1).sum(1)
         return float(per_head.mean() if head is None else per_head[head])
     if 'window' not in maps:
-        return 'full attention'
+        rows, cols = maps['pooled'].shape[1:]
+        return f'{rows}x{cols} keys, no window'
     return f"fovea {share(maps['window']):.2f} | periphery {share(maps['pooled']):.2f}"
 
 
