@@ -58,8 +58,11 @@ def test_attention_tool_on_the_demo_config(tmp_path):
 def test_attention_tool_on_a_transxnet_config(tmp_path):
     tool = load_tool('visualize_attention')
     config = osp.join(ROOT, 'configs', 'demo', 'retinanet_transxnet-tiny_fpn_shapes-128.py')
-    written = tool.main([config, '--point', '10', '100', '--stage', '1', '--out', str(tmp_path),
-                         '--cfg-options', *SHALLOW])
+    image = tmp_path / 'input.jpg'
+    cv2.imwrite(str(image), common.demo_image(3)[..., ::-1])
+    written = tool.main([config, '--image', str(image), '--size', '96', '112', '--point', '10',
+                         '100', '--stage', '1', '--out', str(tmp_path), '--cfg-options',
+                         *SHALLOW])
     assert [osp.basename(p) for p in written] == ['attention_s1b0_y10x100.png',
                                                   'attention_s1_blocks_y10x100.png']
     for path in written:

@@ -141,7 +141,9 @@ def _shares(maps: Dict[str, torch.Tensor], head: Optional[int]) -> str:
         return float(per_head.mean() if head is None else per_head[head])
     if 'window' not in maps:
         rows, cols = maps['pooled'].shape[1:]
-        return f'{rows}x{cols} keys, no window'
+        if [rows, cols] == maps['feature_size'].tolist():
+            return f'full attention, {rows}x{cols} keys'
+        return f'{rows}x{cols} reduced keys, no window'
     return f"fovea {share(maps['window']):.2f} | periphery {share(maps['pooled']):.2f}"
 
 
