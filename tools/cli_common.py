@@ -252,29 +252,44 @@ def check_data(cfg, config_path: str, loaders: Sequence[str]) -> None:
             f'{loaders[0]}.dataset.data_root=/path/to/data/')
 
 
-def _pretrained_paths(node: Any, where: str) -> Iterator[Tuple[str, str]]:
+def _pretrained_paths(node: Any, where: str,
+                      owner: Optional[str] = None) -> Iterator[Tuple[str, str, Optional[str]]]:
+    """``(where, path, type of the module it initialises)`` of every local-looking checkpoint."""
     if isinstance(node, dict):
         if node.get('type') == 'Pretrained' and isinstance(node.get('checkpoint'), str):
-            yield f'{where}.checkpoint', node['checkpoint']
+            yield f'{where}.checkpoint', node['checkpoint'], owner
         if isinstance(node.get('pretrained'), str):
-            yield f'{where}.pretrained', node['pretrained']
+            yield f'{where}.pretrained', node['pretrained'], node.get('type')
+        kind = node.get('type') if isinstance(node.get('type'), str) else owner
         for key, value in node.items():
-            yield from _pretrained_paths(value, f'{where}.{key}')
+            yield from _pretrained_paths(value, f'{where}.{key}', kind)
     elif isinstance(node, (list, tuple)):
         for i, value in enumerate(node):
-            yield from _pretrained_paths(value, f'{where}[{i}]')
+            yield from _pretrained_paths(value, f'{where}[{i}]', owner)
+
+
+def _weights_hint(module_type: Optional[str]) -> str:
+    """Where the official weights of ``module_type`` come from (the class's
+    ``pretrained_weights``), if the registry knows it."""
+    if not module_type:
+        return ''
+    from mmengine.registry import MODELS
+    with MODELS.switch_scope_and_registry(None) as registry:
+        cls = registry.get(module_type)
+    source = getattr(cls, 'pretrained_weights', '')
+    return f'Download the official weights ({source}) to that path, or ' if source else ''
 
 
 def check_pretrained(cfg, config_path: str) -> None:
     """Raise if a local ``init_cfg`` / ``pretrained`` checkpoint of the model is missing."""
-    for where, path in _pretrained_paths(cfg.model, 'model'):
+    for where, path, owner in _pretrained_paths(cfg.model, 'model'):
         if path.startswith(REMOTE_PREFIXES) or osp.isfile(path):
             continue
         option = where.rsplit('.', 1)[0]
+        hint = _weights_hint(owner)
         raise ToolError(
-            f'{where} of {config_path}: checkpoint file not found: {path}\nDownload the official '
-            f'ImageNet-1K weights (https://huggingface.co/DaiShiResearch, e.g. '
-            f'transnext-tiny-224-1k) to that path, or pass --cfg-options {where}=/path/to/file, '
+            f'{where} of {config_path}: checkpoint file not found: {path}\n'
+            f'{hint or "P"}{"p" if hint else ""}ass --cfg-options {where}=/path/to/file, '
             f'or --cfg-options {option}=None to start from random weights.')
 
 

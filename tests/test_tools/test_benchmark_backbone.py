@@ -28,3 +28,16 @@ def test_benchmark_runs_every_case_and_writes_json_and_csv(tmp_path):
         assert by_key[task, 'fast']['tensor_peak_mb'] < by_key[task, 'reference']['tensor_peak_mb']
     with open(osp.splitext(out)[0] + '.csv') as f:
         assert len(list(csv.DictReader(f))) == len(results)
+
+
+@pytest.mark.slow  # two subprocesses
+def test_benchmark_takes_transxnet(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = run_tool(['tools/analysis/benchmark_backbone.py', '--backbone', 'transxnet',
+                     '--archs', 'tiny', '--sizes', '64x96', '--tasks', 'infer', '--runs', '1',
+                     '--threads', '1', '--out', str(out)], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (result, ) = json.loads(out.read_text())['results']
+    assert (result['backbone'], result['impl'], result['mode']) == \
+        ('transxnet', 'default', 'interpolation')
+    assert result['time_s'] > 0 and result['flops'] > 0 and result['tensor_peak_mb'] > 0

@@ -50,9 +50,13 @@ def test_missing_pretrained_checkpoint_is_named(train_tool, data_dir, tmp_path, 
                'val_dataloader.dataset.data_prefix.img=val/',
                f'val_evaluator.ann_file={root}annotations/instances_val.json']
     with pytest.raises(ToolError, match=r'model\.backbone\.init_cfg\.checkpoint of .*: checkpoint '
-                       r'file not found: checkpoints/transnext_tiny_224_1k\.pth'):
+                       r'file not found: checkpoints/transnext_tiny_224_1k\.pth\n.*DaiShiResearch'):
         train_tool.setup_train_config(
             train_tool.parse_args([MASK_RCNN_TINY, '--cfg-options', *options]))
+    # The hint names where each family's weights are published.
+    xnet = osp.join(ROOT, 'configs', 'mask_rcnn', 'mask-rcnn_transxnet-tiny_fpn_1x_coco.py')
+    with pytest.raises(ToolError, match=r'transx-t\.pth\.tar\n.*LMMMEng/TransXNet'):
+        train_tool.setup_train_config(train_tool.parse_args([xnet, '--cfg-options', *options]))
 
 
 def test_evaluation_config_refuses_to_train(train_tool):

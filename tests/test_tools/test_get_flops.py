@@ -1,9 +1,9 @@
 """tools/analysis/get_flops.py: parameters and FLOPs of a config's model."""
 import pytest
 import torch
-from tool_helpers import MASK_RCNN_DEMO, load_tool
+from tool_helpers import MASK_RCNN_DEMO, ROOT, load_tool
 
-from mmtransnext.models import TransNeXt
+from mmtransnext.models import TransNeXt, TransXNet
 
 
 @pytest.fixture(scope='module')
@@ -56,3 +56,22 @@ def test_fast_path_is_counted_like_the_reference_computation(get_flops, extrapol
               for mode in ('fast', 'reference')]
     # Interpolation mode: mmengine also counts the reference's bilinear resizing of the bias.
     assert counts[0] == pytest.approx(counts[1], rel=0 if extrapolation else 2e-3)
+
+
+def test_transxnet_flops_match_the_official_figure(get_flops):
+    # README of the official release: TransXNet-T 1.8 GFLOPs (MACs) at 224x224, printed to one
+    # decimal; the classifier head adds under 1 MMAC.
+    model = TransXNet('tiny').eval()
+    flops, params = get_flops.complexity(model, torch.randn(1, 3, 224, 224))
+    assert params == 12_386_544
+    assert flops == pytest.approx(1.8e9, abs=0.05e9)
+
+
+def test_table_for_a_transxnet_config(get_flops, capsys):
+    config = f'{ROOT}/configs/demo/retinanet_transxnet-tiny_fpn_shapes-128.py'
+    backbone, whole = get_flops.main([config, '--shape', '96', '128', '--cfg-options',
+                                      'model.backbone.depths=[1,1,1,1]'])
+    assert backbone['params'] == sum(p.numel() for p in TransXNet(
+        'tiny', depths=[1, 1, 1, 1], pretrain_size=128, out_indices=(1, 2, 3)).parameters())
+    assert 0 < backbone['flops'] < whole['flops']
+    assert 'backbone (TransXNet)' in capsys.readouterr().out

@@ -5,11 +5,12 @@
 
 FLOPs are counted by mmengine's analyzer, which counts one multiply-add as one FLOP (what
 papers call FLOPs, i.e. MACs), plus rules for scaled-dot-product attention and TransNeXt's
-compiled sliding-window ops. The whole model runs in ``mode='tensor'`` (no post-processing);
+compiled sliding-window ops. Any backbone a config builds is measured (TransNeXt, TransXNet). The whole model runs in ``mode='tensor'`` (no post-processing);
 operators without a rule (e.g. mmcv's RoIAlign and deformable attention, element-wise ops) are
 not counted and are listed in the log.
-In interpolation mode the backbone also evaluates its position-bias MLP on the tables built for
-``img_size`` at every forward, which is counted.
+In interpolation mode TransNeXt also evaluates its position-bias MLP on the tables built for
+``img_size`` at every forward, which is counted; TransXNet's bicubic resizing of its tables is
+not.
 """
 import argparse
 import os.path as osp

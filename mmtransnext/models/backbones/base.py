@@ -90,11 +90,14 @@ class MultiStageBackbone(BaseModule):
     then build their modules, and finish with ``self.finish_setup(channels, output_modules)``.
 
     Attributes:
+        pretrained_weights: where the official pretrained weights are published (named by the
+            tools when a configured checkpoint is missing).
         pretrained_optional_keys: state-dict key prefixes a pretraining file may lack (e.g.
             output norms added for dense prediction); they keep their initialisation and do not
             fail strict loading.
     """
 
+    pretrained_weights: str = ''
     pretrained_optional_keys: Tuple[str, ...] = ()
 
     def __init__(self, init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:

@@ -143,6 +143,9 @@ class TransNeXt(MultiStageBackbone):
             mmdet/mmseg checkpoint (see :func:`mmtransnext.checkpoint.load_pretrained`).
     """
 
+    pretrained_weights = ('ImageNet-1K: https://huggingface.co/DaiShiResearch, e.g. '
+                          'transnext-tiny-224-1k')
+
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
                  in_channels: int = 3,

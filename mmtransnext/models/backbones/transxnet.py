@@ -118,6 +118,8 @@ class TransXNet(MultiStageBackbone):
     """
 
     pretrained_optional_keys = ('norm0.', 'norm2.', 'norm4.', 'norm6.')
+    pretrained_weights = ('ImageNet-1K: the v1.0 release assets of '
+                          'https://github.com/LMMMEng/TransXNet, transx-t/s/b.pth.tar')
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
