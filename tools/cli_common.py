@@ -460,6 +460,7 @@ def read_image(path: str, size: Optional[Sequence[int]] = None):
 
 
 def resize_image(image_rgb, size: Optional[Sequence[int]]):
+    """``image_rgb`` resized (bilinear) to ``size`` (H, W); unchanged when ``size`` is None."""
     import cv2
     if size is None or tuple(size) == image_rgb.shape[:2]:
         return image_rgb
