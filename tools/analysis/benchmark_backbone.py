@@ -1,14 +1,14 @@
 """Time and memory of a backbone (TransNeXt: fast path vs the reference, i.e. the official
 computation; TransXNet: its one implementation), one or several families side by side.
 
-Every case (backbone x arch x input x bias mode x task x implementation) runs in a fresh subprocess, so
-its memory figures are its own. Time is measured apart from memory, with all implementations of
-a case in one process, same weights, called in turn for ``--runs`` rounds after a warm-up call
-each: "time s" is an implementation's median, "speed-up" the median over rounds of the
-reference's time over its time in the same round, so that the machine's speed drifting during
-the run (shared machines drift by 2x over minutes) cancels out of the ratio. Memory
-is given two ways, both for the first call at the case's input size (the one that also builds
-the position tables and, without gradients, the CPB grids kept for reuse):
+Every case (backbone x arch x input x bias mode x task x implementation) runs in a fresh
+subprocess, so its memory figures are its own. Time is measured apart from memory, with all
+implementations of a case in one process, same weights, called in turn for ``--runs`` rounds
+after a warm-up call each: "time s" is an implementation's median, "speed-up" the median over
+rounds of the reference's time over its time in the same round, so that the machine's speed
+drifting during the run (shared machines drift by 2x over minutes) cancels out of the ratio.
+Memory is given two ways, both for the first call at the case's input size (the one that also
+builds the position tables and, without gradients, the CPB grids kept for reuse):
 
 - peak tensor memory: the most bytes held by live tensors during that call, above what was
   held before it (the CPU allocator's running total, read from ``torch.profiler``'s memory
@@ -311,7 +311,8 @@ def main() -> None:
 
     refs = {key(r): r for r in results if r['impl'] == 'reference'}
     counted = {key(r): r['flops'] for r in results if r['impl'] == r['counted']}
-    header = (f"{'backbone':<10}{'arch':<6}{'input':>10}{'task':>7}{'mode':>15}{'impl':>11}{'time s':>8}"
+    header = (f"{'backbone':<10}"
+              f"{'arch':<6}{'input':>10}{'task':>7}{'mode':>15}{'impl':>11}{'time s':>8}"
               f"{'speed-up':>9}{'tensor MB':>10}{'ratio':>7}{'RSS MB':>8}{'ratio':>7}"
               f"{'build MB':>9}{'GFLOP/s':>8}{'% matmul':>9}")
     print('\n' + header + '\n' + '-' * len(header))
@@ -324,7 +325,8 @@ def main() -> None:
         r['memory_ratio'] = ref['peak_mb'] / max(r['peak_mb'], 1) if ref else float('nan')
         r['gflops'] = flops / r['time_s'] / 1e9 if flops else float('nan')
         r['matmul_fraction'] = r['gflops'] / machine
-        print(f"{r['backbone']:<10}{r['arch']:<6}{r['size'][0]:>5}x{r['size'][1]:<4}{r['task']:>7}{r['mode']:>15}"
+        print(f"{r['backbone']:<10}"
+              f"{r['arch']:<6}{r['size'][0]:>5}x{r['size'][1]:<4}{r['task']:>7}{r['mode']:>15}"
               f"{r['impl']:>11}{r['time_s']:>8.2f}{r['speedup']:>8.2f}x"
               f"{r['tensor_peak_mb']:>10.0f}{r['tensor_memory_ratio']:>6.2f}x"
               f"{r['peak_mb']:>8.0f}{r['memory_ratio']:>6.2f}x{r['build_mb']:>9.0f}"

@@ -3,11 +3,11 @@
     python tools/analysis/get_flops.py configs/mask_rcnn/mask-rcnn_transnext-tiny_fpn_1x_coco.py
     python tools/analysis/get_flops.py CONFIG --shape 512 512
 
-FLOPs are counted by mmengine's analyzer, which counts one multiply-add as one FLOP (what
-papers call FLOPs, i.e. MACs), plus rules for scaled-dot-product attention and TransNeXt's
-compiled sliding-window ops. Any backbone a config builds is measured (TransNeXt, TransXNet). The whole model runs in ``mode='tensor'`` (no post-processing);
-operators without a rule (e.g. mmcv's RoIAlign and deformable attention, element-wise ops) are
-not counted and are listed in the log.
+FLOPs are counted by mmengine's analyzer, which counts one multiply-add as one FLOP (what papers
+call FLOPs, i.e. MACs), plus rules for scaled-dot-product attention and TransNeXt's compiled
+sliding-window ops. Any backbone a config builds is measured (TransNeXt, TransXNet). The whole
+model runs in ``mode='tensor'`` (no post-processing); operators without a rule (e.g. mmcv's
+RoIAlign and deformable attention, element-wise ops) are not counted and are listed in the log.
 In interpolation mode TransNeXt also evaluates its position-bias MLP on the tables built for
 ``img_size`` at every forward, which is counted; TransXNet's bicubic resizing of its tables is
 not.

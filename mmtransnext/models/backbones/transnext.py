@@ -183,7 +183,7 @@ class TransNeXt(MultiStageBackbone):
         self.is_extrapolation = bool(is_extrapolation)
         self.img_size = to_pair(img_size, 'img_size')
         self.pretrain_size = to_pair(pretrain_size if pretrain_size is not None else img_size,
-                                   'pretrain_size')
+                                     'pretrain_size')
         self._check_sizes()
         self.position_tables = PositionTableCache(position_cache_size)
 
