@@ -2,6 +2,8 @@
 import pytest
 from tool_helpers import ROOT, run_tool
 
+pytestmark = pytest.mark.slow  # subprocesses
+
 
 @pytest.mark.parametrize('backbone,arch,line', [
     ('transxnet', 'tiny', '48x9x12 96x5x6 224x3x3 448x2x2'),

@@ -67,6 +67,7 @@ def test_transxnet_flops_match_the_official_figure(get_flops):
     assert flops == pytest.approx(1.8e9, abs=0.05e9)
 
 
+@pytest.mark.slow
 def test_table_for_a_transxnet_config(get_flops, capsys):
     config = f'{ROOT}/configs/demo/retinanet_transxnet-tiny_fpn_shapes-128.py'
     backbone, whole = get_flops.main([config, '--shape', '96', '128', '--cfg-options',

@@ -37,7 +37,7 @@ def _expected_shapes(model, h, w, batch=1):
 def test_every_arch_at_odd_sizes_and_official_parameter_count(arch):
     model = TransXNet(arch).eval()
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[arch]
-    for h, w in [(33, 47), (1, 1), (65, 31)]:
+    for h, w in [(33, 47), (1, 1)]:
         with torch.no_grad():
             outs = model(torch.randn(1, 3, h, w))
         assert [tuple(o.shape) for o in outs] == _expected_shapes(model, h, w)
