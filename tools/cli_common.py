@@ -45,6 +45,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None):
     Returns:
         The :class:`mmengine.Config`; ``custom_imports`` (e.g. ``mmtransnext``) are imported.
     """
+    path = resolve_config_path(path)
     if not osp.isfile(path):
         hint = ''
         if not osp.isabs(path):
@@ -64,6 +65,23 @@ def load_config(path: str, cfg_options: Optional[dict] = None):
     from mmengine.registry import init_default_scope
     init_default_scope(library)
     return cfg
+
+
+def resolve_config_path(path: str) -> str:
+    """A config path; ``mmdet::swin/...`` / ``mmseg::...`` name a config of that installed
+    library (as in ``_base_``) and become the file's path."""
+    if '::' not in path:
+        return path
+    package, relative = path.split('::', 1)
+    try:
+        module = importlib.import_module(package)
+    except ImportError as err:
+        raise ToolError(f'{path}: {package} cannot be imported: {err}') from err
+    root = osp.dirname(module.__file__)
+    for folder in (osp.join(root, '.mim', 'configs'), osp.join(osp.dirname(root), 'configs')):
+        if osp.isfile(osp.join(folder, relative)):
+            return osp.join(folder, relative)
+    raise ToolError(f'config file not found: {path} (looked in {package}\'s .mim/configs)')
 
 
 def library_of(cfg, path: str = 'the config') -> str:
@@ -322,3 +340,149 @@ def build_runner(cfg):
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+# --------------------------------------------------------------------------------- backbone
+#: Normalisation when a config has no ``data_preprocessor`` (ImageNet, RGB).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def split_models(paths: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
+    """``CONFIG [CHECKPOINT] [CONFIG [CHECKPOINT] ...]`` as (config, checkpoint or None) pairs:
+    a ``.py`` file (or ``mmdet::``/``mmseg::`` path) starts a model, another path is the
+    checkpoint of the model before it."""
+    models: List[Tuple[str, Optional[str]]] = []
+    for path in paths:
+        if path.endswith('.py') or '::' in path:
+            models.append((path, None))
+        elif not models:
+            raise ToolError(f'{path} is not a config (.py): give CONFIG [CHECKPOINT] ...')
+        elif models[-1][1] is not None:
+            raise ToolError(f'{path}: {models[-1][0]} already has the checkpoint '
+                            f'{models[-1][1]}; configs end in .py')
+        else:
+            models[-1] = (models[-1][0], path)
+    if not models:
+        raise ToolError('no config given')
+    return models
+
+
+def backbone_config(cfg, config_path: str) -> dict:
+    """The backbone part of a config's model: ``model.backbone`` of a detector / segmentor
+    (inside a TTA wrapper too), or ``model`` itself when it is a backbone config."""
+    model = cfg.get('model')
+    if not isinstance(model, dict):
+        raise ToolError(f'{config_path} defines no model')
+    if is_tta_model(model):
+        model = model['module']
+    return model['backbone'] if 'backbone' in model else model
+
+
+def _accepts(cls: type, name: str) -> bool:
+    import inspect
+    params = inspect.signature(cls).parameters.values()
+    return any(p.name == name or p.kind == p.VAR_KEYWORD for p in params)
+
+
+def build_backbone(cfg, config_path: str, checkpoint: Optional[str] = None,
+                   stage: Optional[int] = None) -> Tuple[torch.nn.Module, int]:
+    """Build a config's backbone in eval mode, with ``checkpoint``'s weights if given.
+
+    Args:
+        cfg, config_path: the loaded config and its path (for messages).
+        checkpoint: a runner checkpoint of the config's model (its ``backbone.`` weights are
+            used) or a backbone checkpoint (e.g. official ImageNet weights); must fit exactly.
+        stage: when set, the backbone is built to return that stage's map (``out_indices``)
+            if its class takes ``out_indices``.
+
+    Returns:
+        The backbone and the index of ``stage``'s map among its outputs.
+    """
+    import copy
+    from mmengine.registry import MODELS
+    from mmtransnext.checkpoint import load_pretrained
+    backbone_cfg = copy.deepcopy(dict(backbone_config(cfg, config_path)))
+    backbone_cfg.pop('init_cfg', None)  # weights come from `checkpoint` or stay random
+    backbone_cfg.pop('pretrained', None)
+    output = stage
+    if stage is not None:
+        kind = backbone_cfg.get('type')
+        if isinstance(kind, str):
+            with MODELS.switch_scope_and_registry(None) as registry:  # the default scope's
+                kind = registry.get(kind)
+        if kind is not None and _accepts(kind, 'out_indices'):
+            backbone_cfg['out_indices'] = (stage, )
+            output = 0
+    try:
+        backbone = MODELS.build(backbone_cfg)
+    except KeyError as err:
+        raise ToolError(f'{config_path}: cannot build its backbone {backbone_cfg.get("type")!r}:'
+                        f' {err}') from err
+    if checkpoint:
+        check_file(checkpoint, 'checkpoint file')
+        load_pretrained(backbone, checkpoint,
+                        optional=getattr(backbone, 'pretrained_optional_keys', ()))
+    backbone.eval()  # some backbones' train() returns None, so not chained
+    return backbone, output
+
+
+def input_normalization(cfg) -> Tuple[torch.Tensor, torch.Tensor, bool]:
+    """Mean and std (per channel, in the model's channel order) of the config's
+    ``data_preprocessor``, and whether the model takes RGB (else BGR) images."""
+    model = cfg.get('model') or {}
+    if is_tta_model(model):
+        model = model.get('module', {})
+    pre = model.get('data_preprocessor') or cfg.get('data_preprocessor') or {}
+    mean = pre.get('mean', IMAGENET_MEAN)
+    std = pre.get('std', IMAGENET_STD)
+    rgb = bool(pre.get('bgr_to_rgb', 'mean' not in pre)) and not pre.get('rgb_to_bgr', False)
+    return (torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
+            torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), rgb)
+
+
+def image_tensor(image_rgb, cfg) -> torch.Tensor:
+    """An RGB uint8 ``(H, W, 3)`` array as the config's model input ``(1, 3, H, W)``."""
+    mean, std, rgb = input_normalization(cfg)
+    array = image_rgb if rgb else image_rgb[..., ::-1]
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float()
+    return (tensor - mean) / std
+
+
+def read_image(path: str, size: Optional[Sequence[int]] = None):
+    """An image file as an RGB uint8 array, resized to ``size`` (H, W) if given."""
+    import cv2
+    check_file(path, 'image file')
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ToolError(f'not a readable image: {path}')
+    return resize_image(image[..., ::-1], size)
+
+
+def resize_image(image_rgb, size: Optional[Sequence[int]]):
+    """``image_rgb`` resized (bilinear) to ``size`` (H, W); unchanged when ``size`` is None."""
+    import cv2
+    if size is None or tuple(size) == image_rgb.shape[:2]:
+        return image_rgb
+    return cv2.resize(image_rgb, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def demo_image(index: int, size: Optional[Sequence[int]] = None):
+    """Validation image ``index`` of the bundled demo data (generated in memory)."""
+    from mmtransnext.datasets.synthetic import ShapesSpec, make_scene
+    return resize_image(make_scene(ShapesSpec(), 'val', index)[0], size)
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+    """Save a matplotlib figure as a PNG of at most 256 colours (a few times smaller than
+    full colour, with no visible change for plots) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=dpi)
+    plt.close(fig)
+    buffer.seek(0)
+    image = Image.open(buffer).convert('RGB')
+    image.quantize(256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)

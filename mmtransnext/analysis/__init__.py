@@ -1,0 +1,12 @@
+"""Looking inside the backbone: attention maps of a query and effective receptive fields."""
+from .attention_maps import (ATTENTION_ADAPTERS, BACKBONE_MIXERS, AttentionAdapter,
+                             attention_map, backbone_of, capture_inputs, pixel_to_token,
+                             token_mixers)
+from .receptive_field import (DEFAULT_THRESHOLDS, AreaRatio, area_ratios,
+                              effective_receptive_field, input_gradient_map, log_scaled,
+                              stage_output)
+
+__all__ = ['ATTENTION_ADAPTERS', 'BACKBONE_MIXERS', 'AttentionAdapter', 'attention_map',
+           'backbone_of', 'capture_inputs', 'pixel_to_token', 'token_mixers',
+           'DEFAULT_THRESHOLDS', 'AreaRatio', 'area_ratios', 'effective_receptive_field',
+           'input_gradient_map', 'log_scaled', 'stage_output']
