@@ -35,11 +35,14 @@ PLAIN_DTYPE_KINDS = 'biufcUS'
 #: numpy dtype character codes whose scalar types and DType classes may appear as values.
 _NUMERIC_CODES = '?bhilqpBHILQPefdgFDG'
 
-#: Classes of plain data that mmengine pickles into runner checkpoints (the message hub's): they
-#: may be created empty and given their pickled ``__dict__``. A ``HistoryBuffer`` also pickles
-#: its statistics methods (``getattr(HistoryBuffer, 'mean')``, ...), listed here with it.
+#: Classes of plain data that trainers pickle into checkpoints (mmengine's message hub, timm's
+#: saved arguments): they may be created empty and given their pickled ``__dict__``. A
+#: ``HistoryBuffer`` also pickles its statistics methods (``getattr(HistoryBuffer, 'mean')``,
+#: ...), listed here with it.
 PLAIN_DATA_CLASSES = {
     'mmengine.logging.history_buffer.HistoryBuffer': ('min', 'max', 'current', 'mean'),
+    # timm's CheckpointSaver (the official ImageNet releases' trainer) stores its command line.
+    'argparse.Namespace': (),
 }
 
 _CALL, _VALUE, _METHOD = 'call', 'value', 'method'

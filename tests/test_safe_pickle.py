@@ -5,6 +5,7 @@ trust; crafted files are refused with nothing executed.
 asserts that the marker is absent after the refusal, and then loads the same file with trust to
 show that the payload is real (the marker appears).
 """
+import argparse
 import io
 import os
 import pickle
@@ -311,3 +312,17 @@ def test_dtype_state_cannot_change_under_an_array():
     hostile = pickle.PROTO + b'\x02' + dtype + array + regrow + pickle.STOP
     assert pickle.loads(hostile).dtype.itemsize == 4000  # plain pickle: 4000-byte items, 4 bytes
     assert 'applied twice' in _refused(hostile)
+
+
+def test_timm_saver_file_with_its_arguments_loads_untrusted(tmp_path):
+    """Official ImageNet files come from timm's CheckpointSaver, which stores the training
+    command line as an ``argparse.Namespace`` next to the weights."""
+    args = argparse.Namespace(model='transxnet_t', lr=1e-3, drop_path=0.1,
+                              input_size=[3, 224, 224])
+    weights = {'stem.weight': torch.randn(4, 3)}
+    path = tmp_path / 'transx-t.pth.tar'
+    torch.save({'epoch': 299, 'arch': 'transxnet_t', 'state_dict': weights, 'args': args,
+                'metric': np.float64(81.6), 'version': 2}, path)
+    loaded = read_checkpoint(str(path))
+    assert vars(loaded['args']) == vars(args)
+    torch.testing.assert_close(loaded['state_dict']['stem.weight'], weights['stem.weight'])
