@@ -5,6 +5,7 @@ Paper: "TransNeXt: Robust Foveal Visual Perception for Vision Transformers", Dai
 unchanged (see :mod:`mmtransnext.checkpoint`).
 """
 import copy
+import functools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -18,7 +19,8 @@ from torch import Tensor, nn
 from ...ops.sliding_window import window_lengths, window_padding_mask
 from ..layers.attention import AggregatedAttention, FullAttention, StageGeometry
 from ..layers.conv_glu import ConvGLU
-from ..layers.position_bias import DEFAULT_CACHE_ENTRIES, PositionTableCache
+from ..layers.position_bias import (DEFAULT_CACHE_ENTRIES, PositionTableCache,
+                                    official_position_table)
 
 Size2d = Tuple[int, int]
 
@@ -85,6 +87,15 @@ def resolve_arch(arch: Union[str, dict], **overrides) -> dict:
     return settings
 
 
+def _window_scale_and_mask(size: Size2d, window: int, num_pool: int,
+                           device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Length scale ``log(window positions in the map + pooled keys)`` ``(H*W, 1)`` and the
+    window padding mask of an ``size`` map, built on the host and copied to ``device``."""
+    cpu = torch.device('cpu')
+    scale = torch.log(window_lengths(size, window, cpu) + num_pool)
+    return scale.to(device), window_padding_mask(size, window, cpu).to(device)
+
+
 class OverlapPatchEmbed(nn.Module):
     """Overlapping strided conv + LayerNorm: ``(B, C, H, W) -> (B, H'*W', C')``."""
 
@@ -108,7 +119,7 @@ class TransNeXtBlock(nn.Module):
         mlp_ratio: ConvGLU nominal hidden width over ``dim``.
         drop, attn_drop, drop_path: dropout rates and stochastic depth.
         with_cp: recompute the block in backward (activation checkpointing).
-        attn_impl: sliding-window backend of aggregated attention ('auto', 'ext', 'torch').
+        attn_impl: backend of the fast path's attention ('auto', 'ext', 'torch').
         attention_mode: 'fast' or 'reference' (the official computation, the oracle); selects
             the implementation of both the token mixer and the ConvGLU.
     """
@@ -120,7 +131,8 @@ class TransNeXtBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if sr_ratio == 1:
-            self.attn = FullAttention(dim, num_heads, qkv_bias, attn_drop, drop, attention_mode)
+            self.attn = FullAttention(dim, num_heads, qkv_bias, attn_drop, drop, attention_mode,
+                                      attn_impl)
         else:
             self.attn = AggregatedAttention(dim, num_heads, window_size, sr_ratio, qkv_bias,
                                             attn_drop, drop, attn_impl, attention_mode)
@@ -162,8 +174,9 @@ class TransNeXt(BaseModule):
         drop_rate, attn_drop_rate, drop_path_rate: dropout, attention dropout, stochastic depth
             (linearly increasing over blocks up to ``drop_path_rate``).
         with_cp: activation checkpointing in every block.
-        attn_impl: backend of the sliding-window part of aggregated attention: 'auto' (compiled
-            op when available for the input's device, else PyTorch), 'ext' or 'torch'.
+        attn_impl: backend of the fast path's attention (see :mod:`mmtransnext.ops.dispatch`):
+            'auto' (compiled ops when available for the input's device, else PyTorch with one
+            warning), 'ext' (compiled ops or an error) or 'torch' (no compiled code at all).
         attention_mode: 'fast' (default) or 'reference': the official computation step by step
             in pure PyTorch, kept as the oracle (see
             :data:`mmtransnext.models.layers.attention.ATTENTION_MODES`).
@@ -334,26 +347,38 @@ class TransNeXt(BaseModule):
 
     # ----------------------------------------------------------------------------- forward
     def stage_geometry(self, stage: int, size: Size2d, device: torch.device) -> StageGeometry:
-        """Sizes, length scale, window mask and position table of ``stage`` for an ``size`` map."""
+        """Sizes, length scale, window mask and position table of ``stage`` for an ``size`` map.
+
+        What depends only on sizes is built on the host once per size and device and kept in
+        :attr:`position_tables`, so a forward neither rebuilds it nor waits for the device.
+        The reference path's official table is built at its first use in a forward (per
+        forward in extrapolation mode, as the official code does; kept in the cache in
+        interpolation mode, whose sizes are fixed, as the official buffers are).
+        """
         sr = self.sr_ratios[stage]
         stride = 2 ** (stage + 2)
         pool_size = (max(1, size[0] // sr), max(1, size[1] // sr))
         pretrain = (self.pretrain_size[0] // stride, self.pretrain_size[1] // stride)
         if self.is_extrapolation:
-            table = self.position_tables.table(size, pool_size, pretrain, device)
+            table_sizes = (size, pool_size)
+            official_source = None
         else:
             trained = (self.img_size[0] // stride, self.img_size[1] // stride)
-            trained_pool = (trained[0] // sr, trained[1] // sr)
-            table = self.position_tables.table(trained, trained_pool, pretrain, device)
+            table_sizes = (trained, (trained[0] // sr, trained[1] // sr))
+            official_source = functools.partial(
+                self.position_tables.get, ('official', *table_sizes, pretrain, str(device)),
+                functools.partial(official_position_table, *table_sizes, pretrain, device))
+        table = self.position_tables.table(*table_sizes, pretrain, device)
         num_pool = pool_size[0] * pool_size[1]
         window = self.window_size[stage]
         if window is None:
-            scale = torch.log(torch.tensor(float(num_pool), device=device))
-            mask = None
+            scale, mask = math.log(num_pool), None
         else:
-            scale = torch.log(window_lengths(size, window, device) + num_pool)
-            mask = window_padding_mask(size, window, device)
-        return StageGeometry(size, pool_size, scale, table, not self.is_extrapolation, mask)
+            scale, mask = self.position_tables.get(
+                ('window', size, window, num_pool, str(device)),
+                lambda: _window_scale_and_mask(size, window, num_pool, device))
+        return StageGeometry(size, pool_size, scale, table, not self.is_extrapolation, mask,
+                             official_source)
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
