@@ -40,15 +40,14 @@ def brute_force_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2
     return index.view(qh * qw, kh * kw), coords
 
 
-def reference_bias(attn, query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
-                   trained: Tuple[Size2d, Size2d] = None) -> torch.Tensor:
-    """CPB bias ``(heads, Nq, Nk)``; with ``trained`` = (query grid, key grid) it is built there
-    and resized bilinearly (keys first, then queries)."""
-    build_q, build_k = trained if trained else (query_size, key_size)
-    index, coords = brute_force_table(build_q, build_k, pretrain_size)
-    values = attn.cpb_fc2(torch.relu(attn.cpb_fc1(coords)))  # (T, heads)
+def gather_and_resize(values: torch.Tensor, index: torch.Tensor, built: Tuple[Size2d, Size2d],
+                      query_size: Size2d, key_size: Size2d) -> torch.Tensor:
+    """``(heads, Nq, Nk)`` bias from per-coordinate ``values`` ``(T, heads)`` gathered by the
+    ``(Nq', Nk')`` ``index`` of the ``built`` (query grid, key grid) and, when the sizes differ,
+    resized bilinearly (keys first, then queries)."""
+    build_q, build_k = built
     bias = values.t()[:, index]  # (heads, Nq', Nk')
-    if trained:
+    if (tuple(build_q), tuple(build_k)) != (tuple(query_size), tuple(key_size)):
         heads = bias.shape[0]
         bias = bias.reshape(heads, -1, *build_k)
         bias = F.interpolate(bias, key_size, mode='bilinear', align_corners=False)
@@ -56,6 +55,16 @@ def reference_bias(attn, query_size: Size2d, key_size: Size2d, pretrain_size: Si
         bias = F.interpolate(bias, query_size, mode='bilinear', align_corners=False)
         bias = bias.flatten(2).transpose(1, 2)
     return bias
+
+
+def reference_bias(attn, query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
+                   trained: Tuple[Size2d, Size2d] = None) -> torch.Tensor:
+    """CPB bias ``(heads, Nq, Nk)``; with ``trained`` = (query grid, key grid) it is built there
+    and resized bilinearly (keys first, then queries)."""
+    built = trained if trained else (query_size, key_size)
+    index, coords = brute_force_table(*built, pretrain_size)
+    values = attn.cpb_fc2(torch.relu(attn.cpb_fc1(coords)))  # (T, heads)
+    return gather_and_resize(values, index, built, query_size, key_size)
 
 
 def _unit(t):

@@ -6,8 +6,8 @@ Every configuration the shipped configs can launch: the three kernels of
 :mod:`mmtransnext.ops.triton_kernels` for each input dtype (float32, float16, bfloat16) with its
 block sizes (:data:`mmtransnext.ops.triton_attention.BLOCK_CONFIGS`), the padded head dim of every
 architecture (micro, tiny, small, base), aggregated (window 3) and full attention (window 0),
-and both position-bias modes (one tap per axis, or row taps with weights when the bias is
-resized); float32 both with full-precision products and with TF32. Each is compiled with
+and every tap layout of the position bias (one tap of weight 1 per axis, as in extrapolation
+mode, or weighted taps on the rows, the columns or both, as when the bias is resized); float32 both with full-precision products and with TF32. Each is compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget('cuda', arch, 32))`` down to a cubin (Triton's
 bundled ptxas); the table gives registers per thread, spilled bytes (from ptxas' report) and
 shared memory per kernel. Exits 1 if any configuration fails to compile. Must run without
@@ -72,10 +72,13 @@ def configurations() -> List[Tuple[str, object, str, Dict[str, object], int]]:
                                                                      head_dims()):
         name = TRITON_DTYPES[dtype]
         precisions = ('ieee', 'tf32') if dtype == torch.float32 else ('tf32',)
-        for precision, has_wh in itertools.product(precisions, (False, True)):
+        for precision, has_wh, has_ww in itertools.product(precisions, (False, True),
+                                                           (False, True)):
             base = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
-                        HAS_WH=has_wh, PRECISION=precision)
-            mode = 'resized' if has_wh else 'gather'
+                        HAS_WH=has_wh, HAS_WW=has_ww, PRECISION=precision)
+            mode = {(False, False): 'gather', (True, True): 'resized',
+                    (True, False): 'rows resized', (False, True): 'columns resized'}[
+                        has_wh, has_ww]
             tag = f'{name} d={dim} {block_m}x{block_n} {mode} {precision}'
             for window in (3, 0):
                 for kernel in (kernels._attention_fwd, kernels._attention_bwd_query):

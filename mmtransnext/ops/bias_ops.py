@@ -4,9 +4,12 @@
 small, row-folded CPB grid ``(heads, H, h, columns)`` into the ``(heads, H, W, h, w)`` bias,
 i.e. ``(heads, H*W, h*w)`` for ``H x W`` queries and ``h x w`` pooled keys. The compiled CPU
 kernel (``csrc/bias_expand.cpp``) writes the output once; the PyTorch path needs one
-``index_select`` pass per tap. Both give the same numbers and gradients.
+``index_select`` pass per tap. Both give the same numbers and gradients. The kernel exists for
+CPU only: on other devices (and always with ``impl='torch'``) the PyTorch path runs, which
+reads no tensor value on the host (no device synchronisation).
 """
 import threading
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -64,7 +67,7 @@ def _register() -> None:
     torch.library.register_autograd(OP, backward, setup_context=setup_context)
 
 
-def expand_columns_torch(folded: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+def expand_columns_torch(folded: Tensor, rows: Tensor, weights: Optional[Tensor]) -> Tensor:
     """PyTorch path of :func:`expand_columns`: one ``index_select`` per tap."""
     heads, height, kh, columns = folded.shape
     width, kw, taps = rows.shape
@@ -74,29 +77,35 @@ def expand_columns_torch(folded: Tensor, rows: Tensor, weights: Tensor) -> Tenso
     for s in range(taps):
         index = (offsets + rows[:, None, :, s]).reshape(-1)
         term = flat.index_select(1, index).view(-1, width, kh, kw)
-        if taps > 1 or bool((weights[..., s] != 1).any()):
+        if weights is not None:
             term = term * weights[:, None, :, s].to(term.dtype)
         out = term if out is None else out + term
     return out.view(heads, height, width, kh, kw)
 
 
-def expand_columns_compiled(tensor: Tensor) -> bool:
-    """Whether :func:`expand_columns` runs the compiled kernel for tensors like ``tensor``."""
-    return tensor.device.type == 'cpu' and tensor.dtype in _DTYPES and _op_available()
+def expand_columns_compiled(tensor: Tensor, impl: str = 'auto') -> bool:
+    """Whether :func:`expand_columns` runs the compiled kernel for tensors like ``tensor``
+    under ``attn_impl=impl``: never for 'torch', else on CPU when it is built."""
+    return impl != 'torch' and tensor.device.type == 'cpu' and tensor.dtype in _DTYPES and \
+        _op_available()
 
 
-def expand_columns(folded: Tensor, rows: Tensor, weights: Tensor, impl: str = 'auto') -> Tensor:
+def expand_columns(folded: Tensor, rows: Tensor, weights: Optional[Tensor],
+                   impl: str = 'auto') -> Tensor:
     """``(heads, H, h, columns)`` folded grid -> ``(heads, H, W, h, w)`` bias.
 
     Args:
         folded: the CPB grid with the row axis already resolved.
         rows: ``(W, w, taps)`` int64 column of ``folded`` each tap reads.
-        weights: ``(W, w, taps)`` float32 tap weights.
-        impl: 'auto' (compiled on CPU when built, else PyTorch), 'ext' or 'torch'.
+        weights: ``(W, w, taps)`` float32 tap weights, or None for one tap of weight 1.
+        impl: 'auto' (compiled on CPU when built, else PyTorch), 'ext' (compiled on CPU or an
+            error; PyTorch on other devices, for which there is no kernel) or 'torch'.
     """
-    if impl != 'torch' and expand_columns_compiled(folded):
+    if expand_columns_compiled(folded, impl):
+        if weights is None:
+            weights = torch.ones(rows.shape, device=rows.device)
         return torch.ops.mmtransnext.expand_bias(folded, rows, weights.float())
-    if impl == 'ext':
+    if impl == 'ext' and folded.device.type == 'cpu':
         raise RuntimeError('the compiled expand_bias op is not available for '
                            f'{folded.device.type} {folded.dtype} tensors')
     return expand_columns_torch(folded, rows, weights)

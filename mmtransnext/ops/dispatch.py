@@ -1,11 +1,18 @@
-"""Choice of implementation for the sliding-window ops (``attn_impl`` of the backbone).
+"""Choice of implementation for the fast path's attention (``attn_impl`` of the backbone).
 
-- ``'torch'``: the pure-PyTorch reference in :mod:`.sliding_window`;
-- ``'ext'``: the compiled op (:mod:`.window_ops`); an error, saying how to build it, if it is not
-  available for the tensor's device and dtype;
-- ``'auto'``: the compiled op when available, otherwise the reference, with one warning per
-  process the first time it falls back (loading the compiled op is described in
+One switch for the whole attention; :func:`attention_backend` decides, per device type and
+dtype, which backend runs:
+
+- ``'torch'``: no compiled code at all: the pure-PyTorch sliding-window ops of
+  :mod:`.sliding_window` and the PyTorch position-bias expansion of :mod:`.bias_ops`;
+- ``'ext'``: the compiled ops (:mod:`.window_ops`, and on CPU the compiled bias expansion); an
+  error, saying how to build them, if they are not available for the tensor's device and dtype;
+- ``'auto'``: the compiled ops when available for the device, otherwise PyTorch, with one
+  warning per process the first time it falls back (loading the compiled ops is described in
   :mod:`.extension`).
+
+Whatever the backend, the pooled part runs the chunked glue of :mod:`.pooled_attention`, whose
+chunk size depends on the device (:func:`.pooled_attention.chunk_budget`).
 """
 import warnings
 from typing import Optional, Tuple
@@ -31,13 +38,17 @@ def check_impl(impl: str) -> str:
 
 
 @torch.compiler.assume_constant_result
-def _use_ext_for(impl: str, device_type: str, dtype: torch.dtype) -> bool:
-    # A constant for torch.compile: evaluated (loading, warning or raising) while tracing, so a
-    # compiled graph holds only the chosen op.
+def attention_backend(impl: str, device_type: str, dtype: torch.dtype) -> str:
+    """The backend, ``'ext'`` or ``'torch'``, that runs ``attn_impl=impl`` for ``device_type``
+    tensors of ``dtype``: raises for ``'ext'`` without the compiled ops, warns once when
+    ``'auto'`` falls back. A constant for torch.compile: evaluated (loading, warning or raising)
+    while tracing, so a compiled graph holds only the chosen ops."""
     global _fallback_warned
+    if check_impl(impl) == 'torch':
+        return 'torch'
     reason = extension.unsupported_reason(device_type, dtype)
     if reason is None:
-        return True
+        return 'ext'
     if impl == 'ext':
         raise RuntimeError(f"attn_impl='ext' was requested but {reason}. "
                            f'{extension.BUILD_HINT}')
@@ -47,13 +58,11 @@ def _use_ext_for(impl: str, device_type: str, dtype: torch.dtype) -> bool:
                       f'attention instead (slower, more memory). {extension.BUILD_HINT} '
                       "Pass attn_impl='torch' to silence this warning.", RuntimeWarning,
                       stacklevel=4)
-    return False
+    return 'torch'
 
 
 def _use_ext(impl: str, tensor: Tensor) -> bool:
-    if check_impl(impl) == 'torch':
-        return False
-    return _use_ext_for(impl, tensor.device.type, tensor.dtype)
+    return attention_backend(impl, tensor.device.type, tensor.dtype) == 'ext'
 
 
 def window_qk(q: Tensor, k: Tensor, rpb: Tensor, size: Tuple[int, int], window_size: int,

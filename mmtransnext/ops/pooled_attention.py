@@ -13,7 +13,12 @@ saved for backward, and the softmax never materialises for the whole map:
   ``dS = P * (dP - D)`` with ``D = <dOut, Out> + dMass * Mass`` (the extra set enters as one
   more key whose "value" is the mass it takes), reduced to the grads of queries, keys, values,
   the folded bias grid and the extra log-sum-exp.
+
+Chunks are sized for the device (:func:`chunk_budget`): on CPU to stay in cache, on a GPU from
+its memory. Nothing here reads a tensor value on the host, so on a GPU the glue never waits for
+the device (the tests run it on ``meta`` tensors, where any such read raises).
 """
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -21,16 +26,39 @@ from torch import Tensor
 
 from .bias_ops import expand_columns, expand_columns_compiled
 
-#: Elements of one chunk's ``(batch, heads, rows, P)`` logits; four such buffers live at once in
-#: backward (16 MB each in float32 at the default).
+#: Elements of one chunk's ``(batch, heads, rows, P)`` logits on CPU; four such buffers live at
+#: once in backward (16 MB each in float32 at the default).
 CHUNK_ELEMENTS = 1 << 20
+
+#: On CUDA, the share of the device's memory one chunk's logits may take (four such buffers
+#: live at once in backward, so a quarter of the memory at most).
+CUDA_CHUNK_SHARE = 1 / 16
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_budget(index: int) -> int:
+    total = torch.cuda.get_device_properties(index).total_memory
+    return int(total * CUDA_CHUNK_SHARE) // 4  # float32 elements
+
+
+def chunk_budget(device: torch.device) -> Optional[int]:
+    """Logit elements per chunk on ``device``: :data:`CHUNK_ELEMENTS` on CPU (cache-sized),
+    :data:`CUDA_CHUNK_SHARE` of a CUDA device's memory, None (the whole map at once) on other
+    devices."""
+    if device.type == 'cpu':
+        return CHUNK_ELEMENTS
+    if device.type == 'cuda':
+        return _cuda_budget(device.index if device.index is not None
+                            else torch.cuda.current_device())
+    return None
 
 
 def chunk_rows(batch: int, heads: int, width: int, num_keys: int,
-               budget: Optional[int] = None) -> int:
-    """Query rows (of ``width`` queries) per chunk for a ``budget`` of logits (default
-    :data:`CHUNK_ELEMENTS`)."""
-    budget = CHUNK_ELEMENTS if budget is None else budget
+               budget: Optional[int] = CHUNK_ELEMENTS) -> Optional[int]:
+    """Query rows (of ``width`` queries) per chunk for a ``budget`` of logits (None: no
+    bound)."""
+    if budget is None:
+        return None
     return max(1, budget // max(1, batch * heads * width * num_keys))
 
 
@@ -41,8 +69,9 @@ def balanced_rows(height: int, rows: int) -> int:
     return -(-height // chunks)
 
 
-def _chunk_bias(folded: Tensor, rows_w: Tensor, w_w: Tensor, y0: int, y1: int) -> Tensor:
-    part = expand_columns(folded[:, y0:y1], rows_w, w_w)  # (heads, rows, W, Hk, Wk)
+def _chunk_bias(folded: Tensor, rows_w: Tensor, w_w: Optional[Tensor], y0: int, y1: int,
+                impl: str) -> Tensor:
+    part = expand_columns(folded[:, y0:y1], rows_w, w_w, impl)  # (heads, rows, W, Hk, Wk)
     heads, rows, width, kh, kw = part.shape
     return part.reshape(heads, rows * width, kh * kw)
 
@@ -53,23 +82,30 @@ def _chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tuple[Ten
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, attn_mask=bias.unsqueeze(0), scale=1.0)[:2]
         return out, lse.unsqueeze(-1).float()
+    return _math_chunk_attention(q, k, v, bias)
+
+
+def _math_chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`_chunk_attention` on devices without the fused CPU kernel."""
     logits = (q @ k.transpose(-2, -1) + bias).float()
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     return (torch.exp(logits - lse).to(v.dtype) @ v), lse
 
 
-def _folded_grad(grad_bias: Tensor, folded: Tensor, rows_w: Tensor, w_w: Tensor, y0: int,
-                 y1: int) -> Tensor:
+def _folded_grad(grad_bias: Tensor, folded: Tensor, rows_w: Tensor, w_w: Optional[Tensor],
+                 y0: int, y1: int, impl: str) -> Tensor:
     """Gradient of one chunk's bias ``(heads, rows*W, P)`` with respect to ``folded[:, y0:y1]``."""
     part = folded[:, y0:y1]
     heads, rows, kh, columns = part.shape
     width, kw = rows_w.shape[:2]
-    if expand_columns_compiled(part):
+    if expand_columns_compiled(part, impl):
         grad = grad_bias.to(part.dtype).reshape(heads, rows, width, kh, kw)
+        if w_w is None:
+            w_w = torch.ones(rows_w.shape, device=rows_w.device)
         return torch.ops.mmtransnext.expand_bias_backward(grad, rows_w, w_w, columns)
     with torch.enable_grad():
         leaf = part.detach().requires_grad_()
-        bias = expand_columns(leaf, rows_w, w_w).reshape(heads, rows * width, kh * kw)
+        bias = expand_columns(leaf, rows_w, w_w, impl).reshape(heads, rows * width, kh * kw)
         return torch.autograd.grad(bias, leaf, grad_bias.to(bias.dtype))[0]
 
 
@@ -77,7 +113,7 @@ class _PooledAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Tensor,
-                w_w: Tensor, extra_lse: Optional[Tensor], chunk: int):
+                w_w: Optional[Tensor], extra_lse: Optional[Tensor], chunk: int, impl: str):
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
         qc, kc, vc = q.to(dtype), k.to(dtype), v.to(dtype)
         batch, heads, length, dim = q.shape
@@ -89,7 +125,7 @@ class _PooledAttention(torch.autograd.Function):
         for y0 in range(0, height, chunk):
             y1 = min(height, y0 + chunk)
             n0, n1 = y0 * width, y1 * width
-            bias = _chunk_bias(folded, rows_w, w_w, y0, y1).to(dtype)
+            bias = _chunk_bias(folded, rows_w, w_w, y0, y1, impl).to(dtype)
             out_c, lse[:, :, n0:n1] = _chunk_attention(qc[:, :, n0:n1], kc, vc, bias)
             out[:, :, n0:n1] = out_c
             del bias, out_c
@@ -99,7 +135,7 @@ class _PooledAttention(torch.autograd.Function):
             out.mul_(torch.exp(lse - total).to(dtype))
             mass = torch.exp(extra_lse.float() - total)
             lse = total
-        ctx.chunk = chunk
+        ctx.chunk, ctx.impl = chunk, impl
         ctx.has_extra = extra_lse is not None
         ctx.save_for_backward(q, k, v, folded, rows_w, w_w, out, lse, mass)
         return out, mass
@@ -127,7 +163,7 @@ class _PooledAttention(torch.autograd.Function):
             n0, n1 = y0 * width, y1 * width
             q_c, g_c = qf[:, :, n0:n1], grad_out[:, :, n0:n1]
             logits = q_c @ kf.transpose(-2, -1)
-            logits += _chunk_bias(folded, rows_w, w_w, y0, y1).to(f32)
+            logits += _chunk_bias(folded, rows_w, w_w, y0, y1, ctx.impl).to(f32)
             probs = torch.exp(logits.sub_(total[:, :, n0:n1]))
             del logits
             grad_v += probs.transpose(-2, -1) @ g_c
@@ -136,27 +172,30 @@ class _PooledAttention(torch.autograd.Function):
             grad_k += grad_logits.transpose(-2, -1) @ q_c
             if need_folded:
                 grad_folded[:, y0:y1] = _folded_grad(grad_logits.sum(0), folded, rows_w, w_w,
-                                                     y0, y1)
+                                                     y0, y1, ctx.impl)
             del grad_logits
         grad_extra = None
         if ctx.has_extra and ctx.needs_input_grad[6]:
             grad_extra = mass * ((grad_mass.float() if grad_mass is not None else 0) - delta)
         return (grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_folded, None,
-                None, grad_extra, None)
+                None, grad_extra, None, None)
 
 
 def pooled_attention(q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Tensor,
-                     w_w: Tensor, extra_lse: Optional[Tensor] = None,
-                     chunk: Optional[int] = None) -> Tuple[Tensor, Optional[Tensor]]:
+                     w_w: Optional[Tensor], extra_lse: Optional[Tensor] = None,
+                     chunk: Optional[int] = None,
+                     impl: str = 'auto') -> Tuple[Tensor, Optional[Tensor]]:
     """Pooled-key attention with a CPB bias built chunk by chunk, merged with an extra key set.
 
     Args:
         q: ``(B, heads, H*W, d)`` scaled queries of an ``H x W`` map.
         k, v: ``(B, heads, P, d)`` pooled keys and values, ``P = Hk * Wk``.
         folded: ``(heads, H, Hk, columns)`` CPB grid with the row axis resolved.
-        rows_w, w_w: ``(W, Wk, taps)`` column taps of the bias (see ``expand_columns``).
+        rows_w, w_w: ``(W, Wk, taps)`` column taps of the bias (see ``expand_columns``);
+            ``w_w`` None for one tap of weight 1.
         extra_lse: ``(B, heads, H*W, 1)`` log-sum-exp of the extra (window) logits, or None.
-        chunk: query rows per chunk; by default sized by :data:`CHUNK_ELEMENTS`.
+        chunk: query rows per chunk; by default sized for the device (:func:`chunk_budget`).
+        impl: ``attn_impl`` ('torch': the bias is expanded without compiled code).
 
     Returns:
         The attention output over the pooled keys, already scaled by their share of the joint
@@ -168,7 +207,12 @@ def pooled_attention(q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Te
     if folded.shape[1] * width != length:
         raise ValueError(f'{length} queries do not form the {folded.shape[1]}x{width} map of the '
                          'position bias')
+    height = folded.shape[1]
     if chunk is None:
-        chunk = balanced_rows(folded.shape[1], chunk_rows(batch, heads, width, k.shape[2]))
-    out, mass = _PooledAttention.apply(q, k, v, folded, rows_w, w_w.float(), extra_lse, chunk)
+        rows = chunk_rows(batch, heads, width, k.shape[2], chunk_budget(q.device))
+        chunk = height if rows is None else balanced_rows(height, rows)
+    if w_w is not None:
+        w_w = w_w.float()
+    out, mass = _PooledAttention.apply(q, k, v, folded, rows_w, w_w, extra_lse, max(1, chunk),
+                                       impl)
     return out, mass

@@ -79,23 +79,31 @@ def _strides(t: Tensor) -> Tuple[int, int, int]:
 
 
 def _common(q: Tensor, kp: Tensor, height: int, width: int, window: int, key_h: int,
-            key_w: int, grid: Tensor, rows_h: Tensor, rows_w: Tensor, weights_h, tf32: bool):
+            key_w: int, grid: Tensor, rows_h: Tensor, rows_w: Tensor, weights_h, weights_w,
+            tf32: bool):
     """Launch grid and the arguments both kernels of a query tile share."""
     batch, heads, length, dim = q.shape
     block_m, block_n, warps = BLOCK_CONFIGS[q.dtype]
     sizes = (heads, height, width, kp.shape[2], key_h, key_w, grid.shape[1], grid.shape[2],
              rows_h.shape[-1], rows_w.shape[-1])
     meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
-                HAS_WH=weights_h is not None, PRECISION=_precision(q.dtype, tf32),
-                num_warps=warps)
+                HAS_WH=weights_h is not None, HAS_WW=weights_w is not None,
+                PRECISION=_precision(q.dtype, tf32), num_warps=warps)
     return batch * heads, sizes, meta
+
+
+def _weight_args(grid: Tensor, weights_h: Optional[Tensor],
+                 weights_w: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Tap weights as kernel arguments: an absent set (one tap of weight 1, ``HAS_WH`` /
+    ``HAS_WW`` false) is never read, so ``grid`` stands in for its pointer."""
+    return (grid if weights_h is None else weights_h), (grid if weights_w is None else weights_w)
 
 
 @torch.library.custom_op(OP, mutates_args=())
 def _attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], tok: Optional[Tensor],
                rpb: Optional[Tensor], kp: Tensor, vp: Tensor, grid: Tensor, rows_h: Tensor,
-               weights_h: Optional[Tensor], rows_w: Tensor, weights_w: Tensor, height: int,
-               width: int, window: int, key_h: int, key_w: int,
+               weights_h: Optional[Tensor], rows_w: Tensor, weights_w: Optional[Tensor],
+               height: int, width: int, window: int, key_h: int, key_w: int,
                tf32: bool) -> Tuple[Tensor, Tensor]:
     from . import triton_kernels as kernels
     batch, heads, length, dim = q.shape
@@ -103,12 +111,13 @@ def _attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], tok: Optiona
     out = q.new_empty(batch, length, heads, dim).transpose(1, 2)
     lse = q.new_empty(batch, heads, length, dtype=torch.float32)
     bh, sizes, meta = _common(q, kp, height, width, window, key_h, key_w, grid, rows_h, rows_w,
-                              weights_h, tf32)
+                              weights_h, weights_w, tf32)
+    weights_h, weights_w = _weight_args(grid, weights_h, weights_w)
     k, v, tok, rpb = (q, q, q, q) if window == 0 else (k, v, tok, rpb)
     launch = (_cdiv(length, meta['BLOCK_M']), bh)
     kernels._attention_fwd[launch](
-        q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_w if weights_h is None else weights_h,
-        rows_w, weights_w, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(tok),
+        q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w, weights_w, out, lse,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(tok),
         *_strides(kp), *_strides(vp), *_strides(out), *sizes, WINDOW=window, **meta)
     return out, lse
 
@@ -125,7 +134,7 @@ def _attention_fake(q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w, 
 def _attention_backward(grad_out: Tensor, q: Tensor, k: Optional[Tensor], v: Optional[Tensor],
                         tok: Optional[Tensor], rpb: Optional[Tensor], kp: Tensor, vp: Tensor,
                         grid: Tensor, rows_h: Tensor, weights_h: Optional[Tensor],
-                        rows_w: Tensor, weights_w: Tensor, out: Tensor, lse: Tensor,
+                        rows_w: Tensor, weights_w: Optional[Tensor], out: Tensor, lse: Tensor,
                         height: int, width: int, window: int, key_h: int, key_w: int,
                         tf32: bool) -> List[Tensor]:
     # Returns dq, dk, dv, dtok, drpb (empty for full attention), dk_pool, dv_pool, dgrid.
@@ -133,7 +142,8 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Optional[Tensor], v: Opt
     batch, heads, length, dim = q.shape
     f32 = torch.float32
     bh, sizes, meta = _common(q, kp, height, width, window, key_h, key_w, grid, rows_h, rows_w,
-                              weights_h, tf32)
+                              weights_h, weights_w, tf32)
+    weights_h, weights_w = _weight_args(grid, weights_h, weights_w)
     delta = q.new_empty(batch, heads, length, dtype=f32)
     dq = torch.empty(batch, heads, length, dim, dtype=q.dtype, device=q.device)
     dkp, dvp = torch.empty_like(kp, memory_format=torch.contiguous_format), \
@@ -147,14 +157,13 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Optional[Tensor], v: Opt
         drpb = torch.zeros(rpb.shape, dtype=f32, device=q.device)
     else:
         k = v = tok = rpb = dk = dv = dtok = drpb = q
-    weights_h_arg = weights_w if weights_h is None else weights_h
     kernels._attention_bwd_query[(_cdiv(length, meta['BLOCK_M']), bh)](
-        q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h_arg, rows_w, weights_w, out,
+        q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w, weights_w, out,
         grad_out, lse, delta, dq, dk, dv, dtok, drpb, dgrid, *_strides(q), *_strides(k),
         *_strides(v), *_strides(tok), *_strides(kp), *_strides(vp), *_strides(out),
         *_strides(grad_out), *sizes, WINDOW=window, **meta)
     kernels._attention_bwd_keys[(_cdiv(kp.shape[2], meta['BLOCK_N']), bh)](
-        q, kp, vp, grid, rows_h, weights_h_arg, rows_w, weights_w, grad_out, lse, delta, dkp,
+        q, kp, vp, grid, rows_h, weights_h, rows_w, weights_w, grad_out, lse, delta, dkp,
         dvp, *_strides(q), *_strides(kp), *_strides(vp), *_strides(grad_out), *sizes, **meta)
     if not window:
         dk, dv, dtok, drpb = (q.new_empty(0) for _ in range(4))
@@ -199,7 +208,7 @@ torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
 
 
 def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, rows_h: Tensor,
-                     weights_h: Optional[Tensor], rows_w: Tensor, weights_w: Tensor,
+                     weights_h: Optional[Tensor], rows_w: Tensor, weights_w: Optional[Tensor],
                      size: Tuple[int, int], pool_size: Tuple[int, int],
                      k_local: Optional[Tensor] = None, v_local: Optional[Tensor] = None,
                      token_weights: Optional[Tensor] = None,
@@ -261,8 +270,9 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
     out, _ = _attention(q, k_local, v_local, token_weights, local_bias, k_pool, v_pool,
                         grid.float().contiguous(), rows_h.contiguous(),
                         None if weights_h is None else weights_h.float().contiguous(),
-                        rows_w.contiguous(), weights_w.float().contiguous(), height, width,
-                        window, key_h, key_w, tf32)
+                        rows_w.contiguous(),
+                        None if weights_w is None else weights_w.float().contiguous(), height,
+                        width, window, key_h, key_w, tf32)
     return out
 
 

@@ -37,11 +37,14 @@ def _tap_offsets(offs_m, offs_n, width, key_h, key_w):
 
 @triton.jit
 def _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask, taps_h, taps_w,
-         head, grid_h, grid_w, HAS_WH: tl.constexpr):
+         head, grid_h, grid_w, HAS_WH: tl.constexpr, HAS_WW: tl.constexpr):
     """Flat grid index and weight of tap ``(s, t)`` of every (query, pooled key) pair."""
     row = tl.load(rows_h + pair_h * taps_h + s, mask=mask, other=0)
     col = tl.load(rows_w + pair_w * taps_w + t, mask=mask, other=0)
-    weight = tl.load(weights_w + pair_w * taps_w + t, mask=mask, other=0.)
+    if HAS_WW:
+        weight = tl.load(weights_w + pair_w * taps_w + t, mask=mask, other=0.)
+    else:  # one column tap of weight 1
+        weight = mask.to(tl.float32)
     if HAS_WH:
         weight = weight * tl.load(weights_h + pair_h * taps_h + s, mask=mask, other=0.)
     return (head * grid_h + row) * grid_w + col, weight
@@ -50,14 +53,14 @@ def _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask, taps_
 @triton.jit
 def _cpb_bias(grid_ptr, rows_h, weights_h, rows_w, weights_w, head, offs_m, offs_n, mask,
               width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``(BLOCK_M, BLOCK_N)`` float32 position bias gathered from the CPB grid and its taps."""
     pair_h, pair_w = _tap_offsets(offs_m, offs_n, width, key_h, key_w)
     bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for s in range(taps_h):
         for t in range(taps_w):
             at, weight = _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask,
-                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH)
+                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH, HAS_WW)
             bias += weight * tl.load(grid_ptr + at, mask=mask, other=0.).to(tl.float32)
     return bias
 
@@ -65,13 +68,13 @@ def _cpb_bias(grid_ptr, rows_h, weights_h, rows_w, weights_w, head, offs_m, offs
 @triton.jit
 def _cpb_bias_grad(grad_grid, rows_h, weights_h, rows_w, weights_w, head, offs_m, offs_n, mask,
                    grad, width, key_h, key_w, grid_h, grid_w, taps_h, taps_w,
-                   HAS_WH: tl.constexpr):
+                   HAS_WH: tl.constexpr, HAS_WW: tl.constexpr):
     """Scatter-add the bias gradient ``grad (BLOCK_M, BLOCK_N)`` into the float32 grid gradient."""
     pair_h, pair_w = _tap_offsets(offs_m, offs_n, width, key_h, key_w)
     for s in range(taps_h):
         for t in range(taps_w):
             at, weight = _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask,
-                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH)
+                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH, HAS_WW)
             tl.atomic_add(grad_grid + at, grad * weight, mask=mask)
 
 
@@ -96,11 +99,12 @@ def _program(heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 @triton.jit
 def _pooled_probs(q, k_tile, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width,
                   key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                  HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  PRECISION: tl.constexpr):
     """Recomputed softmax probabilities of a (query tile, pooled-key tile) pair (backward)."""
     scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
     scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width, key_h, key_w,
-                        grid_h, grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N)
+                        grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW, BLOCK_M, BLOCK_N)
     return tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
 
 
@@ -121,7 +125,7 @@ def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
                    heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
                    taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WH: tl.constexpr,
-                   PRECISION: tl.constexpr):
+                   HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
     length = height * width
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
                                                         HEAD_DIM)
@@ -156,7 +160,7 @@ def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
         scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
         scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n,
                             mask_m[:, None] & mask_n[None, :], width, key_h, key_w, grid_h,
-                            grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N)
+                            grid_w, taps_h, taps_w, HAS_WH, HAS_WW, BLOCK_M, BLOCK_N)
         scores = tl.where(mask_n[None, :], scores, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp(m_i - m_new)
@@ -181,7 +185,7 @@ def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, D
                          heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
                          taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
-                         HAS_WH: tl.constexpr, PRECISION: tl.constexpr):
+                         HAS_WH: tl.constexpr, HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
     """Per query tile: ``delta``, ``dq``, ``dtok``; window ``dk``/``dv`` and ``drpb``, and the
     grid gradient, by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)`` contiguous; ``DK``,
     ``DV`` are contiguous float32 buffers of that shape, ``DTOK`` ``(B, heads, N, L)``."""
@@ -235,13 +239,13 @@ def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, D
         k_tile = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
         v_tile = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
         p_tile = _pooled_probs(q, k_tile, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn,
-                               width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH,
+                               width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW,
                                BLOCK_M, BLOCK_N, PRECISION)
         dp_tile = tl.dot(do_in, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
         ds_tile = p_tile * (dp_tile - delta[:, None])
         dq += tl.dot(ds_tile.to(q.dtype), k_tile, input_precision=PRECISION)
         _cpb_bias_grad(DGRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, ds_tile, width, key_h,
-                       key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH)
+                       key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW)
     tl.store(DQ + rows[:, None] * HEAD_DIM + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=mask_md)
 
@@ -253,7 +257,7 @@ def _attention_bwd_keys(Q, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DELTA, DKP, DV
                         heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
                         taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WH: tl.constexpr,
-                        PRECISION: tl.constexpr):
+                        HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
     """Per tile of pooled keys: their ``dk``/``dv`` over every query, from the saved log-sum-exp
     and ``delta``. ``DKP``/``DVP`` are ``(B, heads, P, d)`` contiguous."""
     length = height * width
@@ -274,8 +278,8 @@ def _attention_bwd_keys(Q, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DELTA, DKP, DV
         lse = tl.load(LSE + bh * length + offs_m, mask=mask_m, other=0.)
         delta = tl.load(DELTA + bh * length + offs_m, mask=mask_m, other=0.)
         p = _pooled_probs(q, key, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width,
-                          key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, BLOCK_M, BLOCK_N,
-                          PRECISION)
+                          key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW, BLOCK_M,
+                          BLOCK_N, PRECISION)
         dv += tl.dot(tl.trans(p.to(q.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])

@@ -25,7 +25,7 @@ def _common_dtype(*tensors: Tensor) -> torch.dtype:
     """The dtype the op computes in and returns: autocast's (as for the matmuls of the reference
     path), else the promotion of the inputs' (e.g. float32 queries with bfloat16 keys)."""
     device_type = tensors[0].device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     dtype = tensors[0].dtype
     for t in tensors[1:]:

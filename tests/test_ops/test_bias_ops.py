@@ -1,12 +1,15 @@
-"""The compiled position-bias expansion against PyTorch's bilinear resizing (the oracle)."""
+"""The position-bias expansion (compiled kernel and PyTorch path) against the official
+computation written independently in the tests' oracle: the brute-force table of all
+(query, key) pairs, a gather, and ``F.interpolate``."""
 import pytest
 import torch
 
-from mmtransnext.models.layers.position_bias import (build_position_table, expand_bias,
-                                                     resize_bias)
+from mmtransnext.models.layers.position_bias import build_position_table, expand_bias
 from mmtransnext.ops import bias_ops
+from reference import brute_force_table, gather_and_resize
 
 CPU = torch.device('cpu')
+PRETRAIN = (28, 28)
 
 # (table query grid, table key grid, query size, key size): same size (a gather), rows kept
 # and columns stretched (1333x800-like detection inputs), both axes resized, one pixel.
@@ -24,17 +27,19 @@ def _compiled():
     assert bias_ops._op_available(), 'the compiled expand_bias op is not available'
 
 
-def _table_values(query, key, dtype=torch.float32):
-    table = build_position_table(query, key, (28, 28), CPU)
-    count = table.values_h.numel() * table.values_w.numel()
-    return table, torch.randn(count, 3, dtype=dtype, requires_grad=True)
-
-
+@pytest.mark.parametrize('impl', ['auto', 'torch'])
 @pytest.mark.parametrize('table_q,table_k,query,key', CASES)
-def test_expand_bias_equals_gather_then_resize(table_q, table_k, query, key):
-    table, values = _table_values(table_q, table_k, torch.float64)
-    expected = resize_bias(table.gather(values), table_q, table_k, query, key)
-    got = expand_bias(table.grid(values), table, query, key)
+def test_expand_bias_equals_official_gather_then_resize(table_q, table_k, query, key, impl,
+                                                        monkeypatch):
+    table = build_position_table(table_q, table_k, PRETRAIN, CPU)
+    index, coords = brute_force_table(table_q, table_k, PRETRAIN)
+    # The grid's rows are the sorted unique coordinates, the order of the official table.
+    torch.testing.assert_close(table.coords(), coords, rtol=0, atol=0)
+    values = torch.randn(coords.shape[0], 3, dtype=torch.float64, requires_grad=True)
+    expected = gather_and_resize(values, index, (table_q, table_k), query, key)
+    if impl == 'torch':
+        monkeypatch.setattr(bias_ops, '_op_available', lambda: pytest.fail('kernel used'))
+    got = expand_bias(table.grid(values), table, query, key, impl)
     # tap weights are computed in float32, as F.interpolate does for float32 inputs
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
     grad = torch.randn_like(got)

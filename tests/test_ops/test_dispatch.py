@@ -92,6 +92,85 @@ def test_ext_when_unavailable_raises_and_says_how_to_build(unavailable):
         _attention('ext', *_inputs())
 
 
+@pytest.fixture
+def cuda_ops(monkeypatch):
+    """Pretend CUDA tensors: ``set(reason)`` makes the compiled ops (un)available for them."""
+    reasons = {}
+    monkeypatch.setattr(extension, 'unsupported_reason',
+                        lambda device_type, dtype: reasons.get(device_type))
+    monkeypatch.setattr(dispatch, '_fallback_warned', False)
+    return reasons
+
+
+def test_auto_on_cuda_picks_the_compiled_ops_when_built_for_cuda(cuda_ops):
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert dispatch.attention_backend('auto', 'cuda', torch.float16) == 'ext'
+        assert dispatch.attention_backend('ext', 'cuda', torch.float16) == 'ext'
+
+
+def test_auto_on_cuda_without_the_compiled_ops_falls_back_once(cuda_ops):
+    cuda_ops['cuda'] = 'simulated: not built for cuda tensors'
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        choices = [dispatch.attention_backend('auto', 'cuda', torch.float32) for _ in range(3)]
+    assert choices == ['torch'] * 3
+    assert len(caught) == 1 and 'simulated: not built for cuda' in str(caught[0].message)
+    with pytest.raises(RuntimeError, match="attn_impl='ext'.*simulated"):
+        dispatch.attention_backend('ext', 'cuda', torch.float32)
+
+
+def test_torch_never_asks_for_the_compiled_ops(monkeypatch):
+    monkeypatch.setattr(extension, 'unsupported_reason',
+                        lambda *a: pytest.fail('torch consulted the compiled ops'))
+    for device_type in ('cpu', 'cuda', 'meta'):
+        assert dispatch.attention_backend('torch', device_type, torch.float32) == 'torch'
+
+
+def test_chunks_are_sized_per_device(monkeypatch):
+    from types import SimpleNamespace
+
+    from mmtransnext.ops import pooled_attention as pa
+    assert pa.chunk_budget(torch.device('cpu')) == pa.CHUNK_ELEMENTS
+    assert pa.chunk_budget(torch.device('meta')) is None  # whole map at once
+    monkeypatch.setattr(torch.cuda, 'get_device_properties',
+                        lambda index: SimpleNamespace(total_memory=(index + 1) * 16 << 30))
+    pa._cuda_budget.cache_clear()
+    try:
+        # 1/16 of 16 GB (device 0) or 32 GB (device 1) in float32 logits, not the CPU constant
+        assert pa.chunk_budget(torch.device('cuda', 0)) == (1 << 30) // 4
+        assert pa.chunk_budget(torch.device('cuda', 1)) == (2 << 30) // 4
+    finally:
+        pa._cuda_budget.cache_clear()
+    assert pa.chunk_rows(2, 3, 128, 256, None) is None
+
+
+def test_attn_impl_torch_runs_no_compiled_code(monkeypatch):
+    """'torch' means no compiled code at all, bias expansion included, forward and backward;
+    same numbers as the compiled ops."""
+    from mmtransnext.ops import bias_ops
+
+    arch = dict(embed_dims=[16, 32, 32, 64], num_heads=[1, 2, 2, 4], depths=[1, 1, 1, 1])
+    models = {impl: TransNeXt(arch, img_size=64, attn_impl=impl) for impl in ('auto', 'torch')}
+    perturb_(models['auto'])
+    models['torch'].load_state_dict(models['auto'].state_dict())
+    x = torch.randn(1, 3, 80, 72)
+    results = {}
+    for impl in ('auto', 'torch'):
+        if impl == 'torch':
+            for module, name in [(extension, 'load_extension'), (bias_ops, '_op_available'),
+                                 (dispatch, 'sliding_window_qk_ext'),
+                                 (dispatch, 'sliding_window_av_ext')]:
+                monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail('compiled code'))
+        outs = models[impl](x)
+        loss = sum(out.square().mean() for out in outs)
+        results[impl] = (outs, torch.autograd.grad(loss, list(models[impl].parameters())))
+    for got, want in zip(results['torch'][0], results['auto'][0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for got, want in zip(results['torch'][1], results['auto'][1]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_unsupported_device_type_is_a_reason_to_fall_back():
     reason = extension.unsupported_reason('mps', torch.float32)
     assert reason is not None and 'not built for mps tensors' in reason

@@ -1,13 +1,20 @@
+"""Chunked pooled attention against one softmax over the whole map, whose position bias comes
+from the tests' oracle (brute-force official table, gather, ``F.interpolate``), not from the
+package's bias code."""
 import pytest
 import torch
 
-from mmtransnext.models.layers.position_bias import build_position_table, expand_bias, fold_rows
+from mmtransnext.models.layers.position_bias import build_position_table, fold_rows
+from mmtransnext.ops import bias_ops
 from mmtransnext.ops import pooled_attention as pa
+from reference import brute_force_table, gather_and_resize
+
+PRETRAIN = (14, 14)
 
 
 def _case(size, pool, table_sizes=None, batch=2, heads=3, dim=8, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    table = build_position_table(*(table_sizes or (size, pool)), (14, 14), torch.device('cpu'))
+    table = build_position_table(*(table_sizes or (size, pool)), PRETRAIN, torch.device('cpu'))
     grid = torch.randn(heads, table.values_h.numel(), table.values_w.numel(), generator=gen)
     length, keys = size[0] * size[1], pool[0] * pool[1]
     q = torch.randn(batch, heads, length, dim, generator=gen)
@@ -15,6 +22,15 @@ def _case(size, pool, table_sizes=None, batch=2, heads=3, dim=8, seed=0):
     v = torch.randn(batch, heads, keys, dim, generator=gen)
     extra = torch.randn(batch, heads, length, 1, generator=gen)
     return table, grid, q, k, v, extra
+
+
+def _official_bias(grid, table, size, pool):
+    """The bias of the CPB ``grid`` (``(heads, |values_h|, |values_w|)``, rows in the sorted
+    order of the unique coordinates) the official way."""
+    built = (table.query_size, table.key_size)
+    index, coords = brute_force_table(*built, PRETRAIN)
+    assert coords.shape[0] == grid[0].numel()
+    return gather_and_resize(grid.reshape(grid.shape[0], -1).t(), index, built, size, pool)
 
 
 def _expected(q, k, v, bias, extra):
@@ -54,7 +70,7 @@ def test_pooled_attention_equals_one_softmax_outputs_and_gradients(size, pool, t
 
     ref_leaves = _leaves(q, k, v, grid) + (_leaves(extra) if with_extra else [None])
     qr, kr, vr, gr, er = ref_leaves
-    bias = expand_bias(gr, table, size, pool)
+    bias = _official_bias(gr, table, size, pool)
     out_r, mass_r = _expected(qr, kr, vr, bias, er)
     loss_r = (out_r * weights_out).sum() + ((mass_r * weights_mass).sum() if with_extra else 0)
     loss_r.backward()
@@ -68,26 +84,19 @@ def test_pooled_attention_equals_one_softmax_outputs_and_gradients(size, pool, t
 
 
 def test_pooled_attention_generic_path_and_pytorch_bias_expansion(monkeypatch):
-    """The path of devices without the fused CPU kernel (math on each chunk) and of builds
-    without the compiled bias op (gradient through the PyTorch expansion), run here on CPU."""
+    """The path of devices without the fused CPU kernel (math on each chunk) and of
+    ``attn_impl='torch'`` (bias expanded and differentiated by PyTorch), run here on CPU."""
     size, pool, table_sizes = (6, 5), (3, 2), ((8, 8), (2, 2))
     table, grid, q, k, v, extra = _case(size, pool, table_sizes)
     results = []
-    expand = pa.expand_columns
     for generic in (False, True):
         if generic:
-            def math_chunk(q, k, v, bias):
-                logits = (q @ k.transpose(-2, -1) + bias).float()
-                lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-                return torch.exp(logits - lse) @ v, lse
-            monkeypatch.setattr(pa, '_chunk_attention', math_chunk)
-            monkeypatch.setattr(pa, 'expand_columns_compiled', lambda t: False)
-            monkeypatch.setattr(pa, 'expand_columns',
-                                lambda f, r, w: expand(f, r, w, impl='torch'))
+            monkeypatch.setattr(pa, '_chunk_attention', pa._math_chunk_attention)
+            monkeypatch.setattr(bias_ops, '_op_available', lambda: pytest.fail('compiled'))
         leaves = _leaves(q, k, v, grid, extra)
         out, mass = pa.pooled_attention(leaves[0], leaves[1], leaves[2],
                                         *fold_rows(leaves[3], table, size, pool), leaves[4],
-                                        chunk=2)
+                                        chunk=2, impl='torch' if generic else 'auto')
         (out.sum() + 3 * mass.sum()).backward()
         results.append((out, mass, [t.grad for t in leaves]))
     (out_a, mass_a, grads_a), (out_b, mass_b, grads_b) = results

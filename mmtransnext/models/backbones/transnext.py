@@ -4,6 +4,7 @@ Paper: "TransNeXt: Robust Foveal Visual Perception for Vision Transformers", Dai
 (arXiv 2311.17132). Module and parameter names follow the official checkpoints, so they load
 unchanged (see :mod:`mmtransnext.checkpoint`).
 """
+import functools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -16,7 +17,8 @@ from torch import Tensor, nn
 from ...ops.sliding_window import window_lengths, window_padding_mask
 from ..layers.attention import AggregatedAttention, FullAttention, StageGeometry
 from ..layers.conv_glu import ConvGLU
-from ..layers.position_bias import DEFAULT_CACHE_ENTRIES, PositionTableCache
+from ..layers.position_bias import (DEFAULT_CACHE_ENTRIES, PositionTableCache,
+                                    official_position_table)
 from .base import MultiStageBackbone, Part, resolve_stage_settings, to_pair
 
 Size2d = Tuple[int, int]
@@ -54,6 +56,15 @@ def resolve_arch(arch: Union[str, dict], **overrides) -> dict:
             raise ValueError(f'stage {i + 1}: aggregated attention needs a positive odd '
                              f'window_size, got {window}')
     return settings
+
+
+def _window_scale_and_mask(size: Size2d, window: int, num_pool: int,
+                           device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Length scale ``log(window positions in the map + pooled keys)`` ``(H*W, 1)`` and the
+    window padding mask of an ``size`` map, built on the host and copied to ``device``."""
+    cpu = torch.device('cpu')
+    scale = torch.log(window_lengths(size, window, cpu) + num_pool)
+    return scale.to(device), window_padding_mask(size, window, cpu).to(device)
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -135,10 +146,11 @@ class TransNeXt(MultiStageBackbone):
         drop_rate, attn_drop_rate, drop_path_rate: dropout, attention dropout, stochastic depth
             (linearly increasing over blocks up to ``drop_path_rate``).
         with_cp: activation checkpointing in every block.
-        attn_impl: attention backend: 'triton' (fused Triton kernels, CUDA or
-            ``TRITON_INTERPRET=1``), 'ext' (compiled sliding-window ops), 'torch', or 'auto'
-            (Triton for CUDA tensors when triton imports, else the compiled ops when built,
-            else PyTorch).
+        attn_impl: attention backend (see :mod:`mmtransnext.ops.dispatch`): 'triton' (fused
+            Triton kernels, CUDA or ``TRITON_INTERPRET=1``), 'ext' (compiled sliding-window ops
+            or an error), 'torch' (no compiled code at all), or 'auto' (Triton for CUDA tensors
+            when triton imports, else the compiled ops when built, else PyTorch with one
+            warning).
         attention_mode: 'fast' (default) or 'reference': the official computation step by step
             in pure PyTorch, kept as the oracle (see
             :data:`mmtransnext.models.layers.attention.ATTENTION_MODES`).
@@ -266,26 +278,38 @@ class TransNeXt(MultiStageBackbone):
 
     # ----------------------------------------------------------------------------- forward
     def stage_geometry(self, stage: int, size: Size2d, device: torch.device) -> StageGeometry:
-        """Sizes, length scale, window mask and position table of ``stage`` for an ``size`` map."""
+        """Sizes, length scale, window mask and position table of ``stage`` for an ``size`` map.
+
+        What depends only on sizes is built on the host once per size and device and kept in
+        :attr:`position_tables`, so a forward neither rebuilds it nor waits for the device.
+        The reference path's official table is built at its first use in a forward (per
+        forward in extrapolation mode, as the official code does; kept in the cache in
+        interpolation mode, whose sizes are fixed, as the official buffers are).
+        """
         sr = self.sr_ratios[stage]
         stride = 2 ** (stage + 2)
         pool_size = (max(1, size[0] // sr), max(1, size[1] // sr))
         pretrain = (self.pretrain_size[0] // stride, self.pretrain_size[1] // stride)
         if self.is_extrapolation:
-            table = self.position_tables.table(size, pool_size, pretrain, device)
+            table_sizes = (size, pool_size)
+            official_source = None
         else:
             trained = (self.img_size[0] // stride, self.img_size[1] // stride)
-            trained_pool = (trained[0] // sr, trained[1] // sr)
-            table = self.position_tables.table(trained, trained_pool, pretrain, device)
+            table_sizes = (trained, (trained[0] // sr, trained[1] // sr))
+            official_source = functools.partial(
+                self.position_tables.get, ('official', *table_sizes, pretrain, str(device)),
+                functools.partial(official_position_table, *table_sizes, pretrain, device))
+        table = self.position_tables.table(*table_sizes, pretrain, device)
         num_pool = pool_size[0] * pool_size[1]
         window = self.window_size[stage]
         if window is None:
-            scale = torch.log(torch.tensor(float(num_pool), device=device))
-            mask = None
+            scale, mask = math.log(num_pool), None
         else:
-            scale = torch.log(window_lengths(size, window, device) + num_pool)
-            mask = window_padding_mask(size, window, device)
-        return StageGeometry(size, pool_size, scale, table, not self.is_extrapolation, mask)
+            scale, mask = self.position_tables.get(
+                ('window', size, window, num_pool, str(device)),
+                lambda: _window_scale_and_mask(size, window, num_pool, device))
+        return StageGeometry(size, pool_size, scale, table, not self.is_extrapolation, mask,
+                             official_source)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """``(B, in_channels, H, W)`` -> one ``(B, C_i, ceil(H / 2**(i+2)), ...)`` map per

@@ -14,8 +14,8 @@ Aggregated Attention lets each query attend, under one softmax, to
 and adds, on the local path only, query-dependent weights from learnable tokens (``q . tokens +
 bias``). Parameter names follow the official checkpoints.
 """
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,8 @@ from mmengine.model.weight_init import trunc_normal_
 from ...ops.dispatch import check_impl, window_av, window_qk
 from ...ops.pooled_attention import pooled_attention
 from ...ops.triton_attention import triton_attention, use_triton
-from .position_bias import (PositionTable, continuous_position_bias, cpb_grid, fold_rows,
-                            resize_bias)
+from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_rows,
+                            official_position_bias, official_position_table)
 
 Size2d = Tuple[int, int]
 
@@ -34,8 +34,11 @@ Size2d = Tuple[int, int]
 #: with the window keys by log-sum-exp; the position bias expanded chunk by chunk from the CPB
 #: grid (never whole, recomputed in backward) and, without gradients, the MLP run once per size
 #: until the weights change; a copy-free ConvGLU. ``'reference'``: the official computation
-#: step by step in PyTorch (concatenated logits, unfolded windows, bias built for ``img_size``
-#: then resized twice): the oracle the fast path is tested against.
+#: step by step in plain PyTorch (the official position table with ``torch.unique`` over all
+#: query-key pairs, the MLP over it, a gather by its index, ``F.interpolate`` twice in
+#: interpolation mode; window mask and lengths from ``F.unfold``; concatenated logits, one
+#: softmax): the oracle the fast path is tested against. It runs no compiled op and none of the
+#: fast path's bias code (separable tables, taps, folding, ``expand_bias``).
 ATTENTION_MODES = ('fast', 'reference')
 
 
@@ -46,18 +49,45 @@ class StageGeometry:
     Attributes:
         size: ``(H, W)`` of the feature map.
         pool_size: ``(H', W')`` of the pooled keys (equal to ``size`` for full attention).
-        seq_length_scale: ``log`` of the number of keys each query sees, ``(H*W, 1)`` or scalar.
-        table: position table the CPB MLP runs over.
+        seq_length_scale: ``log`` of the number of keys each query sees, ``(H*W, 1)`` tensor or
+            a float (fast path).
+        table: position table the CPB MLP runs over (fast path).
         resize: True in interpolation mode: the bias built on ``table``'s grids is resized
             bilinearly to ``size`` / ``pool_size``.
-        padding_mask: ``(H*W, window**2)`` mask of out-of-map window positions, or None.
+        padding_mask: ``(H*W, window**2)`` mask of out-of-map window positions, or None (fast
+            path).
+        official_source: builds the reference path's :class:`OfficialTable` (by default the
+            official construction on ``table``'s sizes and device); called at most once.
     """
     size: Size2d
     pool_size: Size2d
-    seq_length_scale: Tensor
+    seq_length_scale: Union[Tensor, float]
     table: PositionTable
     resize: bool
     padding_mask: Optional[Tensor] = None
+    official_source: Optional[Callable[[], OfficialTable]] = field(default=None, repr=False)
+    _official: Optional[OfficialTable] = field(default=None, init=False, repr=False)
+
+    def official_table(self) -> OfficialTable:
+        """The official position table of the reference path, built at first use and shared
+        by the blocks of the stage (as the official code passes it to every block)."""
+        if self._official is None:
+            if self.official_source is not None:
+                self._official = self.official_source()
+            else:
+                t = self.table
+                self._official = official_position_table(t.query_size, t.key_size,
+                                                         t.pretrain_size, t.index_h.device)
+        return self._official
+
+
+def official_window_lengths_and_mask(size: Size2d, window_size: int,
+                                     device: torch.device) -> Tuple[Tensor, Tensor]:
+    """``(H*W, 1)`` count of in-map window positions per query and the ``(H*W, window**2)``
+    mask of out-of-map ones, the official way (``F.unfold`` of a map of ones)."""
+    ones = torch.ones(1, 1, *size, device=device)
+    unfolded = F.unfold(ones, window_size, padding=window_size // 2)[0]  # (L, H*W)
+    return unfolded.sum(0).unsqueeze(-1), unfolded.transpose(0, 1) == 0
 
 
 def check_attention_mode(mode: str) -> str:
@@ -82,9 +112,10 @@ class _CosineAttentionBase(nn.Module):
     """Parameters and position bias shared by both attention kinds."""
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float,
-                 attention_mode: str = 'fast') -> None:
+                 attention_mode: str = 'fast', attn_impl: str = 'auto') -> None:
         super().__init__()
         self.attention_mode = check_attention_mode(attention_mode)
+        self.attn_impl = check_impl(attn_impl)
         if dim % num_heads:
             raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
         self.dim = dim
@@ -126,13 +157,22 @@ class _CosineAttentionBase(nn.Module):
 
     def position_bias(self, geometry: StageGeometry) -> Tensor:
         """``(heads, H*W, H'*W')`` continuous relative position bias, the official way: the MLP
-        over the table, gathered, and in interpolation mode resized (reference path)."""
-        table = geometry.table
-        bias = continuous_position_bias(self.cpb_fc1, self.cpb_act, self.cpb_fc2, table)
-        if geometry.resize:
-            bias = resize_bias(bias, table.query_size, table.key_size, geometry.size,
-                               geometry.pool_size)
-        return bias
+        over the official table, gathered, and in interpolation mode resized (reference path;
+        see :func:`official_position_bias`)."""
+        return official_position_bias(self.cpb_fc1, self.cpb_act, self.cpb_fc2,
+                                      geometry.official_table(), geometry.size,
+                                      geometry.pool_size, geometry.resize)
+
+    def reference_queries(self, q_norm: Tensor, geometry: StageGeometry,
+                          local_lengths: Optional[Tensor] = None) -> Tensor:
+        """Reference path's query scaling: the official length scale ``log(keys seen)`` from
+        ``local_lengths`` (window positions in the map, per query) plus the pooled keys."""
+        num_pool = geometry.pool_size[0] * geometry.pool_size[1]
+        if local_lengths is None:
+            scale = torch.log(torch.as_tensor(float(num_pool), device=q_norm.device))
+        else:
+            scale = torch.log(local_lengths + num_pool)
+        return (q_norm + self.query_embedding) * F.softplus(self.temperature) * scale
 
     def folded_bias(self, geometry: StageGeometry) -> Tuple[Tensor, Tensor, Tensor]:
         """The position bias as a row-folded grid and column taps (fast path): what
@@ -146,7 +186,8 @@ class _CosineAttentionBase(nn.Module):
                       extra_lse: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """Fast path: softmax attention over ``k``/``v`` with the position bias, merged with an
         extra key set summarised by ``extra_lse`` (see :func:`pooled_attention`)."""
-        return pooled_attention(q, k, v, *self.folded_bias(geometry), extra_lse=extra_lse)
+        return pooled_attention(q, k, v, *self.folded_bias(geometry), extra_lse=extra_lse,
+                                impl=self.attn_impl)
 
     def attend_triton(self, q: Tensor, k: Tensor, v: Tensor, geometry: StageGeometry,
                       **local: Tensor) -> Tensor:
@@ -181,18 +222,18 @@ class AggregatedAttention(_CosineAttentionBase):
         qkv_bias: bias in the query and key/value projections.
         attn_drop: dropout on attention weights.
         proj_drop: dropout after the output projection.
-        attn_impl: backend of the fast path: 'triton' (fused Triton kernels for the whole
-            attention), 'ext' (compiled sliding-window ops), 'torch', or 'auto' ('triton' for
-            CUDA tensors when triton imports, else 'ext' when built, else 'torch'); the
-            reference mode always uses the PyTorch ops.
+        attn_impl: backend of the fast path (see :mod:`mmtransnext.ops.dispatch`): 'triton'
+            (fused Triton kernels for the whole attention), 'ext' (compiled sliding-window ops),
+            'torch' (no compiled code, position-bias expansion included), or 'auto' ('triton'
+            for CUDA tensors when triton imports, else 'ext' when built, else 'torch'); the
+            reference mode always runs plain PyTorch.
         attention_mode: 'fast' or 'reference' (see :data:`ATTENTION_MODES`).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 3, sr_ratio: int = 8,
                  qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.,
                  attn_impl: str = 'auto', attention_mode: str = 'fast') -> None:
-        super().__init__(dim, num_heads, attn_drop, proj_drop, attention_mode)
-        self.attn_impl = check_impl(attn_impl)
+        super().__init__(dim, num_heads, attn_drop, proj_drop, attention_mode, attn_impl)
         if window_size < 1 or window_size % 2 == 0:
             raise ValueError(f'window_size must be a positive odd number, got {window_size}')
         self.window_size = window_size
@@ -225,15 +266,6 @@ class AggregatedAttention(_CosineAttentionBase):
         k, v = self.kv(pooled).view(batch, -1, 2, self.num_heads, self.head_dim).permute(
             2, 0, 3, 1, 4)
         return F.normalize(k, dim=-1), v
-
-    def _local_qkv(self, x: Tensor, geometry: StageGeometry) -> Tuple[Tensor, ...]:
-        batch, length, _ = x.shape
-        heads, head_dim = self.num_heads, self.head_dim
-        q_norm = F.normalize(self.q(x).view(batch, length, heads, head_dim).transpose(1, 2),
-                             dim=-1)
-        k_local, v_local = self.kv(x).view(batch, length, 2, heads, head_dim).permute(
-            2, 0, 3, 1, 4)
-        return q_norm, self.scale_queries(q_norm, geometry), F.normalize(k_local, dim=-1), v_local
 
     def _heads(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """``(B, N, C)`` tokens through a linear map into ``(B, heads, N, d)``."""
@@ -284,9 +316,17 @@ class AggregatedAttention(_CosineAttentionBase):
     def forward_reference(self, x: Tensor, geometry: StageGeometry) -> Tensor:
         """The official computation: concatenated logits, one softmax, unfolded windows."""
         size, window = geometry.size, self.window_size
-        q_norm, q_scaled, k_local, v_local = self._local_qkv(x, geometry)
+        batch, length, _ = x.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        q_norm = F.normalize(self.q(x).view(batch, length, heads, head_dim).transpose(1, 2),
+                             dim=-1)
+        k_local, v_local = self.kv(x).view(batch, length, 2, heads, head_dim).permute(
+            2, 0, 3, 1, 4)
+        k_local = F.normalize(k_local, dim=-1)
+        lengths, mask = official_window_lengths_and_mask(size, window, x.device)
+        q_scaled = self.reference_queries(q_norm, geometry, lengths)
         attn_local = window_qk(q_scaled, k_local, self.relative_pos_bias_local, size, window,
-                               geometry.padding_mask, 'torch')
+                               mask, 'torch')
         k_pool, v_pool = self.pooled_kv(x, size, geometry.pool_size)
         attn_pool = q_scaled @ k_pool.transpose(-2, -1) + self.position_bias(geometry)
 
@@ -310,15 +350,14 @@ class FullAttention(_CosineAttentionBase):
         attn_drop: dropout on attention weights.
         proj_drop: dropout after the output projection.
         attention_mode: 'fast' (fused ``scaled_dot_product_attention``) or 'reference'.
-        attn_impl: 'triton' runs the fast path in the fused Triton kernels, as 'auto' does for
-            CUDA tensors when triton imports (see :class:`AggregatedAttention`).
+        attn_impl: backend of the fast path, as for :class:`AggregatedAttention` ('triton' runs
+            the fused Triton kernels; 'torch' no compiled code).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.,
                  proj_drop: float = 0., attention_mode: str = 'fast',
                  attn_impl: str = 'auto') -> None:
-        super().__init__(dim, num_heads, attn_drop, proj_drop, attention_mode)
-        self.attn_impl = check_impl(attn_impl)
+        super().__init__(dim, num_heads, attn_drop, proj_drop, attention_mode, attn_impl)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
 
     def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
@@ -326,12 +365,13 @@ class FullAttention(_CosineAttentionBase):
         batch, length, _ = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(
             2, 0, 3, 1, 4)
-        q_scaled = self.scale_queries(F.normalize(q, dim=-1), geometry)
         k = F.normalize(k, dim=-1)
         if self.use_fast_path():
+            q_scaled = self.scale_queries(F.normalize(q, dim=-1), geometry)
             if use_triton(self.attn_impl, x):
                 return self.project(self.attend_triton(q_scaled, k, v, geometry))
             return self.project(self.attend_pooled(q_scaled, k, v, geometry)[0])
+        q_scaled = self.reference_queries(F.normalize(q, dim=-1), geometry)
         bias = self.position_bias(geometry)
         attn = self.attn_drop((q_scaled @ k.transpose(-2, -1) + bias).softmax(dim=-1))
         return self.project(attn @ v)

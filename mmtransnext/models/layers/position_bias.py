@@ -9,12 +9,19 @@ unique 1-D offsets, in the same sorted order ``torch.unique(dim=0)`` returns, an
 gigabytes.
 
 Tables depend only on sizes, never on weights, so :class:`PositionTableCache` keeps them in a
-bounded LRU keyed by (query size, key size, pretrain size, device).
+bounded LRU keyed by (query size, key size, pretrain size, device). They and their taps are built
+on the host (everything data-dependent, such as ``torch.unique`` or which taps are needed, is
+decided there) and copied to the device once, so a forward on a GPU never waits for the device.
+
+:func:`official_position_table` and :func:`official_position_bias` are the reference path's
+bias, the official computation step by step (the MLP over every unique coordinate of all
+``N x P`` pairs, a gather by the index table, ``F.interpolate``); they call nothing of the fast
+path above, so that a mistake there cannot hide from the tests that compare the two.
 """
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Optional, Tuple
+from typing import Callable, Hashable, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,14 +36,14 @@ Size2d = Tuple[int, int]
 DEFAULT_CACHE_ENTRIES = 1024
 
 
-def _axis_offsets(query_len: int, key_len: int, pretrain_len: int,
-                  device: torch.device) -> Tuple[Tensor, Tensor]:
-    """Unique scaled offsets along one axis and, per (query, key) pair, the index of its offset.
+def _axis_offsets(query_len: int, key_len: int, pretrain_len: int) -> Tuple[Tensor, Tensor]:
+    """Unique scaled offsets along one axis and, per (query, key) pair, the index of its offset
+    (on the host).
 
     Key positions are the centres of the adaptive-average-pooling bins over the query positions,
     offsets are scaled so that the pretraining grid spans [-8, 8].
     """
-    axis_q = torch.arange(query_len, dtype=torch.float32, device=device)
+    axis_q = torch.arange(query_len, dtype=torch.float32)
     axis_k = F.adaptive_avg_pool1d(axis_q.unsqueeze(0), key_len).squeeze(0)
     offsets = (axis_q[:, None] - axis_k[None, :]) / (pretrain_len - 1) * 8
     values, index = torch.unique(offsets.reshape(-1), sorted=True, return_inverse=True)
@@ -57,6 +64,8 @@ class PositionTable:
         index_h: ``(query_h, key_h)`` row of each offset pair in ``values_h``.
         index_w: ``(query_w, key_w)`` likewise for columns.
         query_size, key_size: the grid sizes the table was built for.
+        pretrain_size: the pretraining grid that scales the offsets.
+        host_index: ``(index_h, index_w)`` on the host, where taps are built.
     """
     values_h: Tensor
     values_w: Tensor
@@ -64,6 +73,8 @@ class PositionTable:
     index_w: Tensor
     query_size: Size2d
     key_size: Size2d
+    pretrain_size: Size2d
+    host_index: Tuple[Tensor, Tensor] = field(repr=False, compare=False)
     _taps: 'PositionTableCache' = field(
         default_factory=lambda: PositionTableCache(TAPS_PER_TABLE), init=False, repr=False,
         compare=False)
@@ -72,8 +83,9 @@ class PositionTable:
         """The :class:`BiasTaps` that map this table to ``query_size`` x ``key_size`` grids,
         built once per size pair (they never depend on weights); the
         :data:`TAPS_PER_TABLE` most recently used pairs are kept."""
-        return self._taps.get((tuple(query_size), tuple(key_size)),
-                              lambda: BiasTaps.build(self, query_size, key_size))
+        return self._taps.get(
+            (tuple(query_size), tuple(key_size)),
+            lambda: BiasTaps.build(self, query_size, key_size).to(self.index_h.device))
 
     def coords(self) -> Tensor:
         """``(T, 2)`` log-spaced coordinates, rows in the order ``torch.unique(dim=0)`` gives."""
@@ -146,27 +158,23 @@ def cpb_grid(fc1: nn.Linear, fc2: nn.Linear, table: PositionTable) -> Tensor:
 
 def build_position_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
                          device: torch.device) -> PositionTable:
-    """Build the relative position table for ``query_size`` queries and ``key_size`` pooled keys."""
+    """Build the relative position table for ``query_size`` queries and ``key_size`` pooled keys
+    on the host and copy it to ``device``."""
     if min(pretrain_size) < 2:
         raise ValueError(f'pretrain grid {pretrain_size} must be at least 2x2 '
                          '(pretrain_size is too small for this stage)')
-    values_h, index_h = _axis_offsets(query_size[0], key_size[0], pretrain_size[0], device)
-    values_w, index_w = _axis_offsets(query_size[1], key_size[1], pretrain_size[1], device)
-    return PositionTable(values_h, values_w, index_h, index_w, tuple(query_size), tuple(key_size))
+    values_h, index_h = _axis_offsets(query_size[0], key_size[0], pretrain_size[0])
+    values_w, index_w = _axis_offsets(query_size[1], key_size[1], pretrain_size[1])
+    return PositionTable(values_h.to(device), values_w.to(device), index_h.to(device),
+                         index_w.to(device), tuple(query_size), tuple(key_size),
+                         tuple(pretrain_size), (index_h, index_w))
 
 
-def continuous_position_bias(fc1: nn.Linear, act: nn.Module, fc2: nn.Linear,
-                             table: PositionTable) -> Tensor:
-    """Run the 2-layer CPB MLP over ``table`` and return the ``(heads, Nq, Nk)`` bias."""
-    coords = table.coords().to(fc1.weight.dtype)
-    return table.gather(fc2(act(fc1(coords))))
-
-
-def linear_taps(src: int, dst: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+def linear_taps(src: int, dst: int) -> Tuple[Tensor, Tensor]:
     """Source indices and weights ``(dst, 2)`` of 1-D linear resizing with
     ``align_corners=False``, the arithmetic of ``F.interpolate(mode='bilinear')``."""
     scale = src / dst
-    real = ((torch.arange(dst, device=device, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0)
+    real = ((torch.arange(dst, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0)
     lo = real.floor().long().clamp_max(src - 1)
     hi = torch.where(lo < src - 1, lo + 1, lo)
     frac = real - lo.float()
@@ -176,16 +184,19 @@ def linear_taps(src: int, dst: int, device: torch.device) -> Tuple[Tensor, Tenso
 def _axis_taps(index: Tensor, query_len: int, key_len: int) -> Tuple[Tensor, Optional[Tensor]]:
     """Per (query, key) pair along one axis: the table rows ``(Q, K, T)`` it mixes and their
     weights (None when there is one tap of weight 1). Taps of zero weight everywhere are dropped,
-    so an axis whose sizes do not change costs one tap."""
+    so an axis whose sizes do not change costs one tap. ``index`` is on the host: the
+    data-dependent choices are made here, once per size pair, never on the device."""
     if tuple(index.shape) == (query_len, key_len):
         return index[..., None], None
-    device = index.device
-    q_idx, q_w = linear_taps(index.shape[0], query_len, device)
-    k_idx, k_w = linear_taps(index.shape[1], key_len, device)
+    q_idx, q_w = linear_taps(index.shape[0], query_len)
+    k_idx, k_w = linear_taps(index.shape[1], key_len)
     rows = index[q_idx[:, None, :, None], k_idx[None, :, None, :]].reshape(query_len, key_len, 4)
     weights = (q_w[:, None, :, None] * k_w[None, :, None, :]).reshape(query_len, key_len, 4)
     keep = (weights != 0).reshape(-1, 4).any(0)
-    return rows[..., keep], weights[..., keep]
+    rows, weights = rows[..., keep], weights[..., keep]
+    if rows.shape[-1] == 1 and bool((weights == 1).all()):
+        return rows, None
+    return rows, weights
 
 
 #: Size pairs whose :class:`BiasTaps` a table keeps (a few KB each).
@@ -199,21 +210,27 @@ class BiasTaps:
 
     Attributes:
         rows_h, weights_h: ``(Hq, Hk, taps)`` rows of ``values_h`` mixed per (query, key) row
-            pair, and their weights (None for one tap of weight 1).
-        rows_w, weights_w: likewise for columns; ``weights_w`` is always a float32 tensor.
+            pair, and their float32 weights (None for one tap of weight 1).
+        rows_w, weights_w: likewise for columns.
     """
     rows_h: Tensor
     weights_h: Optional[Tensor]
     rows_w: Tensor
-    weights_w: Tensor
+    weights_w: Optional[Tensor]
 
     @classmethod
     def build(cls, table: 'PositionTable', query_size: Size2d, key_size: Size2d) -> 'BiasTaps':
-        rows_h, w_h = _axis_taps(table.index_h, query_size[0], key_size[0])
-        rows_w, w_w = _axis_taps(table.index_w, query_size[1], key_size[1])
-        if w_w is None:
-            w_w = torch.ones(rows_w.shape, device=rows_w.device)
-        return cls(rows_h, w_h, rows_w, w_w)
+        """The taps of ``table`` for these sizes, built on the host."""
+        index_h, index_w = table.host_index
+        return cls(*_axis_taps(index_h, query_size[0], key_size[0]),
+                   *_axis_taps(index_w, query_size[1], key_size[1]))
+
+    def to(self, device: torch.device) -> 'BiasTaps':
+        """A copy on ``device`` (self when already there)."""
+        def move(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else t.to(device)
+        return BiasTaps(move(self.rows_h), move(self.weights_h), move(self.rows_w),
+                        move(self.weights_w))
 
 
 def fold_rows(grid: Tensor, table: PositionTable, query_size: Size2d,
@@ -221,9 +238,10 @@ def fold_rows(grid: Tensor, table: PositionTable, query_size: Size2d,
     """The CPB ``grid`` with the row axis resolved, plus the column taps that finish the bias.
 
     Returns ``folded (heads, Hq, Hk, |values_w|)``, ``rows_w (Wq, Wk, taps)`` and ``w_w``
-    (float32, same shape) such that ``expand_columns(folded, rows_w, w_w)`` is the
-    ``(heads, Hq, Wq, Hk, Wk)`` bias. With resizing (interpolation mode at a new size) a
-    (query, key) pair mixes up to two table entries per axis, as bilinear resizing does.
+    (float32, same shape, or None for one tap of weight 1) such that
+    ``expand_columns(folded, rows_w, w_w)`` is the ``(heads, Hq, Wq, Hk, Wk)`` bias. With
+    resizing (interpolation mode at a new size) a (query, key) pair mixes up to two table
+    entries per axis, as bilinear resizing does.
     """
     taps = table.taps(query_size, key_size)
     folded = None
@@ -235,24 +253,26 @@ def fold_rows(grid: Tensor, table: PositionTable, query_size: Size2d,
     return folded, taps.rows_w, taps.weights_w
 
 
-def expand_bias(grid: Tensor, table: PositionTable, query_size: Size2d,
-                key_size: Size2d) -> Tensor:
-    """``(heads, Hq*Wq, Hk*Wk)`` bias from the CPB ``grid`` (see :meth:`PositionTable.grid`).
+def expand_bias(grid: Tensor, table: PositionTable, query_size: Size2d, key_size: Size2d,
+                impl: str = 'auto') -> Tensor:
+    """``(heads, Hq*Wq, Hk*Wk)`` bias from the CPB ``grid`` (see :meth:`PositionTable.grid`):
+    the fast path's steps run on the whole map at once (the fast path itself expands the bias
+    chunk by chunk), for tools and tests.
 
     Without resizing this is a pure gather. When ``query_size``/``key_size`` differ from the
     table's grids, the result equals :func:`resize_bias` of the gathered table (the official
     interpolation mode): bilinear resizing is separable, so along each axis a (query, key) pair
     mixes at most two table entries. Rows are mixed on the small grid (:func:`fold_rows`), then
     columns while the full-size output is written
-    (:func:`mmtransnext.ops.bias_ops.expand_columns`).
+    (:func:`mmtransnext.ops.bias_ops.expand_columns`, ``impl`` as there).
     """
     resized = tuple(table.index_h.shape) != (query_size[0], key_size[0]) or \
         tuple(table.index_w.shape) != (query_size[1], key_size[1])
-    if resized and not expand_columns_compiled(grid):
+    if resized and not expand_columns_compiled(grid, impl):
         # Without the compiled kernel, PyTorch's resizing beats one full-size pass per tap.
-        bias = expand_bias(grid, table, table.query_size, table.key_size)
+        bias = expand_bias(grid, table, table.query_size, table.key_size, impl)
         return resize_bias(bias, table.query_size, table.key_size, query_size, key_size)
-    out = expand_columns(*fold_rows(grid, table, query_size, key_size))
+    out = expand_columns(*fold_rows(grid, table, query_size, key_size), impl)
     return out.reshape(grid.shape[0], query_size[0] * query_size[1], key_size[0] * key_size[1])
 
 
@@ -274,6 +294,67 @@ def resize_bias(bias: Tensor, table_query: Size2d, table_key: Size2d, query_size
     return bias.reshape(heads, nk, nq).transpose(-1, -2)
 
 
+class OfficialTable(NamedTuple):
+    """The official relative position table (reference path).
+
+    Attributes:
+        index: ``(Nq*Nk,)`` row of ``coords`` for every (query, key) pair, query-major.
+        coords: ``(T, 2)`` unique log-spaced relative coordinates, the CPB MLP's input.
+        query_size, key_size: the grids it was built for.
+    """
+    index: Tensor
+    coords: Tensor
+    query_size: Size2d
+    key_size: Size2d
+
+
+def official_position_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
+                            device: torch.device) -> OfficialTable:
+    """The official construction of the CPB table: every (query, key) offset, the unique rows
+    of all ``Nq*Nk`` of them, log-spaced. ``O(Nq*Nk)`` memory (the fast path's separable
+    table avoids it); used only by the reference path.
+
+    The unique rows are found as ``torch.unique(dim=0)`` orders them (lexicographically) but
+    through 1-D ``torch.unique`` calls: each column's values are ranked, and the rows are
+    made unique by their pair of ranks. The row-wise sort of ``torch.unique(dim=0)`` takes
+    1.5 GB and 13 s on CPU for one 128x128-query table.
+    """
+    qh = torch.arange(query_size[0], dtype=torch.float32, device=device)
+    qw = torch.arange(query_size[1], dtype=torch.float32, device=device)
+    kh = F.adaptive_avg_pool1d(qh[None], key_size[0])[0]
+    kw = F.adaptive_avg_pool1d(qw[None], key_size[1])[0]
+    qh, qw = (t.reshape(-1) for t in torch.meshgrid(qh, qw, indexing='ij'))
+    kh, kw = (t.reshape(-1) for t in torch.meshgrid(kh, kw, indexing='ij'))
+    rel_h = (qh[:, None] - kh[None, :]) / (pretrain_size[0] - 1) * 8
+    rel_w = (qw[:, None] - kw[None, :]) / (pretrain_size[1] - 1) * 8
+    values_h, rank_h = torch.unique(rel_h.reshape(-1), return_inverse=True)
+    values_w, rank_w = torch.unique(rel_w.reshape(-1), return_inverse=True)
+    num_w = values_w.numel()
+    rows, index = torch.unique(rank_h * num_w + rank_w, return_inverse=True)
+    coords = torch.stack([values_h[rows // num_w], values_w[rows % num_w]], -1)
+    coords = torch.sign(coords) * torch.log2(coords.abs() + 1.0) / math.log2(8)
+    return OfficialTable(index, coords, tuple(query_size), tuple(key_size))
+
+
+def official_position_bias(fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, table: OfficialTable,
+                           query_size: Size2d, key_size: Size2d, resize: bool) -> Tensor:
+    """``(heads, Nq, Nk)`` CPB bias the official way: the MLP over every coordinate of
+    ``table``, gathered by its index and, with ``resize`` (interpolation mode), resized from the
+    table's grids to ``query_size``/``key_size`` with ``F.interpolate`` (bilinear, keys then
+    queries)."""
+    values = fc2(act(fc1(table.coords.to(fc1.weight.dtype))))  # (T, heads)
+    (tq_h, tq_w), (tk_h, tk_w) = table.query_size, table.key_size
+    bias = values.transpose(0, 1)[:, table.index].view(-1, tq_h * tq_w, tk_h * tk_w)
+    if not resize:
+        return bias
+    heads, nq, nk = bias.shape[0], query_size[0] * query_size[1], key_size[0] * key_size[1]
+    bias = F.interpolate(bias.reshape(heads, tq_h * tq_w, tk_h, tk_w), tuple(key_size),
+                         mode='bilinear', align_corners=False)
+    bias = bias.reshape(heads, tq_h * tq_w, nk).transpose(-1, -2).reshape(heads, nk, tq_h, tq_w)
+    bias = F.interpolate(bias, tuple(query_size), mode='bilinear', align_corners=False)
+    return bias.reshape(heads, nk, nq).transpose(-1, -2)
+
+
 class PositionTableCache:
     """Bounded LRU cache of size-dependent, weight-independent tensors.
 
@@ -291,6 +372,10 @@ class PositionTableCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def keys(self) -> List[Hashable]:
+        """The keys held, least recently used first."""
+        return list(self._entries)
 
     def get(self, key: Hashable, factory: Callable[[], object]) -> object:
         """Return the entry for ``key``, building it with ``factory()`` on a miss."""

@@ -96,3 +96,42 @@ def test_position_bias_grid_is_reused_until_weights_change():
     assert attn._grid_cache[2] is not grid and not changed.equal(first)
     folded = attn.folded_bias(geometry)[0]  # with gradients: computed, never cached
     assert folded.requires_grad and attn._grid_cache is None
+
+
+@pytest.mark.parametrize('interp', [False, True])
+def test_reference_mode_runs_none_of_the_fast_paths_code(monkeypatch, interp):
+    """The oracle is independent: with every fast-path bias step and every compiled op made to
+    fail, the reference mode still gives the tests' oracle's numbers."""
+    from mmtransnext.models.layers import attention as attention_module
+    from mmtransnext.models.layers import position_bias
+    from mmtransnext.ops import bias_ops, dispatch, extension
+
+    size, pool, window = (9, 7), (2, 1), 3
+    trained = ((12, 10), (3, 2)) if interp else None
+    geometry = _geometry(size, pool, window, (14, 14), trained)
+    models = [perturb_(AggregatedAttention(24, 3, window, 4, attention_mode='reference')).eval(),
+              perturb_(FullAttention(24, 3, attention_mode='reference')).eval()]
+    full_geometry = _geometry(size, size, None, (14, 14), (((7, 7),) * 2) if interp else None)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError('the reference path ran fast-path or compiled code')
+
+    for module, name in [(attention_module, 'fold_rows'), (attention_module, 'cpb_grid'),
+                         (attention_module, 'pooled_attention'),
+                         (position_bias, 'expand_bias'), (position_bias, 'expand_columns'),
+                         (position_bias, 'resize_bias'), (position_bias.BiasTaps, 'build'),
+                         (bias_ops, 'expand_columns'), (bias_ops, 'expand_columns_torch'),
+                         (bias_ops, '_op_available'), (extension, 'load_extension'),
+                         (dispatch, 'sliding_window_qk_ext'),
+                         (dispatch, 'sliding_window_av_ext')]:
+        monkeypatch.setattr(module, name, forbidden)
+    x = torch.randn(2, 63, 24)
+    with torch.no_grad():
+        out = models[0](x, geometry)
+        expected = reference_aggregated_attention(
+            models[0], x, size, pool, reference_bias(models[0], size, pool, (14, 14), trained))
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        out = models[1](x, full_geometry)
+        expected = reference_full_attention(models[1], x, reference_bias(
+            models[1], size, size, (14, 14), (((7, 7),) * 2) if interp else None))
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)

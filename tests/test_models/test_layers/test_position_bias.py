@@ -3,8 +3,9 @@ import torch
 
 from mmtransnext.models.layers import position_bias
 from mmtransnext.models.layers.position_bias import (PositionTableCache, build_position_table,
-                                                     resize_bias)
-from reference import brute_force_table
+                                                     official_position_bias,
+                                                     official_position_table, resize_bias)
+from reference import brute_force_table, gather_and_resize
 
 
 @pytest.mark.parametrize('query,key,pretrain', [
@@ -22,6 +23,24 @@ def test_separable_table_equals_brute_force_unique(query, key, pretrain):
     values = torch.randn(coords.shape[0], 3)
     expected = values.t()[:, index]
     torch.testing.assert_close(table.gather(values), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('built,size', [
+    (((9, 7), (3, 2)), ((9, 7), (3, 2))),       # extrapolation: a gather
+    (((12, 10), (3, 2)), ((9, 17), (2, 4))),    # interpolation: resized
+    (((7, 7), (7, 7)), ((5, 9), (5, 9))),       # full attention
+])
+def test_official_position_bias_equals_the_tests_oracle(built, size):
+    """The reference path's bias (package) against the tests' own brute-force oracle."""
+    fc1, fc2 = torch.nn.Linear(2, 16), torch.nn.Linear(16, 3)
+    table = official_position_table(*built, (14, 14), torch.device('cpu'))
+    index, coords = brute_force_table(*built, (14, 14))
+    torch.testing.assert_close(table.coords, coords, rtol=0, atol=0)
+    assert table.index.equal(index.reshape(-1))
+    with torch.no_grad():
+        got = official_position_bias(fc1, torch.nn.ReLU(), fc2, table, *size, built != size)
+        expected = gather_and_resize(fc2(torch.relu(fc1(coords))), index, built, *size)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_small_pretrain_grid_is_rejected():
@@ -63,7 +82,7 @@ def test_bias_taps_are_built_once_per_size_pair_and_bounded(monkeypatch):
     assert taps.rows_h.shape[:2] == (12, 3) and taps.rows_h.shape[-1] > 1
     assert taps.weights_w.dtype == torch.float32
     same = table.taps((8, 8), (2, 2))  # the table's own grids: one tap of weight 1 per axis
-    assert same.weights_h is None and same.rows_w.shape[-1] == 1 and same.weights_w.eq(1).all()
+    assert same.weights_h is None and same.rows_w.shape[-1] == 1 and same.weights_w is None
     table.taps((16, 16), (4, 4))  # a third pair drops the least recently used one
     assert len(table._taps) == 2 and table.taps((8, 8), (2, 2)) is same
     assert table.taps((12, 10), (3, 2)) is not taps
