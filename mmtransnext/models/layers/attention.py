@@ -306,8 +306,13 @@ class AggregatedAttention(_CosineAttentionBase):
 
     def forward_triton(self, x: Tensor, geometry: StageGeometry) -> Tensor:
         """GPU path: window and pooled keys under one softmax in one fused Triton kernel."""
-        q_norm, q_scaled, k_local, v_local = self._local_qkv(x, geometry)
+        batch, length, _ = x.shape
+        q_norm = F.normalize(self._heads(x, self.q.weight, self.q.bias), dim=-1)
+        q_scaled = self.scale_queries(q_norm, geometry)
         token_weights = q_norm @ self.learnable_tokens + self.learnable_bias
+        k_local, v_local = self.kv(x).view(batch, length, 2, self.num_heads,
+                                           self.head_dim).permute(2, 0, 3, 1, 4)
+        k_local = F.normalize(k_local, dim=-1)
         k_pool, v_pool = self.pooled_kv(x, geometry.size, geometry.pool_size, fast=True)
         return self.project(self.attend_triton(
             q_scaled, k_pool, v_pool, geometry, k_local=k_local, v_local=v_local,
