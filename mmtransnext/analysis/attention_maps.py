@@ -53,14 +53,14 @@ def _position_bias_row(attn: nn.Module, geometry: StageGeometry, query: Size2d) 
         return attn.position_bias(geometry)[:, iy * geometry.size[1] + ix]
     folded, rows_w, w_w = attn.folded_bias(geometry)
     row = expand_columns(folded[:, iy:iy + 1].contiguous(), rows_w[ix:ix + 1].contiguous(),
-                         w_w[ix:ix + 1].contiguous())
+                         None if w_w is None else w_w[ix:ix + 1].contiguous(), attn.attn_impl)
     return row.reshape(folded.shape[0], -1)
 
 
 def _one_query_geometry(geometry: StageGeometry, index: int) -> StageGeometry:
     """``geometry`` with the length scale of query ``index`` only (a scalar stays as it is)."""
     scale = geometry.seq_length_scale
-    if scale.dim() > 0:
+    if isinstance(scale, Tensor) and scale.dim() > 0:
         scale = scale[index:index + 1]
     return dataclasses.replace(geometry, seq_length_scale=scale)
 
