@@ -36,6 +36,19 @@ def run_main(main) -> None:
     except (ToolError, CheckpointError) as err:
         print(f'error: {err}', file=sys.stderr)
         sys.exit(1)
+    finally:
+        close_distributed()
+
+
+def close_distributed() -> None:
+    """Destroy the process group before the interpreter exits.
+
+    Left to interpreter teardown, gloo's worker threads can be destroyed while still joinable
+    ("terminate called without an active exception", SIGABRT in one rank after a finished run).
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------------- config
