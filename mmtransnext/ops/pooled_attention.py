@@ -18,39 +18,24 @@ Chunks are sized for the device (:func:`chunk_budget`): on CPU to stay in cache,
 its memory. Nothing here reads a tensor value on the host, so on a GPU the glue never waits for
 the device (the tests run it on ``meta`` tensors, where any such read raises).
 """
-import functools
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .bias_ops import expand_columns, expand_columns_compiled
+from .budget import element_budget
 
 #: Elements of one chunk's ``(batch, heads, rows, P)`` logits on CPU; four such buffers live at
 #: once in backward (16 MB each in float32 at the default).
 CHUNK_ELEMENTS = 1 << 20
 
-#: On CUDA, the share of the device's memory one chunk's logits may take (four such buffers
-#: live at once in backward, so a quarter of the memory at most).
-CUDA_CHUNK_SHARE = 1 / 16
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_budget(index: int) -> int:
-    total = torch.cuda.get_device_properties(index).total_memory
-    return int(total * CUDA_CHUNK_SHARE) // 4  # float32 elements
-
 
 def chunk_budget(device: torch.device) -> Optional[int]:
-    """Logit elements per chunk on ``device``: :data:`CHUNK_ELEMENTS` on CPU (cache-sized),
-    :data:`CUDA_CHUNK_SHARE` of a CUDA device's memory, None (the whole map at once) on other
-    devices."""
-    if device.type == 'cpu':
-        return CHUNK_ELEMENTS
-    if device.type == 'cuda':
-        return _cuda_budget(device.index if device.index is not None
-                            else torch.cuda.current_device())
-    return None
+    """Logit elements per chunk on ``device`` (:func:`.budget.element_budget`):
+    :data:`CHUNK_ELEMENTS` on CPU, a share of a CUDA device's memory, None (the whole map at
+    once) on other devices."""
+    return element_budget(device, CHUNK_ELEMENTS, buffers=4)
 
 
 def chunk_rows(batch: int, heads: int, width: int, num_keys: int,

@@ -1,5 +1,6 @@
 """Choosing the sliding-window backend: 'auto', 'ext', 'torch', fallback, missing builds,
 torch.compile, and the backbone giving the same result with either backend."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -130,19 +131,62 @@ def test_torch_never_asks_for_the_compiled_ops(monkeypatch):
 def test_chunks_are_sized_per_device(monkeypatch):
     from types import SimpleNamespace
 
+    from mmtransnext.ops import budget
     from mmtransnext.ops import pooled_attention as pa
     assert pa.chunk_budget(torch.device('cpu')) == pa.CHUNK_ELEMENTS
     assert pa.chunk_budget(torch.device('meta')) is None  # whole map at once
     monkeypatch.setattr(torch.cuda, 'get_device_properties',
                         lambda index: SimpleNamespace(total_memory=(index + 1) * 16 << 30))
-    pa._cuda_budget.cache_clear()
+    budget._cuda_memory.cache_clear()
     try:
-        # 1/16 of 16 GB (device 0) or 32 GB (device 1) in float32 logits, not the CPU constant
-        assert pa.chunk_budget(torch.device('cuda', 0)) == (1 << 30) // 4
-        assert pa.chunk_budget(torch.device('cuda', 1)) == (2 << 30) // 4
+        # 1/16 of 16 GB (device 0) or 32 GB (device 1) shared by four float32 buffers, not
+        # the CPU constant
+        assert pa.chunk_budget(torch.device('cuda', 0)) == (1 << 30) // 16
+        assert pa.chunk_budget(torch.device('cuda', 1)) == (2 << 30) // 16
+        assert budget.element_budget(torch.device('cuda', 0), 7, buffers=1) == (1 << 30) // 4
     finally:
-        pa._cuda_budget.cache_clear()
+        budget._cuda_memory.cache_clear()
+    with budget.gpu_budgets(16 << 30):  # CPU tensors sized as on a 16 GB GPU
+        assert pa.chunk_budget(torch.device('cpu')) == (1 << 30) // 16
+    assert pa.chunk_budget(torch.device('cpu')) == pa.CHUNK_ELEMENTS
+    with pytest.raises(ValueError, match='total_memory'):
+        with budget.gpu_budgets(0):
+            pass
     assert pa.chunk_rows(2, 3, 128, 256, None) is None
+
+
+def test_gpu_budgets_run_loops_whole():
+    """Under GPU budgets the CPB MLP and the ConvGLU bands run in one chunk (their launches do
+    not grow with the input); on CPU they are chunked. Same numbers either way."""
+    from mmtransnext.models.layers import conv_glu, position_bias
+    from mmtransnext.ops import budget
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func is torch.ops.aten.relu_.default or \
+                func is torch.ops.aten.gelu_.default
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    fc1, fc2 = torch.nn.Linear(2, 512), torch.nn.Linear(512, 3)
+    table = position_bias.build_position_table((96, 80), (12, 10), (7, 7), torch.device('cpu'))
+    glu = conv_glu.ConvGLU(16, 192).eval()
+    x = torch.randn(1, 64 * 90, 16)
+    results = {}
+    for simulate in (False, True):
+        with torch.no_grad(), Count() as count, \
+                (budget.gpu_budgets(80 << 30) if simulate else contextlib.nullcontext()):
+            grid = position_bias.cpb_grid(fc1, fc2, table)
+            out = glu.forward_bands(x, (64, 90))
+        results[simulate] = count.n, grid, out
+    assert results[True][0] == 2 < results[False][0]
+    torch.testing.assert_close(results[True][1], results[False][1])
+    torch.testing.assert_close(results[True][2], results[False][2])
 
 
 def test_attn_impl_torch_runs_no_compiled_code(monkeypatch):

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...ops.budget import element_budget
+
 
 class DWConv(nn.Module):
     """3x3 depthwise convolution over a token sequence laid out as an ``H x W`` map."""
@@ -27,7 +29,8 @@ class DWConv(nn.Module):
         return self.dwconv(grid).permute(0, 2, 3, 1).reshape(batch, length, channels)
 
 
-#: Elements of one band's hidden-width tensors in :meth:`ConvGLU.forward_bands` (8 MB in float32).
+#: Elements of one band's hidden-width tensors in :meth:`ConvGLU.forward_bands` on CPU (8 MB in
+#: float32); on a GPU a band is a share of its memory (:mod:`mmtransnext.ops.budget`).
 BAND_ELEMENTS = 1 << 21
 
 
@@ -109,7 +112,8 @@ class ConvGLU(nn.Module):
                       budget: Optional[int] = None) -> Tensor:
         """Inference in bands of rows, each with a one-row halo for the 3x3 conv, so that the
         hidden-width tensors never exist for the whole map (same numbers; the halo rows' gate
-        projection is computed twice)."""
+        projection is computed twice). Bands of ``budget`` hidden-width elements, by default
+        sized for the device (:func:`mmtransnext.ops.budget.element_budget`)."""
         batch, length, _ = x.shape
         height, width = size
         hidden, weight, bias = self.hidden, self.fc1.weight, self.fc1.bias
@@ -117,8 +121,9 @@ class ConvGLU(nn.Module):
         gate_b = None if bias is None else bias[:hidden]
         value_b = None if bias is None else bias[hidden:]
         conv = self.dwconv.dwconv
-        budget = BAND_ELEMENTS if budget is None else budget
-        rows = max(1, budget // max(1, batch * width * hidden))
+        if budget is None:
+            budget = element_budget(x.device, BAND_ELEMENTS, buffers=3)
+        rows = height if budget is None else max(1, budget // max(1, batch * width * hidden))
         grid = x.reshape(batch, height, width, x.shape[-1])
         out = x.new_empty(batch, height, width, self.fc2.out_features)
         for y0 in range(0, height, rows):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops.bias_ops import expand_columns, expand_columns_compiled
+from ...ops.budget import element_budget
 
 Size2d = Tuple[int, int]
 
@@ -101,19 +102,23 @@ class PositionTable:
         return expand_bias(self.grid(table_values), self, self.query_size, self.key_size)
 
 
-#: Elements of one chunk of the CPB MLP's hidden layer in :func:`cpb_grid` (4 MB in float32).
+#: Elements of one chunk of the CPB MLP's hidden layer in :func:`cpb_grid` on CPU (4 MB in
+#: float32); on a GPU the chunk is a share of its memory (:mod:`mmtransnext.ops.budget`).
 CPB_CHUNK_ELEMENTS = 1 << 20
 
 
 class _SeparableCPB(torch.autograd.Function):
     """``fc2(relu(row[i] + col[j]))`` for every (i, j), chunked over i, saving only the two
     per-axis halves of the first layer: its hidden layer is recomputed in backward instead of
-    being kept (``|values_h| * |values_w| x 512`` floats, over 100 MB per block at 512x512)."""
+    being kept (``|values_h| * |values_w| x 512`` floats, over 100 MB per block at 512x512).
+    Chunks are sized for the device: cache-sized on CPU, on a GPU one chunk at practical sizes,
+    so the launches do not grow with the input."""
 
     @staticmethod
     def forward(ctx, row: Tensor, col: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         rows, cols, heads = row.shape[0], col.shape[0], weight.shape[0]
-        step = max(1, CPB_CHUNK_ELEMENTS // max(1, cols * row.shape[1]))
+        budget = element_budget(row.device, CPB_CHUNK_ELEMENTS, buffers=3)
+        step = rows if budget is None else max(1, budget // max(1, cols * row.shape[1]))
         grid = row.new_empty(heads, rows, cols)
         for i in range(0, rows, step):
             hidden = (row[i:i + step, None] + col[None]).relu_()
