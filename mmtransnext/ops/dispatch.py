@@ -12,7 +12,10 @@ dtype, which backend runs:
   :mod:`.extension`).
 
 Whatever the backend, the pooled part runs the chunked glue of :mod:`.pooled_attention`, whose
-chunk size depends on the device (:func:`.pooled_attention.chunk_budget`).
+chunk size depends on the device (:func:`.pooled_attention.chunk_budget`) and whose chunks run a
+fused ``scaled_dot_product_attention`` kernel on CPU and CUDA. On CUDA tensors ``'auto'`` first
+tries the fused Triton kernels (:func:`.triton_attention.use_triton`, resolved by the attention
+layers), warning once if triton is missing.
 """
 import warnings
 from typing import Optional, Tuple

@@ -6,9 +6,9 @@ The position bias of a chunk is expanded from the row-folded CPB grid just befor
 recomputes it chunk by chunk. So the bias costs neither memory across the forward nor memory
 saved for backward, and the softmax never materialises for the whole map:
 
-- forward: per chunk, the fused ``scaled_dot_product_attention`` kernel returns the output and
+- forward: per chunk, a fused ``scaled_dot_product_attention`` kernel returns the output and
   the log-sum-exp of the pooled logits, merged with the extra set's log-sum-exp (on CPU the
-  flash kernel; elsewhere the same math on the chunk);
+  flash kernel, on CUDA the memory-efficient one; elsewhere the same math on the chunk);
 - backward: per chunk, logits recomputed with one matmul, then the softmax gradient
   ``dS = P * (dP - D)`` with ``D = <dOut, Out> + dMass * Mass`` (the extra set enters as one
   more key whose "value" is the mass it takes), reduced to the grads of queries, keys, values,
@@ -18,6 +18,7 @@ Chunks are sized for the device (:func:`chunk_budget`): on CPU to stay in cache,
 its memory. Nothing here reads a tensor value on the host, so on a GPU the glue never waits for
 the device (the tests run it on ``meta`` tensors, where any such read raises).
 """
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -62,19 +63,58 @@ def _chunk_bias(folded: Tensor, rows_w: Tensor, w_w: Optional[Tensor], y0: int, 
 
 
 def _chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
-    """``softmax(q k^T + bias) v`` and the float32 log-sum-exp of the logits ``(B, h, n, 1)``."""
+    """``softmax(q k^T + bias) v`` and the float32 log-sum-exp of the logits ``(B, h, n, 1)``:
+    a fused kernel on CPU and CUDA, the same math on other devices."""
     if q.device.type == 'cpu':
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, attn_mask=bias.unsqueeze(0), scale=1.0)[:2]
         return out, lse.unsqueeze(-1).float()
+    if q.device.type == 'cuda' and _efficient_usable:
+        return _efficient_chunk_attention(q, k, v, bias)
     return _math_chunk_attention(q, k, v, bias)
 
 
 def _math_chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
-    """:func:`_chunk_attention` on devices without the fused CPU kernel."""
+    """:func:`_chunk_attention` on devices without a fused kernel."""
     logits = (q @ k.transpose(-2, -1) + bias).float()
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     return (torch.exp(logits - lse).to(v.dtype) @ v), lse
+
+
+#: The fused kernel of ``scaled_dot_product_attention``'s memory-efficient backend (the one
+#: that takes an additive bias and returns the log-sum-exp); a module attribute so the tests
+#: can stand in for it on CPU.
+_efficient_attention = torch.ops.aten._scaled_dot_product_efficient_attention
+
+#: Bias rows are padded to a multiple of this many elements: the kernel needs 16-byte aligned
+#: bias strides (what ``scaled_dot_product_attention`` does to a mask itself).
+BIAS_ALIGNMENT = 16
+
+_efficient_usable = True
+
+
+def _efficient_chunk_attention(q: Tensor, k: Tensor, v: Tensor,
+                               bias: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`_chunk_attention` with the memory-efficient SDPA kernel (CUDA): the bias is
+    copied into a buffer whose rows are padded for alignment, the log-sum-exp (padded by the
+    kernel to a multiple of 32 queries) is cut to the chunk. If the kernel refuses the inputs
+    (an old GPU, an unsupported head dim), one warning and the math path from then on."""
+    global _efficient_usable
+    heads, length, keys = bias.shape
+    padded = -(-keys // BIAS_ALIGNMENT) * BIAS_ALIGNMENT
+    buffer = bias.new_empty(heads, length, padded)
+    buffer[..., :keys] = bias
+    mask = buffer[..., :keys].unsqueeze(0).expand(q.shape[0], -1, -1, -1)
+    try:
+        out, lse = _efficient_attention(q, k, v, mask, True, scale=1.0)[:2]
+    except RuntimeError as error:
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            raise
+        _efficient_usable = False
+        warnings.warn(f'the fused scaled_dot_product_attention kernel refused the pooled '
+                      f'attention ({error}); using unfused matmuls instead', RuntimeWarning)
+        return _math_chunk_attention(q, k, v, bias)
+    return out, lse[..., :length, None]
 
 
 def _folded_grad(grad_bias: Tensor, folded: Tensor, rows_w: Tensor, w_w: Optional[Tensor],

@@ -11,6 +11,7 @@ interpreter, used by the tests). That variable is read when the kernels are deco
 first time this path runs in a process: set it before.
 """
 import os
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -55,8 +56,25 @@ def use_triton(impl: str, tensor: Tensor) -> bool:
         if reason is not None:
             raise RuntimeError(f"attn_impl='triton' was requested but {reason}")
         return True
-    return impl == 'auto' and tensor.device.type == 'cuda' and \
-        unsupported_reason('cuda') is None
+    if impl != 'auto' or tensor.device.type != 'cuda':
+        return False
+    reason = unsupported_reason('cuda')
+    if reason is not None:
+        _warn_fallback(reason)
+    return reason is None
+
+
+_fallback_warned = False
+
+
+def _warn_fallback(reason: str) -> None:
+    global _fallback_warned
+    if not _fallback_warned:
+        _fallback_warned = True
+        warnings.warn(f"attn_impl='auto' on CUDA: {reason}; using the compiled window ops and "
+                      f'scaled_dot_product_attention in chunks instead (more launches, more '
+                      f'memory). Install triton for the fused kernels, or pass '
+                      f"attn_impl='ext' to silence this warning.", RuntimeWarning, stacklevel=4)
 
 
 def _cdiv(a: int, b: int) -> int:

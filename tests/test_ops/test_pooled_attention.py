@@ -142,3 +142,83 @@ def test_balanced_rows_keep_the_chunk_count_and_even_it_out(height, rows, expect
     got = pa.balanced_rows(height, rows)
     assert got == expected
     assert -(-height // got) == -(-height // rows) and got <= rows
+
+
+def _efficient_kernel_stand_in(q, k, v, bias, compute_log_sumexp, dropout_p=0.0,
+                               is_causal=False, *, scale=None):
+    """What ``aten._scaled_dot_product_efficient_attention`` does and demands on CUDA (its
+    alignment checks, its log-sum-exp padded to a multiple of 32 queries), in plain math on
+    CPU: the CUDA kernel cannot run here, the glue around it can."""
+    assert compute_log_sumexp and scale == 1.0 and not is_causal and dropout_p == 0
+    assert bias.dtype == q.dtype and bias.dim() == 4 and bias.stride(-1) == 1
+    align = 16 // bias.element_size()
+    assert bias.data_ptr() % 16 == 0, 'attn_bias pointer not aligned'
+    for dim, name in ((0, 'strideB'), (1, 'strideH'), (2, 'strideM')):
+        if bias.shape[dim] > 1:
+            assert bias.stride(dim) % align == 0, f'attn_bias is not correctly aligned ({name})'
+    logits = (q @ k.transpose(-2, -1) + bias).float()
+    lse = torch.logsumexp(logits, -1)
+    padded = torch.full(lse.shape[:-1] + (-(-lse.shape[-1] // 32) * 32,), float('nan'))
+    padded[..., :lse.shape[-1]] = lse
+    out = (torch.exp(logits - lse[..., None]).to(v.dtype) @ v)
+    return out, padded, torch.empty(()), torch.empty(())
+
+
+@pytest.mark.parametrize('size,pool,table_sizes,chunk', [
+    ((7, 9), (3, 2), ((10, 12), (4, 3)), 2),     # 6 keys: bias rows padded to 16
+    ((8, 6), (2, 3), None, None),
+])
+def test_cuda_glue_with_the_fused_kernel_equals_the_oracle(size, pool, table_sizes, chunk,
+                                                           monkeypatch):
+    """The CUDA path without Triton: chunks through the memory-efficient SDPA kernel (here a
+    stand-in with its contract), output, share of the extra set and every gradient against the
+    oracle's one softmax."""
+    monkeypatch.setattr(pa, '_efficient_attention', _efficient_kernel_stand_in)
+    monkeypatch.setattr(pa, '_chunk_attention', pa._efficient_chunk_attention)
+    table, grid, q, k, v, extra = _case(size, pool, table_sizes)
+    leaves = _leaves(q, k, v, grid, extra)
+    out, mass = pa.pooled_attention(leaves[0], leaves[1], leaves[2],
+                                    *fold_rows(leaves[3], table, size, pool), leaves[4],
+                                    chunk=chunk)
+    (out.sum() + 2 * mass.sum()).backward()
+    ref = _leaves(q, k, v, grid, extra)
+    out_r, mass_r = _expected(ref[0], ref[1], ref[2], _official_bias(ref[3], table, size, pool),
+                              ref[4])
+    (out_r.sum() + 2 * mass_r.sum()).backward()
+    torch.testing.assert_close(out, out_r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mass, mass_r, rtol=1e-5, atol=1e-5)
+    for name, a, b in zip('q k v grid extra'.split(), leaves, ref):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_cuda_glue_shapes_with_the_real_kernel_on_meta():
+    """torch's own meta kernel of the fused op: the glue's padding and cuts fit its shapes."""
+    meta = torch.device('meta')
+    q = torch.empty(2, 3, 45, 24, device=meta)
+    k = v = torch.empty(2, 3, 7, 24, device=meta)
+    out, lse = pa._efficient_chunk_attention(q, k, v, torch.empty(3, 45, 7, device=meta))
+    assert out.shape == (2, 3, 45, 24) and lse.shape == (2, 3, 45, 1)
+    assert lse.dtype == torch.float32
+
+
+def test_cuda_glue_falls_back_once_when_the_kernel_refuses(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError('No available kernel')
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError('CUDA out of memory')
+
+    monkeypatch.setattr(pa, '_efficient_usable', True)
+    q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)
+    bias = torch.randn(2, 5, 3)
+    monkeypatch.setattr(pa, '_efficient_attention', out_of_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # not a reason to change kernels
+        pa._efficient_chunk_attention(q, k, v, bias)
+    assert pa._efficient_usable
+    monkeypatch.setattr(pa, '_efficient_attention', refuse)
+    with pytest.warns(RuntimeWarning, match='No available kernel'):
+        out, lse = pa._efficient_chunk_attention(q, k, v, bias)
+    assert not pa._efficient_usable
+    expected = pa._math_chunk_attention(q, k, v, bias)
+    torch.testing.assert_close(out, expected[0])
+    torch.testing.assert_close(lse, expected[1])

@@ -4,6 +4,8 @@ CPB MLP through its grid), odd sizes, both position-bias modes, fp32 and bf16; t
 small backbone end to end with ``attn_impl='triton'``; the op on meta tensors (no host sync)."""
 import copy
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -246,7 +248,12 @@ def test_dispatch_choices(monkeypatch):
     assert not use_triton('ext', cuda) and not use_triton('torch', cuda)
     monkeypatch.setattr(triton_attention, 'unsupported_reason',
                         lambda device_type: 'triton cannot be imported (simulated)')
-    assert not use_triton('auto', cuda)  # 'auto' then takes the compiled ops or PyTorch
+    monkeypatch.setattr(triton_attention, '_fallback_warned', False)
+    with pytest.warns(RuntimeWarning, match="'auto' on CUDA: triton cannot be imported"):
+        assert not use_triton('auto', cuda)  # 'auto' then takes the compiled ops or PyTorch
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # once per process
+        assert not use_triton('auto', cuda)
     with pytest.raises(RuntimeError, match='simulated'):
         use_triton('triton', cuda)
 
