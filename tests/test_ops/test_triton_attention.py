@@ -149,7 +149,11 @@ def _assert_all_close(got, want, dtype):
         scale = w.abs().max().item()
         tol, floor = {torch.bfloat16: (3e-2, 0.1), torch.float16: (1e-2, 0.1)}.get(
             dtype, (1e-4, 0.1))
-        if dtype != torch.float32 and name.startswith(('dfc', 'drpb')):
+        if dtype == torch.float32 and name == 'dfc2.b' and len(got) == 8:
+            # Full attention: fc2's bias adds one constant to every logit of a head, so this is
+            # zero in exact arithmetic and its float32 noise (sums over the map) ~1e-5.
+            floor = 1.0
+        elif name.startswith(('dfc', 'drpb')) and dtype != torch.float32:
             # Sums over the whole map of terms that cancel (sum_j dS_ij = 0 per query), each
             # carrying 16-bit rounding: compared at 10% of max(scale, 1). An indexing error
             # is O(1); the float32 cases check these at 1e-4.

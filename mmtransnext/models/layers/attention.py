@@ -309,7 +309,7 @@ class AggregatedAttention(_CosineAttentionBase):
         batch, length, _ = x.shape
         q_norm = F.normalize(self._heads(x, self.q.weight, self.q.bias), dim=-1)
         q_scaled = self.scale_queries(q_norm, geometry)
-        token_weights = q_norm @ self.learnable_tokens + self.learnable_bias
+        token_weights = self.token_weights_by_head(q_norm)
         k_local, v_local = self.kv(x).view(batch, length, 2, self.num_heads,
                                            self.head_dim).permute(2, 0, 3, 1, 4)
         k_local = F.normalize(k_local, dim=-1)
@@ -317,6 +317,18 @@ class AggregatedAttention(_CosineAttentionBase):
         return self.project(self.attend_triton(
             q_scaled, k_pool, v_pool, geometry, k_local=k_local, v_local=v_local,
             token_weights=token_weights, local_bias=self.relative_pos_bias_local))
+
+    def token_weights_by_head(self, q_norm: Tensor) -> Tensor:
+        """``q_norm @ learnable_tokens + learnable_bias`` as a ``(B, heads, N, w*w)`` view of
+        head-major memory, in one batched matmul over heads that reads the queries where they
+        are (``(B, N, heads, d)`` memory, as the projection writes them) instead of copying
+        them first; for consumers that take any strides (the Triton kernels)."""
+        batch, heads, length, dim = q_norm.shape
+        if q_norm.stride() != (length * heads * dim, dim, heads * dim, 1):
+            return q_norm @ self.learnable_tokens + self.learnable_bias
+        by_head = q_norm.permute(1, 0, 2, 3).reshape(heads, batch * length, dim)  # a view
+        out = torch.baddbmm(self.learnable_bias, by_head, self.learnable_tokens)
+        return out.view(heads, batch, length, -1).transpose(0, 1)
 
     def forward_reference(self, x: Tensor, geometry: StageGeometry) -> Tensor:
         """The official computation: concatenated logits, one softmax, unfolded windows."""

@@ -18,6 +18,7 @@ bias, the official computation step by step (the MLP over every unique coordinat
 ``N x P`` pairs, a gather by the index table, ``F.interpolate``); they call nothing of the fast
 path above, so that a mistake there cannot hide from the tests that compare the two.
 """
+import contextlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ class PositionTable:
         query_size, key_size: the grid sizes the table was built for.
         pretrain_size: the pretraining grid that scales the offsets.
         host_index: ``(index_h, index_w)`` on the host, where taps are built.
+        log_h, log_w: ``values_h``/``values_w`` log-spaced (the CPB MLP's inputs per axis),
+            built once with the table instead of in every block call.
     """
     values_h: Tensor
     values_w: Tensor
@@ -76,6 +79,8 @@ class PositionTable:
     key_size: Size2d
     pretrain_size: Size2d
     host_index: Tuple[Tensor, Tensor] = field(repr=False, compare=False)
+    log_h: Tensor = field(repr=False, compare=False)
+    log_w: Tensor = field(repr=False, compare=False)
     _taps: 'PositionTableCache' = field(
         default_factory=lambda: PositionTableCache(TAPS_PER_TABLE), init=False, repr=False,
         compare=False)
@@ -119,13 +124,23 @@ class _SeparableCPB(torch.autograd.Function):
         rows, cols, heads = row.shape[0], col.shape[0], weight.shape[0]
         budget = element_budget(row.device, CPB_CHUNK_ELEMENTS, buffers=3)
         step = rows if budget is None else max(1, budget // max(1, cols * row.shape[1]))
-        grid = row.new_empty(heads, rows, cols)
-        for i in range(0, rows, step):
-            hidden = (row[i:i + step, None] + col[None]).relu_()
-            grid[:, i:i + step] = torch.movedim(F.linear(hidden, weight, bias), -1, 0)
+        if step >= rows:  # one chunk: written in place by the matmul
+            grid = _SeparableCPB.rows(row, col, weight, bias)
+        else:
+            grid = row.new_empty(heads, rows, cols)
+            for i in range(0, rows, step):
+                grid[:, i:i + step] = _SeparableCPB.rows(row[i:i + step], col, weight, bias)
         ctx.step = step
         ctx.save_for_backward(row, col, weight)
         return grid
+
+    @staticmethod
+    def rows(row: Tensor, col: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """``(heads, len(row), len(col))`` grid values of these rows (heads-major output of
+        one matmul: no layout copy)."""
+        hidden = (row[:, None] + col[None]).relu_()
+        grid = torch.addmm(bias[:, None], weight, hidden.view(-1, hidden.shape[-1]).t())
+        return grid.view(weight.shape[0], row.shape[0], col.shape[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -150,15 +165,14 @@ def cpb_grid(fc1: nn.Linear, fc2: nn.Linear, table: PositionTable) -> Tensor:
     The coordinates are a cartesian product, so ``fc1`` splits into a row part and a column
     part; the hidden layer is formed chunk by chunk and never saved for backward.
     """
-    dtype = fc1.weight.dtype
-    log_h = _log_spaced(table.values_h).to(dtype)
-    log_w = _log_spaced(table.values_w).to(dtype)
-    row = log_h[:, None] * fc1.weight[:, 0]
-    if fc1.bias is not None:
-        row = row + fc1.bias
-    col = log_w[:, None] * fc1.weight[:, 1]
-    bias = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
-    return _SeparableCPB.apply(row, col, fc2.weight, bias)
+    dtype, device_type = fc1.weight.dtype, fc1.weight.device.type
+    # In the parameters' dtype even under autocast: a small MLP whose output is a bias.
+    with (torch.autocast(device_type, enabled=False) if device_type in ('cpu', 'cuda')
+          else contextlib.nullcontext()):
+        row = F.linear(table.log_h[:, None].to(dtype), fc1.weight[:, :1], fc1.bias)
+        col = F.linear(table.log_w[:, None].to(dtype), fc1.weight[:, 1:])
+        bias = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
+        return _SeparableCPB.apply(row, col, fc2.weight, bias)
 
 
 def build_position_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
@@ -172,7 +186,8 @@ def build_position_table(query_size: Size2d, key_size: Size2d, pretrain_size: Si
     values_w, index_w = _axis_offsets(query_size[1], key_size[1], pretrain_size[1])
     return PositionTable(values_h.to(device), values_w.to(device), index_h.to(device),
                          index_w.to(device), tuple(query_size), tuple(key_size),
-                         tuple(pretrain_size), (index_h, index_w))
+                         tuple(pretrain_size), (index_h, index_w),
+                         _log_spaced(values_h).to(device), _log_spaced(values_w).to(device))
 
 
 def linear_taps(src: int, dst: int) -> Tuple[Tensor, Tensor]:
