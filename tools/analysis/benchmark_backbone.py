@@ -29,13 +29,16 @@ warm call launches (a forward for infer, a training step for train), counted on 
 memory measurements, with the host syncs (reads of tensor values) apart and the launches of the
 first aggregated-attention block's forward. TransNeXt's ``triton`` implementation
 (``attn_impl='triton'``, the GPU path) runs as on a GPU of ``--gpu-memory`` GB: its chunked
-loops take that GPU's budgets (:func:`mmtransnext.ops.budget.gpu_budgets`), and its Triton
-kernels are counted, not run (Triton's interpreter, the only way to run them here, is far too
-slow at 800x1216). It has no time ("n/a"); its memory figures are those of this run (a Triton
-kernel allocates nothing, so skipping one changes no tensor figure); ``--interpret`` runs the
-kernels in the interpreter for the memory figures (small inputs only). The other
+loops take that GPU's budgets (:func:`mmtransnext.ops.budget.gpu_budgets`; on a GPU they run
+whole), and its Triton kernels are counted, not run (Triton's interpreter, the only way to run
+them here, is far too slow at 800x1216). It has no time ("n/a"). Its memory figures are those
+of this run under the GPU's budgets (whole-map chunks hold more than this machine's); a Triton
+kernel allocates nothing, so skipping one changes no tensor figure. ``--interpret`` runs the
+kernels in the interpreter for the memory figures (small inputs only; the interpreter's own
+copies add a little). The other
 implementations are counted with this machine's budgets and CPU ops (lower bounds of their
-CUDA counts); ``--gpu-counts`` also counts them under the GPU's budgets.
+CUDA counts); ``--also-gpu-budgets`` also gives their launches and peak tensor memory under
+the GPU's budgets.
 
 Ratios compare each implementation with the reference of the same case, measured in the same
 run (families without a reference implementation have none). Achieved GFLOP/s uses the FLOPs
@@ -90,9 +93,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--runs', type=int, default=3, help='timed rounds; 0: no timing')
     p.add_argument('--gpu-memory', type=float, default=80,
                    help='GB of the GPU whose chunk budgets the GPU path runs with')
-    p.add_argument('--gpu-counts', action='store_true',
-                   help='also count the launches of the other implementations under the '
-                   "GPU's budgets")
+    p.add_argument('--also-gpu-budgets', action='store_true',
+                   help='also measure launches and peak tensor memory of the other '
+                   "implementations under the GPU's budgets")
     p.add_argument('--interpret', action='store_true',
                    help='run the Triton kernels in the interpreter for the memory figures '
                    '(slow: small inputs only)')
@@ -254,12 +257,16 @@ def _measure_case(spec: dict) -> dict:
     block = first_aggregated_attention(model)
     launches = count_launches(step, block, warmup=0)
     result = dict(peak_mb=peak, tensor_peak_mb=tensor_peak, build_mb=build_mb, flops=flops,
-                  launch_budgets=_budget_label(spec) if spec['gpu_impl'] else 'cpu',
+                  budgets=_budget_label(spec) if spec['gpu_impl'] else 'cpu',
                   **_launch_fields(launches))
-    if spec.get('gpu_counts') and not spec['gpu_impl']:
+    if spec['also_gpu_budgets'] and not spec['gpu_impl']:
         with _gpu_budgets(spec):
-            launches = count_launches(step, block)
-        result.update(gpu_budgets=_budget_label(spec), **_launch_fields(launches, 'gpu_'))
+            model.clear_caches()
+            release_memory()
+            gpu_tensor_peak = peak_tensor_mb(step)
+            launches = count_launches(step, block, warmup=0)
+        result.update(gpu_budgets=_budget_label(spec), gpu_tensor_peak_mb=gpu_tensor_peak,
+                      **_launch_fields(launches, 'gpu_'))
     return result
 
 
@@ -297,18 +304,18 @@ def run_timing(spec: dict) -> dict:
 
 
 def print_launches(results: List[dict]) -> None:
-    """The launch table: one row per case, and one more for counts under the GPU's budgets."""
+    """The launch table: one row per case, and one more under the GPU's budgets if measured."""
     print('\nKernel launches of one warm call (infer: a forward, batch 1; train: a training '
           'step, batch 2):\naten ops + Triton kernels, host syncs apart; 1st AA fwd: the first '
           'aggregated-attention block\'s forward.\nBudgets "gpu N GB": the chunk budgets of a '
           'GPU of N GB, Triton kernels counted, not run; "cpu": this\nmachine\'s budgets and '
-          'CPU ops (lower bounds of the CUDA counts).')
+          'CPU ops (lower bounds of the CUDA counts). tensor MB: peak tensor memory, as above.')
     header = (f"{'backbone':<10}{'arch':<6}{'input':>10}{'task':>7}{'mode':>15}{'impl':>11}"
               f"{'budgets':>13}{'launches':>9}{'aten':>8}{'triton':>7}{'syncs':>6}"
-              f"{'1st AA fwd':>11}")
+              f"{'1st AA fwd':>11}{'tensor MB':>10}")
     print(header + '\n' + '-' * len(header))
     for r in results:
-        for prefix, budgets in (('', r['launch_budgets']), ('gpu_', r.get('gpu_budgets'))):
+        for prefix, budgets in (('', r['budgets']), ('gpu_', r.get('gpu_budgets'))):
             if budgets is None:
                 continue
             block = r[prefix + 'block_launches']
@@ -316,7 +323,8 @@ def print_launches(results: List[dict]) -> None:
                   f"{r['task']:>7}{r['mode']:>15}{r['impl']:>11}{budgets:>13}"
                   f"{r[prefix + 'launches']:>9}{r[prefix + 'launches_aten']:>8}"
                   f"{r[prefix + 'launches_triton']:>7}{r[prefix + 'host_syncs']:>6}"
-                  f"{'-' if block is None else block:>11}")
+                  f"{'-' if block is None else block:>11}"
+                  f"{r[prefix + 'tensor_peak_mb']:>10.0f}")
 
 
 def main() -> None:
@@ -350,7 +358,7 @@ def main() -> None:
                                               cold=args.cold,
                                               gpu_impl=impl in fam.gpu_impls,
                                               gpu_memory_gb=args.gpu_memory,
-                                              gpu_counts=args.gpu_counts,
+                                              also_gpu_budgets=args.also_gpu_budgets,
                                               interpret=args.interpret))
     if not cases:
         raise SystemExit('no case to run: check --impls / --modes against the families')
