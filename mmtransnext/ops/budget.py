@@ -7,7 +7,7 @@ of kernel launches does not grow with the input; on other devices (``meta``) the
 
 :func:`gpu_budgets` makes CPU tensors take the budgets of a CUDA device of a given memory, so
 that what a GPU would launch can be counted on a machine without one
-(``tools/analysis/count_launches.py``).
+(:mod:`mmtransnext.analysis.launches`, ``tools/analysis/benchmark_backbone.py``).
 """
 import functools
 from contextlib import contextmanager

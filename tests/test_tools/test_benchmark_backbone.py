@@ -41,3 +41,35 @@ def test_benchmark_takes_transxnet(tmp_path):
     assert (result['backbone'], result['impl'], result['mode']) == \
         ('transxnet', 'default', 'interpolation')
     assert result['time_s'] > 0 and result['flops'] > 0 and result['tensor_peak_mb'] > 0
+
+
+def test_benchmark_counts_launches_of_the_gpu_path(tmp_path):
+    """The Triton implementation gets launches and memory (under a GPU's budgets) but no time;
+    the fast path is still timed, and measured under both budgets; launch figures are in the
+    JSON and the CSV (about 15 s: two subprocesses and a timing one)."""
+    out = tmp_path / 'bench.json'
+    proc = run_tool(['tools/analysis/benchmark_backbone.py', '--archs', 'micro', '--sizes',
+                     '64x96', '--tasks', 'infer', '--modes', 'extrapolation', '--impls', 'fast',
+                     'triton', '--runs', '1', '--threads', '1', '--also-gpu-budgets', '--out',
+                     str(out)], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'failed' not in proc.stdout and 'n/a' in proc.stdout
+    assert 'gpu 80 GB' in proc.stdout and '1st AA fwd' in proc.stdout
+    by_impl = {r['impl']: r for r in json.loads(out.read_text())['results']}
+    fast, triton = by_impl['fast'], by_impl['triton']
+    assert triton['time_s'] is None and fast['time_s'] > 0
+    assert triton['budgets'] == 'gpu 80 GB' and fast['budgets'] == 'cpu'
+    # Micro has 21 attention blocks: one Triton kernel each, nothing else launched by Triton.
+    assert triton['launches_triton'] == 21 and fast['launches_triton'] == 0
+    assert triton['launches'] == triton['launches_aten'] + 21 < fast['launches']
+    assert triton['block_launches'] <= 25 and triton['host_syncs'] == 0
+    assert triton['tensor_peak_mb'] > 0
+    # Under the GPU's budgets the fast path's loops run whole: fewer launches at most, no
+    # Triton kernel; the GPU path has no second measurement.
+    assert fast['gpu_budgets'] == 'gpu 80 GB' and fast['gpu_launches_triton'] == 0
+    assert 0 < fast['gpu_launches'] <= fast['launches'] and fast['gpu_tensor_peak_mb'] > 0
+    assert 'gpu_launches' not in triton
+    with open(osp.splitext(out)[0] + '.csv') as f:
+        rows = {r['impl']: r for r in csv.DictReader(f)}
+    assert rows['triton']['launches'] == str(triton['launches'])
+    assert rows['triton']['time_s'] == ''

@@ -23,6 +23,9 @@ class Family:
         impls: implementations to compare, name -> constructor keywords; the one called
             'reference' (if any) is what speed-ups are measured against.
         default_impl: the implementation a config gets.
+        gpu_impls: those of ``impls`` whose kernels run only on a GPU (here in Triton's
+            interpreter, far too slow to time): benchmark_backbone.py reports their launches
+            and memory, not their time.
         build: ``build(arch, size, mode, impl_kwargs, img_size)`` -> the backbone for an
             ``size`` input (``img_size``: the training size a mode may need, None for the
             family's default for ``size``).
@@ -34,6 +37,7 @@ class Family:
     impls: Dict[str, dict]
     default_impl: str
     build: Callable[..., nn.Module] = field(repr=False)
+    gpu_impls: Sequence[str] = ()
 
 
 def _build_transnext(arch: str, size: Size2d, mode: str, impl: dict, img_size=None) -> nn.Module:
@@ -62,9 +66,11 @@ FAMILIES: Dict[str, Family] = {
             'reference': dict(attention_mode='reference', attn_impl='torch'),
             'fast': dict(attention_mode='fast', attn_impl='auto'),
             'fast-torch': dict(attention_mode='fast', attn_impl='torch'),
+            'triton': dict(attention_mode='fast', attn_impl='triton'),
         },
         default_impl='fast',
-        build=_build_transnext),
+        build=_build_transnext,
+        gpu_impls=('triton', )),
     'transxnet': Family(
         name='TransXNet',
         archs=('tiny', 'small', 'base'),

@@ -24,6 +24,22 @@ builds the position tables and, without gradients, the CPB grids kept for reuse)
   model's size-dependent caches dropped (``TransNeXt.clear_caches``): the profiler's own
   records would otherwise count as RSS.
 
+Kernel launches (:mod:`mmtransnext.analysis.launches`): the aten ops and Triton kernels one
+warm call launches (a forward for infer, a training step for train), counted on CPU after the
+memory measurements, with the host syncs (reads of tensor values) apart and the launches of the
+first aggregated-attention block's forward. TransNeXt's ``triton`` implementation
+(``attn_impl='triton'``, the GPU path) runs as on a GPU of ``--gpu-memory`` GB: its chunked
+loops take that GPU's budgets (:func:`mmtransnext.ops.budget.gpu_budgets`; on a GPU they run
+whole), and its Triton kernels are counted, not run (Triton's interpreter, the only way to run
+them here, is far too slow at 800x1216). It has no time ("n/a"). Its memory figures are those
+of this run under the GPU's budgets (whole-map chunks hold more than this machine's); a Triton
+kernel allocates nothing, so skipping one changes no tensor figure. ``--interpret`` runs the
+kernels in the interpreter for the memory figures (small inputs only; the interpreter's own
+copies add a little). The other
+implementations are counted with this machine's budgets and CPU ops (lower bounds of their
+CUDA counts); ``--also-gpu-budgets`` also gives their launches and peak tensor memory under
+the GPU's budgets.
+
 Ratios compare each implementation with the reference of the same case, measured in the same
 run (families without a reference implementation have none). Achieved GFLOP/s uses the FLOPs
 ``torch.utils.flop_counter`` counts on the reference, or on the only implementation
@@ -36,6 +52,8 @@ by the group count) and is set against this machine's fp32 matmul speed, measure
     python tools/analysis/benchmark_backbone.py --cold                 # RSS incl. library init
     python tools/analysis/benchmark_backbone.py --backbone transxnet transnext --tasks infer \
         --modes interpolation --impls default fast                     # the two families
+    python tools/analysis/benchmark_backbone.py --sizes 512x512 800x1216 --train-sizes \
+        512x512 800x1216 --modes extrapolation --impls fast triton --runs 0  # GPU-path launches
 """
 import argparse
 import csv
@@ -48,6 +66,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from typing import Dict, List, Optional, Tuple
 
 from backbone_families import FAMILIES, family
@@ -69,8 +88,17 @@ def parse_args() -> argparse.Namespace:
                    help='sizes at which the train task runs')
     p.add_argument('--impls', nargs='+', default=['reference', 'fast', 'default'],
                    help='implementations (those a family lacks are skipped): TransNeXt '
-                   'reference, fast, fast-torch; TransXNet default')
-    p.add_argument('--runs', type=int, default=3)
+                   'reference, fast, fast-torch, triton (GPU path: launches and memory, '
+                   'no time); TransXNet default')
+    p.add_argument('--runs', type=int, default=3, help='timed rounds; 0: no timing')
+    p.add_argument('--gpu-memory', type=float, default=80,
+                   help='GB of the GPU whose chunk budgets the GPU path runs with')
+    p.add_argument('--also-gpu-budgets', action='store_true',
+                   help='also measure launches and peak tensor memory of the other '
+                   "implementations under the GPU's budgets")
+    p.add_argument('--interpret', action='store_true',
+                   help='run the Triton kernels in the interpreter for the memory figures '
+                   '(slow: small inputs only)')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--cold', action='store_true',
                    help='no library warm-up before the RSS measurement (see above)')
@@ -176,10 +204,29 @@ def _build(spec: dict, impl: str, img_size: Optional[int] = None):
                      img_size=img_size).train(spec['task'] == 'train')
 
 
+def _gpu_budgets(spec: dict):
+    from mmtransnext.ops.budget import gpu_budgets
+    return gpu_budgets(int(spec['gpu_memory_gb'] * 2**30))
+
+
 def run_case(spec: dict) -> dict:
-    """Run one case's memory (and, if asked, FLOP) measurements in this process."""
+    """Run one case's memory, launch (and, if asked, FLOP) measurements in this process; a
+    GPU implementation's all under the GPU's budgets, with its kernels counted, not run
+    (unless ``spec['interpret']``)."""
+    with ExitStack() as stack:
+        if spec['gpu_impl']:
+            from mmtransnext.analysis import triton_kernel_counters
+            stack.enter_context(_gpu_budgets(spec))
+            if not spec['interpret']:
+                stack.enter_context(triton_kernel_counters())
+        return _measure_case(spec)
+
+
+def _measure_case(spec: dict) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    from mmtransnext.analysis import count_launches, first_aggregated_attention
     train, batch = _setup(spec)
     if not spec.get('cold'):
         # One small call on a throwaway model initialises the libraries; its memory is freed
@@ -206,7 +253,32 @@ def run_case(spec: dict) -> dict:
         with counter:
             step()
         flops = counter.get_total_flops()
-    return dict(peak_mb=peak, tensor_peak_mb=tensor_peak, build_mb=build_mb, flops=flops)
+    # The calls above built the size-dependent caches: the counted call is a warm one.
+    block = first_aggregated_attention(model)
+    launches = count_launches(step, block, warmup=0)
+    result = dict(peak_mb=peak, tensor_peak_mb=tensor_peak, build_mb=build_mb, flops=flops,
+                  budgets=_budget_label(spec) if spec['gpu_impl'] else 'cpu',
+                  **_launch_fields(launches))
+    if spec['also_gpu_budgets'] and not spec['gpu_impl']:
+        with _gpu_budgets(spec):
+            model.clear_caches()
+            release_memory()
+            gpu_tensor_peak = peak_tensor_mb(step)
+            launches = count_launches(step, block, warmup=0)
+        result.update(gpu_budgets=_budget_label(spec), gpu_tensor_peak_mb=gpu_tensor_peak,
+                      **_launch_fields(launches, 'gpu_'))
+    return result
+
+
+def _budget_label(spec: dict) -> str:
+    return f"gpu {spec['gpu_memory_gb']:g} GB"
+
+
+def _launch_fields(count, prefix: str = '') -> dict:
+    """JSON fields of a :class:`mmtransnext.analysis.LaunchCount`."""
+    return {f'{prefix}launches': count.launches, f'{prefix}launches_aten': count.aten,
+            f'{prefix}launches_triton': count.triton, f'{prefix}host_syncs': count.syncs,
+            f'{prefix}block_launches': count.block}
 
 
 def run_timing(spec: dict) -> dict:
@@ -231,6 +303,30 @@ def run_timing(spec: dict) -> dict:
     return times
 
 
+def print_launches(results: List[dict]) -> None:
+    """The launch table: one row per case, and one more under the GPU's budgets if measured."""
+    print('\nKernel launches of one warm call (infer: a forward, batch 1; train: a training '
+          'step, batch 2):\naten ops + Triton kernels, host syncs apart; 1st AA fwd: the first '
+          'aggregated-attention block\'s forward.\nBudgets "gpu N GB": the chunk budgets of a '
+          'GPU of N GB, Triton kernels counted, not run; "cpu": this\nmachine\'s budgets and '
+          'CPU ops (lower bounds of the CUDA counts). tensor MB: peak tensor memory, as above.')
+    header = (f"{'backbone':<10}{'arch':<6}{'input':>10}{'task':>7}{'mode':>15}{'impl':>11}"
+              f"{'budgets':>13}{'launches':>9}{'aten':>8}{'triton':>7}{'syncs':>6}"
+              f"{'1st AA fwd':>11}{'tensor MB':>10}")
+    print(header + '\n' + '-' * len(header))
+    for r in results:
+        for prefix, budgets in (('', r['budgets']), ('gpu_', r.get('gpu_budgets'))):
+            if budgets is None:
+                continue
+            block = r[prefix + 'block_launches']
+            print(f"{r['backbone']:<10}{r['arch']:<6}{r['size'][0]:>5}x{r['size'][1]:<4}"
+                  f"{r['task']:>7}{r['mode']:>15}{r['impl']:>11}{budgets:>13}"
+                  f"{r[prefix + 'launches']:>9}{r[prefix + 'launches_aten']:>8}"
+                  f"{r[prefix + 'launches_triton']:>7}{r[prefix + 'host_syncs']:>6}"
+                  f"{'-' if block is None else block:>11}"
+                  f"{r[prefix + 'tensor_peak_mb']:>10.0f}")
+
+
 def main() -> None:
     args = parse_args()
     if args.case:
@@ -245,6 +341,9 @@ def main() -> None:
     for backbone in args.backbone:
         fam = FAMILIES[backbone]
         impls = [i for i in args.impls if i in fam.impls]
+        # FLOPs are counted on the reference, else on the first implementation that runs here.
+        counted = 'reference' if 'reference' in impls else \
+            next((i for i in impls if i not in fam.gpu_impls), None)
         for arch in args.archs:
             for size in args.sizes:
                 hw = tuple(int(v) for v in size.lower().split('x'))
@@ -254,16 +353,22 @@ def main() -> None:
                     for mode in (m for m in args.modes if m in fam.modes):
                         for impl in impls:
                             cases.append(dict(backbone=backbone, arch=arch, size=hw, task=task,
-                                              mode=mode, impl=impl, counted=impls[0] if
-                                              'reference' not in impls else 'reference',
+                                              mode=mode, impl=impl, counted=counted,
                                               runs=args.runs, threads=args.threads,
-                                              cold=args.cold))
+                                              cold=args.cold,
+                                              gpu_impl=impl in fam.gpu_impls,
+                                              gpu_memory_gb=args.gpu_memory,
+                                              also_gpu_budgets=args.also_gpu_budgets,
+                                              interpret=args.interpret))
     if not cases:
         raise SystemExit('no case to run: check --impls / --modes against the families')
 
     def subprocess_result(flag: str, spec: dict):
+        env = None
+        if spec.get('gpu_impl'):  # the Triton path runs on CPU tensors only in the interpreter
+            env = dict(os.environ, TRITON_INTERPRET='1')
         proc = subprocess.run([sys.executable, __file__, flag, json.dumps(spec)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
         if proc.returncode or not line:
             print('failed\n' + proc.stderr[-2000:])
@@ -281,16 +386,19 @@ def main() -> None:
         if measured is None:
             continue
         result = dict(spec, **measured)
-        print(f"tensors {result['tensor_peak_mb']:.0f} MB, RSS +{result['peak_mb']:.0f} MB",
-              flush=True)
+        print(f"tensors {result['tensor_peak_mb']:.0f} MB, RSS +{result['peak_mb']:.0f} MB, "
+              f"{result['launches']} launches", flush=True)
+        if spec['gpu_impl']:
+            result['time_s'] = None  # its kernels do not run here: see the module docstring
         results.append(result)
 
     def key(r):
         return (r['backbone'], r['arch'], tuple(r['size']), r['task'], r['mode'])
 
-    groups = list(dict.fromkeys(key(r) for r in results))
+    timed = [r for r in results if not r['gpu_impl']] if args.runs > 0 else []
+    groups = list(dict.fromkeys(key(r) for r in timed))
     for i, group in enumerate(groups, 1):
-        members = [r for r in results if key(r) == group]
+        members = [r for r in timed if key(r) == group]
         impls = [r['impl'] for r in members]
         print(f"[{i}/{len(groups)}] time: {group[0]} {group[1]} {group[2][0]}x{group[2][1]} "
               f"{group[3]} {group[4]} ({', '.join(impls)}) ...", end=' ', flush=True)
@@ -307,14 +415,17 @@ def main() -> None:
                     a / b for a, b in zip(times['reference'], times[r['impl']]))
         print(', '.join(f"{impl} {statistics.median(t):.2f} s" for impl, t in times.items()),
               flush=True)
-    results = [r for r in results if 'time_s' in r]
+    if args.runs > 0:
+        results = [r for r in results if 'time_s' in r]
+    for r in results:
+        r.setdefault('time_s', None)
 
     refs = {key(r): r for r in results if r['impl'] == 'reference'}
     counted = {key(r): r['flops'] for r in results if r['impl'] == r['counted']}
     header = (f"{'backbone':<10}"
               f"{'arch':<6}{'input':>10}{'task':>7}{'mode':>15}{'impl':>11}{'time s':>8}"
               f"{'speed-up':>9}{'tensor MB':>10}{'ratio':>7}{'RSS MB':>8}{'ratio':>7}"
-              f"{'build MB':>9}{'GFLOP/s':>8}{'% matmul':>9}")
+              f"{'build MB':>9}{'GFLOP/s':>8}{'% matmul':>9}{'launches':>9}")
     print('\n' + header + '\n' + '-' * len(header))
     for r in results:
         ref = refs.get(key(r))
@@ -323,19 +434,22 @@ def main() -> None:
         r['tensor_memory_ratio'] = (ref['tensor_peak_mb'] / max(r['tensor_peak_mb'], 1)
                                     if ref else float('nan'))
         r['memory_ratio'] = ref['peak_mb'] / max(r['peak_mb'], 1) if ref else float('nan')
-        r['gflops'] = flops / r['time_s'] / 1e9 if flops else float('nan')
+        r['gflops'] = flops / r['time_s'] / 1e9 if flops and r['time_s'] else float('nan')
         r['matmul_fraction'] = r['gflops'] / machine
+        time_s = 'n/a' if r['time_s'] is None else f"{r['time_s']:.2f}"
         print(f"{r['backbone']:<10}"
               f"{r['arch']:<6}{r['size'][0]:>5}x{r['size'][1]:<4}{r['task']:>7}{r['mode']:>15}"
-              f"{r['impl']:>11}{r['time_s']:>8.2f}{r['speedup']:>8.2f}x"
+              f"{r['impl']:>11}{time_s:>8}{r['speedup']:>8.2f}x"
               f"{r['tensor_peak_mb']:>10.0f}{r['tensor_memory_ratio']:>6.2f}x"
               f"{r['peak_mb']:>8.0f}{r['memory_ratio']:>6.2f}x{r['build_mb']:>9.0f}"
-              f"{r['gflops']:>8.1f}{100 * r['matmul_fraction']:>8.0f}%")
+              f"{r['gflops']:>8.1f}{100 * r['matmul_fraction']:>8.0f}%{r['launches']:>9}")
+    print_launches(results)
     with open(args.out, 'w') as f:
         json.dump(dict(matmul_gflops=machine, results=results), f, indent=1)
     csv_path = os.path.splitext(args.out)[0] + '.csv'
     with open(csv_path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(results[0]) if results else [])
+        fields = list(dict.fromkeys(k for r in results for k in r))  # rows differ in fields
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(results)
     print(f'\nwritten: {args.out}, {csv_path}')

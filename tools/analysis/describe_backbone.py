@@ -46,6 +46,9 @@ def main() -> None:
     if unknown or impl not in fam.impls or args.mode not in fam.modes:
         raise SystemExit(f'{fam.name} has archs {list(fam.archs)}, implementations '
                          f'{list(fam.impls)} and modes {list(fam.modes)}')
+    if impl in fam.gpu_impls:
+        raise SystemExit(f'the {impl} implementation runs its kernels on a GPU only; '
+                         f'benchmark_backbone.py counts its launches and memory')
     if args.threads:
         torch.set_num_threads(args.threads)
     height, width = args.size
