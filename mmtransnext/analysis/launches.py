@@ -35,9 +35,10 @@ from torch.utils._pytree import tree_flatten
 #: aten ops that read a tensor's values on the host (a device sync on CUDA).
 SYNC_OPS = frozenset({'_local_scalar_dense', 'nonzero', '_unique2', 'unique_dim',
                       'unique_consecutive', 'masked_select', 'equal', 'is_nonzero', 'item'})
-#: aten ops that launch nothing: allocation without initialisation, aliases.
+#: aten ops that launch nothing: allocation without initialisation, aliases (``_unsafe_view``
+#: is the view a matmul's reshape returns, not flagged as a view in its schema).
 NO_LAUNCH_OPS = frozenset({'empty', 'empty_like', 'empty_strided', 'new_empty',
-                           'new_empty_strided', 'lift_fresh', 'detach', 'alias'})
+                           'new_empty_strided', 'lift_fresh', 'detach', 'alias', '_unsafe_view'})
 #: The Triton kernels of :mod:`mmtransnext.ops.triton_kernels`.
 TRITON_KERNELS = ('_attention_fwd', '_attention_bwd_query', '_attention_bwd_keys')
 #: Memory (bytes) of the GPU whose chunk budgets a count takes by default: an 80 GB A100/H100.
