@@ -169,8 +169,10 @@ def cpb_grid(fc1: nn.Linear, fc2: nn.Linear, table: PositionTable) -> Tensor:
     # In the parameters' dtype even under autocast: a small MLP whose output is a bias.
     with (torch.autocast(device_type, enabled=False) if device_type in ('cpu', 'cuda')
           else contextlib.nullcontext()):
-        row = F.linear(table.log_h[:, None].to(dtype), fc1.weight[:, :1], fc1.bias)
-        col = F.linear(table.log_w[:, None].to(dtype), fc1.weight[:, 1:])
+        log_h, log_w = table.log_h[:, None].to(dtype), table.log_w[:, None].to(dtype)
+        row = log_h * fc1.weight[:, 0] if fc1.bias is None else \
+            torch.addcmul(fc1.bias, log_h, fc1.weight[:, 0])
+        col = log_w * fc1.weight[:, 1]
         bias = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
         return _SeparableCPB.apply(row, col, fc2.weight, bias)
 
