@@ -83,12 +83,11 @@ def _pooled_attention_flops(inputs, outputs) -> int:
     return _sdpa_flops(inputs, outputs)
 
 
-def _separable_cpb_flops(inputs, outputs) -> int:
-    """The position-bias MLP over every table coordinate, counted as the official
-    ``fc2(relu(fc1(coords)))`` over ``|rows| x |cols|`` 2-d coordinates."""
+def _cpb_grid_flops(inputs, outputs) -> int:
+    """The position-bias MLP ``fc2(relu(fc1(coords)))`` over every table coordinate."""
     from mmengine.analysis.jit_handles import get_shape
-    row, col, weight = (get_shape(x) for x in inputs[:3])
-    return row[0] * col[0] * row[1] * (2 + weight[0])
+    coords, weight1, _, weight2 = (get_shape(x) for x in inputs[:4])
+    return coords[0] * weight1[0] * (coords[1] + weight2[0])
 
 
 def _gelu_gate_linear_flops(inputs, outputs) -> int:
@@ -108,7 +107,7 @@ EXTRA_HANDLES = {
     'mmtransnext::sliding_window_qk': _window_op_flops(0),
     'mmtransnext::sliding_window_av': _window_op_flops(0),
     'prim::PythonOp._PooledAttention': _pooled_attention_flops,
-    'prim::PythonOp._SeparableCPB': _separable_cpb_flops,
+    'prim::PythonOp._CPBGrid': _cpb_grid_flops,
     'prim::PythonOp._GeluGateLinear': _gelu_gate_linear_flops,
 }
 

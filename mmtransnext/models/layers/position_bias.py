@@ -57,6 +57,13 @@ def _log_spaced(t: Tensor) -> Tensor:
     return torch.sign(t) * torch.log2(t.abs() + 1.0) / math.log2(8)
 
 
+def _log_coords(values_h: Tensor, values_w: Tensor) -> Tensor:
+    """``(|values_h| * |values_w|, 2)`` log-spaced coordinates of the cartesian product, rows in
+    the order ``torch.unique(dim=0)`` gives."""
+    grid_h, grid_w = torch.meshgrid(values_h, values_w, indexing='ij')
+    return _log_spaced(torch.stack([grid_h, grid_w], dim=-1).view(-1, 2))
+
+
 @dataclass(frozen=True)
 class PositionTable:
     """Coordinates fed to the CPB MLP and the maps from (query, key) pairs to table rows.
@@ -68,8 +75,8 @@ class PositionTable:
         query_size, key_size: the grid sizes the table was built for.
         pretrain_size: the pretraining grid that scales the offsets.
         host_index: ``(index_h, index_w)`` on the host, where taps are built.
-        log_h, log_w: ``values_h``/``values_w`` log-spaced (the CPB MLP's inputs per axis),
-            built once with the table instead of in every block call.
+        log_coords: ``(|values_h| * |values_w|, 2)`` log-spaced coordinates, the CPB MLP's
+            input (:meth:`coords`), built once with the table instead of in every block call.
     """
     values_h: Tensor
     values_w: Tensor
@@ -79,8 +86,7 @@ class PositionTable:
     key_size: Size2d
     pretrain_size: Size2d
     host_index: Tuple[Tensor, Tensor] = field(repr=False, compare=False)
-    log_h: Tensor = field(repr=False, compare=False)
-    log_w: Tensor = field(repr=False, compare=False)
+    log_coords: Tensor = field(repr=False, compare=False)
     _taps: 'PositionTableCache' = field(
         default_factory=lambda: PositionTableCache(TAPS_PER_TABLE), init=False, repr=False,
         compare=False)
@@ -95,8 +101,7 @@ class PositionTable:
 
     def coords(self) -> Tensor:
         """``(T, 2)`` log-spaced coordinates, rows in the order ``torch.unique(dim=0)`` gives."""
-        grid_h, grid_w = torch.meshgrid(self.values_h, self.values_w, indexing='ij')
-        return _log_spaced(torch.stack([grid_h, grid_w], dim=-1).view(-1, 2))
+        return self.log_coords
 
     def grid(self, table_values: Tensor) -> Tensor:
         """``(T, heads)`` per-coordinate values as a ``(heads, |values_h|, |values_w|)`` grid."""
@@ -112,69 +117,74 @@ class PositionTable:
 CPB_CHUNK_ELEMENTS = 1 << 20
 
 
-class _SeparableCPB(torch.autograd.Function):
-    """``fc2(relu(row[i] + col[j]))`` for every (i, j), chunked over i, saving only the two
-    per-axis halves of the first layer: its hidden layer is recomputed in backward instead of
-    being kept (``|values_h| * |values_w| x 512`` floats, over 100 MB per block at 512x512).
-    Chunks are sized for the device: cache-sized on CPU, on a GPU one chunk at practical sizes,
-    so the launches do not grow with the input."""
+class _CPBGrid(torch.autograd.Function):
+    """``fc2(relu(fc1(coords)))`` as a ``(heads, T)`` grid, chunked over the coordinates,
+    saving nothing of the hidden layer: it is recomputed in backward instead of being kept
+    (``T x 512`` floats, over 100 MB per block at 512x512). Two launches per chunk: ``fc1``
+    with its ReLU (``torch._addmm_activation``: one aten op, a GEMM with a bias-ReLU epilogue
+    where cuBLASLt takes it) and ``fc2`` written heads-major by one matmul. Chunks are sized
+    for the device: cache-sized on CPU, on a GPU one chunk at practical sizes, so the launches
+    do not grow with the input."""
 
     @staticmethod
-    def forward(ctx, row: Tensor, col: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        rows, cols, heads = row.shape[0], col.shape[0], weight.shape[0]
-        budget = element_budget(row.device, CPB_CHUNK_ELEMENTS, buffers=3)
-        step = rows if budget is None else max(1, budget // max(1, cols * row.shape[1]))
-        if step >= rows:  # one chunk: written in place by the matmul
-            grid = _SeparableCPB.rows(row, col, weight, bias)
+    def forward(ctx, coords: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor,
+                bias2: Tensor) -> Tensor:
+        length, hidden = coords.shape[0], weight1.shape[0]
+        budget = element_budget(coords.device, CPB_CHUNK_ELEMENTS, buffers=3)
+        step = length if budget is None else max(1, budget // hidden)
+        if step >= length:  # one chunk: written in place by the matmul
+            grid = _CPBGrid.chunk(coords, weight1, bias1, weight2, bias2)
         else:
-            grid = row.new_empty(heads, rows, cols)
-            for i in range(0, rows, step):
-                grid[:, i:i + step] = _SeparableCPB.rows(row[i:i + step], col, weight, bias)
+            grid = coords.new_empty(weight2.shape[0], length)
+            for i in range(0, length, step):
+                grid[:, i:i + step] = _CPBGrid.chunk(coords[i:i + step], weight1, bias1,
+                                                     weight2, bias2)
         ctx.step = step
-        ctx.save_for_backward(row, col, weight)
+        ctx.save_for_backward(coords, weight1, bias1, weight2)
         return grid
 
     @staticmethod
-    def rows(row: Tensor, col: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """``(heads, len(row), len(col))`` grid values of these rows (heads-major output of
-        one matmul: no layout copy)."""
-        hidden = (row[:, None] + col[None]).relu_()
-        grid = torch.addmm(bias[:, None], weight, hidden.view(-1, hidden.shape[-1]).t())
-        return grid.view(weight.shape[0], row.shape[0], col.shape[0])
+    def hidden(coords: Tensor, weight1: Tensor, bias1: Tensor) -> Tensor:
+        """``relu(fc1(coords))``, ``(len(coords), hidden)``."""
+        return torch._addmm_activation(bias1, coords, weight1.t())
+
+    @staticmethod
+    def chunk(coords: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor,
+              bias2: Tensor) -> Tensor:
+        """``(heads, len(coords))`` MLP values (heads-major output of one matmul: no layout
+        copy)."""
+        hidden = _CPBGrid.hidden(coords, weight1, bias1)
+        return torch.addmm(bias2[:, None], weight2, hidden.t())
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        row, col, weight = ctx.saved_tensors
-        grad_row, grad_col = torch.empty_like(row), torch.zeros_like(col)
-        grad_weight = torch.zeros_like(weight)
-        for i in range(0, row.shape[0], ctx.step):
-            hidden = (row[i:i + ctx.step, None] + col[None]).relu_()
-            g = torch.movedim(grad[:, i:i + ctx.step], 0, -1)  # (rows, cols, heads)
-            grad_weight += g.reshape(-1, g.shape[-1]).t() @ hidden.reshape(-1, hidden.shape[-1])
-            grad_hidden = (g @ weight).mul_(hidden > 0)
-            grad_row[i:i + ctx.step] = grad_hidden.sum(1)
-            grad_col += grad_hidden.sum(0)
-        return grad_row, grad_col, grad_weight, grad.sum((1, 2))
+        coords, weight1, bias1, weight2 = ctx.saved_tensors
+        grad_weight1, grad_bias1 = torch.zeros_like(weight1), torch.zeros_like(bias1)
+        grad_weight2 = torch.zeros_like(weight2)
+        for i in range(0, coords.shape[0], ctx.step):
+            part = coords[i:i + ctx.step]
+            hidden = _CPBGrid.hidden(part, weight1, bias1)
+            g = grad[:, i:i + ctx.step]  # (heads, chunk)
+            grad_weight2.addmm_(g, hidden)
+            grad_hidden = torch.ops.aten.threshold_backward(g.t() @ weight2, hidden, 0)
+            grad_weight1.addmm_(grad_hidden.t(), part)
+            grad_bias1 += grad_hidden.sum(0)
+        return None, grad_weight1, grad_bias1, grad_weight2, grad.sum(1)
 
 
 def cpb_grid(fc1: nn.Linear, fc2: nn.Linear, table: PositionTable) -> Tensor:
     """The CPB MLP (``fc2(relu(fc1(coords)))``) over every coordinate of ``table``, as a
     ``(heads, |values_h|, |values_w|)`` grid (same numbers as :meth:`PositionTable.grid` of
-    the MLP over :meth:`PositionTable.coords`).
-
-    The coordinates are a cartesian product, so ``fc1`` splits into a row part and a column
-    part; the hidden layer is formed chunk by chunk and never saved for backward.
-    """
+    the MLP over :meth:`PositionTable.coords`); the hidden layer is formed chunk by chunk and
+    never saved for backward."""
     dtype, device_type = fc1.weight.dtype, fc1.weight.device.type
     # In the parameters' dtype even under autocast: a small MLP whose output is a bias.
     with (torch.autocast(device_type, enabled=False) if device_type in ('cpu', 'cuda')
           else contextlib.nullcontext()):
-        log_h, log_w = table.log_h[:, None].to(dtype), table.log_w[:, None].to(dtype)
-        row = log_h * fc1.weight[:, 0] if fc1.bias is None else \
-            torch.addcmul(fc1.bias, log_h, fc1.weight[:, 0])
-        col = log_w * fc1.weight[:, 1]
-        bias = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
-        return _SeparableCPB.apply(row, col, fc2.weight, bias)
+        bias1 = fc1.bias if fc1.bias is not None else fc1.weight.new_zeros(fc1.weight.shape[0])
+        bias2 = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
+        grid = _CPBGrid.apply(table.log_coords.to(dtype), fc1.weight, bias1, fc2.weight, bias2)
+        return grid.view(-1, table.values_h.numel(), table.values_w.numel())
 
 
 def build_position_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
@@ -189,7 +199,7 @@ def build_position_table(query_size: Size2d, key_size: Size2d, pretrain_size: Si
     return PositionTable(values_h.to(device), values_w.to(device), index_h.to(device),
                          index_w.to(device), tuple(query_size), tuple(key_size),
                          tuple(pretrain_size), (index_h, index_w),
-                         _log_spaced(values_h).to(device), _log_spaced(values_w).to(device))
+                         _log_coords(values_h, values_w).to(device))
 
 
 def linear_taps(src: int, dst: int) -> Tuple[Tensor, Tensor]:

@@ -94,7 +94,7 @@ def test_cache_rejects_zero_size():
 
 
 @pytest.mark.parametrize('chunk', [1 << 22, 700])  # one chunk; many chunks with a ragged end
-def test_separable_cpb_grid_equals_mlp_over_coords(monkeypatch, chunk):
+def test_cpb_grid_equals_mlp_over_coords(monkeypatch, chunk):
     monkeypatch.setattr(position_bias, 'CPB_CHUNK_ELEMENTS', chunk)
     table = build_position_table((9, 7), (3, 2), (14, 14), torch.device('cpu'))
     fc1, fc2 = torch.nn.Linear(2, 16), torch.nn.Linear(16, 3)
