@@ -243,8 +243,8 @@ def _query_grads(dq_scaled: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
     if needs[1] or needs[2]:
         # d loss / d f[h, n], summed over the batch (float32, as the kernels add qe).
         df = (dq_scaled * (q + qe[:, None])).sum((0, 3))
-        dhead = (df * query_scale).sum(1) if needs[1] else None
-        dquery = (df * head_scale[:, None]).sum(0) if needs[2] else None
+        dhead = df @ query_scale if needs[1] else None
+        dquery = head_scale @ df if needs[2] else None
     return dq.to(dq_scaled.dtype), dqe, dhead, dquery
 
 
