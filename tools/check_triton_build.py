@@ -36,7 +36,8 @@ TRITON_DTYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: '
 #: Pointer arguments by kind: 'data' takes the input dtype, the others are fixed.
 POINTERS = {
     'data': ('Q', 'K', 'V', 'TOK', 'KP', 'VP', 'OUT', 'DO', 'DQ', 'DTOK', 'DKP', 'DVP'),
-    'fp32': ('RPB', 'GRID', 'WH', 'WW', 'LSE', 'DELTA', 'DK', 'DV', 'DRPB', 'DGRID'),
+    'fp32': ('QE', 'HS', 'QS', 'RPB', 'GRID', 'WH', 'WW', 'LSE', 'DELTA', 'DK', 'DV', 'DRPB',
+             'DGRID'),
     'i64': ('RH', 'RW'),
 }
 

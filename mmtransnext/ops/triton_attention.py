@@ -3,8 +3,11 @@
 implementations and an autograd formula, so they compose with autograd and ``torch.compile``.
 
 One forward launch per attention call and two backward launches, whatever the input size: no
-Python loop over chunks and no host-device synchronisation. Saved for backward: the output and
-the float32 log-sum-exp of each query; the logits are recomputed.
+Python loop over chunks and no host-device synchronisation. The query transform of TransNeXt
+(query embedding, temperature, length scale) is applied inside the kernels, so the scaled
+queries are never stored in the forward; the backward kernel returns their gradient, turned
+into those of the normalised queries and the transform by a few PyTorch ops. Saved for
+backward: the output and the float32 log-sum-exp of each query; the logits are recomputed.
 
 The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's
 interpreter, used by the tests). That variable is read when the kernels are decorated, i.e. the
@@ -12,7 +15,7 @@ first time this path runs in a process: set it before.
 """
 import os
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -118,7 +121,8 @@ def _weight_args(grid: Tensor, weights_h: Optional[Tensor],
 
 
 @torch.library.custom_op(OP, mutates_args=())
-def _attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], tok: Optional[Tensor],
+def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
+               k: Optional[Tensor], v: Optional[Tensor], tok: Optional[Tensor],
                rpb: Optional[Tensor], kp: Tensor, vp: Tensor, grid: Tensor, rows_h: Tensor,
                weights_h: Optional[Tensor], rows_w: Tensor, weights_w: Optional[Tensor],
                height: int, width: int, window: int, key_h: int, key_w: int,
@@ -134,28 +138,31 @@ def _attention(q: Tensor, k: Optional[Tensor], v: Optional[Tensor], tok: Optiona
     k, v, tok, rpb = (q, q, q, q) if window == 0 else (k, v, tok, rpb)
     launch = (_cdiv(length, meta['BLOCK_M']), bh)
     kernels._attention_fwd[launch](
-        q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w, weights_w, out, lse,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(tok),
-        *_strides(kp), *_strides(vp), *_strides(out), *sizes, WINDOW=window, **meta)
+        q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w,
+        weights_w, out, lse, *_strides(q), query_scale.stride(0), *_strides(k), *_strides(v),
+        *_strides(tok), *_strides(kp), *_strides(vp), *_strides(out), *sizes, WINDOW=window,
+        **meta)
     return out, lse
 
 
 @_attention.register_fake
-def _attention_fake(q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w, weights_w,
-                    height, width, window, key_h, key_w, tf32):
+def _attention_fake(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h,
+                    weights_h, rows_w, weights_w, height, width, window, key_h, key_w, tf32):
     batch, heads, length, dim = q.shape
     return (q.new_empty(batch, length, heads, dim).transpose(1, 2),
             q.new_empty(batch, heads, length, dtype=torch.float32))
 
 
 @torch.library.custom_op(OP_BACKWARD, mutates_args=())
-def _attention_backward(grad_out: Tensor, q: Tensor, k: Optional[Tensor], v: Optional[Tensor],
+def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
+                        query_scale: Tensor, k: Optional[Tensor], v: Optional[Tensor],
                         tok: Optional[Tensor], rpb: Optional[Tensor], kp: Tensor, vp: Tensor,
                         grid: Tensor, rows_h: Tensor, weights_h: Optional[Tensor],
                         rows_w: Tensor, weights_w: Optional[Tensor], out: Tensor, lse: Tensor,
                         height: int, width: int, window: int, key_h: int, key_w: int,
                         tf32: bool) -> List[Tensor]:
-    # Returns dq, dk, dv, dtok, drpb (empty for full attention), dk_pool, dv_pool, dgrid.
+    # Returns dq (of the scaled queries, as the kernels form them from q), dk, dv, dtok, drpb
+    # (empty for full attention), dk_pool, dv_pool, dgrid.
     from . import triton_kernels as kernels
     batch, heads, length, dim = q.shape
     f32 = torch.float32
@@ -176,13 +183,14 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Optional[Tensor], v: Opt
     else:
         k = v = tok = rpb = dk = dv = dtok = drpb = q
     kernels._attention_bwd_query[(_cdiv(length, meta['BLOCK_M']), bh)](
-        q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w, weights_w, out,
-        grad_out, lse, delta, dq, dk, dv, dtok, drpb, dgrid, *_strides(q), *_strides(k),
-        *_strides(v), *_strides(tok), *_strides(kp), *_strides(vp), *_strides(out),
-        *_strides(grad_out), *sizes, WINDOW=window, **meta)
+        q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w,
+        weights_w, out, grad_out, lse, delta, dq, dk, dv, dtok, drpb, dgrid, *_strides(q),
+        query_scale.stride(0), *_strides(k), *_strides(v), *_strides(tok), *_strides(kp),
+        *_strides(vp), *_strides(out), *_strides(grad_out), *sizes, WINDOW=window, **meta)
     kernels._attention_bwd_keys[(_cdiv(kp.shape[2], meta['BLOCK_N']), bh)](
-        q, kp, vp, grid, rows_h, weights_h, rows_w, weights_w, grad_out, lse, delta, dkp,
-        dvp, *_strides(q), *_strides(kp), *_strides(vp), *_strides(grad_out), *sizes, **meta)
+        q, qe, head_scale, query_scale, kp, vp, grid, rows_h, weights_h, rows_w, weights_w,
+        grad_out, lse, delta, dkp, dvp, *_strides(q), query_scale.stride(0), *_strides(kp),
+        *_strides(vp), *_strides(grad_out), *sizes, **meta)
     if not window:
         dk, dv, dtok, drpb = (q.new_empty(0) for _ in range(4))
         return [dq, dk, dv, dtok, drpb, dkp, dvp, dgrid.to(grid.dtype)]
@@ -191,9 +199,9 @@ def _attention_backward(grad_out: Tensor, q: Tensor, k: Optional[Tensor], v: Opt
 
 
 @_attention_backward.register_fake
-def _attention_backward_fake(grad_out, q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h,
-                             rows_w, weights_w, out, lse, height, width, window, key_h, key_w,
-                             tf32):
+def _attention_backward_fake(grad_out, q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp,
+                             grid, rows_h, weights_h, rows_w, weights_w, out, lse, height, width,
+                             window, key_h, key_w, tf32):
     dgrid = grid.new_empty(grid.shape)
     if window:
         local = (k.new_empty(k.shape), v.new_empty(v.shape), tok.new_empty(tok.shape),
@@ -204,11 +212,11 @@ def _attention_backward_fake(grad_out, q, k, v, tok, rpb, kp, vp, grid, rows_h, 
 
 
 def _setup_context(ctx, inputs, output):
-    (q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w, weights_w, height, width,
-     window, key_h, key_w, tf32) = inputs
+    (q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w,
+     weights_w, height, width, window, key_h, key_w, tf32) = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w, weights_w,
-                          out, lse)
+    ctx.save_for_backward(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h,
+                          weights_h, rows_w, weights_w, out, lse)
     ctx.config = (height, width, window, key_h, key_w, tf32)
 
 
@@ -216,10 +224,28 @@ def _backward(ctx, grad_out, grad_lse):
     saved = ctx.saved_tensors
     height, width, window, key_h, key_w, tf32 = ctx.config
     grad_out = _rows(grad_out.to(saved[-2].dtype))  # e.g. the stride-0 gradient of a sum
-    dq, dk, dv, dtok, drpb, dkp, dvp, dgrid = _attention_backward(
+    dq_scaled, dk, dv, dtok, drpb, dkp, dvp, dgrid = _attention_backward(
         grad_out, *saved, height, width, window, key_h, key_w, tf32)
+    dq, dqe, dhead, dquery = _query_grads(dq_scaled, *saved[:4], ctx.needs_input_grad[1:4])
     local = (dk, dv, dtok, drpb) if window else (None,) * 4
-    return (dq, *local, dkp, dvp, dgrid) + (None,) * 10
+    return (dq, dqe, dhead, dquery, *local, dkp, dvp, dgrid) + (None,) * 10
+
+
+def _query_grads(dq_scaled: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
+                 query_scale: Tensor, needs: Tuple[bool, bool, bool]) -> Tuple:
+    """Gradients of ``q``, ``qe``, ``head_scale``, ``query_scale`` (None where not needed) from
+    that of the scaled queries ``(q + qe[h]) * f[h, n]``, ``f = head_scale[h] *
+    query_scale[n]``. In PyTorch rather than in the backward kernel: the extra registers made
+    ptxas spill in the float32 configurations already at their limit."""
+    dq = dq_scaled * (head_scale[:, None] * query_scale)[..., None]  # float32
+    dqe = dq.sum((0, 2)) if needs[0] else None
+    dhead = dquery = None
+    if needs[1] or needs[2]:
+        # d loss / d f[h, n], summed over the batch (float32, as the kernels add qe).
+        df = (dq_scaled * (q + qe[:, None])).sum((0, 3))
+        dhead = df @ query_scale if needs[1] else None
+        dquery = head_scale @ df if needs[2] else None
+    return dq.to(dq_scaled.dtype), dqe, dhead, dquery
 
 
 torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
@@ -230,12 +256,21 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
                      size: Tuple[int, int], pool_size: Tuple[int, int],
                      k_local: Optional[Tensor] = None, v_local: Optional[Tensor] = None,
                      token_weights: Optional[Tensor] = None,
-                     local_bias: Optional[Tensor] = None) -> Tensor:
+                     local_bias: Optional[Tensor] = None,
+                     query_embedding: Optional[Tensor] = None,
+                     head_scale: Optional[Tensor] = None,
+                     query_scale: Union[Tensor, float, None] = None) -> Tensor:
     """Aggregated attention (window + pooled keys, one softmax) or, without the window
     arguments, full attention with a CPB bias, in fused Triton kernels.
 
+    The kernels attend with the queries ``(q + query_embedding[h]) * head_scale[h] *
+    query_scale[n]``, formed in float32 registers wherever a query tile is loaded (never stored);
+    the query arguments left out leave ``q`` as it is. All three take gradients.
+
     Args:
-        q: ``(B, heads, H*W, d)`` scaled queries of an ``H x W`` map (``size``).
+        q: ``(B, heads, H*W, d)`` queries of an ``H x W`` map (``size``): TransNeXt's
+            L2-normalised queries, or the scaled queries themselves without the three query
+            arguments.
         k_pool, v_pool: ``(B, heads, P, d)`` pooled keys and values, ``P = Hk * Wk``
             (``pool_size``).
         grid: ``(heads, GH, GW)`` CPB grid (see
@@ -245,6 +280,10 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
         k_local, v_local: ``(B, heads, H*W, d)`` keys and values of the sliding window.
         token_weights: ``(B, heads, H*W, window**2)`` weights added to the window probabilities.
         local_bias: ``(heads, window**2)`` local position bias.
+        query_embedding: ``(heads, d)`` added to the queries (default zero).
+        head_scale: ``(heads,)`` per-head factor, e.g. ``softplus(temperature)`` (default one).
+        query_scale: ``(H*W,)`` per-query factor, e.g. TransNeXt's length scale, or one value
+            (a number or a one-element tensor) for every query (default one).
 
     Returns:
         ``(B, heads, H*W, d)`` attention output, stored as ``(B, H*W, heads, d)``.
@@ -274,6 +313,7 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
                 f'window inputs do not match queries {tuple(q.shape)}: keys '
                 f'{tuple(k_local.shape)}, values {tuple(v_local.shape)}, token weights '
                 f'{tuple(token_weights.shape)}, local bias {tuple(local_bias.shape)}')
+    query_args = _query_args(q, query_embedding, head_scale, query_scale)
     tensors = [q, k_pool, v_pool] + ([k_local, v_local, token_weights] if window else [])
     dtype = tensors[0].dtype
     for t in tensors[1:]:
@@ -285,13 +325,43 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
         k_local, v_local, token_weights = (_rows(t.to(dtype)) for t in local[:3])
         local_bias = local_bias.float().contiguous()
     tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
-    out, _ = _attention(q, k_local, v_local, token_weights, local_bias, k_pool, v_pool,
+    out, _ = _attention(q, *query_args, k_local, v_local, token_weights, local_bias, k_pool, v_pool,
                         grid.float().contiguous(), rows_h.contiguous(),
                         None if weights_h is None else weights_h.float().contiguous(),
                         rows_w.contiguous(),
                         None if weights_w is None else weights_w.float().contiguous(), height,
                         width, window, key_h, key_w, tf32)
     return out
+
+
+def _query_args(q: Tensor, embedding: Optional[Tensor], head_scale: Optional[Tensor],
+                query_scale: Union[Tensor, float, None]) -> Tuple[Tensor, Tensor, Tensor]:
+    """The query transform as the kernels read it: float32 ``(heads, d)`` embedding and
+    ``(heads,)`` factor, contiguous, and the ``(H*W,)`` factor with any stride (0 for one
+    number); defaults (zero, one) for the arguments left out."""
+    _, heads, length, dim = q.shape
+    f32 = torch.float32
+    if embedding is None:
+        embedding = q.new_zeros(heads, dim, dtype=f32)
+    elif tuple(embedding.shape) != (heads, dim):
+        raise ValueError(f'query_embedding of shape {tuple(embedding.shape)} does not match '
+                         f'queries {tuple(q.shape)}: expected ({heads}, {dim})')
+    if head_scale is None:
+        head_scale = q.new_ones(heads, dtype=f32)
+    elif tuple(head_scale.shape) != (heads,):
+        raise ValueError(f'head_scale of shape {tuple(head_scale.shape)} does not match '
+                         f'queries {tuple(q.shape)}: expected ({heads},)')
+    if query_scale is None:
+        query_scale = 1.
+    if not isinstance(query_scale, Tensor):
+        query_scale = q.new_full((1,), float(query_scale), dtype=f32)
+    if query_scale.dim() <= 1 and query_scale.numel() == 1:
+        query_scale = query_scale.reshape(1).expand(length)
+    elif tuple(query_scale.shape) != (length,):
+        raise ValueError(f'query_scale of shape {tuple(query_scale.shape)} does not match '
+                         f'queries {tuple(q.shape)}: expected ({length},) or one value')
+    return (embedding.to(f32).contiguous(), head_scale.to(f32).contiguous(),
+            query_scale.to(f32))
 
 
 def _rows(t: Tensor) -> Tensor:

@@ -17,10 +17,15 @@ Per ``(batch, head)`` and tile of ``BLOCK_M`` queries of an ``height x width`` m
 - one online softmax over both key sets (fp32 running max and sum); the learnable-token weights
   ``tok[b, head, n, l]`` are added to the window probabilities (they are not normalised).
 
+The queries come in normalised (``q_norm``); each kernel scales the tiles it loads, ``(q_norm +
+qe[head]) * hs[head] * qs[n]`` (query embedding, ``softplus(temperature)``, length scale), in
+float32 registers (:func:`_queries`), so the scaled queries are never stored.
+
 ``WINDOW == 0`` gives full attention (stage 4): pooled keys are then all tokens.
 The forward writes the output and the log-sum-exp. Backward recomputes the logits
-(FlashAttention-2 style): :func:`_attention_bwd_query` per query tile (``dq``, window ``dk``/``dv``
-by atomic adds, ``dtok``, ``drpb``, ``dgrid``, and ``delta = dO . O_softmax``),
+(FlashAttention-2 style): :func:`_attention_bwd_query` per query tile (``dq`` of the scaled
+queries, window ``dk``/``dv`` by atomic adds, ``dtok``, ``drpb``, ``dgrid``, and
+``delta = dO . O_softmax``),
 :func:`_attention_bwd_keys` per tile of pooled keys (``dk``/``dv`` without atomics).
 """
 import triton
@@ -86,6 +91,18 @@ def _tile(ptr, b, h, s_b, s_h, s_n, offs, offs_d, mask):
 
 
 @triton.jit
+def _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs, offs_d, mask_m, mask_d,
+             HEAD_DIM: tl.constexpr):
+    """A tile of normalised queries plus the query embedding, ``q_norm + qe[h]``, in float32,
+    and each query's factor ``f = hs[h] * qs[n]`` (the scaled queries are their product; the
+    callers round it to the input dtype for ``tl.dot``, as the queries were rounded when scaled
+    in PyTorch)."""
+    q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs, offs_d, mask_m[:, None] & mask_d[None, :])
+    q = q.to(tl.float32) + tl.load(QE + h * HEAD_DIM + offs_d, mask=mask_d, other=0.)[None, :]
+    return q, tl.load(HS + h) * tl.load(QS + offs * s_qs, mask=mask_m, other=0.)
+
+
+@triton.jit
 def _program(heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
              HEAD_DIM: tl.constexpr):
     """This program's ``batch * heads + head``, batch, head, tile offsets (along an axis of
@@ -119,8 +136,8 @@ def _neighbour(offs_m, mask_m, height, width, l, WINDOW: tl.constexpr):
 
 
 @triton.jit
-def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
-                   sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
+def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
+                   sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
                    skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
                    heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
                    taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -129,13 +146,15 @@ def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
     length = height * width
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
                                                         HEAD_DIM)
-    q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs_m, offs_d, mask_m[:, None] & mask_d[None, :])
+    qf, f = _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs_m, offs_d, mask_m,
+                     mask_d, HEAD_DIM)
+    qf = qf * f[:, None]
+    q = qf.to(Q.dtype.element_ty)
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     acc_tok = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if WINDOW > 0:
-        qf = q.to(tl.float32)
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
@@ -177,24 +196,28 @@ def _attention_fwd(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
 
 
 @triton.jit
-def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, DO, LSE,
-                         DELTA, DQ, DK, DV, DTOK, DRPB, DGRID,
-                         sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
-                         skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
+def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, DO,
+                         LSE, DELTA, DQ, DK, DV, DTOK, DRPB, DGRID,
+                         sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
+                         st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
                          sdo_b, sdo_h, sdo_n,
                          heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
                          taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
                          HAS_WH: tl.constexpr, HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
     """Per query tile: ``delta``, ``dq``, ``dtok``; window ``dk``/``dv`` and ``drpb``, and the
-    grid gradient, by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)`` contiguous; ``DK``,
-    ``DV`` are contiguous float32 buffers of that shape, ``DTOK`` ``(B, heads, N, L)``."""
+    grid gradient, by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)`` contiguous, the
+    gradient of the scaled queries (the op's backward turns it into those of ``q_norm``, ``qe``
+    and ``f``: computed here, the extra registers made ptxas spill); ``DK``, ``DV`` are
+    contiguous float32 buffers of that shape, ``DTOK`` ``(B, heads, N, L)``."""
     length = height * width
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
                                                         HEAD_DIM)
     mask_md = mask_m[:, None] & mask_d[None, :]
-    q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs_m, offs_d, mask_md)
-    qf = q.to(tl.float32)
+    qf, f = _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs_m, offs_d, mask_m,
+                     mask_d, HEAD_DIM)
+    qf = qf * f[:, None]
+    q = qf.to(Q.dtype.element_ty)
     do = _tile(DO, b, h, sdo_b, sdo_h, sdo_n, offs_m, offs_d, mask_md).to(tl.float32)
     out = _tile(OUT, b, h, so_b, so_h, so_n, offs_m, offs_d, mask_md).to(tl.float32)
     lse = tl.load(LSE + bh * length + offs_m, mask=mask_m, other=0.)
@@ -251,8 +274,8 @@ def _attention_bwd_query(Q, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, D
 
 
 @triton.jit
-def _attention_bwd_keys(Q, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DELTA, DKP, DVP,
-                        sq_b, sq_h, sq_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
+def _attention_bwd_keys(Q, QE, HS, QS, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DELTA, DKP, DVP,
+                        sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                         sdo_b, sdo_h, sdo_n,
                         heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
                         taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -273,7 +296,9 @@ def _attention_bwd_keys(Q, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DELTA, DKP, DV
         mask_m = offs_m < length
         mask_md = mask_m[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs_m, offs_d, mask_md)
+        q, f = _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs_m, offs_d, mask_m,
+                        mask_d, HEAD_DIM)
+        q = (q * f[:, None]).to(Q.dtype.element_ty)
         do = _tile(DO, b, h, sdo_b, sdo_h, sdo_n, offs_m, offs_d, mask_md).to(q.dtype)
         lse = tl.load(LSE + bh * length + offs_m, mask=mask_m, other=0.)
         delta = tl.load(DELTA + bh * length + offs_m, mask=mask_m, other=0.)

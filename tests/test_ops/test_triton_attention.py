@@ -104,10 +104,25 @@ def _case_inputs(size, pool, trained, batch, window, heads=2, dim=24, full=False
     return attn, table, q, keys, values, tok
 
 
-def _run_case(size, pool, trained, batch, window, dtype, full=False):
-    """Kernel output and gradients next to the oracle's (float32, on the unrounded inputs)."""
+def _query_transform(heads, dim, length, per_query):
+    """A query embedding ``(heads, d)``, a per-head factor ``(heads,)`` and a per-query factor,
+    ``(N,)`` or one number (``per_query`` False), all non-trivial."""
+    embedding = torch.randn(heads, dim) * 0.3
+    head_scale = F.softplus(torch.randn(heads)) + 0.5
+    query_scale = torch.rand(length) * 2 + 1 if per_query else 2.3
+    return embedding, head_scale, query_scale
+
+
+def _run_case(size, pool, trained, batch, window, dtype, full=False, transform=None):
+    """Kernel output and gradients next to the oracle's (float32, on the unrounded inputs).
+
+    With ``transform`` (see :func:`_query_transform`) the kernels get normalised queries and the
+    transform; the oracle gets ``(q + embedding) * head_scale * query_scale`` made in PyTorch,
+    and the gradients of the transform's tensors are compared too."""
     attn, table, q, keys, values, tok = _case_inputs(size, pool, trained, batch, window,
                                                      full=full)
+    if transform is not None:
+        q = F.normalize(q, dim=-1)
     leaves = [q, keys[1], values[1]] + ([] if full else [keys[0], values[0], tok])
     params = [attn.cpb_fc1.weight, attn.cpb_fc1.bias, attn.cpb_fc2.weight, attn.cpb_fc2.bias]
     if not full:
@@ -118,6 +133,14 @@ def _run_case(size, pool, trained, batch, window, dtype, full=False):
     taps = table.taps(size, pool)
     local = {} if full else dict(k_local=inputs[3], v_local=inputs[4], token_weights=inputs[5],
                                  local_bias=attn.relative_pos_bias_local)
+    scaling, ref_scaling = [], []
+    if transform is not None:
+        scaling = [t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t
+                   for t in transform]
+        ref_scaling = [t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t
+                       for t in transform]
+        local.update(query_embedding=scaling[0], head_scale=scaling[1], query_scale=scaling[2])
+        params = params + [t for t in scaling if isinstance(t, torch.Tensor)]
     out = triton_attention(inputs[0], inputs[1], inputs[2], cpb_grid(attn.cpb_fc1, attn.cpb_fc2,
                                                                       table),
                            taps.rows_h, taps.weights_h, taps.rows_w, taps.weights_w, size, pool,
@@ -131,28 +154,39 @@ def _run_case(size, pool, trained, batch, window, dtype, full=False):
     ref_inputs = [t.clone().requires_grad_() for t in leaves]
     bias = reference_bias(ref, size, pool, PRETRAIN, trained)
     ref_local = None if full else (*ref_inputs[3:], ref.relative_pos_bias_local)
-    expected = naive_attention(ref_inputs[0], ref_inputs[1], ref_inputs[2], bias, size,
-                               ref_local)
+    q_ref = ref_inputs[0]
+    if transform is not None:
+        ref_params += [t for t in ref_scaling if isinstance(t, torch.Tensor)]
+        embedding, head_scale, query_scale = ref_scaling
+        if isinstance(query_scale, torch.Tensor):
+            query_scale = query_scale[:, None]
+        q_ref = (q_ref + embedding[:, None]) * head_scale[:, None, None] * query_scale
+    expected = naive_attention(q_ref, ref_inputs[1], ref_inputs[2], bias, size, ref_local)
     want = [expected] + list(torch.autograd.grad(expected, ref_inputs + ref_params,
                                                  grad_out))
     return got, want
 
 
-def _assert_all_close(got, want, dtype):
+def _assert_all_close(got, want, dtype, extra=()):
+    """``extra``: names of the gradients after the CPB MLP's and the local bias's (the query
+    transform's)."""
     names = ['out', 'dq', 'dk_pool', 'dv_pool', 'dk_local', 'dv_local', 'dtoken', 'dfc1.w',
              'dfc1.b', 'dfc2.w', 'dfc2.b', 'drpb']
-    if len(got) == 8:  # full attention
+    if len(got) - len(extra) == 8:  # full attention
         names = names[:4] + names[7:11]
+    names += list(extra)
     assert len(got) == len(want) == len(names)
+    sums = ('dfc', 'drpb', 'dembedding', 'dhead_scale', 'dquery_scale')
     for name, g, w in zip(names, got, want):
-        assert g.dtype == (torch.float32 if name.startswith(('dfc', 'drpb')) else dtype), name
+        assert g.dtype == (torch.float32 if name.startswith(sums) else dtype), name
         scale = w.abs().max().item()
         tol, floor = {torch.bfloat16: (3e-2, 0.1), torch.float16: (1e-2, 0.1)}.get(
             dtype, (1e-4, 0.1))
-        if dtype == torch.float32 and name == 'dfc2.b' and len(got) == 8:
+        if name == 'dfc2.b' and 'dk_local' not in names:
             # Full attention: fc2's bias adds one constant to every logit of a head, so this is
-            # zero in exact arithmetic and its float32 noise (sums over the map) ~1e-5.
-            floor = 1.0
+            # zero in exact arithmetic and its noise (sums over the map) ~1e-5 in float32; in
+            # 16 bits, ~0.1: the rounding of the output in delta, summed over the map.
+            tol, floor = (tol, 1.0) if dtype == torch.float32 else (1e-1, 3.0)
         elif name.startswith(('dfc', 'drpb')) and dtype != torch.float32:
             # Sums over the whole map of terms that cancel (sum_j dS_ij = 0 per query), each
             # carrying 16-bit rounding: compared at 10% of max(scale, 1). An indexing error
@@ -192,6 +226,21 @@ def test_aggregated_kernels_match_the_oracle_fp16(size, pool, trained, batch, wi
 def test_full_attention_kernels_match_the_oracle(size, trained, dtype):
     got, want = _run_case(size, size, trained, 2, 3, dtype, full=True)
     _assert_all_close(got, want, dtype)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('full,per_query', [(False, True), (False, False), (True, False)])
+def test_kernels_apply_the_query_transform(full, per_query, dtype):
+    """Normalised queries, embedding and factors in, against the oracle on the queries scaled
+    in PyTorch: forward and the gradients of everything, the transform's included."""
+    if full:  # the map of test_full_attention_kernels_match_the_oracle's bfloat16 case
+        size, pool, trained = (5, 6), (5, 6), ((6, 6), (6, 6))
+    else:
+        size, pool, trained = (7, 9), (3, 4), ((8, 8), (4, 4))
+    transform = _query_transform(2, 24, size[0] * size[1], per_query)
+    got, want = _run_case(size, pool, trained, 2, 3, dtype, full=full, transform=transform)
+    extra = ['dembedding', 'dhead_scale'] + (['dquery_scale'] if per_query else [])
+    _assert_all_close(got, want, dtype, extra)
 
 
 def _geometry(size, pool, window, trained=None):
@@ -283,12 +332,16 @@ def test_op_on_meta_tensors_needs_no_data():
     rows_h = torch.empty(7, 3, 2, dtype=torch.long, device=meta)
     rows_w = torch.empty(9, 4, 2, dtype=torch.long, device=meta)
     weights = [torch.empty(r.shape, device=meta) for r in (rows_h, rows_w)]
+    transform = [torch.empty(shape, device=meta, requires_grad=True)
+                 for shape in ((heads, dim), (heads,), (length,))]
     out = triton_attention(*leaves[:3], grid, rows_h, weights[0], rows_w, weights[1], size, pool,
                            k_local=leaves[3], v_local=leaves[4], token_weights=tok,
-                           local_bias=rpb)
+                           local_bias=rpb, query_embedding=transform[0], head_scale=transform[1],
+                           query_scale=transform[2])
     assert out.shape == (2, heads, length, dim) and out.transpose(1, 2).is_contiguous()
-    grads = torch.autograd.grad(out.sum(), leaves + [tok, rpb, grid])
-    for g, t in zip(grads, leaves + [tok, rpb, grid]):
+    inputs = leaves + [tok, rpb, grid] + transform
+    grads = torch.autograd.grad(out.sum(), inputs)
+    for g, t in zip(grads, inputs):
         assert g.shape == t.shape and g.device == meta
 
 
@@ -308,6 +361,13 @@ def test_bad_inputs_raise_value_errors():
                          k_local=q)
     with pytest.raises(ValueError, match='supports'):
         triton_attention(q.double(), kp, kp, grid, rows_h, None, rows_w, ones_w, (3, 4), (2, 2))
+    args = (q, kp, kp, grid, rows_h, None, rows_w, ones_w, (3, 4), (2, 2))
+    with pytest.raises(ValueError, match=r'query_embedding of shape \(2, 1, 24\)'):
+        triton_attention(*args, query_embedding=torch.zeros(2, 1, 24))
+    with pytest.raises(ValueError, match=r'head_scale of shape \(2, 1, 1\)'):
+        triton_attention(*args, head_scale=torch.ones(2, 1, 1))
+    with pytest.raises(ValueError, match=r'query_scale of shape \(11,\).*\(12,\) or one value'):
+        triton_attention(*args, query_scale=torch.ones(11))
 
 
 def test_op_traces_under_torch_compile():

@@ -189,16 +189,22 @@ class _CosineAttentionBase(nn.Module):
         return pooled_attention(q, k, v, *self.folded_bias(geometry), extra_lse=extra_lse,
                                 impl=self.attn_impl)
 
-    def attend_triton(self, q: Tensor, k: Tensor, v: Tensor, geometry: StageGeometry,
+    def attend_triton(self, q_norm: Tensor, k: Tensor, v: Tensor, geometry: StageGeometry,
                       **local: Tensor) -> Tensor:
-        """GPU path: attention over ``k``/``v`` with the position bias built inside the fused
-        Triton kernels from the CPB grid and its taps; ``local`` holds the window inputs of
-        aggregated attention (see :func:`mmtransnext.ops.triton_attention.triton_attention`)."""
+        """GPU path: attention of the normalised queries over ``k``/``v``, with the query
+        embedding and length-scaled temperature applied (as :meth:`scale_queries` does) and the
+        position bias built from the CPB grid and its taps inside the fused Triton kernels;
+        ``local`` holds the window inputs of aggregated attention (see
+        :func:`mmtransnext.ops.triton_attention.triton_attention`)."""
         table = geometry.table
         taps = table.taps(geometry.size, geometry.pool_size)
-        return triton_attention(q, k, v, self._cpb_grid(table), taps.rows_h, taps.weights_h,
-                                taps.rows_w, taps.weights_w, geometry.size, geometry.pool_size,
-                                **local)
+        scale = geometry.seq_length_scale
+        return triton_attention(
+            q_norm, k, v, self._cpb_grid(table), taps.rows_h, taps.weights_h, taps.rows_w,
+            taps.weights_w, geometry.size, geometry.pool_size, **local,
+            query_embedding=self.query_embedding.view(self.num_heads, self.head_dim),
+            head_scale=F.softplus(self.temperature).view(self.num_heads),
+            query_scale=scale.reshape(-1) if isinstance(scale, Tensor) else scale)
 
     def scale_queries(self, q_norm: Tensor, geometry: StageGeometry) -> Tensor:
         """Add the query embedding and apply the length-scaled temperature."""
@@ -308,14 +314,13 @@ class AggregatedAttention(_CosineAttentionBase):
         """GPU path: window and pooled keys under one softmax in one fused Triton kernel."""
         batch, length, _ = x.shape
         q_norm = F.normalize(self._heads(x, self.q.weight, self.q.bias), dim=-1)
-        q_scaled = self.scale_queries(q_norm, geometry)
         token_weights = self.token_weights_by_head(q_norm)
         k_local, v_local = self.kv(x).view(batch, length, 2, self.num_heads,
                                            self.head_dim).permute(2, 0, 3, 1, 4)
         k_local = F.normalize(k_local, dim=-1)
         k_pool, v_pool = self.pooled_kv(x, geometry.size, geometry.pool_size, fast=True)
         return self.project(self.attend_triton(
-            q_scaled, k_pool, v_pool, geometry, k_local=k_local, v_local=v_local,
+            q_norm, k_pool, v_pool, geometry, k_local=k_local, v_local=v_local,
             token_weights=token_weights, local_bias=self.relative_pos_bias_local))
 
     def token_weights_by_head(self, q_norm: Tensor) -> Tensor:
@@ -384,9 +389,9 @@ class FullAttention(_CosineAttentionBase):
             2, 0, 3, 1, 4)
         k = F.normalize(k, dim=-1)
         if self.use_fast_path():
-            q_scaled = self.scale_queries(F.normalize(q, dim=-1), geometry)
             if use_triton(self.attn_impl, x):
-                return self.project(self.attend_triton(q_scaled, k, v, geometry))
+                return self.project(self.attend_triton(F.normalize(q, dim=-1), k, v, geometry))
+            q_scaled = self.scale_queries(F.normalize(q, dim=-1), geometry)
             return self.project(self.attend_pooled(q_scaled, k, v, geometry)[0])
         q_scaled = self.reference_queries(F.normalize(q, dim=-1), geometry)
         bias = self.position_bias(geometry)
