@@ -20,6 +20,8 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .amp import autocast_off
+
 OP = 'mmtransnext::triton_attention'
 OP_BACKWARD = 'mmtransnext::triton_attention_backward'
 
@@ -226,7 +228,8 @@ def _backward(ctx, grad_out, grad_lse):
     grad_out = _rows(grad_out.to(saved[-2].dtype))  # e.g. the stride-0 gradient of a sum
     dq_scaled, dk, dv, dtok, drpb, dkp, dvp, dgrid = _attention_backward(
         grad_out, *saved, height, width, window, key_h, key_w, tf32)
-    dq, dqe, dhead, dquery = _query_grads(dq_scaled, *saved[:4], ctx.needs_input_grad[1:4])
+    with autocast_off(dq_scaled.device.type):  # float32 sums, whatever the caller's autocast
+        dq, dqe, dhead, dquery = _query_grads(dq_scaled, *saved[:4], ctx.needs_input_grad[1:4])
     local = (dk, dv, dtok, drpb) if window else (None,) * 4
     return (dq, dqe, dhead, dquery, *local, dkp, dvp, dgrid) + (None,) * 10
 

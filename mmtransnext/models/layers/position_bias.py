@@ -18,7 +18,6 @@ bias, the official computation step by step (the MLP over every unique coordinat
 ``N x P`` pairs, a gather by the index table, ``F.interpolate``); they call nothing of the fast
 path above, so that a mistake there cannot hide from the tests that compare the two.
 """
-import contextlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops.bias_ops import expand_columns, expand_columns_compiled
+from ...ops.amp import autocast_off
 from ...ops.budget import element_budget
 
 Size2d = Tuple[int, int]
@@ -120,9 +120,9 @@ CPB_CHUNK_ELEMENTS = 1 << 20
 class _CPBGrid(torch.autograd.Function):
     """``fc2(relu(fc1(coords)))`` as a ``(heads, T)`` grid, chunked over the coordinates,
     saving nothing of the hidden layer: it is recomputed in backward instead of being kept
-    (``T x 512`` floats, over 100 MB per block at 512x512). Two launches per chunk: ``fc1``
-    with its ReLU (``torch._addmm_activation``: one aten op, a GEMM with a bias-ReLU epilogue
-    where cuBLASLt takes it) and ``fc2`` written heads-major by one matmul. Chunks are sized
+    (``T x 512`` floats, over 100 MB per block at 512x512). Two aten ops per chunk: ``fc1``
+    with its ReLU (``torch._addmm_activation``, on CUDA a GEMM with a bias-ReLU epilogue where
+    cuBLASLt takes it, else a GEMM and a ReLU) and ``fc2`` written heads-major by one ``addmm``. Chunks are sized
     for the device: cache-sized on CPU, on a GPU one chunk at practical sizes, so the launches
     do not grow with the input."""
 
@@ -158,6 +158,12 @@ class _CPBGrid(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        # In the parameters' dtype as the forward, whatever autocast the caller runs under.
+        with autocast_off(grad.device.type):
+            return _CPBGrid._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: Tensor):
         coords, weight1, bias1, weight2 = ctx.saved_tensors
         grad_weight1, grad_bias1 = torch.zeros_like(weight1), torch.zeros_like(bias1)
         grad_weight2 = torch.zeros_like(weight2)
@@ -179,8 +185,7 @@ def cpb_grid(fc1: nn.Linear, fc2: nn.Linear, table: PositionTable) -> Tensor:
     never saved for backward."""
     dtype, device_type = fc1.weight.dtype, fc1.weight.device.type
     # In the parameters' dtype even under autocast: a small MLP whose output is a bias.
-    with (torch.autocast(device_type, enabled=False) if device_type in ('cpu', 'cuda')
-          else contextlib.nullcontext()):
+    with autocast_off(device_type):
         bias1 = fc1.bias if fc1.bias is not None else fc1.weight.new_zeros(fc1.weight.shape[0])
         bias2 = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
         grid = _CPBGrid.apply(table.log_coords.to(dtype), fc1.weight, bias1, fc2.weight, bias2)

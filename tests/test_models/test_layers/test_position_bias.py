@@ -94,20 +94,28 @@ def test_cache_rejects_zero_size():
 
 
 @pytest.mark.parametrize('chunk', [1 << 22, 700])  # one chunk; many chunks with a ragged end
-def test_cpb_grid_equals_mlp_over_coords(monkeypatch, chunk):
+@pytest.mark.parametrize('bias,autocast', [(True, False), (False, False), (True, True)])
+def test_cpb_grid_equals_mlp_over_coords(monkeypatch, chunk, bias, autocast):
+    """Grid and parameter gradients equal the MLP over the coordinate list; with or without
+    biases; under bfloat16 autocast (forward and backward) still in float32, same numbers."""
     monkeypatch.setattr(position_bias, 'CPB_CHUNK_ELEMENTS', chunk)
     table = build_position_table((9, 7), (3, 2), (14, 14), torch.device('cpu'))
-    fc1, fc2 = torch.nn.Linear(2, 16), torch.nn.Linear(16, 3)
-    with torch.no_grad():
-        fc1.bias.normal_()
-    grid = position_bias.cpb_grid(fc1, fc2, table)
-    weights = torch.randn(grid.shape)
-    (grid * weights).sum().backward()
-    fast_grads = [p.grad.clone() for p in (*fc1.parameters(), *fc2.parameters())]
-    for p in (*fc1.parameters(), *fc2.parameters()):
+    fc1, fc2 = torch.nn.Linear(2, 16, bias=bias), torch.nn.Linear(16, 3, bias=bias)
+    if bias:
+        with torch.no_grad():
+            fc1.bias.normal_()
+    params = [*fc1.parameters(), *fc2.parameters()]
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        grid = position_bias.cpb_grid(fc1, fc2, table)
+        weights = torch.randn(grid.shape)
+        (grid * weights).sum().backward()
+    assert grid.dtype == torch.float32
+    fast_grads = [p.grad.clone() for p in params]
+    for p in params:
         p.grad = None
     expected = table.grid(fc2(torch.relu(fc1(table.coords()))))
     (expected * weights).sum().backward()
     torch.testing.assert_close(grid, expected, rtol=1e-5, atol=1e-6)
-    for fast, p in zip(fast_grads, (*fc1.parameters(), *fc2.parameters())):
+    for fast, p in zip(fast_grads, params):
+        assert fast.dtype == torch.float32 and fast.abs().sum() > 0
         torch.testing.assert_close(fast, p.grad, rtol=1e-4, atol=1e-5)
