@@ -34,7 +34,7 @@ def test_expand_bias_equals_official_gather_then_resize(table_q, table_k, query,
     table = build_position_table(table_q, table_k, PRETRAIN, CPU)
     index, coords = brute_force_table(table_q, table_k, PRETRAIN)
     # The grid's rows are the sorted unique coordinates, the order of the official table.
-    torch.testing.assert_close(table.coords(), coords, rtol=0, atol=0)
+    torch.testing.assert_close(table.coords, coords, rtol=0, atol=0)
     values = torch.randn(coords.shape[0], 3, dtype=torch.float64, requires_grad=True)
     expected = gather_and_resize(values, index, (table_q, table_k), query, key)
     if impl == 'torch':

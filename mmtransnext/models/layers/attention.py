@@ -387,13 +387,13 @@ class FullAttention(_CosineAttentionBase):
         batch, length, _ = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(
             2, 0, 3, 1, 4)
-        k = F.normalize(k, dim=-1)
+        q_norm, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         if self.use_fast_path():
             if use_triton(self.attn_impl, x):
-                return self.project(self.attend_triton(F.normalize(q, dim=-1), k, v, geometry))
-            q_scaled = self.scale_queries(F.normalize(q, dim=-1), geometry)
+                return self.project(self.attend_triton(q_norm, k, v, geometry))
+            q_scaled = self.scale_queries(q_norm, geometry)
             return self.project(self.attend_pooled(q_scaled, k, v, geometry)[0])
-        q_scaled = self.reference_queries(F.normalize(q, dim=-1), geometry)
+        q_scaled = self.reference_queries(q_norm, geometry)
         bias = self.position_bias(geometry)
         attn = self.attn_drop((q_scaled @ k.transpose(-2, -1) + bias).softmax(dim=-1))
         return self.project(attn @ v)

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...ops.bias_ops import expand_columns, expand_columns_compiled
 from ...ops.amp import autocast_off
+from ...ops.bias_ops import expand_columns, expand_columns_compiled
 from ...ops.budget import element_budget
 
 Size2d = Tuple[int, int]
@@ -75,8 +75,9 @@ class PositionTable:
         query_size, key_size: the grid sizes the table was built for.
         pretrain_size: the pretraining grid that scales the offsets.
         host_index: ``(index_h, index_w)`` on the host, where taps are built.
-        log_coords: ``(|values_h| * |values_w|, 2)`` log-spaced coordinates, the CPB MLP's
-            input (:meth:`coords`), built once with the table instead of in every block call.
+        coords: ``(T, 2)`` log-spaced coordinates of every (row, column) offset pair
+            (``T = |values_h| * |values_w|``), rows in the order ``torch.unique(dim=0)`` gives:
+            the CPB MLP's input, built once with the table instead of in every block call.
     """
     values_h: Tensor
     values_w: Tensor
@@ -86,7 +87,7 @@ class PositionTable:
     key_size: Size2d
     pretrain_size: Size2d
     host_index: Tuple[Tensor, Tensor] = field(repr=False, compare=False)
-    log_coords: Tensor = field(repr=False, compare=False)
+    coords: Tensor = field(repr=False, compare=False)
     _taps: 'PositionTableCache' = field(
         default_factory=lambda: PositionTableCache(TAPS_PER_TABLE), init=False, repr=False,
         compare=False)
@@ -98,10 +99,6 @@ class PositionTable:
         return self._taps.get(
             (tuple(query_size), tuple(key_size)),
             lambda: BiasTaps.build(self, query_size, key_size).to(self.index_h.device))
-
-    def coords(self) -> Tensor:
-        """``(T, 2)`` log-spaced coordinates, rows in the order ``torch.unique(dim=0)`` gives."""
-        return self.log_coords
 
     def grid(self, table_values: Tensor) -> Tensor:
         """``(T, heads)`` per-coordinate values as a ``(heads, |values_h|, |values_w|)`` grid."""
@@ -122,9 +119,9 @@ class _CPBGrid(torch.autograd.Function):
     saving nothing of the hidden layer: it is recomputed in backward instead of being kept
     (``T x 512`` floats, over 100 MB per block at 512x512). Two aten ops per chunk: ``fc1``
     with its ReLU (``torch._addmm_activation``, on CUDA a GEMM with a bias-ReLU epilogue where
-    cuBLASLt takes it, else a GEMM and a ReLU) and ``fc2`` written heads-major by one ``addmm``. Chunks are sized
-    for the device: cache-sized on CPU, on a GPU one chunk at practical sizes, so the launches
-    do not grow with the input."""
+    cuBLASLt takes it, else a GEMM and a ReLU) and ``fc2`` written heads-major by one
+    ``addmm``. Chunks are sized for the device: cache-sized on CPU, on a GPU one chunk at
+    practical sizes, so the launches do not grow with the input."""
 
     @staticmethod
     def forward(ctx, coords: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor,
@@ -181,14 +178,14 @@ class _CPBGrid(torch.autograd.Function):
 def cpb_grid(fc1: nn.Linear, fc2: nn.Linear, table: PositionTable) -> Tensor:
     """The CPB MLP (``fc2(relu(fc1(coords)))``) over every coordinate of ``table``, as a
     ``(heads, |values_h|, |values_w|)`` grid (same numbers as :meth:`PositionTable.grid` of
-    the MLP over :meth:`PositionTable.coords`); the hidden layer is formed chunk by chunk and
+    the MLP over :attr:`PositionTable.coords`); the hidden layer is formed chunk by chunk and
     never saved for backward."""
     dtype, device_type = fc1.weight.dtype, fc1.weight.device.type
     # In the parameters' dtype even under autocast: a small MLP whose output is a bias.
     with autocast_off(device_type):
         bias1 = fc1.bias if fc1.bias is not None else fc1.weight.new_zeros(fc1.weight.shape[0])
         bias2 = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
-        grid = _CPBGrid.apply(table.log_coords.to(dtype), fc1.weight, bias1, fc2.weight, bias2)
+        grid = _CPBGrid.apply(table.coords.to(dtype), fc1.weight, bias1, fc2.weight, bias2)
         return grid.view(-1, table.values_h.numel(), table.values_w.numel())
 
 

@@ -18,7 +18,7 @@ from reference import brute_force_table, gather_and_resize
 def test_separable_table_equals_brute_force_unique(query, key, pretrain):
     table = build_position_table(query, key, pretrain, torch.device('cpu'))
     index, coords = brute_force_table(query, key, pretrain)
-    torch.testing.assert_close(table.coords(), coords, rtol=0, atol=0)
+    torch.testing.assert_close(table.coords, coords, rtol=0, atol=0)
     # The separable gather must pick the same row for every (query, key) pair.
     values = torch.randn(coords.shape[0], 3)
     expected = values.t()[:, index]
@@ -113,7 +113,7 @@ def test_cpb_grid_equals_mlp_over_coords(monkeypatch, chunk, bias, autocast):
     fast_grads = [p.grad.clone() for p in params]
     for p in params:
         p.grad = None
-    expected = table.grid(fc2(torch.relu(fc1(table.coords()))))
+    expected = table.grid(fc2(torch.relu(fc1(table.coords))))
     (expected * weights).sum().backward()
     torch.testing.assert_close(grid, expected, rtol=1e-5, atol=1e-6)
     for fast, p in zip(fast_grads, params):
