@@ -7,15 +7,16 @@
 # Order matters: torch first (kept if already installed, e.g. a CUDA build), then the build
 # tools, then mmcv 2.1.0 built from source WITH its ops against that torch (pip caches the built
 # wheel, so only the first install on a machine compiles: ~15 min on 2 cores), then the rest.
-# timm and torchvision are never installed: they would replace torch and break mmcv's ABI.
+# torch is pinned (a constraints file) for every later step, so nothing replaces it under mmcv.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${MMTRANSNEXT_VENV:-$ROOT/.venv}
-TORCH_SPEC=${MMTRANSNEXT_TORCH:-torch==2.13.0}
+TORCH_SPEC=${MMTRANSNEXT_TORCH:-torch==2.14.1}
 MMCV_SPEC=mmcv==2.1.0
 PY="$VENV/bin/python"
 STAMP="$VENV/.mmtransnext-install"
+WHEEL_CACHE=${MMTRANSNEXT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmtransnext/wheels}
 
 say() { echo "[install] $*" >&2; }
 die() { echo "[install] ERROR: $*" >&2; exit 1; }
@@ -80,12 +81,32 @@ if ! ops_ok; then
     say "mmcv is installed without its compiled ops: rebuilding"
     "${PIP[@]}" uninstall -q -y mmcv
   fi
-  say "building $MMCV_SPEC with ops against torch $TORCH_VERSION (first time: ~15 min on 2 cores)"
-  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" install -q -c "$CONSTRAINTS" \
-    --no-build-isolation "$MMCV_SPEC" || die "building $MMCV_SPEC failed (see pip output above)"
+  # The wheel is kept in a folder named after the exact torch build and Python it was compiled
+  # against, never in pip's cache (pip would hand a wheel built against another torch to this
+  # one: its ops then fail to load with undefined symbols).
+  MMCV_WHEELS=$WHEEL_CACHE/mmcv-2.1.0-torch-${TORCH_VERSION}-$("$PY" -c 'import sys; print("py%d%d" % sys.version_info[:2])')
+  if ! ls "$MMCV_WHEELS"/mmcv-*.whl >/dev/null 2>&1; then
+    say "building $MMCV_SPEC with ops against torch $TORCH_VERSION into $MMCV_WHEELS (once per torch build: ~15 min on 2 cores)"
+    SRC=$(mktemp -d)
+    "${PIP[@]}" download -q --no-deps --no-binary :all: -d "$SRC" "$MMCV_SPEC" \
+      || die "could not download the $MMCV_SPEC source"
+    tar -xzf "$SRC"/mmcv-*.tar.gz -C "$SRC"
+    # mmcv 2.1.0 compiles its ops as C++17; torch >= 2.14's headers require C++20.
+    if "$PY" -c "import sys, torch; sys.exit(tuple(map(int, torch.__version__.split('.')[:2])) < (2, 14))"; then
+      sed -i "s/'-std=c++17'/'-std=c++20'/g" "$SRC"/mmcv-*/setup.py
+    fi
+    mkdir -p "$MMCV_WHEELS.tmp"
+    (cd "$SRC"/mmcv-*/ && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+      "${PIP[@]}" wheel -q --no-cache-dir --no-deps --no-build-isolation -c "$CONSTRAINTS" \
+      -w "$MMCV_WHEELS.tmp" .) || die "building $MMCV_SPEC failed (see pip output above)"
+    rm -rf "$SRC"
+    rm -rf "$MMCV_WHEELS" && mv "$MMCV_WHEELS.tmp" "$MMCV_WHEELS"
+  fi
+  "${PIP[@]}" install -q -c "$CONSTRAINTS" --no-index --find-links "$MMCV_WHEELS" "$MMCV_SPEC" \
+    || die "installing $MMCV_SPEC from $MMCV_WHEELS failed"
   ops_ok || die "$MMCV_SPEC installed but 'from mmcv.ops import nms, RoIAlign,
-MultiScaleDeformableAttention' fails: it was built without ops. Remove it from pip's cache
-('pip cache remove mmcv') and run this script again."
+MultiScaleDeformableAttention' fails: it was built without ops. Remove $MMCV_WHEELS and run
+this script again."
 fi
 
 say "installing requirements/runtime.txt and requirements/tests.txt"
@@ -93,13 +114,19 @@ say "installing requirements/runtime.txt and requirements/tests.txt"
   -r "$ROOT/requirements/tests.txt" || die "could not install the runtime requirements"
 
 say "installing mmtransnext (editable; compiles the ops in csrc/ with ninja)"
+# CUDA kernels of csrc/ only where a GPU is visible (or FORCE_CUDA=1): a CUDA torch on a machine
+# without one builds CPU kernels; tools/check_cuda_build.sh compiles the CUDA ones.
+if [ -z "${FORCE_CUDA:-}" ] && ! "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  export FORCE_CUDA=0
+fi
 "${PIP[@]}" install -q -c "$CONSTRAINTS" --no-build-isolation --no-deps -e "$ROOT" \
   || die "pip install -e . failed"
 ext_ok || die "mmtransnext installed but its compiled ops (mmtransnext._ext) do not import"
 
-for forbidden in timm torchvision; do
-  if "$PY" -c "import $forbidden" 2>/dev/null; then
-    die "$forbidden is installed in $VENV: it replaces torch and breaks mmcv's ops; uninstall it"
+for optional in torchvision timm; do
+  # Either may come with a user's own packages; pinned to this torch it must load beside it.
+  if "$PY" -m pip show -q "$optional" >/dev/null 2>&1 && ! "$PY" -c "import $optional" 2>/dev/null; then
+    die "$optional is installed in $VENV but does not import beside torch $TORCH_VERSION; uninstall it"
   fi
 done
 [ "$("$PY" -c "import torch; print(torch.__version__)")" = "$TORCH_VERSION" ] \
