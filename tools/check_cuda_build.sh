@@ -3,9 +3,9 @@
 #
 #   bash tools/check_cuda_build.sh
 #
-# 1. A separate virtual environment with a CUDA build of torch (never the project's .venv), kept
-#    in the cache so that it survives fresh clones: $MMTRANSNEXT_CUDA_CACHE/cuda-venv
-#    (default ~/.cache/mmtransnext). Created once (~5.5 GB); reused while its torch matches.
+# 1. The project's environment (tools/install.sh; MMTRANSNEXT_VENV overrides it), whose torch
+#    must be a CUDA build (the default torch==2.14.1 from PyPI is one). cuobjdump, to list the
+#    device code, is added to it once (nvidia-cuda-cuobjdump, a few MB).
 # 2. `FORCE_CUDA=1 python setup.py build_ext` into $MMTRANSNEXT_CUDA_CACHE/cuda-build, for one GPU
 #    arch (TORCH_CUDA_ARCH_LIST, default 8.0) to keep nvcc's time down. Skipped when the sources,
 #    build flags, torch and nvcc are those of the last successful build (content hash, so it
@@ -15,15 +15,14 @@
 #    PyTorch reference. CUDA kernels cannot run here; the device code compiled for the arch is
 #    listed (cuobjdump) instead.
 #
-# Environment: MMTRANSNEXT_CUDA_CACHE, MMTRANSNEXT_CUDA_TORCH (default torch==2.14.1),
-# TORCH_CUDA_ARCH_LIST, CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default 2), PYTHON.
+# Environment: MMTRANSNEXT_VENV, MMTRANSNEXT_CUDA_CACHE, TORCH_CUDA_ARCH_LIST, CUDA_HOME (default
+# /usr/local/cuda), MAX_JOBS (default 2).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${MMTRANSNEXT_CUDA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmtransnext}
-VENV=$CACHE/cuda-venv
+VENV=${MMTRANSNEXT_VENV:-$ROOT/.venv}
 BUILD=$CACHE/cuda-build
-TORCH_SPEC=${MMTRANSNEXT_CUDA_TORCH:-torch==2.14.1}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0}
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export MAX_JOBS=${MAX_JOBS:-2}
@@ -39,24 +38,14 @@ export PATH="$CUDA_HOME/bin:$PATH"
 START=$SECONDS
 
 # --- 1. the CUDA torch environment ------------------------------------------------------------
-# Prints "<torch version> CUDA <cuda version>" when the environment is usable.
-torch_info() {
-  [ -x "$PY" ] && [ "$(cat "$VENV/.mmtransnext-torch-spec" 2>/dev/null)" = "$TORCH_SPEC" ] && \
-    "$PY" -c "import sys, torch, ninja, setuptools
-sys.exit(torch.version.cuda is None or print(torch.__version__, 'CUDA', torch.version.cuda))" \
-      2>/dev/null
-}
-if ! TORCH_INFO=$(torch_info); then
-  BASE_PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
-  say "creating $VENV with $TORCH_SPEC (CUDA build, ~5.5 GB; once per machine)"
-  rm -rf "$VENV"
-  "$BASE_PY" -m venv "$VENV"
-  "$PY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC" "setuptools>=77,<81" wheel \
-    ninja "nvidia-cuda-cuobjdump>=13.0,<14" || die "could not install $TORCH_SPEC"
-  "$PY" -c "import sys, torch; sys.exit(torch.version.cuda is None)" || \
-    die "$TORCH_SPEC in $VENV has no CUDA (torch.version.cuda is None)"
-  echo "$TORCH_SPEC" > "$VENV/.mmtransnext-torch-spec"
-  TORCH_INFO=$(torch_info) || die "the environment in $VENV is not usable"
+[ -x "$PY" ] || die "no environment at $VENV: run bash tools/install.sh first"
+TORCH_INFO=$("$PY" -c "import sys, torch
+sys.exit(torch.version.cuda is None or print(torch.__version__, 'CUDA', torch.version.cuda))" 2>/dev/null) \
+  || die "torch in $VENV has no CUDA (torch.version.cuda is None): install a CUDA build (tools/install.sh does)"
+if ! ls "$VENV"/lib/python3*/site-packages/nvidia/cuda_cuobjdump/bin/cuobjdump >/dev/null 2>&1; then
+  TORCH_PIN="torch==$("$PY" -c "import torch; print(torch.__version__)")"
+  "$PY" -m pip install -q --disable-pip-version-check "nvidia-cuda-cuobjdump>=13.0,<14" \
+    -c <(echo "$TORCH_PIN") >&2 || say "cuobjdump could not be installed; listing kernel stubs instead"
 fi
 say "environment: $TORCH_INFO, nvcc $("$CUDA_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), arch $TORCH_CUDA_ARCH_LIST"
 

@@ -2,9 +2,9 @@
 (`pytest -m slow`); the CUDA build runs by default (marker ``cuda_build``, see pytest.ini).
 
 - The JIT build that a source tree without ``mmtransnext._ext`` falls back to (~1 min cold).
-- The CUDA build (tools/check_cuda_build.sh), compiled and linked without a GPU: the first run
-  creates a ~5.5 GB CUDA torch environment in ~/.cache/mmtransnext and compiles for one arch
-  (~6 min on 2 cores); later runs take ~15 s.
+- The CUDA build (tools/check_cuda_build.sh), compiled and linked without a GPU against the
+  project environment's CUDA torch, for one arch (~6 min on 2 cores the first time on a
+  machine; later runs, cached in ~/.cache/mmtransnext, take ~15 s).
 - The Triton kernels (tools/check_triton_build.py), compiled for sm_80 and sm_90 (~2 min).
 """
 import os
