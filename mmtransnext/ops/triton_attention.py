@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .amp import autocast_off
+from .amp import autocast_off, cuda_matmul_allows_tf32
 
 OP = 'mmtransnext::triton_attention'
 OP_BACKWARD = 'mmtransnext::triton_attention_backward'
@@ -327,7 +327,7 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
     if window:
         k_local, v_local, token_weights = (_rows(t.to(dtype)) for t in local[:3])
         local_bias = local_bias.float().contiguous()
-    tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+    tf32 = cuda_matmul_allows_tf32()
     out, _ = _attention(q, *query_args, k_local, v_local, token_weights, local_bias, k_pool, v_pool,
                         grid.float().contiguous(), rows_h.contiguous(),
                         None if weights_h is None else weights_h.float().contiguous(),
