@@ -1,6 +1,6 @@
 """Mixed-precision helpers shared by the ops and layers."""
 import contextlib
-from typing import ContextManager
+from typing import ContextManager, Optional
 
 import torch
 
@@ -13,6 +13,15 @@ def autocast_off(device_type: str) -> ContextManager:
         return torch.autocast(device_type, enabled=False)
     except RuntimeError:  # e.g. 'meta': no autocast to turn off
         return contextlib.nullcontext()
+
+
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast casts to for ``device_type`` tensors, or None where autocast is off
+    (or does not exist, as for ``meta``). torch.compile folds both calls to constants."""
+    if not torch.amp.is_autocast_available(device_type) or \
+            not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 @torch.compiler.assume_constant_result

@@ -13,6 +13,7 @@ The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``
 interpreter, used by the tests). That variable is read when the kernels are decorated, i.e. the
 first time this path runs in a process: set it before.
 """
+import functools
 import os
 import warnings
 from typing import List, Optional, Tuple, Union
@@ -20,7 +21,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .amp import autocast_off, cuda_matmul_allows_tf32
+from .amp import autocast_dtype, autocast_off, cuda_matmul_allows_tf32
 
 OP = 'mmtransnext::triton_attention'
 OP_BACKWARD = 'mmtransnext::triton_attention_backward'
@@ -318,9 +319,7 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
                 f'{tuple(token_weights.shape)}, local bias {tuple(local_bias.shape)}')
     query_args = _query_args(q, query_embedding, head_scale, query_scale)
     tensors = [q, k_pool, v_pool] + ([k_local, v_local, token_weights] if window else [])
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtype = _kernel_dtype(q.device.type, tensors)
     if dtype not in BLOCK_CONFIGS:
         raise ValueError(f'the Triton attention supports {tuple(BLOCK_CONFIGS)}, got {dtype}')
     q, k_pool, v_pool = (_rows(t.to(dtype)) for t in (q, k_pool, v_pool))
@@ -335,6 +334,26 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
                         None if weights_w is None else weights_w.float().contiguous(), height,
                         width, window, key_h, key_w, tf32)
     return out
+
+
+def _kernel_dtype(device_type: str, tensors: List[Tensor]) -> torch.dtype:
+    """The dtype the kernels compute in (they accumulate in float32 whatever it is): with
+    autocast on for ``device_type``, its dtype, as for a matmul on autocast's lower-precision
+    list (float64 left as it is, as autocast leaves it); otherwise the inputs' promoted dtype.
+
+    Under CUDA autocast the queries and keys arrive in float32 (``F.normalize`` runs in float32
+    there): without this rule the kernels would run float32 FMAs instead of tensor-core MMAs.
+    The rule is applied here, in Python before the op, rather than registered with
+    ``torch.library.register_autocast``: that casts every floating input to one dtype fixed at
+    registration, the CPB grid, tap weights and query transform included, which must stay
+    float32, and would not follow the dtype autocast was entered with. torch.compile folds the
+    autocast state read here to constants (guarded), so compiled graphs carry the same casts;
+    the op has no autocast kernel of its own, so autocast passes its inputs through as cast.
+    """
+    cast = autocast_dtype(device_type)
+    dtypes = [cast if cast is not None and t.is_floating_point() and t.dtype != torch.float64
+              else t.dtype for t in tensors]
+    return functools.reduce(torch.promote_types, dtypes)
 
 
 def _query_args(q: Tensor, embedding: Optional[Tensor], head_scale: Optional[Tensor],

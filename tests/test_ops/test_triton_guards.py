@@ -135,3 +135,243 @@ def test_tf32_choice_on_torch_without_the_new_api(monkeypatch):
 def test_sixteen_bit_kernels_ignore_tf32():
     assert ta._precision(torch.bfloat16, False) == ta._precision(torch.float16, False) == 'tf32'
     assert ta._precision(torch.float32, False) == 'ieee'
+
+
+# --- autocast --------------------------------------------------------------------------------
+
+@pytest.fixture
+def cuda_autocast(monkeypatch):
+    """``torch.autocast('cuda', dtype)`` as on a GPU: without one it turns itself off (and
+    refuses bfloat16); the fake CUDA tensors below need it on. The chunk budgets read the
+    device's memory: an 80 GB one."""
+    monkeypatch.setattr(torch.cuda.amp.common, 'amp_definitely_not_available', lambda: False)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *args, **kwargs: True)
+    monkeypatch.setattr(budget, '_cuda_memory', lambda index: 80 << 30)
+
+    def enter(dtype):
+        return torch.autocast('cuda', dtype=dtype)
+
+    return enter
+
+
+def _fake_mode():
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+@contextlib.contextmanager
+def _quiet_fake_data_ptr():
+    # The layers key their CPB-grid cache on data_ptr(), which fake tensors only warn about.
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Accessing the data pointer of FakeTensor')
+        yield
+
+
+def _to_fake_cuda(module: nn.Module) -> nn.Module:
+    """``module`` with fake CUDA parameters and buffers (to be called inside a fake mode).
+    ``Module.to`` cannot do it: it swaps the real tensors for fake ones in place, which the
+    fake mode's memo of the real tensors forbids."""
+    cuda = torch.device('cuda')
+    for m in module.modules():
+        for name, p in m._parameters.items():
+            if p is not None:
+                m._parameters[name] = nn.Parameter(p.to(cuda), p.requires_grad)
+        for name, b in m._buffers.items():
+            if b is not None:
+                m._buffers[name] = b.to(cuda)
+    return module
+
+
+def _geometry_to_fake_cuda(geometry):
+    """``geometry`` built on the host (with its taps) as fake CUDA tensors (inside a fake mode):
+    the host code that builds tables and taps reads tensor values, which fake tensors lack."""
+    cuda = torch.device('cuda')
+    table = geometry.table
+    with unset_fake_temporarily():
+        taps = table.taps(geometry.size, geometry.pool_size)
+    fake = dataclasses.replace(table, values_h=table.values_h.to(cuda),
+                               values_w=table.values_w.to(cuda), index_h=table.index_h.to(cuda),
+                               index_w=table.index_w.to(cuda), coords=table.coords.to(cuda))
+    fake_taps = taps.to(cuda)
+    fake._taps.get((tuple(geometry.size), tuple(geometry.pool_size)), lambda: fake_taps)
+    scale, mask = geometry.seq_length_scale, geometry.padding_mask
+    return dataclasses.replace(
+        geometry, table=fake, seq_length_scale=scale.to(cuda) if torch.is_tensor(scale) else scale,
+        padding_mask=None if mask is None else mask.to(cuda))
+
+
+def _fake_cuda_args(full, mode):
+    """:func:`_small_attention`'s float32 inputs as fake CUDA tensors, with a query transform."""
+    args, local = _small_attention(full=full)
+    heads, dim = args[0].shape[1], args[0].shape[3]
+    local.update(query_embedding=torch.randn(heads, dim), head_scale=torch.rand(heads) + 0.5,
+                 query_scale=torch.rand(args[0].shape[2]) + 1)
+    with mode:
+        cuda = torch.device('cuda')
+        args = [a.to(cuda) if torch.is_tensor(a) else a for a in args]
+        local = {name: t.to(cuda) for name, t in local.items()}
+    return args, local
+
+
+def _assert_autocast_dtypes(op_args, dtype, window=True):
+    """The attention inputs in ``dtype``; the query transform, CPB grid, tap weights and local
+    bias in float32."""
+    attention = ('q', 'kp', 'vp') + (('k', 'v', 'tok') if window else ())
+    for name in attention:
+        assert op_args[name].dtype == dtype, name
+    for name in ('qe', 'head_scale', 'query_scale', 'grid') + (('rpb',) if window else ()):
+        assert op_args[name].dtype == torch.float32, name
+    for name in ('weights_h', 'weights_w'):
+        assert op_args[name] is None or op_args[name].dtype == torch.float32, name
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('full', [False, True])
+def test_op_receives_the_cuda_autocast_dtype(full, dtype, cuda_autocast):
+    mode = _fake_mode()
+    args, local = _fake_cuda_args(full, mode)
+    with mode, cuda_autocast(dtype), OpCalls() as calls:
+        out = triton_attention(*args, **local)
+    assert out.dtype == dtype and out.device.type == 'cuda'
+    (op_args,) = calls.forward_args()
+    _assert_autocast_dtypes(op_args, dtype, window=not full)
+
+
+def test_without_autocast_the_dtypes_are_kept(cuda_autocast):
+    """No autocast: float32 stays float32; mixed inputs promote. Autocast for another device
+    type than the inputs' changes nothing either."""
+    mode = _fake_mode()
+    args, local = _fake_cuda_args(False, mode)
+    with mode, OpCalls() as calls:
+        assert triton_attention(*args, **local).dtype == torch.float32
+        local['v_local'] = local['v_local'].bfloat16()
+        assert triton_attention(*args, **local).dtype == torch.float32
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert triton_attention(*args, **local).dtype == torch.float32
+        args[0] = args[0].bfloat16()
+        local['k_local'], local['token_weights'] = (local[name].bfloat16()
+                                                    for name in ('k_local', 'token_weights'))
+        args[1], args[2] = args[1].half(), args[2].half()
+        assert triton_attention(*args, **local).dtype == torch.float32  # bf16 + fp16
+    for op_args in calls.forward_args():
+        for name in ('q', 'kp', 'vp', 'k', 'v', 'tok'):
+            assert op_args[name].dtype == torch.float32, name
+
+
+@pytest.mark.parametrize('full', [False, True])
+def test_layers_hand_the_op_the_cuda_autocast_dtype(full, cuda_autocast):
+    """The layers under CUDA autocast on fake CUDA tensors: ``F.normalize`` returns float32
+    there, yet the kernels must get bfloat16 queries and keys (tensor cores)."""
+    size, pool, trained = (7, 9), (3, 4), ((8, 8), (4, 4))
+    if full:
+        pool = size
+        attn = perturb_(FullAttention(48, 2, attn_impl='triton'))
+    else:
+        attn = perturb_(AggregatedAttention(48, 2, 3, 2, attn_impl='triton'))
+    geometry = _geometry(size, pool, None if full else 3, trained)
+    mode = _fake_mode()
+    with mode, _quiet_fake_data_ptr():
+        attn = _to_fake_cuda(attn)
+        geometry = _geometry_to_fake_cuda(geometry)
+        x = torch.empty(2, 63, 48, device='cuda')
+        with cuda_autocast(torch.bfloat16), OpCalls() as calls:
+            out = attn(x, geometry)
+    assert out.shape == (2, 63, 48) and out.dtype == torch.bfloat16
+    (op_args,) = calls.forward_args()
+    _assert_autocast_dtypes(op_args, torch.bfloat16, window=not full)
+
+
+def test_backbone_hands_the_op_the_cuda_autocast_dtype(cuda_autocast):
+    arch = dict(embed_dims=[16, 32, 32, 32], num_heads=[1, 2, 2, 2], depths=[1, 1, 1, 1])
+    model = perturb_(TransNeXt(arch, img_size=64, pretrain_size=64, attn_impl='triton')).eval()
+    host_geometry = model.stage_geometry
+
+    def geometry(stage, size, device):
+        with unset_fake_temporarily():
+            built = host_geometry(stage, size, torch.device('cpu'))
+        assert device.type == 'cuda'
+        return _geometry_to_fake_cuda(built)
+
+    model.stage_geometry = geometry
+    mode = _fake_mode()
+    with mode, _quiet_fake_data_ptr():
+        model = _to_fake_cuda(model)
+        img = torch.empty(1, 3, 45, 70, device='cuda')
+        with cuda_autocast(torch.bfloat16), OpCalls() as calls:
+            outs = model(img)
+    assert len(outs) == 4
+    calls = calls.forward_args()
+    assert len(calls) == 4  # one block per stage
+    for op_args in calls:
+        window = op_args['k'] is not None
+        _assert_autocast_dtypes(op_args, torch.bfloat16, window=window)
+
+
+def test_cpu_autocast_numerics_match_the_oracle():
+    """In the interpreter under CPU autocast: float32 inputs, bfloat16 kernels, bfloat16 output,
+    float32 gradients, all within bfloat16 tolerances of the float32 oracle."""
+    size, pool, trained = (7, 9), (3, 4), ((8, 8), (4, 4))
+    attn, table, q, keys, values, tok = _case_inputs(size, pool, trained, 1, 3)
+    leaves = [t.clone().requires_grad_() for t in (q, keys[1], values[1], keys[0], values[0],
+                                                   tok)]
+    taps = table.taps(size, pool)
+    grid = cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table).detach()
+    rpb = attn.relative_pos_bias_local.detach()
+    with torch.autocast('cpu', dtype=torch.bfloat16), OpCalls() as calls:
+        out = triton_attention(*leaves[:3], grid, taps.rows_h, taps.weights_h, taps.rows_w,
+                               taps.weights_w, size, pool, k_local=leaves[3], v_local=leaves[4],
+                               token_weights=leaves[5], local_bias=rpb)
+    assert out.dtype == torch.bfloat16
+    _assert_autocast_dtypes(calls.forward_args()[0], torch.bfloat16)
+    grad_out = torch.randn(out.shape)
+    got = [out] + list(torch.autograd.grad(out, leaves, grad_out.bfloat16()))
+
+    ref = [t.detach().clone().requires_grad_() for t in leaves]
+    bias = reference_bias(attn, size, pool, PRETRAIN, trained).detach()
+    expected = naive_attention(ref[0], ref[1], ref[2], bias, size, (*ref[3:], rpb))
+    want = [expected] + list(torch.autograd.grad(expected, ref, grad_out))
+    names = ['out', 'dq', 'dk_pool', 'dv_pool', 'dk_local', 'dv_local', 'dtoken']
+    for name, g, w in zip(names, got, want):
+        assert g.dtype == (torch.bfloat16 if name == 'out' else torch.float32), name
+        error = (g.float() - w).abs().max().item()
+        assert error <= 3e-2 * max(w.abs().max().item(), 0.1), f'{name}: max error {error:.3g}'
+    # And a real difference from the float32 kernels: the inputs were rounded to bfloat16.
+    with torch.no_grad():
+        plain = triton_attention(*leaves[:3], grid, taps.rows_h, taps.weights_h, taps.rows_w,
+                                 taps.weights_w, size, pool, k_local=leaves[3],
+                                 v_local=leaves[4], token_weights=leaves[5], local_bias=rpb)
+    assert plain.dtype == torch.float32 and not torch.equal(plain.bfloat16(), out.detach())
+
+
+def test_autocast_rule_holds_under_torch_compile():
+    """Compiled (fullgraph), the op gets the autocast dtype under autocast and float32 without:
+    the autocast state read in the wrapper is part of what a graph is guarded on."""
+    args, local = _small_attention()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    @torch.compile(backend=backend, fullgraph=True)
+    def attend(q, kp, vp, k, v, tok):
+        return triton_attention(q, kp, vp, *args[3:], k_local=k, v_local=v, token_weights=tok,
+                                local_bias=local['local_bias'])
+
+    inputs = args[:3] + [local['k_local'], local['v_local'], local['token_weights']]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert attend(*inputs).dtype == torch.bfloat16
+    assert attend(*inputs).dtype == torch.float32
+    assert len(graphs) == 2
+    for gm, dtype in zip(graphs, (torch.bfloat16, torch.float32)):
+        (node,) = [n for n in gm.graph.nodes if 'triton_attention' in str(n.target)]
+        names = [a.name for a in OP._schema.arguments]
+        op_args = {name: a.meta['example_value'] if isinstance(a, torch.fx.Node) else a
+                   for name, a in zip(names, node.args)}
+        _assert_autocast_dtypes(op_args, dtype)
+
+
+def test_autocast_dtype_helper():
+    assert autocast_dtype('cpu') is None and autocast_dtype('meta') is None
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert autocast_dtype('cpu') == torch.bfloat16
+        assert autocast_dtype('cuda') is None and autocast_dtype('meta') is None
