@@ -20,6 +20,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch._prims_common import alert_not_deterministic
 
 from .amp import autocast_dtype, autocast_off, cuda_matmul_allows_tf32
 
@@ -224,6 +225,12 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, grad_lse):
+    # The backward kernels add gradients (pooled keys and values, window keys and values, local
+    # bias, CPB grid) with float32 atomics, whose order, and so whose rounding, varies from run
+    # to run on a GPU: torch's own error (or warning, with warn_only=True) in deterministic
+    # mode. Raised on every device, the interpreter's in-order runs included, so that the
+    # tests see what a GPU does.
+    alert_not_deterministic(OP_BACKWARD)
     saved = ctx.saved_tensors
     height, width, window, key_h, key_w, tf32 = ctx.config
     grad_out = _rows(grad_out.to(saved[-2].dtype))  # e.g. the stride-0 gradient of a sum

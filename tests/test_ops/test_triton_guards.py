@@ -375,3 +375,48 @@ def test_autocast_dtype_helper():
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert autocast_dtype('cpu') == torch.bfloat16
         assert autocast_dtype('cuda') is None and autocast_dtype('meta') is None
+
+
+# --- deterministic mode ----------------------------------------------------------------------
+
+@pytest.fixture
+def determinism():
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+
+
+def _meta_call(requires_grad=True):
+    """A window attention call on meta tensors (shapes only) and its differentiable inputs."""
+    size, pool, heads, dim = (7, 9), (3, 4), 2, 24
+    shapes = [(2, heads, n, dim) for n in (63, 12, 12, 63, 63)] + [(2, heads, 63, 9)]
+    leaves = [torch.empty(s, device=META, requires_grad=requires_grad) for s in shapes]
+    grid = torch.empty(heads, 10, 12, device=META, requires_grad=requires_grad)
+    rows_h = torch.empty(7, 3, 2, dtype=torch.long, device=META)
+    rows_w = torch.empty(9, 4, 2, dtype=torch.long, device=META)
+    rpb = torch.empty(heads, 9, device=META)
+    out = triton_attention(*leaves[:3], grid, rows_h, torch.empty(7, 3, 2, device=META), rows_w,
+                           None, size, pool, k_local=leaves[3], v_local=leaves[4],
+                           token_weights=leaves[5], local_bias=rpb)
+    return out, leaves + [grid]
+
+
+def test_deterministic_mode_refuses_the_atomic_backward(determinism):
+    torch.use_deterministic_algorithms(True)
+    out, inputs = _meta_call()  # the forward has no atomics: allowed
+    with pytest.raises(RuntimeError, match='mmtransnext::triton_attention_backward'):
+        torch.autograd.grad(out.sum(), inputs)
+
+
+def test_deterministic_warn_only_warns_and_runs(determinism):
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out, inputs = _meta_call()
+    with pytest.warns(UserWarning, match='mmtransnext::triton_attention_backward'):
+        grads = torch.autograd.grad(out.sum(), inputs)
+    assert [g.shape for g in grads] == [t.shape for t in inputs]
+    torch.use_deterministic_algorithms(False)
+    out, inputs = _meta_call()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        torch.autograd.grad(out.sum(), inputs)
