@@ -324,6 +324,15 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
                 f'window inputs do not match queries {tuple(q.shape)}: keys '
                 f'{tuple(k_local.shape)}, values {tuple(v_local.shape)}, token weights '
                 f'{tuple(token_weights.shape)}, local bias {tuple(local_bias.shape)}')
+    _check_devices(q, k_pool=k_pool, v_pool=v_pool, grid=grid, rows_h=rows_h,
+                   weights_h=weights_h, rows_w=rows_w, weights_w=weights_w, k_local=k_local,
+                   v_local=v_local, token_weights=token_weights, local_bias=local_bias,
+                   query_embedding=query_embedding, head_scale=head_scale,
+                   query_scale=query_scale)
+    # q also stands for the output and the backward's float32 window-gradient buffers: all
+    # three have its shape, contiguous.
+    _check_offsets(q=q, k_pool=k_pool, v_pool=v_pool, k_local=k_local, v_local=v_local,
+                   token_weights=token_weights)
     query_args = _query_args(q, query_embedding, head_scale, query_scale)
     tensors = [q, k_pool, v_pool] + ([k_local, v_local, token_weights] if window else [])
     dtype = _kernel_dtype(q.device.type, tensors)
@@ -361,6 +370,41 @@ def _kernel_dtype(device_type: str, tensors: List[Tensor]) -> torch.dtype:
     dtypes = [cast if cast is not None and t.is_floating_point() and t.dtype != torch.float64
               else t.dtype for t in tensors]
     return functools.reduce(torch.promote_types, dtypes)
+
+
+def _check_devices(q: Tensor, **tensors: Union[Tensor, float, None]) -> None:
+    """Raise a ValueError unless ``q`` is on a device the op runs on (CUDA; CPU under the
+    interpreter; meta, shapes only) and every tensor of ``tensors`` is on ``q``'s device: a
+    pointer to another device's memory would crash the kernels or read garbage."""
+    device = q.device
+    if device.type not in ('cuda', 'meta') and not (device.type == 'cpu' and interpreting()):
+        raise ValueError(f'the Triton attention runs on CUDA tensors (on CPU only under '
+                         f'TRITON_INTERPRET=1), but q is on {device}')
+    for name, t in tensors.items():
+        if isinstance(t, Tensor) and t.device != device:
+            raise ValueError(f'{name} is on {t.device} but q is on {device}: the Triton '
+                             f'attention needs all its tensors on one device')
+
+
+#: The kernels compute element offsets in int32: every tensor they index must stay below this.
+OFFSET_LIMIT = 2 ** 31
+
+
+def _check_offsets(**tensors: Optional[Tensor]) -> None:
+    """Raise a ValueError if a tensor of ``tensors`` (None ones skipped) has ``OFFSET_LIMIT``
+    elements or more, or a strided view reaching that far into its memory: its element
+    offsets would overflow the kernels' int32 arithmetic. Drop once the launches pass int64
+    offsets."""
+    for name, t in tensors.items():
+        if t is None or t.numel() == 0:
+            continue
+        reach = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+        if max(t.numel(), reach) >= OFFSET_LIMIT:
+            raise ValueError(
+                f'{name} of shape {tuple(t.shape)} ({t.numel()} elements, offsets up to '
+                f'{reach - 1}) is too large for the Triton attention, whose kernels index with '
+                f'int32 offsets: at most {OFFSET_LIMIT - 1} elements per tensor '
+                f'(limit 2**31 = {OFFSET_LIMIT}); split the batch')
 
 
 def _query_args(q: Tensor, embedding: Optional[Tensor], head_scale: Optional[Tensor],

@@ -420,3 +420,67 @@ def test_deterministic_warn_only_warns_and_runs(determinism):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         torch.autograd.grad(out.sum(), inputs)
+
+
+# --- devices and int32 offsets ---------------------------------------------------------------
+
+def test_inputs_on_another_device_raise():
+    args, local = _small_attention()
+    for name in ('k_pool', 'grid', 'rows_w', 'token_weights', 'local_bias'):
+        call = dict(zip(('q', 'k_pool', 'v_pool', 'grid', 'rows_h', 'weights_h', 'rows_w',
+                         'weights_w', 'size', 'pool_size'), args), **local)
+        call[name] = call[name].to(META)
+        with pytest.raises(ValueError, match=f'{name} is on meta but q is on cpu'):
+            triton_attention(**call)
+    with pytest.raises(ValueError, match='query_scale is on meta but q is on cpu'):
+        triton_attention(*args, **local, query_scale=torch.ones((), device=META))
+    mode = _fake_mode()
+    with mode:
+        q = args[0].to('cuda')
+        with pytest.raises(ValueError, match=r'v_pool is on cpu but q is on cuda:0'):
+            triton_attention(q, args[1].to('cuda'), *args[2:], **local)
+
+
+def test_queries_on_a_device_the_kernels_cannot_run_on_raise(monkeypatch):
+    args, local = _small_attention()
+    monkeypatch.setenv('TRITON_INTERPRET', '0')  # CPU tensors need the interpreter
+    with pytest.raises(ValueError, match='runs on CUDA tensors.*q is on cpu'):
+        triton_attention(*args, **local)
+
+
+def _overflow_call(q_shape, window=3, pool=(1, 1), **views):
+    """A call on meta tensors with queries of ``q_shape`` (the map one row of ``N`` queries)."""
+    batch, heads, length, dim = q_shape
+    size = (1, length)
+    kp = torch.empty(batch, heads, pool[0] * pool[1], dim, device=META)
+    grid = torch.empty(heads, 3, 3, device=META)
+    rows_h = torch.empty(1, pool[0], 1, dtype=torch.long, device=META)
+    rows_w = torch.empty(length, pool[1], 2, dtype=torch.long, device=META)
+    local = {}
+    if window:
+        local = dict(k_local=torch.empty(q_shape, device=META),
+                     v_local=torch.empty(q_shape, device=META),
+                     token_weights=torch.empty(batch, heads, length, window ** 2, device=META),
+                     local_bias=torch.empty(heads, window ** 2, device=META))
+    call = dict(q=torch.empty(q_shape, device=META), k_pool=kp, v_pool=kp, grid=grid,
+                rows_h=rows_h, weights_h=None, rows_w=rows_w,
+                weights_w=torch.empty(rows_w.shape, device=META), size=size, pool_size=pool,
+                **local)
+    call.update(views)
+    return triton_attention(**call)
+
+
+def test_int32_offset_overflow_raises():
+    limit = 'int32 offsets.*2\\*\\*31 = 2147483648'
+    with pytest.raises(ValueError, match=r'q of shape \(70000, 1, 32768, 1\).*' + limit):
+        _overflow_call((70000, 1, 1024 * 32, 1), window=0)
+    # Token weights larger than the queries they go with (window 5: 25 weights, 8 channels).
+    with pytest.raises(ValueError, match=r'token_weights of shape \(6000, 1, 32768, 25\)'):
+        _overflow_call((6000, 1, 1024 * 32, 8), window=5)
+    # A strided view whose elements lie beyond int32 offsets though it holds few of them.
+    spread = torch.empty(2 ** 31 + 64, device=META).as_strided((1, 2, 1, 8), (16, 2 ** 31, 8, 1))
+    with pytest.raises(ValueError, match=r'v_pool of shape \(1, 2, 1, 8\) \(16 elements'):
+        _overflow_call((1, 2, 4, 8), window=0, v_pool=spread)
+    # Just under the limit: accepted (the fake implementation runs, no memory).
+    out = _overflow_call((2 ** 16 - 1, 1, 2 ** 15, 1), window=0)
+    assert out.shape == (2 ** 16 - 1, 1, 2 ** 15, 1)
