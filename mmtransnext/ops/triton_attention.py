@@ -13,14 +13,16 @@ The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``
 interpreter, used by the tests). That variable is read when the kernels are decorated, i.e. the
 first time this path runs in a process: set it before.
 """
+import functools
 import os
 import warnings
 from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch._prims_common import alert_not_deterministic
 
-from .amp import autocast_off
+from .amp import autocast_dtype, autocast_off, cuda_matmul_allows_tf32
 
 OP = 'mmtransnext::triton_attention'
 OP_BACKWARD = 'mmtransnext::triton_attention_backward'
@@ -223,6 +225,12 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, grad_lse):
+    # The backward kernels add gradients (pooled keys and values, window keys and values, local
+    # bias, CPB grid) with float32 atomics, whose order, and so whose rounding, varies from run
+    # to run on a GPU: torch's own error (or warning, with warn_only=True) in deterministic
+    # mode. Raised on every device, the interpreter's in-order runs included, so that the
+    # tests see what a GPU does.
+    alert_not_deterministic(OP_BACKWARD)
     saved = ctx.saved_tensors
     height, width, window, key_h, key_w, tf32 = ctx.config
     grad_out = _rows(grad_out.to(saved[-2].dtype))  # e.g. the stride-0 gradient of a sum
@@ -316,18 +324,25 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
                 f'window inputs do not match queries {tuple(q.shape)}: keys '
                 f'{tuple(k_local.shape)}, values {tuple(v_local.shape)}, token weights '
                 f'{tuple(token_weights.shape)}, local bias {tuple(local_bias.shape)}')
+    _check_devices(q, k_pool=k_pool, v_pool=v_pool, grid=grid, rows_h=rows_h,
+                   weights_h=weights_h, rows_w=rows_w, weights_w=weights_w, k_local=k_local,
+                   v_local=v_local, token_weights=token_weights, local_bias=local_bias,
+                   query_embedding=query_embedding, head_scale=head_scale,
+                   query_scale=query_scale)
+    # q also stands for the output and the backward's float32 window-gradient buffers: all
+    # three have its shape, contiguous.
+    _check_offsets(q=q, k_pool=k_pool, v_pool=v_pool, k_local=k_local, v_local=v_local,
+                   token_weights=token_weights)
     query_args = _query_args(q, query_embedding, head_scale, query_scale)
     tensors = [q, k_pool, v_pool] + ([k_local, v_local, token_weights] if window else [])
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtype = _kernel_dtype(q.device.type, tensors)
     if dtype not in BLOCK_CONFIGS:
         raise ValueError(f'the Triton attention supports {tuple(BLOCK_CONFIGS)}, got {dtype}')
     q, k_pool, v_pool = (_rows(t.to(dtype)) for t in (q, k_pool, v_pool))
     if window:
         k_local, v_local, token_weights = (_rows(t.to(dtype)) for t in local[:3])
         local_bias = local_bias.float().contiguous()
-    tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+    tf32 = cuda_matmul_allows_tf32()
     out, _ = _attention(q, *query_args, k_local, v_local, token_weights, local_bias, k_pool, v_pool,
                         grid.float().contiguous(), rows_h.contiguous(),
                         None if weights_h is None else weights_h.float().contiguous(),
@@ -335,6 +350,61 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
                         None if weights_w is None else weights_w.float().contiguous(), height,
                         width, window, key_h, key_w, tf32)
     return out
+
+
+def _kernel_dtype(device_type: str, tensors: List[Tensor]) -> torch.dtype:
+    """The dtype the kernels compute in (they accumulate in float32 whatever it is): with
+    autocast on for ``device_type``, its dtype, as for a matmul on autocast's lower-precision
+    list (float64 left as it is, as autocast leaves it); otherwise the inputs' promoted dtype.
+
+    Under CUDA autocast the queries and keys arrive in float32 (``F.normalize`` runs in float32
+    there): without this rule the kernels would run float32 FMAs instead of tensor-core MMAs.
+    The rule is applied here, in Python before the op, rather than registered with
+    ``torch.library.register_autocast``: that casts every floating input to one dtype fixed at
+    registration, the CPB grid, tap weights and query transform included, which must stay
+    float32, and would not follow the dtype autocast was entered with. torch.compile folds the
+    autocast state read here to constants (guarded), so compiled graphs carry the same casts;
+    the op has no autocast kernel of its own, so autocast passes its inputs through as cast.
+    """
+    cast = autocast_dtype(device_type)
+    dtypes = [cast if cast is not None and t.is_floating_point() and t.dtype != torch.float64
+              else t.dtype for t in tensors]
+    return functools.reduce(torch.promote_types, dtypes)
+
+
+def _check_devices(q: Tensor, **tensors: Union[Tensor, float, None]) -> None:
+    """Raise a ValueError unless ``q`` is on a device the op runs on (CUDA; CPU under the
+    interpreter; meta, shapes only) and every tensor of ``tensors`` is on ``q``'s device: a
+    pointer to another device's memory would crash the kernels or read garbage."""
+    device = q.device
+    if device.type not in ('cuda', 'meta') and not (device.type == 'cpu' and interpreting()):
+        raise ValueError(f'the Triton attention runs on CUDA tensors (on CPU only under '
+                         f'TRITON_INTERPRET=1), but q is on {device}')
+    for name, t in tensors.items():
+        if isinstance(t, Tensor) and t.device != device:
+            raise ValueError(f'{name} is on {t.device} but q is on {device}: the Triton '
+                             f'attention needs all its tensors on one device')
+
+
+#: The kernels compute element offsets in int32: every tensor they index must stay below this.
+OFFSET_LIMIT = 2 ** 31
+
+
+def _check_offsets(**tensors: Optional[Tensor]) -> None:
+    """Raise a ValueError if a tensor of ``tensors`` (None ones skipped) has ``OFFSET_LIMIT``
+    elements or more, or a strided view reaching that far into its memory: its element
+    offsets would overflow the kernels' int32 arithmetic. Drop once the launches pass int64
+    offsets."""
+    for name, t in tensors.items():
+        if t is None or t.numel() == 0:
+            continue
+        reach = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+        if max(t.numel(), reach) >= OFFSET_LIMIT:
+            raise ValueError(
+                f'{name} of shape {tuple(t.shape)} ({t.numel()} elements, offsets up to '
+                f'{reach - 1}) is too large for the Triton attention, whose kernels index with '
+                f'int32 offsets: at most {OFFSET_LIMIT - 1} elements per tensor '
+                f'(limit 2**31 = {OFFSET_LIMIT}); split the batch')
 
 
 def _query_args(q: Tensor, embedding: Optional[Tensor], head_scale: Optional[Tensor],
