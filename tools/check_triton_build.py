@@ -223,7 +223,8 @@ def _crops(shape: Tuple[int, int], transform: dict) -> Set[Tuple[int, int]]:
     low, high = transform['crop_size']
     kind = transform.get('crop_type', 'absolute')
     if kind == 'absolute_range':
-        return {(ch, cw) for ch in {min(h, low), min(h, high)} for cw in {min(w, low), min(w, high)}}
+        return {(ch, cw) for ch in {min(h, low), min(h, high)}
+                for cw in {min(w, low), min(w, high)}}
     if kind == 'absolute':
         return {(min(h, low), min(w, high))}
     raise ValueError(f'RandomCrop crop_type {kind!r} is not modelled')

@@ -313,8 +313,9 @@ def _call_node(node, grads: List[Optional[Tensor]]) -> Tuple[Optional[Tensor], .
 def run_backward(loss: Tensor) -> Dict[Tensor, Tensor]:
     """Back-propagate a scalar ``loss`` by calling each node of its autograd graph once, in
     dependency order, from Python: the gradients the autograd engine would pass (fitted to each
-    input's shape, dtype and device, summed where several reach one input), without the engine (which needs a real device for CUDA tensors).
-    A node that no gradient reaches is not called; leaves' ``.grad`` is left alone.
+    input's shape, dtype and device, summed where several reach one input), without the engine,
+    which needs a real device for CUDA tensors. A node that no gradient reaches is not called;
+    leaves' ``.grad`` is left alone; tensor and node hooks are not run (the backbone has none).
 
     Returns:
         The gradient reaching each leaf that requires grad (what the engine would accumulate).
