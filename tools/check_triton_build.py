@@ -378,8 +378,9 @@ def _run(args) -> int:
     if over:
         print(f'FAILED {over} kernel/dtype pairs need more than {args.max_variants} '
               f'specialisations over the DINO schedule')
-    print(f'{"FAILED" if failures or over else "passed"}: {len(failures)} problems; '
-          f'{time.time() - start:.0f} s in all')
+    print(f'{"FAILED" if failures or over else "passed"}: {len(failures)} build problems'
+          + (f', {over} kernel/dtype pairs above --max-variants' if over else '')
+          + f'; {time.time() - start:.0f} s in all')
     return 1 if failures or over else 0
 
 
