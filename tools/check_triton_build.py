@@ -1,138 +1,428 @@
-"""Compile every Triton attention kernel ahead of time for sm_80 and sm_90, without a GPU.
+"""Compile, without a GPU, every Triton kernel specialisation a TransNeXt training step launches,
+for sm_80 and sm_90, and read what the hardware would run.
 
-    python tools/check_triton_build.py [--arch 80 90]
+    python tools/check_triton_build.py [--arch 80 90] [--archs micro tiny small base]
+        [--precisions fp32 tf32 bf16 fp16] [--sizes 512x512 800x1216 800x1067]
+        [--dino CONFIG | --no-dino] [--max-variants N] [--jobs N] [--verbose]
 
-Every configuration the shipped configs can launch: the three kernels of
-:mod:`mmtransnext.ops.triton_kernels` for each input dtype (float32, float16, bfloat16) with its
-block sizes (:data:`mmtransnext.ops.triton_attention.BLOCK_CONFIGS`), the padded head dim of every
-architecture (micro, tiny, small, base), aggregated (window 3) and full attention (window 0),
-and every tap layout of the position bias (one tap of weight 1 per axis, as in extrapolation
-mode, or weighted taps on the rows, the columns or both, as when the bias is resized); float32 both with full-precision products and with TF32. Each is compiled with
-``triton.compile(ASTSource(...), target=GPUTarget('cuda', arch, 32))`` down to a cubin (Triton's
-bundled ptxas); the table gives registers per thread, spilled bytes (from ptxas' report) and
-shared memory per kernel. Exits 1 if any configuration fails to compile. Must run without
-``TRITON_INTERPRET`` (the interpreter has no compiler).
+1. Records the launches of real training steps (forward and backward, ``attn_impl='triton'``)
+   of every architecture, precision (float32 with and without TF32, bfloat16 and float16 under
+   CUDA autocast), position-bias mode (interpolation from ``img_size=800``, extrapolation) and
+   input size at batch 2, on fake CUDA tensors, kernels not run; each launch's specialisation is
+   computed by Triton's own runtime code (see :mod:`mmtransnext.analysis.triton_launches`).
+2. Compiles each distinct specialisation once per arch with ``triton.compile(ASTSource(...),
+   target=GPUTarget('cuda', arch, 32))`` down to a cubin (Triton's bundled ptxas) and prints
+   registers per thread and spilled bytes (ptxas' report), shared memory, MMA instructions
+   (SASS ``HMMA``/``HGMMA``; PTX ``mma``/``wgmma`` counted too), device-scope memory fences
+   (SASS ``MEMBAR.*.GPU``, PTX ``membar.gl``/``fence.sc``/``fence.acq_rel``; not the CTA-scope
+   ``MEMBAR.ALL.CTA`` that sm_90's async-proxy fence before ``wgmma`` becomes) plus atomics
+   with acquire/release semantics (column ``fence``), ``cp.async`` copies and atomics (PTX
+   ``atom``/``red``).
+3. Exits 1, naming the specialisation and the reason, on a compile error, a spill, a fenced
+   atomic (a device-scope fence or acquire/release semantics in a kernel with atomics: Triton's
+   default ``sem='acq_rel'`` puts a ``MEMBAR.ALL.GPU`` before every one), or a kernel without
+   MMA instructions launched by a 16-bit (autocast) step.
+4. Counts the distinct specialisations per kernel and input dtype over the sizes the DINO
+   multi-scale schedule of ``--dino`` trains at (its architecture, position-bias mode and AMP
+   dtype; every branch and scale of its ``RandomChoice``/``RandomChoiceResize``/``RandomCrop``
+   pipeline applied to common COCO image shapes) at batch 2: each is one more kernel to
+   compile while training. ``--max-variants N`` fails above N per kernel and dtype.
+
+Must run without ``TRITON_INTERPRET`` (the interpreter has no compiler).
 """
 import argparse
 import contextlib
 import io
-import itertools
 import os
 import re
 import shutil
 import sys
 import tempfile
-from typing import Dict, List, Tuple
-
-import torch
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mmtransnext.models.backbones.transnext import ARCH_SETTINGS  # noqa: E402
-from mmtransnext.ops.triton_attention import BLOCK_CONFIGS, padded_dim  # noqa: E402
+from mmtransnext.analysis.triton_launches import (DEFAULT_SIZES, PRECISIONS,  # noqa: E402
+                                                  KernelSpecialization, TrainingCase,
+                                                  TrainingStepRecorder, launchable_kernels,
+                                                  size_variants, varying_arguments)
 
-TRITON_DTYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
-#: Pointer arguments by kind: 'data' takes the input dtype, the others are fixed.
-POINTERS = {
-    'data': ('Q', 'K', 'V', 'TOK', 'KP', 'VP', 'OUT', 'DO', 'DQ', 'DTOK', 'DKP', 'DVP'),
-    'fp32': ('QE', 'HS', 'QS', 'RPB', 'GRID', 'WH', 'WW', 'LSE', 'DELTA', 'DK', 'DV', 'DRPB',
-             'DGRID'),
-    'i64': ('RH', 'RW'),
-}
-
-
-def head_dims() -> List[int]:
-    """Padded head dims of the shipped architectures."""
-    dims = set()
-    for arch in ARCH_SETTINGS.values():
-        for dim, heads in zip(arch['embed_dims'], arch['num_heads']):
-            dims.add(dim // heads)
-    return sorted(dims)
+ARCHS = ('micro', 'tiny', 'small', 'base')
+KERNEL_MODULE = 'mmtransnext.ops.triton_kernels'
+DINO_CONFIG = os.path.join(ROOT, 'configs', 'dino', 'dino-5scale_transnext-tiny_8xb2-12e_coco.py')
+#: COCO image shapes ``(h, w)`` the DINO schedule's sizes are derived from: 4:3 and 3:2, both
+#: orientations (most of COCO's images are 640 pixels on their long side).
+COCO_SHAPES = ((480, 640), (640, 480), (427, 640), (640, 427))
+SIXTEEN_BIT = ('bf16', 'fp16')
 
 
-def signature(kernel, dtype: str) -> Dict[str, str]:
-    kinds = {name: kind for kind, names in POINTERS.items() for name in names}
-    sig = {}
-    for name in kernel.arg_names:
-        if name in kinds:
-            sig[name] = '*' + (dtype if kinds[name] == 'data' else kinds[name])
-        else:
-            sig[name] = 'i32'
-    for param in kernel.params:
-        if param.is_constexpr:
-            sig[param.name] = 'constexpr'
-    return sig
+# ------------------------------------------------------------------------ reading the binary
+@dataclass(frozen=True)
+class BuildStats:
+    """What one compiled kernel holds (-1: not reported)."""
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+    mma_sass: int
+    mma_ptx: int
+    fences: int  # device-scope: SASS MEMBAR.*.GPU/SYS + PTX membar / fence.sc / fence.acq_rel
+    ordered_atomics: int  # PTX atom/red with .acquire, .release or .acq_rel semantics
+    cp_async: int
+    atomics: int
+
+    @property
+    def mma(self) -> int:
+        return self.mma_sass if self.mma_sass >= 0 else self.mma_ptx
 
 
-def configurations() -> List[Tuple[str, object, str, Dict[str, object], int]]:
-    """(label, kernel, dtype, constexprs, num_warps) of every configuration to compile."""
-    from mmtransnext.ops import triton_kernels as kernels
-    configs = []
-    for (dtype, (block_m, block_n, warps)), dim in itertools.product(BLOCK_CONFIGS.items(),
-                                                                     head_dims()):
-        name = TRITON_DTYPES[dtype]
-        precisions = ('ieee', 'tf32') if dtype == torch.float32 else ('tf32',)
-        for precision, has_wh, has_ww in itertools.product(precisions, (False, True),
-                                                           (False, True)):
-            base = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
-                        HAS_WH=has_wh, HAS_WW=has_ww, PRECISION=precision)
-            mode = {(False, False): 'gather', (True, True): 'resized',
-                    (True, False): 'rows resized', (False, True): 'columns resized'}[
-                        has_wh, has_ww]
-            tag = f'{name} d={dim} {block_m}x{block_n} {mode} {precision}'
-            for window in (3, 0):
-                for kernel in (kernels._attention_fwd, kernels._attention_bwd_query):
-                    configs.append((f'{tag} window={window}', kernel, name,
-                                    dict(base, WINDOW=window), warps))
-            configs.append((tag, kernels._attention_bwd_keys, name, base, warps))
-    return configs
+_PTX_OPCODE = re.compile(r'^\s*(?:@!?%\w+\s+)?([a-z][\w.:]*)', re.M)
+_SASS_OPCODE = re.compile(r'^\s*(?:[-\w]+:[-\w]+:[-\w]+:[-\w]+:[\w]+\s+)?(?:@!?U?P\w+\s+)?'
+                          r'([A-Z][A-Z0-9_.]*)', re.M)
 
 
-def compile_one(kernel, dtype: str, constexprs: Dict[str, object], warps: int, arch: int):
-    """Compile to a cubin; returns (registers, spill bytes, shared bytes)."""
+def ptx_opcodes(ptx: str) -> List[str]:
+    """Opcodes of the PTX instructions (predicates stripped; directives and labels left out)."""
+    return [op for op in _PTX_OPCODE.findall(ptx) if not op.endswith(':')]
+
+
+def sass_opcodes(sass: str) -> List[str]:
+    """Opcodes of the SASS instructions as Triton prints them (``compiled.asm['sass']``)."""
+    return _SASS_OPCODE.findall(sass)
+
+
+def instruction_counts(ptx: str, sass: Optional[str]) -> Dict[str, int]:
+    """MMA, fence, ordered-atomic, ``cp.async`` and atomic counts of a kernel's PTX and SASS."""
+    ops = ptx_opcodes(ptx)
+    atomics = [op for op in ops if op.startswith(('atom.', 'red.'))]
+    counts = dict(
+        mma_ptx=sum(op.startswith(('mma.', 'wgmma.mma_async')) for op in ops),
+        fences=sum(bool(re.match(r'membar\.(gl|sys)\b|fence\.(sc|acq_rel)\.(gpu|sys)\b', op))
+                   for op in ops),
+        ordered_atomics=sum(bool(re.search(r'\.(acquire|release|acq_rel)\b', op))
+                            for op in atomics),
+        cp_async=sum(op.startswith('cp.async') and not re.search(
+            r'commit_group|wait_group|wait_all|mbarrier', op) for op in ops),
+        atomics=len(atomics), mma_sass=-1)
+    if sass is not None:
+        sops = sass_opcodes(sass)
+        counts['mma_sass'] = sum(op.startswith(('HMMA.', 'HGMMA.')) for op in sops)
+        counts['fences'] += sum(bool(re.match(r'MEMBAR\.(\w+\.)?(GPU|SYS)\b', op))
+                                for op in sops)
+    return counts
+
+
+def _sass(compiled) -> Optional[str]:
+    """The cubin's SASS (cuobjdump/nvdisasm bundled with Triton), None if they cannot run;
+    their warnings on stderr are dropped."""
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            return compiled.asm['sass']
+        except Exception:  # noqa: BLE001 - SASS is optional, PTX is still read
+            return None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def compile_specialization(spec: KernelSpecialization, arch: int,
+                           module: str = KERNEL_MODULE) -> BuildStats:
+    """Compile ``spec`` (of a kernel of ``module``) for ``sm_<arch>`` down to a cubin."""
+    import importlib
+
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    src = ASTSource(fn=kernel, signature=signature(kernel, dtype), constexprs=constexprs)
+
+    from mmtransnext.analysis.triton_launches import _as_jit_function
+    kernel = _as_jit_function(launchable_kernels(importlib.import_module(module))[spec.kernel])
+    signature, constexprs, attrs, options = spec.compile_args()
+    triton.knobs.nvidia.dump_ptxas_log = True  # ptxas' -v report: registers and spills
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        compiled = triton.compile(src, target=GPUTarget('cuda', arch, 32),
-                                  options=dict(num_warps=warps))
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs),
+                                  target=GPUTarget('cuda', arch, 32), options=options)
     text = log.getvalue()
     regs = re.search(r'Used (\d+) registers', text)
     spills = [int(n) for n in re.findall(r'(\d+) bytes spill (?:stores|loads)', text)]
-    return (int(regs.group(1)) if regs else -1, sum(spills), compiled.metadata.shared)
+    counts = instruction_counts(compiled.asm['ptx'], _sass(compiled))
+    return BuildStats(registers=int(regs.group(1)) if regs else -1, spill_bytes=sum(spills),
+                      shared_bytes=compiled.metadata.shared, **counts)
 
 
-def main() -> int:
+def problems(stats: BuildStats, sixteen_bit: bool) -> List[str]:
+    """Why a compiled specialisation fails the check (empty: it passes)."""
+    out = []
+    if stats.spill_bytes > 0:
+        out.append(f'spills {stats.spill_bytes} bytes')
+    if stats.atomics and (stats.fences or stats.ordered_atomics):
+        out.append(f'fenced atomics: {stats.ordered_atomics} of {stats.atomics} with '
+                   f'acquire/release semantics, {stats.fences} device-scope memory fences '
+                   f"(atomic_add(..., sem='relaxed') needs none)")
+    if sixteen_bit and stats.mma == 0:
+        out.append('launched by a 16-bit autocast step but has no MMA instruction')
+    return out
+
+
+# ------------------------------------------------------------------------ recording
+def record(cases: Sequence[TrainingCase]) -> Tuple[TrainingStepRecorder,
+                                                 Dict[str, TrainingCase]]:
+    """Launches of a training step of every case, and the cases by label."""
+    with TrainingStepRecorder() as recorder:
+        for case in cases:
+            recorder.record(case)
+    return recorder, {case.label: case for case in cases}
+
+
+def arch_groups(archs: Sequence[str]) -> Dict[str, List[str]]:
+    """``archs`` grouped by their stage settings other than depth (which one block per stage
+    leaves out: tiny and small differ only there), by the first of each group."""
+    from mmtransnext.models.backbones.transnext import resolve_arch
+    groups: Dict[Tuple, List[str]] = {}
+    for arch in archs:
+        settings = resolve_arch(arch)
+        key = tuple((k, tuple(v)) for k, v in sorted(settings.items()) if k != 'depths')
+        groups.setdefault(key, []).append(arch)
+    return {members[0]: members for members in groups.values()}
+
+
+def declared_constexprs(kernel_name: str) -> Set[str]:
+    from mmtransnext.analysis.triton_launches import _as_jit_function
+    kernel = _as_jit_function(launchable_kernels()[kernel_name])
+    return {p.name for p in kernel.params if p.is_constexpr}
+
+
+def describe(spec: KernelSpecialization) -> str:
+    """The declared constexprs, then the arguments made constexpr because equal to 1."""
+    declared = declared_constexprs(spec.kernel)
+    constants = spec.constants
+    text = ' '.join(f'{name}={int(v) if isinstance(v, bool) else v}'
+                    for name, v in constants.items() if name in declared)
+    ones = [name for name, v in constants.items() if name not in declared]
+    return text + (f' ={",".join(ones)}' if ones else '') + f' D:{len(spec.divisible)}'
+
+
+# ------------------------------------------------------------------------ DINO schedule
+def _rescale(shape: Tuple[int, int], scale: Sequence[int]) -> Tuple[int, int]:
+    """``mmcv.rescale_size`` with ``keep_ratio``: the largest size within ``scale``'s long and
+    short edges."""
+    h, w = shape
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+def _crops(shape: Tuple[int, int], transform: dict) -> Set[Tuple[int, int]]:
+    """mmdet ``RandomCrop`` sizes of a ``shape`` image: both ends of each axis' range."""
+    h, w = shape
+    low, high = transform['crop_size']
+    kind = transform.get('crop_type', 'absolute')
+    if kind == 'absolute_range':
+        return {(ch, cw) for ch in {min(h, low), min(h, high)}
+                for cw in {min(w, low), min(w, high)}}
+    if kind == 'absolute':
+        return {(min(h, low), min(w, high))}
+    raise ValueError(f'RandomCrop crop_type {kind!r} is not modelled')
+
+
+def _apply(pipeline: Sequence[dict], shapes: Set[Tuple[int, int]]) -> Set[Tuple[int, int]]:
+    for transform in pipeline:
+        kind = transform['type'] if isinstance(transform['type'], str) else \
+            transform['type'].__name__
+        if kind == 'RandomChoice':
+            shapes = set().union(*(_apply(branch, shapes) for branch in transform['transforms']))
+        elif kind == 'RandomChoiceResize':
+            if not transform.get('keep_ratio', False):
+                raise ValueError('RandomChoiceResize without keep_ratio is not modelled')
+            shapes = {_rescale(s, scale) for s in shapes for scale in transform['scales']}
+        elif kind == 'Resize':
+            shapes = {_rescale(s, transform['scale']) for s in shapes}
+        elif kind == 'RandomCrop':
+            shapes = set().union(*(_crops(s, transform) for s in shapes))
+    return shapes
+
+
+def dino_schedule(config: str, image_shapes: Sequence[Tuple[int, int]] = COCO_SHAPES):
+    """``(sizes, backbone settings, AMP precision)`` of a DINO config's multi-scale training."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    sizes = sorted(_apply(pipeline, set(image_shapes)))
+    wrapper = cfg.optim_wrapper
+    precision = 'fp32'
+    if wrapper.get('type') == 'AmpOptimWrapper':
+        precision = {'bfloat16': 'bf16', 'float16': 'fp16', None: 'fp16'}[wrapper.get('dtype')]
+    return sizes, cfg.model.backbone, precision
+
+
+def evenly(items: Sequence, count: Optional[int]) -> List:
+    """``count`` items spread evenly over ``items`` (all of them if None or enough)."""
+    if count is None or count >= len(items):
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(1, count - 1))] for i in range(count)]
+
+
+def dino_variants(config: str, precisions: Optional[Sequence[str]], sample: Optional[int],
+                  max_variants: Optional[int], verbose: bool) -> int:
+    """Print the distinct specialisations per kernel and dtype over the DINO schedule; returns
+    the number of (kernel, dtype) pairs above ``max_variants``."""
+    all_sizes, backbone, amp = dino_schedule(config)
+    sizes = evenly(all_sizes, sample)
+    precisions = precisions or [amp]
+    start = time.time()
+    cases = [TrainingCase(backbone.arch, precision, bool(backbone.is_extrapolation), size,
+                          batch=2, img_size=backbone.img_size)
+             for precision in precisions for size in sizes]
+    recorder, _ = record(cases)
+    specs = list(recorder.specializations())
+    mode = 'extrapolation' if backbone.is_extrapolation else 'interpolation'
+    print(f'\nDINO schedule of {os.path.relpath(config, ROOT)}: {len(sizes)} of its '
+          f'{len(all_sizes)} sizes (COCO shapes {list(COCO_SHAPES)} through every branch and '
+          f'scale), {min(sizes)} to {max(sizes)}; {backbone.arch}, {mode}, batch 2, '
+          f'{"/".join(precisions)}; recorded in {time.time() - start:.0f} s')
+    over = 0
+    for (kernel, dtype), count in sorted(size_variants(specs).items()):
+        flag = ''
+        if max_variants is not None and count > max_variants:
+            over += 1
+            flag = f'  FAILED: more than {max_variants}'
+        varying = varying_arguments([s for s in specs if (s.kernel, s.dtype) == (kernel, dtype)],
+                                    declared_constexprs(kernel))
+        print(f'  {kernel:22s} {dtype:5s} {count:3d} variants{flag}')
+        print(f'    specialised on: {", ".join(varying) or "-"}')
+    return over
+
+
+# ------------------------------------------------------------------------ main
+def _size(text: str) -> Tuple[int, int]:
+    h, _, w = text.partition('x')
+    return int(h), int(w or h)
+
+
+def _compile_job(job):
+    spec, arch = job
+    try:
+        return compile_specialization(spec, arch), None
+    except Exception as error:  # noqa: BLE001 - every failing specialisation is reported
+        return None, f'{type(error).__name__}: {error}'.splitlines()[0]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--arch', type=int, nargs='+', default=[80, 90])
-    args = parser.parse_args()
+    parser.add_argument('--arch', type=int, nargs='+', default=[80, 90], help='sm_ targets')
+    parser.add_argument('--archs', nargs='+', default=list(ARCHS), choices=ARCHS,
+                        help='TransNeXt architectures')
+    parser.add_argument('--precisions', nargs='+', default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument('--sizes', type=_size, nargs='+', default=list(DEFAULT_SIZES),
+                        help='input sizes HxW')
+    parser.add_argument('--dino', nargs='?', const=DINO_CONFIG, metavar='CONFIG',
+                        help='count the specialisations over the multi-scale schedule of a DINO '
+                        f'config (default {os.path.relpath(DINO_CONFIG, ROOT)})')
+    parser.add_argument('--dino-precisions', nargs='+', choices=PRECISIONS,
+                        help="with --dino: default the config's AMP dtype")
+    parser.add_argument('--dino-sample', type=int, metavar='N',
+                        help='with --dino: N sizes spread over the schedule instead of all')
+    parser.add_argument('--max-variants', type=int, metavar='N',
+                        help='with --dino: fail above N specialisations per kernel and dtype')
+    parser.add_argument('--no-compile', action='store_true', help='record only')
+    parser.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1),
+                        help='compiler processes')
+    parser.add_argument('--verbose', action='store_true',
+                        help='list the specialised arguments and the launching steps')
+    args = parser.parse_args(argv)
+    if args.max_variants is not None and args.dino is None:
+        parser.error('--max-variants needs --dino')
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         print('unset TRITON_INTERPRET: the interpreter compiles nothing', file=sys.stderr)
         return 2
     # A fresh cache, so that every kernel is compiled and ptxas reports on it.
     os.environ['TRITON_CACHE_DIR'] = tempfile.mkdtemp(prefix='triton-check-')
-    import triton
-    triton.knobs.nvidia.dump_ptxas_log = True  # ptxas' -v report: registers and spills
-    failures = 0
-    print(f'{"kernel":22s} {"sm":>3s} {"configuration":44s} {"regs":>5s} {"spill B":>8s} '
-          f'{"smem B":>7s}')
-    for arch in args.arch:
-        for label, kernel, dtype, constexprs, warps in configurations():
-            name = kernel.__name__
-            try:
-                regs, spills, shared = compile_one(kernel, dtype, constexprs, warps, arch)
-            except Exception as error:  # report every failing configuration, then fail
-                failures += 1
-                print(f'{name:22s} {arch:3d} {label:44s} FAILED: {error}'.splitlines()[0])
-                continue
-            print(f'{name:22s} {arch:3d} {label:44s} {regs:5d} {spills:8d} {shared:7d}')
-    total = len(args.arch) * len(configurations())
-    print(f'{total - failures} of {total} configurations compiled')
-    shutil.rmtree(os.environ['TRITON_CACHE_DIR'], ignore_errors=True)
-    return 1 if failures else 0
+    try:
+        return _run(args)
+    finally:
+        shutil.rmtree(os.environ['TRITON_CACHE_DIR'], ignore_errors=True)
+
+
+def _run(args) -> int:
+    start = time.time()
+    groups = arch_groups(args.archs)
+    cases = [TrainingCase(arch, precision, extrapolation, size)
+             for arch in groups for precision in args.precisions
+             for extrapolation in (False, True) for size in args.sizes]
+    recorder, by_label = record(cases)
+    specs = recorder.specializations()
+    per_kernel = defaultdict(int)
+    for spec in specs:
+        per_kernel[spec.kernel] += 1
+    print(f'{len(recorder.launches)} launches in {len(cases)} training steps at batch 2 '
+          f'({" ".join("/".join(g) for g in groups.values())} x '
+          f'{"/".join(args.precisions)} x interpolation/extrapolation x '
+          f'{" ".join(f"{h}x{w}" for h, w in args.sizes)}): {len(specs)} distinct '
+          f'specialisations (' + ', '.join(f'{k} {n}' for k, n in sorted(per_kernel.items()))
+          + f'); recorded in {time.time() - start:.0f} s')
+    never = sorted(set(launchable_kernels()) - set(per_kernel))
+    if never:
+        print(f'never launched (device functions): {", ".join(never)}')
+    failures = [] if args.no_compile else compile_all(specs, by_label, args)
+    over = 0
+    if args.dino is not None:
+        over = dino_variants(args.dino, args.dino_precisions, args.dino_sample,
+                             args.max_variants, args.verbose)
+    for failure in failures:
+        print(f'FAILED {failure}')
+    if over:
+        print(f'FAILED {over} kernel/dtype pairs need more than {args.max_variants} '
+              f'specialisations over the DINO schedule')
+    print(f'{"FAILED" if failures or over else "passed"}: {len(failures)} build problems'
+          + (f', {over} kernel/dtype pairs above --max-variants' if over else '')
+          + f'; {time.time() - start:.0f} s in all')
+    return 1 if failures or over else 0
+
+
+def compile_all(specs: Dict[KernelSpecialization, List[str]], by_label: Dict[str, TrainingCase],
+                args) -> List[str]:
+    """Compile every specialisation for every arch, print the table; returns the failures."""
+    ids = {spec: i for i, spec in enumerate(specs, 1)}
+    jobs = [(spec, arch) for spec in specs for arch in args.arch]
+    start = time.time()
+    pool = ProcessPoolExecutor(args.jobs) if args.jobs > 1 else None
+    results = pool.map(_compile_job, jobs) if pool else map(_compile_job, jobs)
+    print(f'{"id":>4s} {"kernel":21s} {"sm":>3s} {"dtype":5s} {"steps":14s} {"warps":>5s} '
+          f'{"regs":>4s} {"spill":>5s} {"smem":>6s} {"mma":>4s} {"fence":>5s} {"cp.as":>5s} '
+          f'{"atom":>4s}  configuration')
+    failures, compiled = [], 0
+    for (spec, arch), (stats, error) in zip(jobs, results):  # printed as they come
+        contexts = specs[spec]
+        steps = sorted({by_label[c].precision for c in contexts})
+        head = (f'v{ids[spec]:<3d} {spec.kernel:21s} {arch:3d} {spec.dtype:5s} '
+                f'{"/".join(steps):14s} {spec.num_warps:5d}')
+        if stats is None:
+            failures.append(f'v{ids[spec]} {spec.kernel} sm_{arch}: compile error: {error}')
+            print(f'{head} FAILED: {error}', flush=True)
+            continue
+        compiled += 1
+        print(f'{head} {stats.registers:4d} {stats.spill_bytes:5d} {stats.shared_bytes:6d} '
+              f'{stats.mma:4d} {stats.fences + stats.ordered_atomics:5d} {stats.cp_async:5d} '
+              f'{stats.atomics:4d}  {describe(spec)}', flush=True)
+        sixteen = any(by_label[c].precision in SIXTEEN_BIT for c in contexts)
+        for reason in problems(stats, sixteen):
+            failures.append(f'v{ids[spec]} {spec.kernel} {spec.dtype} sm_{arch} '
+                            f'({describe(spec)}; launched by {contexts[0]}): {reason}')
+    if args.verbose:
+        for spec, i in ids.items():
+            special = spec.value_specialised(declared_constexprs(spec.kernel))
+            print(f'v{i}: {", ".join(f"{k}={v}" for k, v in special.items())}\n'
+                  f'    launched by {"; ".join(specs[spec])}')
+    if pool:
+        pool.shutdown()
+    print(f'{compiled} of {len(jobs)} specialisations compiled '
+          f'(sm_{", sm_".join(map(str, args.arch))}) in {time.time() - start:.0f} s')
+    return failures
 
 
 if __name__ == '__main__':
