@@ -80,7 +80,7 @@ def _cpb_bias_grad(grad_grid, rows_h, weights_h, rows_w, weights_w, head, offs_m
         for t in range(taps_w):
             at, weight = _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask,
                               taps_h, taps_w, head, grid_h, grid_w, HAS_WH, HAS_WW)
-            tl.atomic_add(grad_grid + at, grad * weight, mask=mask)
+            tl.atomic_add(grad_grid + at, grad * weight, mask=mask, sem='relaxed')
 
 
 @triton.jit
@@ -249,9 +249,10 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW
             tok = tl.load(TOK + b * st_b + h * st_h + offs_m * st_n + l, mask=mask_m,
                           other=0.).to(tl.float32)
             grad_at = (bh * length + nb)[:, None] * HEAD_DIM + offs_d[None, :]
-            tl.atomic_add(DK + grad_at, ds[:, None] * qf, mask=mask_nd)
-            tl.atomic_add(DV + grad_at, (p + tok)[:, None] * do, mask=mask_nd)
-            tl.atomic_add(DRPB + h * WINDOW * WINDOW + l, tl.sum(ds, 0))
+            tl.atomic_add(DK + grad_at, ds[:, None] * qf, mask=mask_nd, sem='relaxed')
+            tl.atomic_add(DV + grad_at, (p + tok)[:, None] * do, mask=mask_nd,
+                          sem='relaxed')
+            tl.atomic_add(DRPB + h * WINDOW * WINDOW + l, tl.sum(ds, 0), sem='relaxed')
     tl.store(DELTA + rows, delta, mask=mask_m)
     do_in = do.to(q.dtype)
     for start in range(0, num_keys, BLOCK_N):
