@@ -13,6 +13,7 @@ The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``
 interpreter, used by the tests). That variable is read when the kernels are decorated, i.e. the
 first time this path runs in a process: set it before.
 """
+import contextlib
 import os
 import warnings
 from typing import List, Optional, Tuple, Union
@@ -101,6 +102,12 @@ def _strides(t: Tensor) -> Tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _on_device(t: Tensor):
+    """Launch on ``t``'s GPU even when another one is current (Triton launches on the current
+    device); nothing to switch on CPU (interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == 'cuda' else contextlib.nullcontext()
+
+
 def _common(q: Tensor, kp: Tensor, height: int, width: int, window: int, key_h: int,
             key_w: int, grid: Tensor, rows_h: Tensor, rows_w: Tensor, weights_h, weights_w,
             tf32: bool):
@@ -138,12 +145,14 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
                               weights_h, weights_w, tf32)
     weights_h, weights_w = _weight_args(grid, weights_h, weights_w)
     k, v, tok, rpb = (q, q, q, q) if window == 0 else (k, v, tok, rpb)
-    launch = (_cdiv(length, meta['BLOCK_M']), bh)
-    kernels._attention_fwd[launch](
-        q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w,
-        weights_w, out, lse, *_strides(q), query_scale.stride(0), *_strides(k), *_strides(v),
-        *_strides(tok), *_strides(kp), *_strides(vp), *_strides(out), *sizes, WINDOW=window,
-        **meta)
+    # One grid axis (tiles fastest within each batch * head): no 65535 limit on batch * heads.
+    launch = (_cdiv(length, meta['BLOCK_M']) * bh,)
+    with _on_device(q):
+        kernels._attention_fwd[launch](
+            q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h,
+            rows_w, weights_w, out, lse, *_strides(q), query_scale.stride(0), *_strides(k),
+            *_strides(v), *_strides(tok), *_strides(kp), *_strides(vp), *_strides(out), *sizes,
+            WINDOW=window, **meta)
     return out, lse
 
 
@@ -184,15 +193,17 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
         drpb = torch.zeros(rpb.shape, dtype=f32, device=q.device)
     else:
         k = v = tok = rpb = dk = dv = dtok = drpb = q
-    kernels._attention_bwd_query[(_cdiv(length, meta['BLOCK_M']), bh)](
-        q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w,
-        weights_w, out, grad_out, lse, delta, dq, dk, dv, dtok, drpb, dgrid, *_strides(q),
-        query_scale.stride(0), *_strides(k), *_strides(v), *_strides(tok), *_strides(kp),
-        *_strides(vp), *_strides(out), *_strides(grad_out), *sizes, WINDOW=window, **meta)
-    kernels._attention_bwd_keys[(_cdiv(kp.shape[2], meta['BLOCK_N']), bh)](
-        q, qe, head_scale, query_scale, kp, vp, grid, rows_h, weights_h, rows_w, weights_w,
-        grad_out, lse, delta, dkp, dvp, *_strides(q), query_scale.stride(0), *_strides(kp),
-        *_strides(vp), *_strides(grad_out), *sizes, **meta)
+    with _on_device(q):
+        kernels._attention_bwd_query[(_cdiv(length, meta['BLOCK_M']) * bh,)](
+            q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h,
+            rows_w, weights_w, out, grad_out, lse, delta, dq, dk, dv, dtok, drpb, dgrid,
+            *_strides(q), query_scale.stride(0), *_strides(k), *_strides(v), *_strides(tok),
+            *_strides(kp), *_strides(vp), *_strides(out), *_strides(grad_out), *sizes,
+            WINDOW=window, **meta)
+        kernels._attention_bwd_keys[(_cdiv(kp.shape[2], meta['BLOCK_N']) * bh,)](
+            q, qe, head_scale, query_scale, kp, vp, grid, rows_h, weights_h, rows_w, weights_w,
+            grad_out, lse, delta, dkp, dvp, *_strides(q), query_scale.stride(0),
+            *_strides(kp), *_strides(vp), *_strides(grad_out), *sizes, **meta)
     if not window:
         dk, dv, dtok, drpb = (q.new_empty(0) for _ in range(4))
         return [dq, dk, dv, dtok, drpb, dkp, dvp, dgrid.to(grid.dtype)]

@@ -84,20 +84,27 @@ def _cpb_bias_grad(grad_grid, rows_h, weights_h, rows_w, weights_w, head, offs_m
 
 
 @triton.jit
-def _tile(ptr, b, h, s_b, s_h, s_n, offs, offs_d, mask):
-    """Rows ``offs`` of the ``(batch b, head h)`` slice of a tensor with unit stride along d."""
-    return tl.load(ptr + b * s_b + h * s_h + offs[:, None] * s_n + offs_d[None, :], mask=mask,
-                   other=0.)
+def _slice(ptr, b, h, s_b, s_h):
+    """Pointer to the ``(batch b, head h)`` slice of a tensor: an int64 offset, so that tensors
+    of 2**31 elements or more do not wrap (the offsets within a slice stay int32)."""
+    return ptr + b.to(tl.int64) * s_b + h.to(tl.int64) * s_h
 
 
 @triton.jit
-def _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs, offs_d, mask_m, mask_d,
+def _tile(base, s_n, offs, offs_d, mask):
+    """Rows ``offs`` of a ``(batch, head)`` slice (see :func:`_slice`) with unit stride along
+    d."""
+    return tl.load(base + offs[:, None] * s_n + offs_d[None, :], mask=mask, other=0.)
+
+
+@triton.jit
+def _queries(q_base, QE, HS, QS, h, sq_n, s_qs, offs, offs_d, mask_m, mask_d,
              HEAD_DIM: tl.constexpr):
     """A tile of normalised queries plus the query embedding, ``q_norm + qe[h]``, in float32,
     and each query's factor ``f = hs[h] * qs[n]`` (the scaled queries are their product; the
     callers round it to the input dtype for ``tl.dot``, as the queries were rounded when scaled
     in PyTorch)."""
-    q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs, offs_d, mask_m[:, None] & mask_d[None, :])
+    q = _tile(q_base, sq_n, offs, offs_d, mask_m[:, None] & mask_d[None, :])
     q = q.to(tl.float32) + tl.load(QE + h * HEAD_DIM + offs_d, mask=mask_d, other=0.)[None, :]
     return q, tl.load(HS + h) * tl.load(QS + offs * s_qs, mask=mask_m, other=0.)
 
@@ -105,12 +112,17 @@ def _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs, offs_d, mask_m, 
 @triton.jit
 def _program(heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
              HEAD_DIM: tl.constexpr):
-    """This program's ``batch * heads + head``, batch, head, tile offsets (along an axis of
-    ``extent``) and head-dim offsets, with their masks."""
-    bh = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    """This program's ``batch * heads + head`` (int64), batch, head, tile offsets (along an
+    axis of ``extent``) and head-dim offsets, with their masks. Programs lie on grid axis 0
+    only (no 65535 limit at any batch), tiles fastest: ``pid = bh * tiles + tile``, so the
+    programs of one head run together."""
+    tiles = tl.cdiv(extent, BLOCK)
+    pid = tl.program_id(0)
+    bh = pid // tiles
+    offs = (pid - bh * tiles) * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
-    return bh, bh // heads, bh % heads, offs, offs < extent, offs_d, offs_d < HEAD_DIM
+    return bh.to(tl.int64), bh // heads, bh % heads, offs, offs < extent, offs_d, \
+        offs_d < HEAD_DIM
 
 
 @triton.jit
@@ -146,8 +158,11 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, 
     length = height * width
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
                                                         HEAD_DIM)
-    qf, f = _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs_m, offs_d, mask_m,
-                     mask_d, HEAD_DIM)
+    k_base, v_base = _slice(K, b, h, sk_b, sk_h), _slice(V, b, h, sv_b, sv_h)
+    tok_base = _slice(TOK, b, h, st_b, st_h)
+    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h), _slice(VP, b, h, svp_b, svp_h)
+    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h), QE, HS, QS, h, sq_n, s_qs, offs_m, offs_d,
+                     mask_m, mask_d, HEAD_DIM)
     qf = qf * f[:, None]
     q = qf.to(Q.dtype.element_ty)
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
@@ -158,24 +173,23 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, 
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
-            key = _tile(K, b, h, sk_b, sk_h, sk_n, nb, offs_d, mask_nd).to(tl.float32)
+            key = _tile(k_base, sk_n, nb, offs_d, mask_nd).to(tl.float32)
             s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
             s = tl.where(inside, s, float('-inf'))
             m_new = tl.maximum(m_i, s)
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new)
-            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d, mask_nd).to(tl.float32)
+            value = _tile(v_base, sv_n, nb, offs_d, mask_nd).to(tl.float32)
             acc = acc * alpha[:, None] + p[:, None] * value
             l_i = l_i * alpha + p
             m_i = m_new
-            tok = tl.load(TOK + b * st_b + h * st_h + offs_m * st_n + l, mask=mask_m,
-                          other=0.).to(tl.float32)
+            tok = tl.load(tok_base + offs_m * st_n + l, mask=mask_m, other=0.).to(tl.float32)
             acc_tok += tok[:, None] * value
     for start in range(0, num_keys, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
-        k_tile = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
+        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd)
         scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
         scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n,
                             mask_m[:, None] & mask_n[None, :], width, key_h, key_w, grid_h,
@@ -185,12 +199,12 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, 
         alpha = tl.exp(m_i - m_new)
         p_tile = tl.exp(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p_tile, 1)
-        v_tile = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
+        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd)
         acc = acc * alpha[:, None] + tl.dot(p_tile.to(v_tile.dtype), v_tile,
                                             input_precision=PRECISION)
         m_i = m_new
     out = acc / l_i[:, None] + acc_tok
-    tl.store(OUT + b * so_b + h * so_h + offs_m[:, None] * so_n + offs_d[None, :],
+    tl.store(_slice(OUT, b, h, so_b, so_h) + offs_m[:, None] * so_n + offs_d[None, :],
              out.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
     tl.store(LSE + bh * length + offs_m, m_i + tl.log(l_i), mask=mask_m)
 
@@ -214,54 +228,56 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
                                                         HEAD_DIM)
     mask_md = mask_m[:, None] & mask_d[None, :]
-    qf, f = _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs_m, offs_d, mask_m,
-                     mask_d, HEAD_DIM)
+    k_base, v_base = _slice(K, b, h, sk_b, sk_h), _slice(V, b, h, sv_b, sv_h)
+    tok_base = _slice(TOK, b, h, st_b, st_h)
+    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h), _slice(VP, b, h, svp_b, svp_h)
+    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h), QE, HS, QS, h, sq_n, s_qs, offs_m, offs_d,
+                     mask_m, mask_d, HEAD_DIM)
     qf = qf * f[:, None]
     q = qf.to(Q.dtype.element_ty)
-    do = _tile(DO, b, h, sdo_b, sdo_h, sdo_n, offs_m, offs_d, mask_md).to(tl.float32)
-    out = _tile(OUT, b, h, so_b, so_h, so_n, offs_m, offs_d, mask_md).to(tl.float32)
-    lse = tl.load(LSE + bh * length + offs_m, mask=mask_m, other=0.)
+    do = _tile(_slice(DO, b, h, sdo_b, sdo_h), sdo_n, offs_m, offs_d, mask_md).to(tl.float32)
+    out = _tile(_slice(OUT, b, h, so_b, so_h), so_n, offs_m, offs_d, mask_md).to(tl.float32)
+    row0 = bh * length  # int64: first row of this (batch, head) in the (B, heads, N) buffers
+    lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
     # delta = dO . (softmax part of the output) = dO . out - sum_l tok_l (dO . v_l).
     delta = tl.sum(do * out, 1)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    rows = bh * length + offs_m
     if WINDOW > 0:
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
-            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d,
-                          inside[:, None] & mask_d[None, :]).to(tl.float32)
+            value = _tile(v_base, sv_n, nb, offs_d, inside[:, None] & mask_d[None, :]).to(
+                tl.float32)
             dp = tl.sum(do * value, 1)
-            tok = tl.load(TOK + b * st_b + h * st_h + offs_m * st_n + l, mask=mask_m,
-                          other=0.).to(tl.float32)
+            tok = tl.load(tok_base + offs_m * st_n + l, mask=mask_m, other=0.).to(tl.float32)
             delta -= tok * dp
-            tl.store(DTOK + rows * (WINDOW * WINDOW) + l, dp.to(DTOK.dtype.element_ty),
-                     mask=mask_m)
+            tl.store(DTOK + row0 * (WINDOW * WINDOW) + offs_m * (WINDOW * WINDOW) + l,
+                     dp.to(DTOK.dtype.element_ty), mask=mask_m)
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
-            key = _tile(K, b, h, sk_b, sk_h, sk_n, nb, offs_d, mask_nd).to(tl.float32)
-            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d, mask_nd).to(tl.float32)
+            key = _tile(k_base, sk_n, nb, offs_d, mask_nd).to(tl.float32)
+            value = _tile(v_base, sv_n, nb, offs_d, mask_nd).to(tl.float32)
             s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
             p = tl.where(inside, tl.exp(s - lse), 0.)
             dp = tl.sum(do * value, 1)
             ds = p * (dp - delta)
             dq += ds[:, None] * key
-            tok = tl.load(TOK + b * st_b + h * st_h + offs_m * st_n + l, mask=mask_m,
-                          other=0.).to(tl.float32)
-            grad_at = (bh * length + nb)[:, None] * HEAD_DIM + offs_d[None, :]
-            tl.atomic_add(DK + grad_at, ds[:, None] * qf, mask=mask_nd, sem='relaxed')
-            tl.atomic_add(DV + grad_at, (p + tok)[:, None] * do, mask=mask_nd,
+            tok = tl.load(tok_base + offs_m * st_n + l, mask=mask_m, other=0.).to(tl.float32)
+            grad_at = nb[:, None] * HEAD_DIM + offs_d[None, :]
+            tl.atomic_add(DK + row0 * HEAD_DIM + grad_at, ds[:, None] * qf, mask=mask_nd,
+                          sem='relaxed')
+            tl.atomic_add(DV + row0 * HEAD_DIM + grad_at, (p + tok)[:, None] * do, mask=mask_nd,
                           sem='relaxed')
             tl.atomic_add(DRPB + h * WINDOW * WINDOW + l, tl.sum(ds, 0), sem='relaxed')
-    tl.store(DELTA + rows, delta, mask=mask_m)
+    tl.store(DELTA + row0 + offs_m, delta, mask=mask_m)
     do_in = do.to(q.dtype)
     for start in range(0, num_keys, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        k_tile = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
-        v_tile = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
+        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd)
+        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd)
         p_tile = _pooled_probs(q, k_tile, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn,
                                width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW,
                                BLOCK_M, BLOCK_N, PRECISION)
@@ -270,8 +286,8 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW
         dq += tl.dot(ds_tile.to(q.dtype), k_tile, input_precision=PRECISION)
         _cpb_bias_grad(DGRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, ds_tile, width, key_h,
                        key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW)
-    tl.store(DQ + rows[:, None] * HEAD_DIM + offs_d[None, :], dq.to(DQ.dtype.element_ty),
-             mask=mask_md)
+    tl.store(DQ + row0 * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=mask_md)
 
 
 @triton.jit
@@ -288,8 +304,10 @@ def _attention_bwd_keys(Q, QE, HS, QS, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DE
     bh, b, h, offs_n, mask_n, offs_d, mask_d = _program(heads, num_keys, BLOCK_N, BLOCK_D,
                                                         HEAD_DIM)
     mask_kd = mask_n[:, None] & mask_d[None, :]
-    key = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
-    value = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
+    key = _tile(_slice(KP, b, h, skp_b, skp_h), skp_n, offs_n, offs_d, mask_kd)
+    value = _tile(_slice(VP, b, h, svp_b, svp_h), svp_n, offs_n, offs_d, mask_kd)
+    q_base, do_base = _slice(Q, b, h, sq_b, sq_h), _slice(DO, b, h, sdo_b, sdo_h)
+    row0 = bh * length
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for start in range(0, length, BLOCK_M):
@@ -297,12 +315,12 @@ def _attention_bwd_keys(Q, QE, HS, QS, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DE
         mask_m = offs_m < length
         mask_md = mask_m[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        q, f = _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs_m, offs_d, mask_m,
-                        mask_d, HEAD_DIM)
+        q, f = _queries(q_base, QE, HS, QS, h, sq_n, s_qs, offs_m, offs_d, mask_m, mask_d,
+                        HEAD_DIM)
         q = (q * f[:, None]).to(Q.dtype.element_ty)
-        do = _tile(DO, b, h, sdo_b, sdo_h, sdo_n, offs_m, offs_d, mask_md).to(q.dtype)
-        lse = tl.load(LSE + bh * length + offs_m, mask=mask_m, other=0.)
-        delta = tl.load(DELTA + bh * length + offs_m, mask=mask_m, other=0.)
+        do = _tile(do_base, sdo_n, offs_m, offs_d, mask_md).to(q.dtype)
+        lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
+        delta = tl.load(DELTA + row0 + offs_m, mask=mask_m, other=0.)
         p = _pooled_probs(q, key, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width,
                           key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW, BLOCK_M,
                           BLOCK_N, PRECISION)
@@ -310,6 +328,6 @@ def _attention_bwd_keys(Q, QE, HS, QS, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DE
         dp = tl.dot(do, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-    grad_at = (bh * num_keys + offs_n)[:, None] * HEAD_DIM + offs_d[None, :]
+    grad_at = bh * num_keys * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(DKP + grad_at, dk.to(DKP.dtype.element_ty), mask=mask_kd)
     tl.store(DVP + grad_at, dv.to(DVP.dtype.element_ty), mask=mask_kd)

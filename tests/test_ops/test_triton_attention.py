@@ -408,3 +408,33 @@ def test_op_traces_under_torch_compile():
         results.append([out] + list(torch.autograd.grad(out.square().sum(), leaves)))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
+
+
+KERNELS = ('_attention_fwd', '_attention_bwd_query', '_attention_bwd_keys')
+
+
+def test_launch_grids_use_one_axis(monkeypatch):
+    """All programs lie on grid axis 0 (axis 1 would cap batch * heads at 65535)."""
+    from mmtransnext.ops import triton_kernels
+    grids = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            grids.append(tuple(grid))
+            return self.kernel[grid]
+
+    for name in KERNELS:
+        monkeypatch.setattr(triton_kernels, name, Recorder(getattr(triton_kernels, name)))
+    size, pool = (7, 9), (3, 4)
+    attn, table, q, keys, values, tok = _case_inputs(size, pool, None, 3, 3)
+    taps = table.taps(size, pool)
+    q.requires_grad_()
+    out = triton_attention(q, keys[1], values[1], cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table),
+                           taps.rows_h, taps.weights_h, taps.rows_w, taps.weights_w, size, pool,
+                           k_local=keys[0], v_local=values[0], token_weights=tok,
+                           local_bias=attn.relative_pos_bias_local)
+    out.sum().backward()
+    assert len(grids) >= 3 and all(len(grid) == 1 for grid in grids), grids
