@@ -31,6 +31,15 @@ queries, window ``dk``/``dv`` by atomic adds, ``dtok``, ``drpb``, ``dgrid``, and
 import triton
 import triton.language as tl
 
+#: Arguments no kernel specialises on (``do_not_specialize``; names absent from a kernel are
+#: ignored): the sizes and the batch and head strides, which change with the input size. Triton
+#: otherwise compiles a variant per value class (equal to 1, divisible by 16), i.e. several per
+#: stage in a multi-scale schedule. Strides along rows (``*_n``, fixed per architecture) and the
+#: query scale's stride (0 or 1) stay specialised: they let loads vectorise.
+UNSPECIALISED = ('heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'grid_h', 'grid_w',
+                 'taps_h', 'taps_w', 'sq_b', 'sq_h', 'sk_b', 'sk_h', 'sv_b', 'sv_h', 'st_b',
+                 'st_h', 'skp_b', 'skp_h', 'svp_b', 'svp_h', 'so_b', 'so_h', 'sdo_b', 'sdo_h')
+
 
 @triton.jit
 def _tap_offsets(offs_m, offs_n, width, key_h, key_w):
@@ -147,7 +156,7 @@ def _neighbour(offs_m, mask_m, height, width, l, WINDOW: tl.constexpr):
     return y * width + x, inside
 
 
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALISED)
 def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
                    sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
                    skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
@@ -209,7 +218,7 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, 
     tl.store(LSE + bh * length + offs_m, m_i + tl.log(l_i), mask=mask_m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALISED)
 def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, DO,
                          LSE, DELTA, DQ, DK, DV, DTOK, DRPB, DGRID,
                          sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
@@ -290,7 +299,7 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW
              dq.to(DQ.dtype.element_ty), mask=mask_md)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALISED)
 def _attention_bwd_keys(Q, QE, HS, QS, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DELTA, DKP, DVP,
                         sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                         sdo_b, sdo_h, sdo_n,

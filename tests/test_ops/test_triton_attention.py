@@ -413,6 +413,22 @@ def test_op_traces_under_torch_compile():
 KERNELS = ('_attention_fwd', '_attention_bwd_query', '_attention_bwd_keys')
 
 
+def test_kernels_do_not_specialise_on_sizes():
+    """Every size and batch/head stride argument is left unspecialised (one compiled variant
+    for every input size of a multi-scale schedule); pointers (upper case), row strides
+    (``*_n``) and the query scale's stride (0 or 1) may be specialised."""
+    from triton.runtime.jit import JITFunction
+
+    from mmtransnext.ops import triton_kernels
+    for name in KERNELS:
+        kernel = getattr(triton_kernels, name)
+        jit = JITFunction(kernel.fn, **kernel.kwargs)  # the decorator's arguments, compiled
+        sizes = {p.name for p in jit.params if not p.is_constexpr and p.name[0].islower()
+                 and not p.name.endswith('_n') and p.name != 's_qs'}
+        assert {'heads', 'width', 'sq_b', 'sq_h'} <= sizes, name
+        assert {p.name for p in jit.params if p.do_not_specialize} == sizes, name
+
+
 def test_launch_grids_use_one_axis(monkeypatch):
     """All programs lie on grid axis 0 (axis 1 would cap batch * heads at 65535)."""
     from mmtransnext.ops import triton_kernels
