@@ -6,8 +6,9 @@ Every configuration the shipped configs can launch: the three kernels of
 :mod:`mmtransnext.ops.triton_kernels` for each input dtype (float32, float16, bfloat16) with its
 block sizes (:data:`mmtransnext.ops.triton_attention.BLOCK_CONFIGS`), the padded head dim of every
 architecture (micro, tiny, small, base), aggregated (window 3) and full attention (window 0),
-and every tap layout of the position bias (one tap of weight 1 per axis, as in extrapolation
-mode, or weighted taps on the rows, the columns or both, as when the bias is resized); float32 both with full-precision products and with TF32. Each is compiled with
+and both column-tap layouts of the position bias (one tap of weight 1, as in extrapolation
+mode, or weighted taps, as when the bias is resized; row taps are folded into the grid before
+the kernels); float32 both with full-precision products and with TF32. Each is compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget('cuda', arch, 32))`` down to a cubin (Triton's
 bundled ptxas); the table gives registers per thread, spilled bytes (from ptxas' report) and
 shared memory per kernel. Exits 1 if any configuration fails to compile. Must run without
@@ -36,9 +37,9 @@ TRITON_DTYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: '
 #: Pointer arguments by kind: 'data' takes the input dtype, the others are fixed.
 POINTERS = {
     'data': ('Q', 'K', 'V', 'TOK', 'KP', 'VP', 'OUT', 'DO', 'DQ', 'DTOK', 'DKP', 'DVP'),
-    'fp32': ('QE', 'HS', 'QS', 'RPB', 'GRID', 'WH', 'WW', 'LSE', 'DELTA', 'DK', 'DV', 'DRPB',
-             'DGRID'),
-    'i64': ('RH', 'RW'),
+    'fp32': ('QE', 'HS', 'QS', 'RPB', 'FOLD', 'WW', 'LSE', 'DELTA', 'DK', 'DV', 'DRPB',
+             'DFOLD'),
+    'i64': ('RW',),
 }
 
 
@@ -73,13 +74,11 @@ def configurations() -> List[Tuple[str, object, str, Dict[str, object], int]]:
                                                                      head_dims()):
         name = TRITON_DTYPES[dtype]
         precisions = ('ieee', 'tf32') if dtype == torch.float32 else ('tf32',)
-        for precision, has_wh, has_ww in itertools.product(precisions, (False, True),
-                                                           (False, True)):
+        for precision, has_ww in itertools.product(precisions, (False, True)):
+            # Row taps are folded into the grid before the kernels: column weights or none.
             base = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
-                        HAS_WH=has_wh, HAS_WW=has_ww, PRECISION=precision)
-            mode = {(False, False): 'gather', (True, True): 'resized',
-                    (True, False): 'rows resized', (False, True): 'columns resized'}[
-                        has_wh, has_ww]
+                        HAS_WW=has_ww, PRECISION=precision)
+            mode = 'columns resized' if has_ww else 'gather'
             tag = f'{name} d={dim} {block_m}x{block_n} {mode} {precision}'
             for window in (3, 0):
                 for kernel in (kernels._attention_fwd, kernels._attention_bwd_query):

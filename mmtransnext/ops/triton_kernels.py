@@ -9,11 +9,11 @@ Per ``(batch, head)`` and tile of ``BLOCK_M`` queries of an ``height x width`` m
   ``tl.dot``: 9 keys are too few for a matrix unit), plus the local bias ``rpb[head, l]``,
   out-of-map neighbours masked;
 - pooled keys: ``BLOCK_N`` keys at a time with ``tl.dot``, plus the continuous position bias
-  built from the CPB ``grid (heads, GH, GW)`` by index arithmetic (:func:`_cpb_bias`): for query
-  ``(yq, xq)`` and key ``(yk, xk)`` it is ``sum_s sum_t wh[yq,yk,s] ww[xq,xk,t]
-  grid[head, rh[yq,yk,s], rw[xq,xk,t]]``, the taps of
-  :class:`mmtransnext.models.layers.position_bias.BiasTaps` (one tap of weight 1 per axis in
-  extrapolation mode; bilinear resizing otherwise);
+  gathered from the row-folded CPB grid ``folded (heads, H, Hk, GW)`` (the row taps already
+  applied in PyTorch by :func:`mmtransnext.models.layers.position_bias.fold_rows`) and the column
+  taps (:func:`_cpb_bias`): for query ``(yq, xq)`` and key ``(yk, xk)`` it is ``sum_t
+  ww[xq,xk,t] folded[head, yq, yk, rw[xq,xk,t]]``, one gather per column tap (one tap of weight
+  1 in extrapolation mode; two with bilinear resizing);
 - one online softmax over both key sets (fp32 running max and sum); the learnable-token weights
   ``tok[b, head, n, l]`` are added to the window probabilities (they are not normalised).
 
@@ -24,7 +24,7 @@ float32 registers (:func:`_queries`), so the scaled queries are never stored.
 ``WINDOW == 0`` gives full attention (stage 4): pooled keys are then all tokens.
 The forward writes the output and the log-sum-exp. Backward recomputes the logits
 (FlashAttention-2 style): :func:`_attention_bwd_query` per query tile (``dq`` of the scaled
-queries, window ``dk``/``dv`` by atomic adds, ``dtok``, ``drpb``, ``dgrid``, and
+queries, window ``dk``/``dv`` by atomic adds, ``dtok``, ``drpb``, ``dfolded``, and
 ``delta = dO . O_softmax``),
 :func:`_attention_bwd_keys` per tile of pooled keys (``dk``/``dv`` without atomics).
 """
@@ -36,60 +36,53 @@ import triton.language as tl
 #: otherwise compiles a variant per value class (equal to 1, divisible by 16), i.e. several per
 #: stage in a multi-scale schedule. Strides along rows (``*_n``, fixed per architecture) and the
 #: query scale's stride (0 or 1) stay specialised: they let loads vectorise.
-UNSPECIALISED = ('heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'grid_h', 'grid_w',
-                 'taps_h', 'taps_w', 'sq_b', 'sq_h', 'sk_b', 'sk_h', 'sv_b', 'sv_h', 'st_b',
+UNSPECIALISED = ('heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'fold_w', 'taps_w',
+                 'sq_b', 'sq_h', 'sk_b', 'sk_h', 'sv_b', 'sv_h', 'st_b',
                  'st_h', 'skp_b', 'skp_h', 'svp_b', 'svp_h', 'so_b', 'so_h', 'sdo_b', 'sdo_h')
 
 
 @triton.jit
-def _tap_offsets(offs_m, offs_n, width, key_h, key_w):
-    """Row pair and column pair index of each (query, pooled key) in the taps' flat layout."""
-    pair_h = (offs_m // width)[:, None] * key_h + (offs_n // key_w)[None, :]
+def _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w):
+    """Per (query, pooled key): the start of its row in the folded grid, ``folded[h, yq, yk]``
+    (flat), and its column pair ``(xq, xk)`` in the column taps' flat layout."""
+    row = ((h * height + offs_m // width)[:, None] * key_h + (offs_n // key_w)[None, :]) * fold_w
     pair_w = (offs_m % width)[:, None] * key_w + (offs_n % key_w)[None, :]
-    return pair_h, pair_w
+    return row, pair_w
 
 
 @triton.jit
-def _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask, taps_h, taps_w,
-         head, grid_h, grid_w, HAS_WH: tl.constexpr, HAS_WW: tl.constexpr):
-    """Flat grid index and weight of tap ``(s, t)`` of every (query, pooled key) pair."""
-    row = tl.load(rows_h + pair_h * taps_h + s, mask=mask, other=0)
-    col = tl.load(rows_w + pair_w * taps_w + t, mask=mask, other=0)
+def _tap(RW, WW, pair_w, t, mask, taps_w, HAS_WW: tl.constexpr):
+    """Folded-grid column and weight of column tap ``t`` of every (query, pooled key) pair."""
+    col = tl.load(RW + pair_w * taps_w + t, mask=mask, other=0).to(tl.int32)
     if HAS_WW:
-        weight = tl.load(weights_w + pair_w * taps_w + t, mask=mask, other=0.)
+        weight = tl.load(WW + pair_w * taps_w + t, mask=mask, other=0.)
     else:  # one column tap of weight 1
         weight = mask.to(tl.float32)
-    if HAS_WH:
-        weight = weight * tl.load(weights_h + pair_h * taps_h + s, mask=mask, other=0.)
-    return (head * grid_h + row) * grid_w + col, weight
+    return col, weight
 
 
 @triton.jit
-def _cpb_bias(grid_ptr, rows_h, weights_h, rows_w, weights_w, head, offs_m, offs_n, mask,
-              width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH: tl.constexpr,
-              HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``(BLOCK_M, BLOCK_N)`` float32 position bias gathered from the CPB grid and its taps."""
-    pair_h, pair_w = _tap_offsets(offs_m, offs_n, width, key_h, key_w)
+def _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask, height, width, key_h, key_w, fold_w,
+              taps_w, HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``(BLOCK_M, BLOCK_N)`` float32 position bias: ``sum_t ww[xq, xk, t] *
+    folded[h, yq, yk, rw[xq, xk, t]]``, one gather per column tap."""
+    row, pair_w = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w)
     bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for s in range(taps_h):
-        for t in range(taps_w):
-            at, weight = _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask,
-                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH, HAS_WW)
-            bias += weight * tl.load(grid_ptr + at, mask=mask, other=0.).to(tl.float32)
+    for t in range(taps_w):
+        col, weight = _tap(RW, WW, pair_w, t, mask, taps_w, HAS_WW)
+        bias += weight * tl.load(FOLD + row + col, mask=mask, other=0.)
     return bias
 
 
 @triton.jit
-def _cpb_bias_grad(grad_grid, rows_h, weights_h, rows_w, weights_w, head, offs_m, offs_n, mask,
-                   grad, width, key_h, key_w, grid_h, grid_w, taps_h, taps_w,
-                   HAS_WH: tl.constexpr, HAS_WW: tl.constexpr):
-    """Scatter-add the bias gradient ``grad (BLOCK_M, BLOCK_N)`` into the float32 grid gradient."""
-    pair_h, pair_w = _tap_offsets(offs_m, offs_n, width, key_h, key_w)
-    for s in range(taps_h):
-        for t in range(taps_w):
-            at, weight = _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask,
-                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH, HAS_WW)
-            tl.atomic_add(grad_grid + at, grad * weight, mask=mask, sem='relaxed')
+def _cpb_bias_grad(DFOLD, RW, WW, h, offs_m, offs_n, mask, grad, height, width, key_h, key_w,
+                   fold_w, taps_w, HAS_WW: tl.constexpr):
+    """Scatter-add the bias gradient ``grad (BLOCK_M, BLOCK_N)`` into the float32 gradient of
+    the folded grid: one relaxed atomic add per column tap."""
+    row, pair_w = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w)
+    for t in range(taps_w):
+        col, weight = _tap(RW, WW, pair_w, t, mask, taps_w, HAS_WW)
+        tl.atomic_add(DFOLD + row + col, grad * weight, mask=mask, sem='relaxed')
 
 
 @triton.jit
@@ -135,14 +128,13 @@ def _program(heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 
 
 @triton.jit
-def _pooled_probs(q, k_tile, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width,
-                  key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH: tl.constexpr,
-                  HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  PRECISION: tl.constexpr):
+def _pooled_probs(q, k_tile, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width,
+                  key_h, key_w, fold_w, taps_w, HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Recomputed softmax probabilities of a (query tile, pooled-key tile) pair (backward)."""
     scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
-    scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width, key_h, key_w,
-                        grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW, BLOCK_M, BLOCK_N)
+    scores += _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width, key_h, key_w,
+                        fold_w, taps_w, HAS_WW, BLOCK_M, BLOCK_N)
     return tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
 
 
@@ -157,13 +149,13 @@ def _neighbour(offs_m, mask_m, height, width, l, WINDOW: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=UNSPECIALISED)
-def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
+def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE,
                    sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
                    skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
-                   heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
-                   taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WH: tl.constexpr,
-                   HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
+                   heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WW: tl.constexpr,
+                   PRECISION: tl.constexpr):
     length = height * width
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
                                                         HEAD_DIM)
@@ -200,9 +192,9 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, 
         mask_kd = mask_n[:, None] & mask_d[None, :]
         k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd)
         scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
-        scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n,
-                            mask_m[:, None] & mask_n[None, :], width, key_h, key_w, grid_h,
-                            grid_w, taps_h, taps_w, HAS_WH, HAS_WW, BLOCK_M, BLOCK_N)
+        scores += _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask_m[:, None] & mask_n[None, :],
+                            height, width, key_h, key_w, fold_w, taps_w, HAS_WW, BLOCK_M,
+                            BLOCK_N)
         scores = tl.where(mask_n[None, :], scores, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp(m_i - m_new)
@@ -219,15 +211,15 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, 
 
 
 @triton.jit(do_not_specialize=UNSPECIALISED)
-def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, DO,
-                         LSE, DELTA, DQ, DK, DV, DTOK, DRPB, DGRID,
+def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, DO, LSE,
+                         DELTA, DQ, DK, DV, DTOK, DRPB, DFOLD,
                          sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
                          st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
                          sdo_b, sdo_h, sdo_n,
-                         heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
-                         taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
-                         HAS_WH: tl.constexpr, HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
+                         heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WW: tl.constexpr,
+                         PRECISION: tl.constexpr):
     """Per query tile: ``delta``, ``dq``, ``dtok``; window ``dk``/``dv`` and ``drpb``, and the
     grid gradient, by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)`` contiguous, the
     gradient of the scaled queries (the op's backward turns it into those of ``q_norm``, ``qe``
@@ -287,26 +279,25 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW
         mask_mn = mask_m[:, None] & mask_n[None, :]
         k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd)
         v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd)
-        p_tile = _pooled_probs(q, k_tile, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn,
-                               width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW,
-                               BLOCK_M, BLOCK_N, PRECISION)
+        p_tile = _pooled_probs(q, k_tile, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height,
+                               width, key_h, key_w, fold_w, taps_w, HAS_WW, BLOCK_M, BLOCK_N,
+                               PRECISION)
         dp_tile = tl.dot(do_in, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
         ds_tile = p_tile * (dp_tile - delta[:, None])
         dq += tl.dot(ds_tile.to(q.dtype), k_tile, input_precision=PRECISION)
-        _cpb_bias_grad(DGRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, ds_tile, width, key_h,
-                       key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW)
+        _cpb_bias_grad(DFOLD, RW, WW, h, offs_m, offs_n, mask_mn, ds_tile, height, width, key_h,
+                       key_w, fold_w, taps_w, HAS_WW)
     tl.store(DQ + row0 * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=mask_md)
 
 
 @triton.jit(do_not_specialize=UNSPECIALISED)
-def _attention_bwd_keys(Q, QE, HS, QS, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DELTA, DKP, DVP,
+def _attention_bwd_keys(Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
                         sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                         sdo_b, sdo_h, sdo_n,
-                        heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
-                        taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WH: tl.constexpr,
-                        HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
+                        heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
     """Per tile of pooled keys: their ``dk``/``dv`` over every query, from the saved log-sum-exp
     and ``delta``. ``DKP``/``DVP`` are ``(B, heads, P, d)`` contiguous."""
     length = height * width
@@ -330,9 +321,8 @@ def _attention_bwd_keys(Q, QE, HS, QS, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DE
         do = _tile(do_base, sdo_n, offs_m, offs_d, mask_md).to(q.dtype)
         lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
         delta = tl.load(DELTA + row0 + offs_m, mask=mask_m, other=0.)
-        p = _pooled_probs(q, key, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width,
-                          key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW, BLOCK_M,
-                          BLOCK_N, PRECISION)
+        p = _pooled_probs(q, key, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width,
+                          key_h, key_w, fold_w, taps_w, HAS_WW, BLOCK_M, BLOCK_N, PRECISION)
         dv += tl.dot(tl.trans(p.to(q.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
