@@ -36,9 +36,9 @@ from mmtransnext.ops.triton_attention import BLOCK_CONFIGS, padded_dim  # noqa: 
 TRITON_DTYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
 #: Pointer arguments by kind: 'data' takes the input dtype, the others are fixed.
 POINTERS = {
-    'data': ('Q', 'K', 'V', 'TOK', 'KP', 'VP', 'OUT', 'DO', 'DQ', 'DTOK', 'DKP', 'DVP'),
-    'fp32': ('QE', 'HS', 'QS', 'RPB', 'FOLD', 'WW', 'LSE', 'DELTA', 'DK', 'DV', 'DRPB',
-             'DFOLD'),
+    'data': ('Q', 'K', 'V', 'TOK', 'KP', 'VP', 'OUT', 'DO', 'DQ', 'DTOK', 'DK', 'DV', 'DKP',
+             'DVP'),
+    'fp32': ('QE', 'HS', 'QS', 'RPB', 'FOLD', 'WW', 'LSE', 'DELTA', 'DRPB', 'DFOLD'),
     'i64': ('RW',),
 }
 
@@ -81,10 +81,10 @@ def configurations() -> List[Tuple[str, object, str, Dict[str, object], int]]:
             mode = 'columns resized' if has_ww else 'gather'
             tag = f'{name} d={dim} {block_m}x{block_n} {mode} {precision}'
             for window in (3, 0):
-                for kernel in (kernels._attention_fwd, kernels._attention_bwd_query):
+                for kernel in (kernels._attention_fwd, kernels._attention_bwd_query,
+                               kernels._attention_bwd_keys):
                     configs.append((f'{tag} window={window}', kernel, name,
                                     dict(base, WINDOW=window), warps))
-            configs.append((tag, kernels._attention_bwd_keys, name, base, warps))
     return configs
 
 

@@ -178,9 +178,9 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
     dkp, dvp = torch.empty_like(kp, memory_format=torch.contiguous_format), \
         torch.empty_like(vp, memory_format=torch.contiguous_format)
     dfolded = torch.zeros(folded.shape, dtype=f32, device=q.device)
-    if window:
-        dk = torch.zeros(batch, heads, length, dim, dtype=f32, device=q.device)
-        dv = torch.zeros_like(dk)
+    if window:  # written whole by the keys kernel, in the keys' dtype
+        dk = torch.empty(batch, heads, length, dim, dtype=k.dtype, device=q.device)
+        dv = torch.empty(batch, heads, length, dim, dtype=v.dtype, device=q.device)
         dtok = torch.empty(batch, heads, length, window * window, dtype=tok.dtype,
                            device=q.device)
         drpb = torch.zeros(rpb.shape, dtype=f32, device=q.device)
@@ -189,19 +189,22 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
     with _on_device(q):
         kernels._attention_bwd_query[(_cdiv(length, meta['BLOCK_M']) * bh,)](
             q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
-            out, grad_out, lse, delta, dq, dk, dv, dtok, drpb, dfolded,
+            out, grad_out, lse, delta, dq, dtok, dfolded,
             *_strides(q), query_scale.stride(0), *_strides(k), *_strides(v), *_strides(tok),
             *_strides(kp), *_strides(vp), *_strides(out), *_strides(grad_out), *sizes,
             WINDOW=window, **meta)
-        kernels._attention_bwd_keys[(_cdiv(kp.shape[2], meta['BLOCK_N']) * bh,)](
-            q, qe, head_scale, query_scale, kp, vp, folded, rows_w, weights_w, grad_out, lse,
-            delta, dkp, dvp, *_strides(q), query_scale.stride(0),
-            *_strides(kp), *_strides(vp), *_strides(grad_out), *sizes, **meta)
+        # Pooled-key tiles first, then (aggregated attention) window-key tiles.
+        pooled = _cdiv(kp.shape[2], meta['BLOCK_N']) * bh
+        window_programs = _cdiv(length, meta['BLOCK_M']) * bh if window else 0
+        kernels._attention_bwd_keys[(pooled + window_programs,)](
+            q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
+            grad_out, lse, delta, dk, dv, drpb, dkp, dvp, *_strides(q), query_scale.stride(0),
+            *_strides(k), *_strides(v), *_strides(tok), *_strides(kp), *_strides(vp),
+            *_strides(grad_out), *sizes, pooled, WINDOW=window, **meta)
     if not window:
         dk, dv, dtok, drpb = (q.new_empty(0) for _ in range(4))
         return [dq, dk, dv, dtok, drpb, dkp, dvp, dfolded.to(folded.dtype)]
-    return [dq, dk.to(k.dtype), dv.to(v.dtype), dtok, drpb.to(rpb.dtype), dkp, dvp,
-            dfolded.to(folded.dtype)]
+    return [dq, dk, dv, dtok, drpb.to(rpb.dtype), dkp, dvp, dfolded.to(folded.dtype)]
 
 
 @_attention_backward.register_fake

@@ -24,9 +24,10 @@ float32 registers (:func:`_queries`), so the scaled queries are never stored.
 ``WINDOW == 0`` gives full attention (stage 4): pooled keys are then all tokens.
 The forward writes the output and the log-sum-exp. Backward recomputes the logits
 (FlashAttention-2 style): :func:`_attention_bwd_query` per query tile (``dq`` of the scaled
-queries, window ``dk``/``dv`` by atomic adds, ``dtok``, ``drpb``, ``dfolded``, and
-``delta = dO . O_softmax``),
-:func:`_attention_bwd_keys` per tile of pooled keys (``dk``/``dv`` without atomics).
+queries, ``dtok``, ``dfolded`` by atomic adds, and ``delta = dO . O_softmax``), then
+:func:`_attention_bwd_keys` per tile of pooled keys (their ``dk``/``dv``) and per tile of window
+keys (their ``dk``/``dv`` gathered from the queries whose windows hold them, and ``drpb``),
+``dk``/``dv`` without atomics.
 """
 import triton
 import triton.language as tl
@@ -37,7 +38,7 @@ import triton.language as tl
 #: stage in a multi-scale schedule. Strides along rows (``*_n``, fixed per architecture) and the
 #: query scale's stride (0 or 1) stay specialised: they let loads vectorise.
 UNSPECIALISED = ('heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'fold_w', 'taps_w',
-                 'sq_b', 'sq_h', 'sk_b', 'sk_h', 'sv_b', 'sv_h', 'st_b',
+                 'pooled_programs', 'sq_b', 'sq_h', 'sk_b', 'sk_h', 'sv_b', 'sv_h', 'st_b',
                  'st_h', 'skp_b', 'skp_h', 'svp_b', 'svp_h', 'so_b', 'so_h', 'sdo_b', 'sdo_h')
 
 
@@ -112,14 +113,13 @@ def _queries(q_base, QE, HS, QS, h, sq_n, s_qs, offs, offs_d, mask_m, mask_d,
 
 
 @triton.jit
-def _program(heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+def _program(pid, heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
              HEAD_DIM: tl.constexpr):
-    """This program's ``batch * heads + head`` (int64), batch, head, tile offsets (along an
+    """Program ``pid``'s ``batch * heads + head`` (int64), batch, head, tile offsets (along an
     axis of ``extent``) and head-dim offsets, with their masks. Programs lie on grid axis 0
     only (no 65535 limit at any batch), tiles fastest: ``pid = bh * tiles + tile``, so the
     programs of one head run together."""
     tiles = tl.cdiv(extent, BLOCK)
-    pid = tl.program_id(0)
     bh = pid // tiles
     offs = (pid - bh * tiles) * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
@@ -157,8 +157,8 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
                    BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WW: tl.constexpr,
                    PRECISION: tl.constexpr):
     length = height * width
-    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
-                                                        HEAD_DIM)
+    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
+                                                        BLOCK_D, HEAD_DIM)
     k_base, v_base = _slice(K, b, h, sk_b, sk_h), _slice(V, b, h, sv_b, sv_h)
     tok_base = _slice(TOK, b, h, st_b, st_h)
     kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h), _slice(VP, b, h, svp_b, svp_h)
@@ -212,7 +212,7 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
 
 @triton.jit(do_not_specialize=UNSPECIALISED)
 def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, DO, LSE,
-                         DELTA, DQ, DK, DV, DTOK, DRPB, DFOLD,
+                         DELTA, DQ, DTOK, DFOLD,
                          sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
                          st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
                          sdo_b, sdo_h, sdo_n,
@@ -220,14 +220,14 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WW: tl.constexpr,
                          PRECISION: tl.constexpr):
-    """Per query tile: ``delta``, ``dq``, ``dtok``; window ``dk``/``dv`` and ``drpb``, and the
-    grid gradient, by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)`` contiguous, the
-    gradient of the scaled queries (the op's backward turns it into those of ``q_norm``, ``qe``
-    and ``f``: computed here, the extra registers made ptxas spill); ``DK``, ``DV`` are
-    contiguous float32 buffers of that shape, ``DTOK`` ``(B, heads, N, L)``."""
+    """Per query tile: ``delta`` (stored for :func:`_attention_bwd_keys`), ``dq``, ``dtok``, and
+    the folded grid's gradient by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)``
+    contiguous, the gradient of the scaled queries (the op's backward turns it into those of
+    ``q_norm``, ``qe`` and ``f``: computed here, the extra registers made ptxas spill),
+    ``DTOK`` ``(B, heads, N, L)``."""
     length = height * width
-    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
-                                                        HEAD_DIM)
+    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
+                                                        BLOCK_D, HEAD_DIM)
     mask_md = mask_m[:, None] & mask_d[None, :]
     k_base, v_base = _slice(K, b, h, sk_b, sk_h), _slice(V, b, h, sv_b, sv_h)
     tok_base = _slice(TOK, b, h, st_b, st_h)
@@ -263,13 +263,6 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
             dp = tl.sum(do * value, 1)
             ds = p * (dp - delta)
             dq += ds[:, None] * key
-            tok = tl.load(tok_base + offs_m * st_n + l, mask=mask_m, other=0.).to(tl.float32)
-            grad_at = nb[:, None] * HEAD_DIM + offs_d[None, :]
-            tl.atomic_add(DK + row0 * HEAD_DIM + grad_at, ds[:, None] * qf, mask=mask_nd,
-                          sem='relaxed')
-            tl.atomic_add(DV + row0 * HEAD_DIM + grad_at, (p + tok)[:, None] * do, mask=mask_nd,
-                          sem='relaxed')
-            tl.atomic_add(DRPB + h * WINDOW * WINDOW + l, tl.sum(ds, 0), sem='relaxed')
     tl.store(DELTA + row0 + offs_m, delta, mask=mask_m)
     do_in = do.to(q.dtype)
     for start in range(0, num_keys, BLOCK_N):
@@ -291,17 +284,15 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
              dq.to(DQ.dtype.element_ty), mask=mask_md)
 
 
-@triton.jit(do_not_specialize=UNSPECIALISED)
-def _attention_bwd_keys(Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
-                        sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
-                        sdo_b, sdo_h, sdo_n,
-                        heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
-                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
-    """Per tile of pooled keys: their ``dk``/``dv`` over every query, from the saved log-sum-exp
-    and ``delta``. ``DKP``/``DVP`` are ``(B, heads, P, d)`` contiguous."""
+@triton.jit
+def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
+                      sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, sdo_b,
+                      sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
+    """``dk``/``dv`` of a tile of pooled keys over every query."""
     length = height * width
-    bh, b, h, offs_n, mask_n, offs_d, mask_d = _program(heads, num_keys, BLOCK_N, BLOCK_D,
+    bh, b, h, offs_n, mask_n, offs_d, mask_d = _program(pid, heads, num_keys, BLOCK_N, BLOCK_D,
                                                         HEAD_DIM)
     mask_kd = mask_n[:, None] & mask_d[None, :]
     key = _tile(_slice(KP, b, h, skp_b, skp_h), skp_n, offs_n, offs_d, mask_kd)
@@ -330,3 +321,71 @@ def _attention_bwd_keys(Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP
     grad_at = bh * num_keys * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(DKP + grad_at, dk.to(DKP.dtype.element_ty), mask=mask_kd)
     tl.store(DVP + grad_at, dv.to(DVP.dtype.element_ty), mask=mask_kd)
+
+
+@triton.jit
+def _window_key_grads(pid, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA, DK, DV, DRPB,
+                      sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
+                      st_n, sdo_b, sdo_h, sdo_n, heads, height, width, HEAD_DIM: tl.constexpr,
+                      BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, WINDOW: tl.constexpr):
+    """``dk``/``dv`` of a tile of window keys, gathered from the ``WINDOW**2`` queries whose
+    windows hold each key (no atomics: each key's gradient is written once), and its share of
+    ``drpb`` (one relaxed atomic add per window position)."""
+    length = height * width
+    bh, b, h, offs_n, mask_n, offs_d, mask_d = _program(pid, heads, length, BLOCK, BLOCK_D,
+                                                        HEAD_DIM)
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    key = _tile(_slice(K, b, h, sk_b, sk_h), sk_n, offs_n, offs_d, mask_nd).to(tl.float32)
+    value = _tile(_slice(V, b, h, sv_b, sv_h), sv_n, offs_n, offs_d, mask_nd).to(tl.float32)
+    q_base, do_base = _slice(Q, b, h, sq_b, sq_h), _slice(DO, b, h, sdo_b, sdo_h)
+    tok_base = _slice(TOK, b, h, st_b, st_h)
+    row0 = bh * length
+    dk = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    for l in range(WINDOW * WINDOW):
+        # The query that sees this key at window position l sits at the opposite offset, which
+        # is window position L - 1 - l (the offsets are symmetric, row-major).
+        src, inside = _neighbour(offs_n, mask_n, height, width, WINDOW * WINDOW - 1 - l, WINDOW)
+        mask_qd = inside[:, None] & mask_d[None, :]
+        qf, f = _queries(q_base, QE, HS, QS, h, sq_n, s_qs, src, offs_d, inside, mask_d,
+                         HEAD_DIM)
+        qf = qf * f[:, None]
+        do = _tile(do_base, sdo_n, src, offs_d, mask_qd).to(tl.float32)
+        lse = tl.load(LSE + row0 + src, mask=inside, other=0.)
+        delta = tl.load(DELTA + row0 + src, mask=inside, other=0.)
+        tok = tl.load(tok_base + src * st_n + l, mask=inside, other=0.).to(tl.float32)
+        s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
+        p = tl.where(inside, tl.exp(s - lse), 0.)
+        ds = p * (tl.sum(do * value, 1) - delta)
+        dk += ds[:, None] * qf
+        dv += (p + tok)[:, None] * do
+        tl.atomic_add(DRPB + h * WINDOW * WINDOW + l, tl.sum(ds, 0), sem='relaxed')
+    grad_at = row0 * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(DK + grad_at, dk.to(DK.dtype.element_ty), mask=mask_nd)
+    tl.store(DV + grad_at, dv.to(DV.dtype.element_ty), mask=mask_nd)
+
+
+@triton.jit(do_not_specialize=UNSPECIALISED)
+def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DK,
+                        DV, DRPB, DKP, DVP,
+                        sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
+                        st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, sdo_b, sdo_h, sdo_n,
+                        heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
+                        pooled_programs, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
+                        HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
+    """Key gradients, after :func:`_attention_bwd_query` has stored ``delta``: programs below
+    ``pooled_programs`` take a tile of pooled keys each (:func:`_pooled_key_grads`, ``DKP``/
+    ``DVP`` ``(B, heads, P, d)`` contiguous), the others a tile of ``BLOCK_M`` window keys
+    (:func:`_window_key_grads`, ``DK``/``DV`` ``(B, heads, N, d)`` contiguous)."""
+    pid = tl.program_id(0)
+    if pid < pooled_programs:
+        _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
+                          sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
+                          sdo_b, sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w,
+                          fold_w, taps_w, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_WW, PRECISION)
+    elif WINDOW > 0:
+        _window_key_grads(pid - pooled_programs, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA,
+                          DK, DV, DRPB, sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h,
+                          sv_n, st_b, st_h, st_n, sdo_b, sdo_h, sdo_n, heads, height, width,
+                          HEAD_DIM, BLOCK_D, BLOCK_M, WINDOW)
