@@ -36,9 +36,9 @@ from mmtransnext.ops.triton_attention import BLOCK_CONFIGS, padded_dim  # noqa: 
 TRITON_DTYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
 #: Pointer arguments by kind: 'data' takes the input dtype, the others are fixed.
 POINTERS = {
-    'data': ('Q', 'K', 'V', 'TOK', 'KP', 'VP', 'OUT', 'DO', 'DQ', 'DTOK', 'DK', 'DV', 'DKP',
+    'data': ('Q', 'K', 'V', 'TOK', 'KP', 'VP', 'OUT', 'DO', 'DQ', 'DTOK', 'DK', 'DV'),
+    'fp32': ('QE', 'HS', 'QS', 'RPB', 'FOLD', 'WW', 'LSE', 'DELTA', 'DRPB', 'DFOLD', 'DKP',
              'DVP'),
-    'fp32': ('QE', 'HS', 'QS', 'RPB', 'FOLD', 'WW', 'LSE', 'DELTA', 'DRPB', 'DFOLD'),
     'i64': ('RW',),
 }
 

@@ -14,6 +14,7 @@ interpreter, used by the tests). That variable is read when the kernels are deco
 first time this path runs in a process: set it before.
 """
 import contextlib
+import functools
 import os
 import warnings
 from typing import List, Optional, Tuple, Union
@@ -83,8 +84,32 @@ def _warn_fallback(reason: str) -> None:
                       f"attn_impl='ext' to silence this warning.", RuntimeWarning, stacklevel=4)
 
 
+#: Streaming multiprocessors assumed where the device cannot be asked (CPU tensors under the
+#: interpreter, launch counting): an H100's.
+DEFAULT_SMS = 132
+#: Fewest query tiles per run in the pooled-key backward: shorter runs would write more partial
+#: sums than they save.
+MIN_TILES_PER_SPLIT = 8
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != 'cuda':
+        return DEFAULT_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def key_splits(programs: int, query_tiles: int, device: torch.device) -> int:
+    """Runs of query tiles the pooled-key backward splits its loop into: enough that its
+    ``programs * splits`` programs fill two waves of the device's multiprocessors, none shorter
+    than :data:`MIN_TILES_PER_SPLIT` tiles (and none empty)."""
+    splits = max(1, min(_cdiv(2 * _multiprocessors(device), programs),
+                        query_tiles // MIN_TILES_PER_SPLIT))
+    return _cdiv(query_tiles, _cdiv(query_tiles, splits))
 
 
 def padded_dim(n: int) -> int:
@@ -175,8 +200,10 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
     weights_w = _weight_args(folded, weights_w)
     delta = q.new_empty(batch, heads, length, dtype=f32)
     dq = torch.empty(batch, heads, length, dim, dtype=q.dtype, device=q.device)
-    dkp, dvp = torch.empty_like(kp, memory_format=torch.contiguous_format), \
-        torch.empty_like(vp, memory_format=torch.contiguous_format)
+    pooled = _cdiv(kp.shape[2], meta['BLOCK_N']) * bh
+    splits = key_splits(pooled, _cdiv(length, meta['BLOCK_M']), q.device)
+    # float32 partial sums of the pooled keys' gradients per run of query tiles (no atomics).
+    dkvp = torch.empty(2, batch, heads, splits, kp.shape[2], dim, dtype=f32, device=q.device)
     dfolded = torch.zeros(folded.shape, dtype=f32, device=q.device)
     if window:  # written whole by the keys kernel, in the keys' dtype
         dk = torch.empty(batch, heads, length, dim, dtype=k.dtype, device=q.device)
@@ -193,14 +220,16 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
             *_strides(q), query_scale.stride(0), *_strides(k), *_strides(v), *_strides(tok),
             *_strides(kp), *_strides(vp), *_strides(out), *_strides(grad_out), *sizes,
             WINDOW=window, **meta)
-        # Pooled-key tiles first, then (aggregated attention) window-key tiles.
-        pooled = _cdiv(kp.shape[2], meta['BLOCK_N']) * bh
+        # Pooled-key tiles (times their runs) first, then window-key tiles.
         window_programs = _cdiv(length, meta['BLOCK_M']) * bh if window else 0
-        kernels._attention_bwd_keys[(pooled + window_programs,)](
+        kernels._attention_bwd_keys[(pooled * splits + window_programs,)](
             q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
-            grad_out, lse, delta, dk, dv, drpb, dkp, dvp, *_strides(q), query_scale.stride(0),
-            *_strides(k), *_strides(v), *_strides(tok), *_strides(kp), *_strides(vp),
-            *_strides(grad_out), *sizes, pooled, WINDOW=window, **meta)
+            grad_out, lse, delta, dk, dv, drpb, dkvp[0], dkvp[1], *_strides(q),
+            query_scale.stride(0), *_strides(k), *_strides(v), *_strides(tok), *_strides(kp),
+            *_strides(vp), *_strides(grad_out), *sizes, splits, pooled * splits, WINDOW=window,
+            **meta)
+    dkp = torch.sum(dkvp[0], 2, out=torch.empty(kp.shape, dtype=kp.dtype, device=q.device))
+    dvp = torch.sum(dkvp[1], 2, out=torch.empty(vp.shape, dtype=vp.dtype, device=q.device))
     if not window:
         dk, dv, dtok, drpb = (q.new_empty(0) for _ in range(4))
         return [dq, dk, dv, dtok, drpb, dkp, dvp, dfolded.to(folded.dtype)]

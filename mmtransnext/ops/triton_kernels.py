@@ -13,7 +13,7 @@ Per ``(batch, head)`` and tile of ``BLOCK_M`` queries of an ``height x width`` m
   applied in PyTorch by :func:`mmtransnext.models.layers.position_bias.fold_rows`) and the column
   taps (:func:`_cpb_bias`): for query ``(yq, xq)`` and key ``(yk, xk)`` it is ``sum_t
   ww[xq,xk,t] folded[head, yq, yk, rw[xq,xk,t]]``, one gather per column tap (one tap of weight
-  1 in extrapolation mode; two with bilinear resizing);
+  1 in extrapolation mode; up to four, two query by two key columns, with bilinear resizing);
 - one online softmax over both key sets (fp32 running max and sum); the learnable-token weights
   ``tok[b, head, n, l]`` are added to the window probabilities (they are not normalised).
 
@@ -25,9 +25,9 @@ float32 registers (:func:`_queries`), so the scaled queries are never stored.
 The forward writes the output and the log-sum-exp. Backward recomputes the logits
 (FlashAttention-2 style): :func:`_attention_bwd_query` per query tile (``dq`` of the scaled
 queries, ``dtok``, ``dfolded`` by atomic adds, and ``delta = dO . O_softmax``), then
-:func:`_attention_bwd_keys` per tile of pooled keys (their ``dk``/``dv``) and per tile of window
-keys (their ``dk``/``dv`` gathered from the queries whose windows hold them, and ``drpb``),
-``dk``/``dv`` without atomics.
+:func:`_attention_bwd_keys` per tile of pooled keys and run of query tiles (their ``dk``/``dv``,
+float32 partial sums added up in PyTorch) and per tile of window keys (their ``dk``/``dv``
+gathered from the queries whose windows hold them, and ``drpb``): no ``dk``/``dv`` atomics.
 """
 import triton
 import triton.language as tl
@@ -38,8 +38,9 @@ import triton.language as tl
 #: stage in a multi-scale schedule. Strides along rows (``*_n``, fixed per architecture) and the
 #: query scale's stride (0 or 1) stay specialised: they let loads vectorise.
 UNSPECIALISED = ('heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'fold_w', 'taps_w',
-                 'pooled_programs', 'sq_b', 'sq_h', 'sk_b', 'sk_h', 'sv_b', 'sv_h', 'st_b',
-                 'st_h', 'skp_b', 'skp_h', 'svp_b', 'svp_h', 'so_b', 'so_h', 'sdo_b', 'sdo_h')
+                 'splits', 'pooled_programs', 'sq_b', 'sq_h', 'sk_b', 'sk_h', 'sv_b', 'sv_h',
+                 'st_b', 'st_h', 'skp_b', 'skp_h', 'svp_b', 'svp_h', 'so_b', 'so_h', 'sdo_b',
+                 'sdo_h')
 
 
 @triton.jit
@@ -288,20 +289,32 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
 def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
                       sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, sdo_b,
                       sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
-                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
-    """``dk``/``dv`` of a tile of pooled keys over every query."""
+                      splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WW: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    """Partial ``dk``/``dv`` of a tile of pooled keys over one of ``splits`` runs of query
+    tiles. Programs: ``pid = ((batch * heads + head) * splits + split) * tiles + tile``; the
+    float32 sums go to ``(B, heads, splits, P, d)`` buffers, added up by the caller."""
     length = height * width
-    bh, b, h, offs_n, mask_n, offs_d, mask_d = _program(pid, heads, num_keys, BLOCK_N, BLOCK_D,
-                                                        HEAD_DIM)
+    tiles = tl.cdiv(num_keys, BLOCK_N)
+    group = pid // tiles  # (batch * heads + head) * splits + split
+    offs_n = (pid - group * tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < num_keys
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    bh = group // splits
+    b, h = bh // heads, bh % heads
+    run = tl.cdiv(tl.cdiv(length, BLOCK_M), splits) * BLOCK_M
+    first = (group - bh * splits) * run
+    last = tl.minimum(first + run, length)
     mask_kd = mask_n[:, None] & mask_d[None, :]
     key = _tile(_slice(KP, b, h, skp_b, skp_h), skp_n, offs_n, offs_d, mask_kd)
     value = _tile(_slice(VP, b, h, svp_b, svp_h), svp_n, offs_n, offs_d, mask_kd)
     q_base, do_base = _slice(Q, b, h, sq_b, sq_h), _slice(DO, b, h, sdo_b, sdo_h)
-    row0 = bh * length
+    row0 = bh.to(tl.int64) * length
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for start in range(0, length, BLOCK_M):
+    for start in range(first, last, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         mask_m = offs_m < length
         mask_md = mask_m[:, None] & mask_d[None, :]
@@ -318,9 +331,10 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, 
         dp = tl.dot(do, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-    grad_at = bh * num_keys * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(DKP + grad_at, dk.to(DKP.dtype.element_ty), mask=mask_kd)
-    tl.store(DVP + grad_at, dv.to(DVP.dtype.element_ty), mask=mask_kd)
+    grad_at = group.to(tl.int64) * num_keys * HEAD_DIM + offs_n[:, None] * HEAD_DIM + \
+        offs_d[None, :]
+    tl.store(DKP + grad_at, dk, mask=mask_kd)
+    tl.store(DVP + grad_at, dv, mask=mask_kd)
 
 
 @triton.jit
@@ -370,20 +384,22 @@ def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, DO,
                         DV, DRPB, DKP, DVP,
                         sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
                         st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, sdo_b, sdo_h, sdo_n,
-                        heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
+                        heads, height, width, num_keys, key_h, key_w, fold_w, taps_w, splits,
                         pooled_programs, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
                         HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
     """Key gradients, after :func:`_attention_bwd_query` has stored ``delta``: programs below
-    ``pooled_programs`` take a tile of pooled keys each (:func:`_pooled_key_grads`, ``DKP``/
-    ``DVP`` ``(B, heads, P, d)`` contiguous), the others a tile of ``BLOCK_M`` window keys
-    (:func:`_window_key_grads`, ``DK``/``DV`` ``(B, heads, N, d)`` contiguous)."""
+    ``pooled_programs`` take a tile of pooled keys and a run of query tiles each
+    (:func:`_pooled_key_grads`, ``DKP``/``DVP`` float32 ``(B, heads, splits, P, d)``), the others
+    a tile of ``BLOCK_M`` window keys (:func:`_window_key_grads`, ``DK``/``DV`` ``(B, heads, N,
+    d)`` contiguous)."""
     pid = tl.program_id(0)
     if pid < pooled_programs:
         _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
                           sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                           sdo_b, sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w,
-                          fold_w, taps_w, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_WW, PRECISION)
+                          fold_w, taps_w, splits, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_WW,
+                          PRECISION)
     elif WINDOW > 0:
         _window_key_grads(pid - pooled_programs, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA,
                           DK, DV, DRPB, sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h,

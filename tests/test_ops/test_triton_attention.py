@@ -462,3 +462,29 @@ def test_launch_grids_use_one_axis(monkeypatch):
                            local_bias=attn.relative_pos_bias_local)
     out.sum().backward()
     assert len(grids) >= 3 and all(len(grid) == 1 for grid in grids), grids
+
+
+def test_pooled_key_backward_splits_fill_two_waves():
+    """The pooled-key backward splits its query loop into runs so that its programs fill two
+    waves of 132 multiprocessors, runs of at least MIN_TILES_PER_SPLIT tiles, none empty.
+    TransNeXt-Tiny at 512x512, batch 2, stage 1: 8 key tiles x 6 (batch x heads) = 48 programs
+    over 256 query tiles -> 6 runs (288 programs); stage 4 (384 programs): no split."""
+    from mmtransnext.ops.triton_attention import MIN_TILES_PER_SPLIT, key_splits
+    assert key_splits(48, 256, CPU) == 6
+    assert key_splits(384, 4, CPU) == 1
+    assert key_splits(2, 31, CPU) == 31 // MIN_TILES_PER_SPLIT == 3  # the 37x53 cases: 3 runs
+    for programs, tiles in [(1, 1), (7, 100), (48, 9), (180, 950)]:
+        splits = key_splits(programs, tiles, CPU)
+        run = -(-tiles // splits)
+        assert splits >= 1 and (splits - 1) * run < tiles  # no empty run
+        assert splits == 1 or (run >= MIN_TILES_PER_SPLIT and (splits - 1) * programs < 264)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_kernels_with_many_key_splits(monkeypatch, dtype):
+    """One query tile per run (31 runs of partial pooled-key gradients, summed in PyTorch)."""
+    from mmtransnext.ops import triton_attention as module
+    monkeypatch.setattr(module, 'MIN_TILES_PER_SPLIT', 1)
+    assert module.key_splits(2, 31, CPU) == 31
+    got, want = _run_case((37, 53), (4, 6), ((32, 32), (4, 4)), 1, 3, dtype)
+    _assert_all_close(got, want, dtype)
