@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mmtransnext.models.backbones.transnext import ARCH_SETTINGS  # noqa: E402
-from mmtransnext.ops.triton_attention import BLOCK_CONFIGS, padded_dim  # noqa: E402
+from mmtransnext.ops.triton_attention import BLOCK_CONFIGS, padded_dim, register_cap  # noqa: E402
 
 TRITON_DTYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
 #: Pointer arguments by kind: 'data' takes the input dtype, the others are fixed.
@@ -97,7 +97,8 @@ def compile_one(kernel, dtype: str, constexprs: Dict[str, object], warps: int, a
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         compiled = triton.compile(src, target=GPUTarget('cuda', arch, 32),
-                                  options=dict(num_warps=warps))
+                                  options=dict(num_warps=warps,
+                                               **register_cap(constexprs['PRECISION'])))
     text = log.getvalue()
     regs = re.search(r'Used (\d+) registers', text)
     spills = [int(n) for n in re.findall(r'(\d+) bytes spill (?:stores|loads)', text)]

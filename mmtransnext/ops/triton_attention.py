@@ -34,6 +34,16 @@ BLOCK_CONFIGS = {
     torch.float16: (64, 32, 8),
     torch.bfloat16: (64, 32, 8),
 }
+#: ptxas register cap (``maxnreg``) per product precision where ptxas' own choice spills: with
+#: float32 full-precision products (FMA dots) it settles on 128 registers (two 256-thread blocks
+#: per SM) and spills 40-80 bytes in full attention; allowed 255 it spills nothing (one block
+#: per SM, as every float32 configuration ran before, at 172-250 registers).
+MAX_REGISTERS = {'ieee': 255}
+
+
+def register_cap(precision: str) -> dict:
+    """Launch option capping registers for kernels of ``precision`` (empty: ptxas chooses)."""
+    return {'maxnreg': MAX_REGISTERS[precision]} if precision in MAX_REGISTERS else {}
 
 
 def interpreting() -> bool:
@@ -139,9 +149,10 @@ def _common(q: Tensor, kp: Tensor, height: int, width: int, key_h: int, key_w: i
     batch, heads, length, dim = q.shape
     block_m, block_n, warps = BLOCK_CONFIGS[q.dtype]
     sizes = (heads, height, width, kp.shape[2], key_h, key_w, folded.shape[-1], rows_w.shape[-1])
+    precision = _precision(q.dtype, tf32)
     meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
-                HAS_WW=weights_w is not None, PRECISION=_precision(q.dtype, tf32),
-                num_warps=warps)
+                HAS_WW=weights_w is not None, PRECISION=precision, num_warps=warps,
+                **register_cap(precision))
     return batch * heads, sizes, meta
 
 

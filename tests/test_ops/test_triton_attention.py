@@ -488,3 +488,15 @@ def test_kernels_with_many_key_splits(monkeypatch, dtype):
     assert module.key_splits(2, 31, CPU) == 31
     got, want = _run_case((37, 53), (4, 6), ((32, 32), (4, 4)), 1, 3, dtype)
     _assert_all_close(got, want, dtype)
+
+
+def test_registers_are_capped_only_for_full_precision_float32():
+    """float32 with full-precision products launches with maxnreg=255 (ptxas' own choice, 128
+    registers, spilled in full attention); TF32 and 16-bit inputs leave the choice to ptxas."""
+    from mmtransnext.ops.triton_attention import _common
+    q, kp = torch.zeros(1, 2, 12, 24), torch.zeros(1, 2, 4, 24)
+    folded, rows_w = torch.zeros(2, 3, 2, 3), torch.zeros(4, 2, 1, dtype=torch.long)
+    for dtype, tf32, cap in [(torch.float32, False, 255), (torch.float32, True, None),
+                             (torch.bfloat16, False, None)]:
+        _, _, meta = _common(q.to(dtype), kp.to(dtype), 3, 4, 2, 2, folded, rows_w, None, tf32)
+        assert meta.get('maxnreg') == cap, (dtype, tf32)
