@@ -102,7 +102,7 @@ if ! ops_ok; then
     rm -rf "$SRC"
     rm -rf "$MMCV_WHEELS" && mv "$MMCV_WHEELS.tmp" "$MMCV_WHEELS"
   fi
-  "${PIP[@]}" install -q -c "$CONSTRAINTS" --no-index --find-links "$MMCV_WHEELS" "$MMCV_SPEC" \
+  "${PIP[@]}" install -q -c "$CONSTRAINTS" "$(ls "$MMCV_WHEELS"/mmcv-*.whl | head -n1)" \
     || die "installing $MMCV_SPEC from $MMCV_WHEELS failed"
   ops_ok || die "$MMCV_SPEC installed but 'from mmcv.ops import nms, RoIAlign,
 MultiScaleDeformableAttention' fails: it was built without ops. Remove $MMCV_WHEELS and run

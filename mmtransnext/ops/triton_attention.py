@@ -13,6 +13,7 @@ The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``
 interpreter, used by the tests). That variable is read when the kernels are decorated, i.e. the
 first time this path runs in a process: set it before.
 """
+import contextlib
 import functools
 import os
 import warnings
@@ -34,6 +35,16 @@ BLOCK_CONFIGS = {
     torch.float16: (64, 32, 8),
     torch.bfloat16: (64, 32, 8),
 }
+#: ptxas register cap (``maxnreg``) per product precision where ptxas' own choice spills: with
+#: float32 full-precision products (FMA dots) it settles on 128 registers (two 256-thread blocks
+#: per SM) and spills 40-80 bytes in full attention; allowed 255 it spills nothing (one block
+#: per SM, as every float32 configuration ran before, at 172-250 registers).
+MAX_REGISTERS = {'ieee': 255}
+
+
+def register_cap(precision: str) -> dict:
+    """Launch option capping registers for kernels of ``precision`` (empty: ptxas chooses)."""
+    return {'maxnreg': MAX_REGISTERS[precision]} if precision in MAX_REGISTERS else {}
 
 
 def interpreting() -> bool:
@@ -84,8 +95,32 @@ def _warn_fallback(reason: str) -> None:
                       f"attn_impl='ext' to silence this warning.", RuntimeWarning, stacklevel=4)
 
 
+#: Streaming multiprocessors assumed where the device cannot be asked (CPU tensors under the
+#: interpreter, launch counting): an H100's.
+DEFAULT_SMS = 132
+#: Fewest query tiles per run in the pooled-key backward: shorter runs would write more partial
+#: sums than they save.
+MIN_TILES_PER_SPLIT = 8
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != 'cuda':
+        return DEFAULT_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def key_splits(programs: int, query_tiles: int, device: torch.device) -> int:
+    """Runs of query tiles the pooled-key backward splits its loop into: enough that its
+    ``programs * splits`` programs fill two waves of the device's multiprocessors, none shorter
+    than :data:`MIN_TILES_PER_SPLIT` tiles (and none empty)."""
+    splits = max(1, min(_cdiv(2 * _multiprocessors(device), programs),
+                        query_tiles // MIN_TILES_PER_SPLIT))
+    return _cdiv(query_tiles, _cdiv(query_tiles, splits))
 
 
 def padded_dim(n: int) -> int:
@@ -103,55 +138,59 @@ def _strides(t: Tensor) -> Tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def _common(q: Tensor, kp: Tensor, height: int, width: int, window: int, key_h: int,
-            key_w: int, grid: Tensor, rows_h: Tensor, rows_w: Tensor, weights_h, weights_w,
-            tf32: bool):
+def _on_device(t: Tensor):
+    """Launch on ``t``'s GPU even when another one is current (Triton launches on the current
+    device); nothing to switch on CPU (interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == 'cuda' else contextlib.nullcontext()
+
+
+def _common(q: Tensor, kp: Tensor, height: int, width: int, key_h: int, key_w: int,
+            folded: Tensor, rows_w: Tensor, weights_w: Optional[Tensor], tf32: bool):
     """Launch grid and the arguments both kernels of a query tile share."""
     batch, heads, length, dim = q.shape
     block_m, block_n, warps = BLOCK_CONFIGS[q.dtype]
-    sizes = (heads, height, width, kp.shape[2], key_h, key_w, grid.shape[1], grid.shape[2],
-             rows_h.shape[-1], rows_w.shape[-1])
+    sizes = (heads, height, width, kp.shape[2], key_h, key_w, folded.shape[-1], rows_w.shape[-1])
+    precision = _precision(q.dtype, tf32)
     meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
-                HAS_WH=weights_h is not None, HAS_WW=weights_w is not None,
-                PRECISION=_precision(q.dtype, tf32), num_warps=warps)
+                HAS_WW=weights_w is not None, PRECISION=precision, num_warps=warps,
+                **register_cap(precision))
     return batch * heads, sizes, meta
 
 
-def _weight_args(grid: Tensor, weights_h: Optional[Tensor],
-                 weights_w: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Tap weights as kernel arguments: an absent set (one tap of weight 1, ``HAS_WH`` /
-    ``HAS_WW`` false) is never read, so ``grid`` stands in for its pointer."""
-    return (grid if weights_h is None else weights_h), (grid if weights_w is None else weights_w)
+def _weight_args(folded: Tensor, weights_w: Optional[Tensor]) -> Tensor:
+    """Column tap weights as a kernel argument: absent (one tap of weight 1, ``HAS_WW`` false)
+    they are never read, so ``folded`` stands in for the pointer."""
+    return folded if weights_w is None else weights_w
 
 
 @torch.library.custom_op(OP, mutates_args=())
 def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
                k: Optional[Tensor], v: Optional[Tensor], tok: Optional[Tensor],
-               rpb: Optional[Tensor], kp: Tensor, vp: Tensor, grid: Tensor, rows_h: Tensor,
-               weights_h: Optional[Tensor], rows_w: Tensor, weights_w: Optional[Tensor],
-               height: int, width: int, window: int, key_h: int, key_w: int,
-               tf32: bool) -> Tuple[Tensor, Tensor]:
+               rpb: Optional[Tensor], kp: Tensor, vp: Tensor, folded: Tensor, rows_w: Tensor,
+               weights_w: Optional[Tensor], height: int, width: int, window: int, key_h: int,
+               key_w: int, tf32: bool) -> Tuple[Tensor, Tensor]:
     from . import triton_kernels as kernels
     batch, heads, length, dim = q.shape
     # Output in (B, N, heads, d) memory, the layout the output projection reads.
     out = q.new_empty(batch, length, heads, dim).transpose(1, 2)
     lse = q.new_empty(batch, heads, length, dtype=torch.float32)
-    bh, sizes, meta = _common(q, kp, height, width, window, key_h, key_w, grid, rows_h, rows_w,
-                              weights_h, weights_w, tf32)
-    weights_h, weights_w = _weight_args(grid, weights_h, weights_w)
+    bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32)
+    weights_w = _weight_args(folded, weights_w)
     k, v, tok, rpb = (q, q, q, q) if window == 0 else (k, v, tok, rpb)
-    launch = (_cdiv(length, meta['BLOCK_M']), bh)
-    kernels._attention_fwd[launch](
-        q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w,
-        weights_w, out, lse, *_strides(q), query_scale.stride(0), *_strides(k), *_strides(v),
-        *_strides(tok), *_strides(kp), *_strides(vp), *_strides(out), *sizes, WINDOW=window,
-        **meta)
+    # One grid axis (tiles fastest within each batch * head): no 65535 limit on batch * heads.
+    launch = (_cdiv(length, meta['BLOCK_M']) * bh,)
+    with _on_device(q):
+        kernels._attention_fwd[launch](
+            q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
+            out, lse, *_strides(q), query_scale.stride(0), *_strides(k),
+            *_strides(v), *_strides(tok), *_strides(kp), *_strides(vp), *_strides(out), *sizes,
+            WINDOW=window, **meta)
     return out, lse
 
 
 @_attention.register_fake
-def _attention_fake(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h,
-                    weights_h, rows_w, weights_w, height, width, window, key_h, key_w, tf32):
+def _attention_fake(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
+                    weights_w, height, width, window, key_h, key_w, tf32):
     batch, heads, length, dim = q.shape
     return (q.new_empty(batch, length, heads, dim).transpose(1, 2),
             q.new_empty(batch, heads, length, dtype=torch.float32))
@@ -161,72 +200,80 @@ def _attention_fake(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid
 def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
                         query_scale: Tensor, k: Optional[Tensor], v: Optional[Tensor],
                         tok: Optional[Tensor], rpb: Optional[Tensor], kp: Tensor, vp: Tensor,
-                        grid: Tensor, rows_h: Tensor, weights_h: Optional[Tensor],
-                        rows_w: Tensor, weights_w: Optional[Tensor], out: Tensor, lse: Tensor,
-                        height: int, width: int, window: int, key_h: int, key_w: int,
-                        tf32: bool) -> List[Tensor]:
+                        folded: Tensor, rows_w: Tensor, weights_w: Optional[Tensor], out: Tensor,
+                        lse: Tensor, height: int, width: int, window: int, key_h: int,
+                        key_w: int, tf32: bool) -> List[Tensor]:
     # Returns dq (of the scaled queries, as the kernels form them from q), dk, dv, dtok, drpb
-    # (empty for full attention), dk_pool, dv_pool, dgrid.
+    # (empty for full attention), dk_pool, dv_pool, dfolded.
     from . import triton_kernels as kernels
     batch, heads, length, dim = q.shape
     f32 = torch.float32
-    bh, sizes, meta = _common(q, kp, height, width, window, key_h, key_w, grid, rows_h, rows_w,
-                              weights_h, weights_w, tf32)
-    weights_h, weights_w = _weight_args(grid, weights_h, weights_w)
+    bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32)
+    weights_w = _weight_args(folded, weights_w)
     delta = q.new_empty(batch, heads, length, dtype=f32)
     dq = torch.empty(batch, heads, length, dim, dtype=q.dtype, device=q.device)
-    dkp, dvp = torch.empty_like(kp, memory_format=torch.contiguous_format), \
-        torch.empty_like(vp, memory_format=torch.contiguous_format)
-    dgrid = torch.zeros(grid.shape, dtype=f32, device=q.device)
-    if window:
-        dk = torch.zeros(batch, heads, length, dim, dtype=f32, device=q.device)
-        dv = torch.zeros_like(dk)
+    pooled = _cdiv(kp.shape[2], meta['BLOCK_N']) * bh
+    splits = key_splits(pooled, _cdiv(length, meta['BLOCK_M']), q.device)
+    # float32 partial sums of the pooled keys' gradients per run of query tiles (no atomics).
+    dkvp = torch.empty(2, batch, heads, splits, kp.shape[2], dim, dtype=f32, device=q.device)
+    dfolded = torch.zeros(folded.shape, dtype=f32, device=q.device)
+    if window:  # written whole by the keys kernel, in the keys' dtype
+        dk = torch.empty(batch, heads, length, dim, dtype=k.dtype, device=q.device)
+        dv = torch.empty(batch, heads, length, dim, dtype=v.dtype, device=q.device)
         dtok = torch.empty(batch, heads, length, window * window, dtype=tok.dtype,
                            device=q.device)
         drpb = torch.zeros(rpb.shape, dtype=f32, device=q.device)
     else:
         k = v = tok = rpb = dk = dv = dtok = drpb = q
-    kernels._attention_bwd_query[(_cdiv(length, meta['BLOCK_M']), bh)](
-        q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w,
-        weights_w, out, grad_out, lse, delta, dq, dk, dv, dtok, drpb, dgrid, *_strides(q),
-        query_scale.stride(0), *_strides(k), *_strides(v), *_strides(tok), *_strides(kp),
-        *_strides(vp), *_strides(out), *_strides(grad_out), *sizes, WINDOW=window, **meta)
-    kernels._attention_bwd_keys[(_cdiv(kp.shape[2], meta['BLOCK_N']), bh)](
-        q, qe, head_scale, query_scale, kp, vp, grid, rows_h, weights_h, rows_w, weights_w,
-        grad_out, lse, delta, dkp, dvp, *_strides(q), query_scale.stride(0), *_strides(kp),
-        *_strides(vp), *_strides(grad_out), *sizes, **meta)
+    with _on_device(q):
+        kernels._attention_bwd_query[(_cdiv(length, meta['BLOCK_M']) * bh,)](
+            q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
+            out, grad_out, lse, delta, dq, dtok, dfolded,
+            *_strides(q), query_scale.stride(0), *_strides(k), *_strides(v), *_strides(tok),
+            *_strides(kp), *_strides(vp), *_strides(out), *_strides(grad_out), *sizes,
+            WINDOW=window, **meta)
+        # Pooled-key tiles (times their runs) first, then window-key tiles.
+        window_programs = _cdiv(length, meta['BLOCK_M']) * bh if window else 0
+        kernels._attention_bwd_keys[(pooled * splits + window_programs,)](
+            q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
+            grad_out, lse, delta, dk, dv, drpb, dkvp[0], dkvp[1], *_strides(q),
+            query_scale.stride(0), *_strides(k), *_strides(v), *_strides(tok), *_strides(kp),
+            *_strides(vp), *_strides(grad_out), *sizes, splits, pooled * splits, WINDOW=window,
+            **meta)
+    dkp = torch.sum(dkvp[0], 2, out=torch.empty(kp.shape, dtype=kp.dtype, device=q.device))
+    dvp = torch.sum(dkvp[1], 2, out=torch.empty(vp.shape, dtype=vp.dtype, device=q.device))
     if not window:
         dk, dv, dtok, drpb = (q.new_empty(0) for _ in range(4))
-        return [dq, dk, dv, dtok, drpb, dkp, dvp, dgrid.to(grid.dtype)]
-    return [dq, dk.to(k.dtype), dv.to(v.dtype), dtok, drpb.to(rpb.dtype), dkp, dvp,
-            dgrid.to(grid.dtype)]
+        return [dq, dk, dv, dtok, drpb, dkp, dvp, dfolded.to(folded.dtype)]
+    return [dq, dk, dv, dtok, drpb.to(rpb.dtype), dkp, dvp, dfolded.to(folded.dtype)]
 
 
 @_attention_backward.register_fake
 def _attention_backward_fake(grad_out, q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp,
-                             grid, rows_h, weights_h, rows_w, weights_w, out, lse, height, width,
-                             window, key_h, key_w, tf32):
-    dgrid = grid.new_empty(grid.shape)
+                             folded, rows_w, weights_w, out, lse, height, width, window, key_h,
+                             key_w, tf32):
+    dfolded = folded.new_empty(folded.shape)
     if window:
         local = (k.new_empty(k.shape), v.new_empty(v.shape), tok.new_empty(tok.shape),
                  rpb.new_empty(rpb.shape))
     else:
         local = tuple(q.new_empty(0) for _ in range(4))
-    return [q.new_empty(q.shape), *local, kp.new_empty(kp.shape), vp.new_empty(vp.shape), dgrid]
+    return [q.new_empty(q.shape), *local, kp.new_empty(kp.shape), vp.new_empty(vp.shape),
+            dfolded]
 
 
 def _setup_context(ctx, inputs, output):
-    (q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h, weights_h, rows_w,
-     weights_w, height, width, window, key_h, key_w, tf32) = inputs
+    (q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w, height,
+     width, window, key_h, key_w, tf32) = inputs
     out, lse = output
-    ctx.save_for_backward(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, grid, rows_h,
-                          weights_h, rows_w, weights_w, out, lse)
+    ctx.save_for_backward(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
+                          weights_w, out, lse)
     ctx.config = (height, width, window, key_h, key_w, tf32)
 
 
 def _backward(ctx, grad_out, grad_lse):
-    # The backward kernels add gradients (pooled keys and values, window keys and values, local
-    # bias, CPB grid) with float32 atomics, whose order, and so whose rounding, varies from run
+    # The backward kernels add gradients (local bias, folded CPB grid) with float32 atomics,
+    # whose order, and so whose rounding, varies from run
     # to run on a GPU: torch's own error (or warning, with warn_only=True) in deterministic
     # mode. Raised on every device, the interpreter's in-order runs included, so that the
     # tests see what a GPU does.
@@ -234,12 +281,12 @@ def _backward(ctx, grad_out, grad_lse):
     saved = ctx.saved_tensors
     height, width, window, key_h, key_w, tf32 = ctx.config
     grad_out = _rows(grad_out.to(saved[-2].dtype))  # e.g. the stride-0 gradient of a sum
-    dq_scaled, dk, dv, dtok, drpb, dkp, dvp, dgrid = _attention_backward(
+    dq_scaled, dk, dv, dtok, drpb, dkp, dvp, dfolded = _attention_backward(
         grad_out, *saved, height, width, window, key_h, key_w, tf32)
     with autocast_off(dq_scaled.device.type):  # float32 sums, whatever the caller's autocast
         dq, dqe, dhead, dquery = _query_grads(dq_scaled, *saved[:4], ctx.needs_input_grad[1:4])
     local = (dk, dv, dtok, drpb) if window else (None,) * 4
-    return (dq, dqe, dhead, dquery, *local, dkp, dvp, dgrid) + (None,) * 10
+    return (dq, dqe, dhead, dquery, *local, dkp, dvp, dfolded) + (None,) * 8
 
 
 def _query_grads(dq_scaled: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
@@ -262,9 +309,9 @@ def _query_grads(dq_scaled: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
 torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
 
 
-def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, rows_h: Tensor,
-                     weights_h: Optional[Tensor], rows_w: Tensor, weights_w: Optional[Tensor],
-                     size: Tuple[int, int], pool_size: Tuple[int, int],
+def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, rows_w: Tensor,
+                     weights_w: Optional[Tensor], size: Tuple[int, int],
+                     pool_size: Tuple[int, int],
                      k_local: Optional[Tensor] = None, v_local: Optional[Tensor] = None,
                      token_weights: Optional[Tensor] = None,
                      local_bias: Optional[Tensor] = None,
@@ -284,10 +331,11 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
             arguments.
         k_pool, v_pool: ``(B, heads, P, d)`` pooled keys and values, ``P = Hk * Wk``
             (``pool_size``).
-        grid: ``(heads, GH, GW)`` CPB grid (see
-            :func:`mmtransnext.models.layers.position_bias.cpb_grid`).
-        rows_h, weights_h, rows_w, weights_w: the grid's taps for these sizes (see
-            :class:`mmtransnext.models.layers.position_bias.BiasTaps`).
+        folded, rows_w, weights_w: the CPB grid with its row taps applied, ``(heads, H, H',
+            GW)``, and the column taps that finish the bias, ``(W, W', taps)`` (weights None
+            for one tap of weight 1): what
+            :func:`mmtransnext.models.layers.position_bias.fold_rows` returns. ``folded``
+            takes a gradient.
         k_local, v_local: ``(B, heads, H*W, d)`` keys and values of the sliding window.
         token_weights: ``(B, heads, H*W, window**2)`` weights added to the window probabilities.
         local_bias: ``(heads, window**2)`` local position bias.
@@ -309,9 +357,12 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
         raise ValueError(f'pooled keys/values of shapes {tuple(k_pool.shape)}, '
                          f'{tuple(v_pool.shape)} do not match {key_h}x{key_w} keys of queries '
                          f'{tuple(q.shape)}')
-    if tuple(rows_h.shape[:2]) != (height, key_h) or tuple(rows_w.shape[:2]) != (width, key_w):
-        raise ValueError(f'bias taps of shapes {tuple(rows_h.shape)}, {tuple(rows_w.shape)} do '
-                         f'not map {size} queries to {pool_size} keys')
+    if tuple(folded.shape[:3]) != (heads, height, key_h) or folded.dim() != 4 or \
+            tuple(rows_w.shape[:2]) != (width, key_w) or \
+            (weights_w is not None and weights_w.shape != rows_w.shape):
+        raise ValueError(f'folded bias grid {tuple(folded.shape)} and column taps '
+                         f'{tuple(rows_w.shape)} do not map {size} queries to {pool_size} keys '
+                         f'of {heads} heads')
     if any(t is None for t in local) != all(t is None for t in local):
         raise ValueError('k_local, v_local, token_weights and local_bias go together')
     window = 0
@@ -324,15 +375,14 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
                 f'window inputs do not match queries {tuple(q.shape)}: keys '
                 f'{tuple(k_local.shape)}, values {tuple(v_local.shape)}, token weights '
                 f'{tuple(token_weights.shape)}, local bias {tuple(local_bias.shape)}')
-    _check_devices(q, k_pool=k_pool, v_pool=v_pool, grid=grid, rows_h=rows_h,
-                   weights_h=weights_h, rows_w=rows_w, weights_w=weights_w, k_local=k_local,
+    _check_devices(q, k_pool=k_pool, v_pool=v_pool, folded=folded, rows_w=rows_w,
+                   weights_w=weights_w, k_local=k_local,
                    v_local=v_local, token_weights=token_weights, local_bias=local_bias,
                    query_embedding=query_embedding, head_scale=head_scale,
                    query_scale=query_scale)
-    # q also stands for the output and the backward's float32 window-gradient buffers: all
-    # three have its shape, contiguous.
+    # q also stands for the output and the backward's gradient buffers of its shape.
     _check_offsets(q=q, k_pool=k_pool, v_pool=v_pool, k_local=k_local, v_local=v_local,
-                   token_weights=token_weights)
+                   token_weights=token_weights, folded=folded, rows_w=rows_w)
     query_args = _query_args(q, query_embedding, head_scale, query_scale)
     tensors = [q, k_pool, v_pool] + ([k_local, v_local, token_weights] if window else [])
     dtype = _kernel_dtype(q.device.type, tensors)
@@ -344,9 +394,7 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor, ro
         local_bias = local_bias.float().contiguous()
     tf32 = cuda_matmul_allows_tf32()
     out, _ = _attention(q, *query_args, k_local, v_local, token_weights, local_bias, k_pool, v_pool,
-                        grid.float().contiguous(), rows_h.contiguous(),
-                        None if weights_h is None else weights_h.float().contiguous(),
-                        rows_w.contiguous(),
+                        folded.float().contiguous(), rows_w.contiguous(),
                         None if weights_w is None else weights_w.float().contiguous(), height,
                         width, window, key_h, key_w, tf32)
     return out
@@ -386,25 +434,28 @@ def _check_devices(q: Tensor, **tensors: Union[Tensor, float, None]) -> None:
                              f'attention needs all its tensors on one device')
 
 
-#: The kernels compute element offsets in int32: every tensor they index must stay below this.
+#: The kernels address each ``(batch, head)`` slice from an int64 base with int32 offsets
+#: (rows times row stride, plus channels): what one slice spans must stay below this.
 OFFSET_LIMIT = 2 ** 31
 
 
 def _check_offsets(**tensors: Optional[Tensor]) -> None:
-    """Raise a ValueError if a tensor of ``tensors`` (None ones skipped) has ``OFFSET_LIMIT``
-    elements or more, or a strided view reaching that far into its memory: its element
-    offsets would overflow the kernels' int32 arithmetic. Drop once the launches pass int64
-    offsets."""
+    """Raise a ValueError if a tensor of ``tensors`` (None ones skipped) spans ``OFFSET_LIMIT``
+    elements or more within one ``(batch, head)`` slice (its dims after the first two; for the
+    3-d taps and the 4-d bias grid, the whole tensor): the kernels' int32 offsets inside a
+    slice would wrap. Batch and head offsets are int64, so the batch size is not limited."""
     for name, t in tensors.items():
         if t is None or t.numel() == 0:
             continue
-        reach = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
-        if max(t.numel(), reach) >= OFFSET_LIMIT:
+        inner = 2 if name not in ('folded', 'rows_w') else 0
+        reach = 1 + sum((n - 1) * s for n, s in zip(t.shape[inner:], t.stride()[inner:]))
+        if reach >= OFFSET_LIMIT:
+            where = 'one (batch, head) slice of ' if inner else ''
             raise ValueError(
-                f'{name} of shape {tuple(t.shape)} ({t.numel()} elements, offsets up to '
-                f'{reach - 1}) is too large for the Triton attention, whose kernels index with '
-                f'int32 offsets: at most {OFFSET_LIMIT - 1} elements per tensor '
-                f'(limit 2**31 = {OFFSET_LIMIT}); split the batch')
+                f'{name} of shape {tuple(t.shape)} is too large for the Triton attention: '
+                f'{where}it spans {reach} elements, but the kernels index within it with int32 '
+                f'offsets (at most {OFFSET_LIMIT - 1}, limit 2**31 = {OFFSET_LIMIT}); use a '
+                f'smaller input size')
 
 
 def _query_args(q: Tensor, embedding: Optional[Tensor], head_scale: Optional[Tensor],

@@ -9,11 +9,11 @@ Per ``(batch, head)`` and tile of ``BLOCK_M`` queries of an ``height x width`` m
   ``tl.dot``: 9 keys are too few for a matrix unit), plus the local bias ``rpb[head, l]``,
   out-of-map neighbours masked;
 - pooled keys: ``BLOCK_N`` keys at a time with ``tl.dot``, plus the continuous position bias
-  built from the CPB ``grid (heads, GH, GW)`` by index arithmetic (:func:`_cpb_bias`): for query
-  ``(yq, xq)`` and key ``(yk, xk)`` it is ``sum_s sum_t wh[yq,yk,s] ww[xq,xk,t]
-  grid[head, rh[yq,yk,s], rw[xq,xk,t]]``, the taps of
-  :class:`mmtransnext.models.layers.position_bias.BiasTaps` (one tap of weight 1 per axis in
-  extrapolation mode; bilinear resizing otherwise);
+  gathered from the row-folded CPB grid ``folded (heads, H, Hk, GW)`` (the row taps already
+  applied in PyTorch by :func:`mmtransnext.models.layers.position_bias.fold_rows`) and the column
+  taps (:func:`_cpb_bias`): for query ``(yq, xq)`` and key ``(yk, xk)`` it is ``sum_t
+  ww[xq,xk,t] folded[head, yq, yk, rw[xq,xk,t]]``, one gather per column tap (one tap of weight
+  1 in extrapolation mode; up to four, two query by two key columns, with bilinear resizing);
 - one online softmax over both key sets (fp32 running max and sum); the learnable-token weights
   ``tok[b, head, n, l]`` are added to the window probabilities (they are not normalised).
 
@@ -24,104 +24,118 @@ float32 registers (:func:`_queries`), so the scaled queries are never stored.
 ``WINDOW == 0`` gives full attention (stage 4): pooled keys are then all tokens.
 The forward writes the output and the log-sum-exp. Backward recomputes the logits
 (FlashAttention-2 style): :func:`_attention_bwd_query` per query tile (``dq`` of the scaled
-queries, window ``dk``/``dv`` by atomic adds, ``dtok``, ``drpb``, ``dgrid``, and
-``delta = dO . O_softmax``),
-:func:`_attention_bwd_keys` per tile of pooled keys (``dk``/``dv`` without atomics).
+queries, ``dtok``, ``dfolded`` by atomic adds, and ``delta = dO . O_softmax``), then
+:func:`_attention_bwd_keys` per tile of pooled keys and run of query tiles (their ``dk``/``dv``,
+float32 partial sums added up in PyTorch) and per tile of window keys (their ``dk``/``dv``
+gathered from the queries whose windows hold them, and ``drpb``): no ``dk``/``dv`` atomics.
 """
 import triton
 import triton.language as tl
 
+#: Arguments no kernel specialises on (``do_not_specialize``; names absent from a kernel are
+#: ignored): the sizes and the batch and head strides, which change with the input size. Triton
+#: otherwise compiles a variant per value class (equal to 1, divisible by 16), i.e. several per
+#: stage in a multi-scale schedule. Strides along rows (``*_n``, fixed per architecture) and the
+#: query scale's stride (0 or 1) stay specialised: they let loads vectorise.
+UNSPECIALISED = ('heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'fold_w', 'taps_w',
+                 'splits', 'pooled_programs', 'sq_b', 'sq_h', 'sk_b', 'sk_h', 'sv_b', 'sv_h',
+                 'st_b', 'st_h', 'skp_b', 'skp_h', 'svp_b', 'svp_h', 'so_b', 'so_h', 'sdo_b',
+                 'sdo_h')
+
 
 @triton.jit
-def _tap_offsets(offs_m, offs_n, width, key_h, key_w):
-    """Row pair and column pair index of each (query, pooled key) in the taps' flat layout."""
-    pair_h = (offs_m // width)[:, None] * key_h + (offs_n // key_w)[None, :]
+def _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w):
+    """Per (query, pooled key): the start of its row in the folded grid, ``folded[h, yq, yk]``
+    (flat), and its column pair ``(xq, xk)`` in the column taps' flat layout."""
+    row = ((h * height + offs_m // width)[:, None] * key_h + (offs_n // key_w)[None, :]) * fold_w
     pair_w = (offs_m % width)[:, None] * key_w + (offs_n % key_w)[None, :]
-    return pair_h, pair_w
+    return row, pair_w
 
 
 @triton.jit
-def _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask, taps_h, taps_w,
-         head, grid_h, grid_w, HAS_WH: tl.constexpr, HAS_WW: tl.constexpr):
-    """Flat grid index and weight of tap ``(s, t)`` of every (query, pooled key) pair."""
-    row = tl.load(rows_h + pair_h * taps_h + s, mask=mask, other=0)
-    col = tl.load(rows_w + pair_w * taps_w + t, mask=mask, other=0)
+def _tap(RW, WW, pair_w, t, mask, taps_w, HAS_WW: tl.constexpr):
+    """Folded-grid column and weight of column tap ``t`` of every (query, pooled key) pair."""
+    col = tl.load(RW + pair_w * taps_w + t, mask=mask, other=0).to(tl.int32)
     if HAS_WW:
-        weight = tl.load(weights_w + pair_w * taps_w + t, mask=mask, other=0.)
+        weight = tl.load(WW + pair_w * taps_w + t, mask=mask, other=0.)
     else:  # one column tap of weight 1
         weight = mask.to(tl.float32)
-    if HAS_WH:
-        weight = weight * tl.load(weights_h + pair_h * taps_h + s, mask=mask, other=0.)
-    return (head * grid_h + row) * grid_w + col, weight
+    return col, weight
 
 
 @triton.jit
-def _cpb_bias(grid_ptr, rows_h, weights_h, rows_w, weights_w, head, offs_m, offs_n, mask,
-              width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH: tl.constexpr,
-              HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``(BLOCK_M, BLOCK_N)`` float32 position bias gathered from the CPB grid and its taps."""
-    pair_h, pair_w = _tap_offsets(offs_m, offs_n, width, key_h, key_w)
+def _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask, height, width, key_h, key_w, fold_w,
+              taps_w, HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``(BLOCK_M, BLOCK_N)`` float32 position bias: ``sum_t ww[xq, xk, t] *
+    folded[h, yq, yk, rw[xq, xk, t]]``, one gather per column tap."""
+    row, pair_w = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w)
     bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for s in range(taps_h):
-        for t in range(taps_w):
-            at, weight = _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask,
-                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH, HAS_WW)
-            bias += weight * tl.load(grid_ptr + at, mask=mask, other=0.).to(tl.float32)
+    for t in range(taps_w):
+        col, weight = _tap(RW, WW, pair_w, t, mask, taps_w, HAS_WW)
+        bias += weight * tl.load(FOLD + row + col, mask=mask, other=0.)
     return bias
 
 
 @triton.jit
-def _cpb_bias_grad(grad_grid, rows_h, weights_h, rows_w, weights_w, head, offs_m, offs_n, mask,
-                   grad, width, key_h, key_w, grid_h, grid_w, taps_h, taps_w,
-                   HAS_WH: tl.constexpr, HAS_WW: tl.constexpr):
-    """Scatter-add the bias gradient ``grad (BLOCK_M, BLOCK_N)`` into the float32 grid gradient."""
-    pair_h, pair_w = _tap_offsets(offs_m, offs_n, width, key_h, key_w)
-    for s in range(taps_h):
-        for t in range(taps_w):
-            at, weight = _tap(rows_h, weights_h, rows_w, weights_w, pair_h, pair_w, s, t, mask,
-                              taps_h, taps_w, head, grid_h, grid_w, HAS_WH, HAS_WW)
-            tl.atomic_add(grad_grid + at, grad * weight, mask=mask)
+def _cpb_bias_grad(DFOLD, RW, WW, h, offs_m, offs_n, mask, grad, height, width, key_h, key_w,
+                   fold_w, taps_w, HAS_WW: tl.constexpr):
+    """Scatter-add the bias gradient ``grad (BLOCK_M, BLOCK_N)`` into the float32 gradient of
+    the folded grid: one relaxed atomic add per column tap."""
+    row, pair_w = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w)
+    for t in range(taps_w):
+        col, weight = _tap(RW, WW, pair_w, t, mask, taps_w, HAS_WW)
+        tl.atomic_add(DFOLD + row + col, grad * weight, mask=mask, sem='relaxed')
 
 
 @triton.jit
-def _tile(ptr, b, h, s_b, s_h, s_n, offs, offs_d, mask):
-    """Rows ``offs`` of the ``(batch b, head h)`` slice of a tensor with unit stride along d."""
-    return tl.load(ptr + b * s_b + h * s_h + offs[:, None] * s_n + offs_d[None, :], mask=mask,
-                   other=0.)
+def _slice(ptr, b, h, s_b, s_h):
+    """Pointer to the ``(batch b, head h)`` slice of a tensor: an int64 offset, so that tensors
+    of 2**31 elements or more do not wrap (the offsets within a slice stay int32)."""
+    return ptr + b.to(tl.int64) * s_b + h.to(tl.int64) * s_h
 
 
 @triton.jit
-def _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs, offs_d, mask_m, mask_d,
+def _tile(base, s_n, offs, offs_d, mask):
+    """Rows ``offs`` of a ``(batch, head)`` slice (see :func:`_slice`) with unit stride along
+    d."""
+    return tl.load(base + offs[:, None] * s_n + offs_d[None, :], mask=mask, other=0.)
+
+
+@triton.jit
+def _queries(q_base, QE, HS, QS, h, sq_n, s_qs, offs, offs_d, mask_m, mask_d,
              HEAD_DIM: tl.constexpr):
     """A tile of normalised queries plus the query embedding, ``q_norm + qe[h]``, in float32,
     and each query's factor ``f = hs[h] * qs[n]`` (the scaled queries are their product; the
     callers round it to the input dtype for ``tl.dot``, as the queries were rounded when scaled
     in PyTorch)."""
-    q = _tile(Q, b, h, sq_b, sq_h, sq_n, offs, offs_d, mask_m[:, None] & mask_d[None, :])
+    q = _tile(q_base, sq_n, offs, offs_d, mask_m[:, None] & mask_d[None, :])
     q = q.to(tl.float32) + tl.load(QE + h * HEAD_DIM + offs_d, mask=mask_d, other=0.)[None, :]
     return q, tl.load(HS + h) * tl.load(QS + offs * s_qs, mask=mask_m, other=0.)
 
 
 @triton.jit
-def _program(heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+def _program(pid, heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
              HEAD_DIM: tl.constexpr):
-    """This program's ``batch * heads + head``, batch, head, tile offsets (along an axis of
-    ``extent``) and head-dim offsets, with their masks."""
-    bh = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    """Program ``pid``'s ``batch * heads + head`` (int64), batch, head, tile offsets (along an
+    axis of ``extent``) and head-dim offsets, with their masks. Programs lie on grid axis 0
+    only (no 65535 limit at any batch), tiles fastest: ``pid = bh * tiles + tile``, so the
+    programs of one head run together."""
+    tiles = tl.cdiv(extent, BLOCK)
+    bh = pid // tiles
+    offs = (pid - bh * tiles) * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
-    return bh, bh // heads, bh % heads, offs, offs < extent, offs_d, offs_d < HEAD_DIM
+    return bh.to(tl.int64), bh // heads, bh % heads, offs, offs < extent, offs_d, \
+        offs_d < HEAD_DIM
 
 
 @triton.jit
-def _pooled_probs(q, k_tile, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width,
-                  key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH: tl.constexpr,
-                  HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  PRECISION: tl.constexpr):
+def _pooled_probs(q, k_tile, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width,
+                  key_h, key_w, fold_w, taps_w, HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Recomputed softmax probabilities of a (query tile, pooled-key tile) pair (backward)."""
     scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
-    scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width, key_h, key_w,
-                        grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW, BLOCK_M, BLOCK_N)
+    scores += _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width, key_h, key_w,
+                        fold_w, taps_w, HAS_WW, BLOCK_M, BLOCK_N)
     return tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
 
 
@@ -135,19 +149,22 @@ def _neighbour(offs_m, mask_m, height, width, l, WINDOW: tl.constexpr):
     return y * width + x, inside
 
 
-@triton.jit
-def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, LSE,
+@triton.jit(do_not_specialize=UNSPECIALISED)
+def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE,
                    sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
                    skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
-                   heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
-                   taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WH: tl.constexpr,
-                   HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
+                   heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WW: tl.constexpr,
+                   PRECISION: tl.constexpr):
     length = height * width
-    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
-                                                        HEAD_DIM)
-    qf, f = _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs_m, offs_d, mask_m,
-                     mask_d, HEAD_DIM)
+    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
+                                                        BLOCK_D, HEAD_DIM)
+    k_base, v_base = _slice(K, b, h, sk_b, sk_h), _slice(V, b, h, sv_b, sv_h)
+    tok_base = _slice(TOK, b, h, st_b, st_h)
+    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h), _slice(VP, b, h, svp_b, svp_h)
+    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h), QE, HS, QS, h, sq_n, s_qs, offs_m, offs_d,
+                     mask_m, mask_d, HEAD_DIM)
     qf = qf * f[:, None]
     q = qf.to(Q.dtype.element_ty)
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
@@ -158,157 +175,233 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, 
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
-            key = _tile(K, b, h, sk_b, sk_h, sk_n, nb, offs_d, mask_nd).to(tl.float32)
+            key = _tile(k_base, sk_n, nb, offs_d, mask_nd).to(tl.float32)
             s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
             s = tl.where(inside, s, float('-inf'))
             m_new = tl.maximum(m_i, s)
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new)
-            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d, mask_nd).to(tl.float32)
+            value = _tile(v_base, sv_n, nb, offs_d, mask_nd).to(tl.float32)
             acc = acc * alpha[:, None] + p[:, None] * value
             l_i = l_i * alpha + p
             m_i = m_new
-            tok = tl.load(TOK + b * st_b + h * st_h + offs_m * st_n + l, mask=mask_m,
-                          other=0.).to(tl.float32)
+            tok = tl.load(tok_base + offs_m * st_n + l, mask=mask_m, other=0.).to(tl.float32)
             acc_tok += tok[:, None] * value
     for start in range(0, num_keys, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
-        k_tile = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
+        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd)
         scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
-        scores += _cpb_bias(GRID, RH, WH, RW, WW, h, offs_m, offs_n,
-                            mask_m[:, None] & mask_n[None, :], width, key_h, key_w, grid_h,
-                            grid_w, taps_h, taps_w, HAS_WH, HAS_WW, BLOCK_M, BLOCK_N)
+        scores += _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask_m[:, None] & mask_n[None, :],
+                            height, width, key_h, key_w, fold_w, taps_w, HAS_WW, BLOCK_M,
+                            BLOCK_N)
         scores = tl.where(mask_n[None, :], scores, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp(m_i - m_new)
         p_tile = tl.exp(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p_tile, 1)
-        v_tile = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
+        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd)
         acc = acc * alpha[:, None] + tl.dot(p_tile.to(v_tile.dtype), v_tile,
                                             input_precision=PRECISION)
         m_i = m_new
     out = acc / l_i[:, None] + acc_tok
-    tl.store(OUT + b * so_b + h * so_h + offs_m[:, None] * so_n + offs_d[None, :],
+    tl.store(_slice(OUT, b, h, so_b, so_h) + offs_m[:, None] * so_n + offs_d[None, :],
              out.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
     tl.store(LSE + bh * length + offs_m, m_i + tl.log(l_i), mask=mask_m)
 
 
-@triton.jit
-def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, GRID, RH, WH, RW, WW, OUT, DO,
-                         LSE, DELTA, DQ, DK, DV, DTOK, DRPB, DGRID,
+@triton.jit(do_not_specialize=UNSPECIALISED)
+def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, DO, LSE,
+                         DELTA, DQ, DTOK, DFOLD,
                          sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
                          st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
                          sdo_b, sdo_h, sdo_n,
-                         heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
-                         taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
-                         HAS_WH: tl.constexpr, HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
-    """Per query tile: ``delta``, ``dq``, ``dtok``; window ``dk``/``dv`` and ``drpb``, and the
-    grid gradient, by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)`` contiguous, the
-    gradient of the scaled queries (the op's backward turns it into those of ``q_norm``, ``qe``
-    and ``f``: computed here, the extra registers made ptxas spill); ``DK``, ``DV`` are
-    contiguous float32 buffers of that shape, ``DTOK`` ``(B, heads, N, L)``."""
+                         heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WW: tl.constexpr,
+                         PRECISION: tl.constexpr):
+    """Per query tile: ``delta`` (stored for :func:`_attention_bwd_keys`), ``dq``, ``dtok``, and
+    the folded grid's gradient by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)``
+    contiguous, the gradient of the scaled queries (the op's backward turns it into those of
+    ``q_norm``, ``qe`` and ``f``: computed here, the extra registers made ptxas spill),
+    ``DTOK`` ``(B, heads, N, L)``."""
     length = height * width
-    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(heads, length, BLOCK_M, BLOCK_D,
-                                                        HEAD_DIM)
+    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
+                                                        BLOCK_D, HEAD_DIM)
     mask_md = mask_m[:, None] & mask_d[None, :]
-    qf, f = _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs_m, offs_d, mask_m,
-                     mask_d, HEAD_DIM)
+    k_base, v_base = _slice(K, b, h, sk_b, sk_h), _slice(V, b, h, sv_b, sv_h)
+    tok_base = _slice(TOK, b, h, st_b, st_h)
+    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h), _slice(VP, b, h, svp_b, svp_h)
+    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h), QE, HS, QS, h, sq_n, s_qs, offs_m, offs_d,
+                     mask_m, mask_d, HEAD_DIM)
     qf = qf * f[:, None]
     q = qf.to(Q.dtype.element_ty)
-    do = _tile(DO, b, h, sdo_b, sdo_h, sdo_n, offs_m, offs_d, mask_md).to(tl.float32)
-    out = _tile(OUT, b, h, so_b, so_h, so_n, offs_m, offs_d, mask_md).to(tl.float32)
-    lse = tl.load(LSE + bh * length + offs_m, mask=mask_m, other=0.)
+    do = _tile(_slice(DO, b, h, sdo_b, sdo_h), sdo_n, offs_m, offs_d, mask_md).to(tl.float32)
+    out = _tile(_slice(OUT, b, h, so_b, so_h), so_n, offs_m, offs_d, mask_md).to(tl.float32)
+    row0 = bh * length  # int64: first row of this (batch, head) in the (B, heads, N) buffers
+    lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
     # delta = dO . (softmax part of the output) = dO . out - sum_l tok_l (dO . v_l).
     delta = tl.sum(do * out, 1)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    rows = bh * length + offs_m
     if WINDOW > 0:
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
-            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d,
-                          inside[:, None] & mask_d[None, :]).to(tl.float32)
+            value = _tile(v_base, sv_n, nb, offs_d, inside[:, None] & mask_d[None, :]).to(
+                tl.float32)
             dp = tl.sum(do * value, 1)
-            tok = tl.load(TOK + b * st_b + h * st_h + offs_m * st_n + l, mask=mask_m,
-                          other=0.).to(tl.float32)
+            tok = tl.load(tok_base + offs_m * st_n + l, mask=mask_m, other=0.).to(tl.float32)
             delta -= tok * dp
-            tl.store(DTOK + rows * (WINDOW * WINDOW) + l, dp.to(DTOK.dtype.element_ty),
-                     mask=mask_m)
+            tl.store(DTOK + row0 * (WINDOW * WINDOW) + offs_m * (WINDOW * WINDOW) + l,
+                     dp.to(DTOK.dtype.element_ty), mask=mask_m)
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
-            key = _tile(K, b, h, sk_b, sk_h, sk_n, nb, offs_d, mask_nd).to(tl.float32)
-            value = _tile(V, b, h, sv_b, sv_h, sv_n, nb, offs_d, mask_nd).to(tl.float32)
+            key = _tile(k_base, sk_n, nb, offs_d, mask_nd).to(tl.float32)
+            value = _tile(v_base, sv_n, nb, offs_d, mask_nd).to(tl.float32)
             s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
             p = tl.where(inside, tl.exp(s - lse), 0.)
             dp = tl.sum(do * value, 1)
             ds = p * (dp - delta)
             dq += ds[:, None] * key
-            tok = tl.load(TOK + b * st_b + h * st_h + offs_m * st_n + l, mask=mask_m,
-                          other=0.).to(tl.float32)
-            grad_at = (bh * length + nb)[:, None] * HEAD_DIM + offs_d[None, :]
-            tl.atomic_add(DK + grad_at, ds[:, None] * qf, mask=mask_nd)
-            tl.atomic_add(DV + grad_at, (p + tok)[:, None] * do, mask=mask_nd)
-            tl.atomic_add(DRPB + h * WINDOW * WINDOW + l, tl.sum(ds, 0))
-    tl.store(DELTA + rows, delta, mask=mask_m)
+    tl.store(DELTA + row0 + offs_m, delta, mask=mask_m)
     do_in = do.to(q.dtype)
     for start in range(0, num_keys, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        k_tile = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
-        v_tile = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
-        p_tile = _pooled_probs(q, k_tile, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn,
-                               width, key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW,
-                               BLOCK_M, BLOCK_N, PRECISION)
+        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd)
+        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd)
+        p_tile = _pooled_probs(q, k_tile, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height,
+                               width, key_h, key_w, fold_w, taps_w, HAS_WW, BLOCK_M, BLOCK_N,
+                               PRECISION)
         dp_tile = tl.dot(do_in, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
         ds_tile = p_tile * (dp_tile - delta[:, None])
         dq += tl.dot(ds_tile.to(q.dtype), k_tile, input_precision=PRECISION)
-        _cpb_bias_grad(DGRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, ds_tile, width, key_h,
-                       key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW)
-    tl.store(DQ + rows[:, None] * HEAD_DIM + offs_d[None, :], dq.to(DQ.dtype.element_ty),
-             mask=mask_md)
+        _cpb_bias_grad(DFOLD, RW, WW, h, offs_m, offs_n, mask_mn, ds_tile, height, width, key_h,
+                       key_w, fold_w, taps_w, HAS_WW)
+    tl.store(DQ + row0 * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=mask_md)
 
 
 @triton.jit
-def _attention_bwd_keys(Q, QE, HS, QS, KP, VP, GRID, RH, WH, RW, WW, DO, LSE, DELTA, DKP, DVP,
-                        sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
-                        sdo_b, sdo_h, sdo_n,
-                        heads, height, width, num_keys, key_h, key_w, grid_h, grid_w, taps_h,
-                        taps_w, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WH: tl.constexpr,
-                        HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
-    """Per tile of pooled keys: their ``dk``/``dv`` over every query, from the saved log-sum-exp
-    and ``delta``. ``DKP``/``DVP`` are ``(B, heads, P, d)`` contiguous."""
+def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
+                      sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, sdo_b,
+                      sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
+                      splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WW: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    """Partial ``dk``/``dv`` of a tile of pooled keys over one of ``splits`` runs of query
+    tiles. Programs: ``pid = ((batch * heads + head) * splits + split) * tiles + tile``; the
+    float32 sums go to ``(B, heads, splits, P, d)`` buffers, added up by the caller."""
     length = height * width
-    bh, b, h, offs_n, mask_n, offs_d, mask_d = _program(heads, num_keys, BLOCK_N, BLOCK_D,
-                                                        HEAD_DIM)
+    tiles = tl.cdiv(num_keys, BLOCK_N)
+    group = pid // tiles  # (batch * heads + head) * splits + split
+    offs_n = (pid - group * tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < num_keys
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    bh = group // splits
+    b, h = bh // heads, bh % heads
+    run = tl.cdiv(tl.cdiv(length, BLOCK_M), splits) * BLOCK_M
+    first = (group - bh * splits) * run
+    last = tl.minimum(first + run, length)
     mask_kd = mask_n[:, None] & mask_d[None, :]
-    key = _tile(KP, b, h, skp_b, skp_h, skp_n, offs_n, offs_d, mask_kd)
-    value = _tile(VP, b, h, svp_b, svp_h, svp_n, offs_n, offs_d, mask_kd)
+    key = _tile(_slice(KP, b, h, skp_b, skp_h), skp_n, offs_n, offs_d, mask_kd)
+    value = _tile(_slice(VP, b, h, svp_b, svp_h), svp_n, offs_n, offs_d, mask_kd)
+    q_base, do_base = _slice(Q, b, h, sq_b, sq_h), _slice(DO, b, h, sdo_b, sdo_h)
+    row0 = bh.to(tl.int64) * length
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for start in range(0, length, BLOCK_M):
+    for start in range(first, last, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         mask_m = offs_m < length
         mask_md = mask_m[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        q, f = _queries(Q, QE, HS, QS, b, h, sq_b, sq_h, sq_n, s_qs, offs_m, offs_d, mask_m,
-                        mask_d, HEAD_DIM)
+        q, f = _queries(q_base, QE, HS, QS, h, sq_n, s_qs, offs_m, offs_d, mask_m, mask_d,
+                        HEAD_DIM)
         q = (q * f[:, None]).to(Q.dtype.element_ty)
-        do = _tile(DO, b, h, sdo_b, sdo_h, sdo_n, offs_m, offs_d, mask_md).to(q.dtype)
-        lse = tl.load(LSE + bh * length + offs_m, mask=mask_m, other=0.)
-        delta = tl.load(DELTA + bh * length + offs_m, mask=mask_m, other=0.)
-        p = _pooled_probs(q, key, lse, GRID, RH, WH, RW, WW, h, offs_m, offs_n, mask_mn, width,
-                          key_h, key_w, grid_h, grid_w, taps_h, taps_w, HAS_WH, HAS_WW, BLOCK_M,
-                          BLOCK_N, PRECISION)
+        do = _tile(do_base, sdo_n, offs_m, offs_d, mask_md).to(q.dtype)
+        lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
+        delta = tl.load(DELTA + row0 + offs_m, mask=mask_m, other=0.)
+        p = _pooled_probs(q, key, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width,
+                          key_h, key_w, fold_w, taps_w, HAS_WW, BLOCK_M, BLOCK_N, PRECISION)
         dv += tl.dot(tl.trans(p.to(q.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-    grad_at = (bh * num_keys + offs_n)[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(DKP + grad_at, dk.to(DKP.dtype.element_ty), mask=mask_kd)
-    tl.store(DVP + grad_at, dv.to(DVP.dtype.element_ty), mask=mask_kd)
+    grad_at = group.to(tl.int64) * num_keys * HEAD_DIM + offs_n[:, None] * HEAD_DIM + \
+        offs_d[None, :]
+    tl.store(DKP + grad_at, dk, mask=mask_kd)
+    tl.store(DVP + grad_at, dv, mask=mask_kd)
+
+
+@triton.jit
+def _window_key_grads(pid, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA, DK, DV, DRPB,
+                      sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
+                      st_n, sdo_b, sdo_h, sdo_n, heads, height, width, HEAD_DIM: tl.constexpr,
+                      BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, WINDOW: tl.constexpr):
+    """``dk``/``dv`` of a tile of window keys, gathered from the ``WINDOW**2`` queries whose
+    windows hold each key (no atomics: each key's gradient is written once), and its share of
+    ``drpb`` (one relaxed atomic add per window position)."""
+    length = height * width
+    bh, b, h, offs_n, mask_n, offs_d, mask_d = _program(pid, heads, length, BLOCK, BLOCK_D,
+                                                        HEAD_DIM)
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    key = _tile(_slice(K, b, h, sk_b, sk_h), sk_n, offs_n, offs_d, mask_nd).to(tl.float32)
+    value = _tile(_slice(V, b, h, sv_b, sv_h), sv_n, offs_n, offs_d, mask_nd).to(tl.float32)
+    q_base, do_base = _slice(Q, b, h, sq_b, sq_h), _slice(DO, b, h, sdo_b, sdo_h)
+    tok_base = _slice(TOK, b, h, st_b, st_h)
+    row0 = bh * length
+    dk = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    for l in range(WINDOW * WINDOW):
+        # The query that sees this key at window position l sits at the opposite offset, which
+        # is window position L - 1 - l (the offsets are symmetric, row-major).
+        src, inside = _neighbour(offs_n, mask_n, height, width, WINDOW * WINDOW - 1 - l, WINDOW)
+        mask_qd = inside[:, None] & mask_d[None, :]
+        qf, f = _queries(q_base, QE, HS, QS, h, sq_n, s_qs, src, offs_d, inside, mask_d,
+                         HEAD_DIM)
+        qf = qf * f[:, None]
+        do = _tile(do_base, sdo_n, src, offs_d, mask_qd).to(tl.float32)
+        lse = tl.load(LSE + row0 + src, mask=inside, other=0.)
+        delta = tl.load(DELTA + row0 + src, mask=inside, other=0.)
+        tok = tl.load(tok_base + src * st_n + l, mask=inside, other=0.).to(tl.float32)
+        s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
+        p = tl.where(inside, tl.exp(s - lse), 0.)
+        ds = p * (tl.sum(do * value, 1) - delta)
+        dk += ds[:, None] * qf
+        dv += (p + tok)[:, None] * do
+        tl.atomic_add(DRPB + h * WINDOW * WINDOW + l, tl.sum(ds, 0), sem='relaxed')
+    grad_at = row0 * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(DK + grad_at, dk.to(DK.dtype.element_ty), mask=mask_nd)
+    tl.store(DV + grad_at, dv.to(DV.dtype.element_ty), mask=mask_nd)
+
+
+@triton.jit(do_not_specialize=UNSPECIALISED)
+def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DK,
+                        DV, DRPB, DKP, DVP,
+                        sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
+                        st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, sdo_b, sdo_h, sdo_n,
+                        heads, height, width, num_keys, key_h, key_w, fold_w, taps_w, splits,
+                        pooled_programs, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
+                        HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
+    """Key gradients, after :func:`_attention_bwd_query` has stored ``delta``: programs below
+    ``pooled_programs`` take a tile of pooled keys and a run of query tiles each
+    (:func:`_pooled_key_grads`, ``DKP``/``DVP`` float32 ``(B, heads, splits, P, d)``), the others
+    a tile of ``BLOCK_M`` window keys (:func:`_window_key_grads`, ``DK``/``DV`` ``(B, heads, N,
+    d)`` contiguous)."""
+    pid = tl.program_id(0)
+    if pid < pooled_programs:
+        _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
+                          sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
+                          sdo_b, sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w,
+                          fold_w, taps_w, splits, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_WW,
+                          PRECISION)
+    elif WINDOW > 0:
+        _window_key_grads(pid - pooled_programs, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA,
+                          DK, DV, DRPB, sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h,
+                          sv_n, st_b, st_h, st_n, sdo_b, sdo_h, sdo_n, heads, height, width,
+                          HEAD_DIM, BLOCK_D, BLOCK_M, WINDOW)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mmtransnext import TransNeXt
 from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention, StageGeometry
-from mmtransnext.models.layers.position_bias import build_position_table, cpb_grid
+from mmtransnext.models.layers.position_bias import build_position_table, cpb_grid, fold_rows
 from mmtransnext.ops.sliding_window import window_lengths
 from mmtransnext.ops.triton_attention import triton_attention, use_triton
 from reference import (perturb_, reference_aggregated_attention, reference_backbone,
@@ -87,6 +87,8 @@ CASES = [
     ((7, 9), (3, 4), ((8, 8), (4, 4)), 2, 3),
     ((37, 53), (4, 6), None, 1, 3),
     ((37, 53), (4, 6), ((32, 32), (4, 4)), 1, 3),
+    # Shrunk from a larger table: up to four row taps (two query rows x two key rows) folded.
+    ((9, 11), (3, 4), ((16, 16), (5, 5)), 2, 3),
 ]
 
 
@@ -133,7 +135,6 @@ def _run_case(size, pool, trained, batch, window, dtype, full=False, transform=N
     grad_out = torch.randn(q.shape)
 
     inputs = [t.to(dtype).requires_grad_() for t in leaves]
-    taps = table.taps(size, pool)
     local = {} if full else dict(k_local=inputs[3], v_local=inputs[4], token_weights=inputs[5],
                                  local_bias=attn.relative_pos_bias_local)
     scaling, ref_scaling = [], []
@@ -144,10 +145,8 @@ def _run_case(size, pool, trained, batch, window, dtype, full=False, transform=N
                        for t in transform]
         local.update(query_embedding=scaling[0], head_scale=scaling[1], query_scale=scaling[2])
         params = params + [t for t in scaling if isinstance(t, torch.Tensor)]
-    out = triton_attention(inputs[0], inputs[1], inputs[2], cpb_grid(attn.cpb_fc1, attn.cpb_fc2,
-                                                                      table),
-                           taps.rows_h, taps.weights_h, taps.rows_w, taps.weights_w, size, pool,
-                           **local)
+    folded = fold_rows(cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table), table, size, pool)
+    out = triton_attention(*inputs[:3], *folded, size, pool, **local)
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast_backward):
         got = [out] + list(torch.autograd.grad(out, inputs + params, grad_out.to(out.dtype)))
 
@@ -209,6 +208,16 @@ def _assert_all_close(got, want, dtype, extra=()):
 def test_aggregated_kernels_match_the_oracle_fp32(size, pool, trained, batch, window):
     got, want = _run_case(size, pool, trained, batch, window, torch.float32)
     _assert_all_close(got, want, torch.float32)
+
+
+def test_row_taps_of_the_cases():
+    """The cases fold one row tap (extrapolation), two, and more than two (shrinking)."""
+    counts = set()
+    for size, pool, trained, _, _ in CASES:
+        table_q, table_k = trained if trained else (size, pool)
+        counts.add(build_position_table(table_q, table_k, PRETRAIN, CPU).taps(
+            size, pool).rows_h.shape[-1])
+    assert {1, 2} <= counts and max(counts) > 2, counts
 
 
 @pytest.mark.parametrize('size,pool,trained,batch,window', CASES[:4])
@@ -345,18 +354,17 @@ def test_op_on_meta_tensors_needs_no_data():
               for n in (length, num_keys, num_keys, length, length)]
     tok = torch.empty(2, heads, length, 9, device=meta, requires_grad=True)
     rpb = torch.empty(heads, 9, device=meta, requires_grad=True)
-    grid = torch.empty(heads, 10, 12, device=meta, requires_grad=True)
-    rows_h = torch.empty(7, 3, 2, dtype=torch.long, device=meta)
+    folded = torch.empty(heads, 7, 3, 12, device=meta, requires_grad=True)
     rows_w = torch.empty(9, 4, 2, dtype=torch.long, device=meta)
-    weights = [torch.empty(r.shape, device=meta) for r in (rows_h, rows_w)]
+    weights_w = torch.empty(rows_w.shape, device=meta)
     transform = [torch.empty(shape, device=meta, requires_grad=True)
                  for shape in ((heads, dim), (heads,), (length,))]
-    out = triton_attention(*leaves[:3], grid, rows_h, weights[0], rows_w, weights[1], size, pool,
-                           k_local=leaves[3], v_local=leaves[4], token_weights=tok,
+    out = triton_attention(*leaves[:3], folded, rows_w, weights_w, size, pool, k_local=leaves[3],
+                           v_local=leaves[4], token_weights=tok,
                            local_bias=rpb, query_embedding=transform[0], head_scale=transform[1],
                            query_scale=transform[2])
     assert out.shape == (2, heads, length, dim) and out.transpose(1, 2).is_contiguous()
-    inputs = leaves + [tok, rpb, grid] + transform
+    inputs = leaves + [tok, rpb, folded] + transform
     grads = torch.autograd.grad(out.sum(), inputs)
     for g, t in zip(grads, inputs):
         assert g.shape == t.shape and g.device == meta
@@ -365,20 +373,22 @@ def test_op_on_meta_tensors_needs_no_data():
 def test_bad_inputs_raise_value_errors():
     q = torch.zeros(1, 2, 12, 24)
     kp = torch.zeros(1, 2, 4, 24)
-    grid = torch.zeros(2, 3, 3)
-    rows_h, rows_w = torch.zeros(3, 2, 1, dtype=torch.long), torch.zeros(4, 2, 1,
-                                                                        dtype=torch.long)
+    folded = torch.zeros(2, 3, 2, 3)
+    rows_w = torch.zeros(4, 2, 1, dtype=torch.long)
     ones_w = torch.ones(4, 2, 1)
     with pytest.raises(ValueError, match='do not form'):
-        triton_attention(q, kp, kp, grid, rows_h, None, rows_w, ones_w, (3, 5), (2, 2))
+        triton_attention(q, kp, kp, folded, rows_w, ones_w, (3, 5), (2, 2))
     with pytest.raises(ValueError, match='pooled keys'):
-        triton_attention(q, kp[:, :, :3], kp, grid, rows_h, None, rows_w, ones_w, (3, 4), (2, 2))
+        triton_attention(q, kp[:, :, :3], kp, folded, rows_w, ones_w, (3, 4), (2, 2))
+    with pytest.raises(ValueError, match='do not map'):
+        triton_attention(q, kp, kp, folded[:, :2], rows_w, ones_w, (3, 4), (2, 2))
+    with pytest.raises(ValueError, match='do not map'):
+        triton_attention(q, kp, kp, folded, rows_w, ones_w[:, :, :0], (3, 4), (2, 2))
     with pytest.raises(ValueError, match='go together'):
-        triton_attention(q, kp, kp, grid, rows_h, None, rows_w, ones_w, (3, 4), (2, 2),
-                         k_local=q)
+        triton_attention(q, kp, kp, folded, rows_w, ones_w, (3, 4), (2, 2), k_local=q)
     with pytest.raises(ValueError, match='supports'):
-        triton_attention(q.double(), kp, kp, grid, rows_h, None, rows_w, ones_w, (3, 4), (2, 2))
-    args = (q, kp, kp, grid, rows_h, None, rows_w, ones_w, (3, 4), (2, 2))
+        triton_attention(q.double(), kp, kp, folded, rows_w, ones_w, (3, 4), (2, 2))
+    args = (q, kp, kp, folded, rows_w, ones_w, (3, 4), (2, 2))
     with pytest.raises(ValueError, match=r'query_embedding of shape \(2, 1, 24\)'):
         triton_attention(*args, query_embedding=torch.zeros(2, 1, 24))
     with pytest.raises(ValueError, match=r'head_scale of shape \(2, 1, 1\)'):
@@ -392,13 +402,12 @@ def test_op_traces_under_torch_compile():
     and backward (aot_eager: the op itself still runs in the interpreter)."""
     size, pool = (7, 9), (3, 4)
     attn, table, q, keys, values, tok = _case_inputs(size, pool, None, 1, 3)
-    taps = table.taps(size, pool)
-    grid = cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table).detach()
+    folded = [t.detach() if t is not None else t
+              for t in fold_rows(cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table), table, size, pool)]
     leaves = [t.requires_grad_() for t in (q, keys[1], values[1], keys[0], values[0], tok)]
 
     def attend(q, kp, vp, k, v, tok):
-        return triton_attention(q, kp, vp, grid, taps.rows_h, taps.weights_h, taps.rows_w,
-                                taps.weights_w, size, pool, k_local=k, v_local=v,
+        return triton_attention(q, kp, vp, *folded, size, pool, k_local=k, v_local=v,
                                 token_weights=tok, local_bias=attn.relative_pos_bias_local)
 
     compiled = torch.compile(attend, backend='aot_eager', fullgraph=True)
@@ -408,3 +417,86 @@ def test_op_traces_under_torch_compile():
         results.append([out] + list(torch.autograd.grad(out.square().sum(), leaves)))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
+
+
+KERNELS = ('_attention_fwd', '_attention_bwd_query', '_attention_bwd_keys')
+
+
+def test_kernels_do_not_specialise_on_sizes():
+    """Every size and batch/head stride argument is left unspecialised (one compiled variant
+    for every input size of a multi-scale schedule); pointers (upper case), row strides
+    (``*_n``) and the query scale's stride (0 or 1) may be specialised."""
+    from triton.runtime.jit import JITFunction
+
+    from mmtransnext.ops import triton_kernels
+    for name in KERNELS:
+        kernel = getattr(triton_kernels, name)
+        jit = JITFunction(kernel.fn, **kernel.kwargs)  # the decorator's arguments, compiled
+        sizes = {p.name for p in jit.params if not p.is_constexpr and p.name[0].islower()
+                 and not p.name.endswith('_n') and p.name != 's_qs'}
+        assert {'heads', 'width', 'sq_b', 'sq_h'} <= sizes, name
+        assert {p.name for p in jit.params if p.do_not_specialize} == sizes, name
+
+
+def test_launch_grids_use_one_axis(monkeypatch):
+    """All programs lie on grid axis 0 (axis 1 would cap batch * heads at 65535)."""
+    from mmtransnext.ops import triton_kernels
+    grids = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            grids.append(tuple(grid))
+            return self.kernel[grid]
+
+    for name in KERNELS:
+        monkeypatch.setattr(triton_kernels, name, Recorder(getattr(triton_kernels, name)))
+    size, pool = (7, 9), (3, 4)
+    attn, table, q, keys, values, tok = _case_inputs(size, pool, None, 3, 3)
+    q.requires_grad_()
+    folded = fold_rows(cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table), table, size, pool)
+    out = triton_attention(q, keys[1], values[1], *folded, size, pool, k_local=keys[0],
+                           v_local=values[0], token_weights=tok,
+                           local_bias=attn.relative_pos_bias_local)
+    out.sum().backward()
+    assert len(grids) >= 3 and all(len(grid) == 1 for grid in grids), grids
+
+
+def test_pooled_key_backward_splits_fill_two_waves():
+    """The pooled-key backward splits its query loop into runs so that its programs fill two
+    waves of 132 multiprocessors, runs of at least MIN_TILES_PER_SPLIT tiles, none empty.
+    TransNeXt-Tiny at 512x512, batch 2, stage 1: 8 key tiles x 6 (batch x heads) = 48 programs
+    over 256 query tiles -> 6 runs (288 programs); stage 4 (384 programs): no split."""
+    from mmtransnext.ops.triton_attention import MIN_TILES_PER_SPLIT, key_splits
+    assert key_splits(48, 256, CPU) == 6
+    assert key_splits(384, 4, CPU) == 1
+    assert key_splits(2, 31, CPU) == 31 // MIN_TILES_PER_SPLIT == 3  # the 37x53 cases: 3 runs
+    for programs, tiles in [(1, 1), (7, 100), (48, 9), (180, 950)]:
+        splits = key_splits(programs, tiles, CPU)
+        run = -(-tiles // splits)
+        assert splits >= 1 and (splits - 1) * run < tiles  # no empty run
+        assert splits == 1 or (run >= MIN_TILES_PER_SPLIT and (splits - 1) * programs < 264)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_kernels_with_many_key_splits(monkeypatch, dtype):
+    """One query tile per run (31 runs of partial pooled-key gradients, summed in PyTorch)."""
+    from mmtransnext.ops import triton_attention as module
+    monkeypatch.setattr(module, 'MIN_TILES_PER_SPLIT', 1)
+    assert module.key_splits(2, 31, CPU) == 31
+    got, want = _run_case((37, 53), (4, 6), ((32, 32), (4, 4)), 1, 3, dtype)
+    _assert_all_close(got, want, dtype)
+
+
+def test_registers_are_capped_only_for_full_precision_float32():
+    """float32 with full-precision products launches with maxnreg=255 (ptxas' own choice, 128
+    registers, spilled in full attention); TF32 and 16-bit inputs leave the choice to ptxas."""
+    from mmtransnext.ops.triton_attention import _common
+    q, kp = torch.zeros(1, 2, 12, 24), torch.zeros(1, 2, 4, 24)
+    folded, rows_w = torch.zeros(2, 3, 2, 3), torch.zeros(4, 2, 1, dtype=torch.long)
+    for dtype, tf32, cap in [(torch.float32, False, 255), (torch.float32, True, None),
+                             (torch.bfloat16, False, None)]:
+        _, _, meta = _common(q.to(dtype), kp.to(dtype), 3, 4, 2, 2, folded, rows_w, None, tf32)
+        assert meta.get('maxnreg') == cap, (dtype, tf32)

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmtransnext import TransNeXt
 from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention
-from mmtransnext.models.layers.position_bias import cpb_grid
+from mmtransnext.models.layers.position_bias import cpb_grid, fold_rows
 from mmtransnext.ops import budget
 from mmtransnext.ops import triton_attention as ta
 from mmtransnext.ops.amp import autocast_dtype, cuda_matmul_allows_tf32
@@ -87,14 +87,14 @@ TF32_SETTINGS = {
 
 
 def _small_attention(full=False, dtype=torch.float32, device=None):
-    """Inputs of a small interpreted call: (q, kp, vp, grid, taps..., size, pool) and the window
-    keyword arguments."""
+    """Inputs of a small interpreted call: (q, kp, vp, folded grid, column taps..., size, pool)
+    and the window keyword arguments."""
     size, pool = (3, 4), (2, 2)
     attn, table, q, keys, values, tok = _case_inputs(size, pool, None, 1, 3, full=full)
     taps = table.taps(size, pool)
     grid = cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table).detach()
-    args = [q.to(dtype), keys[1].to(dtype), values[1].to(dtype), grid, taps.rows_h,
-            taps.weights_h, taps.rows_w, taps.weights_w, size, pool]
+    args = [q.to(dtype), keys[1].to(dtype), values[1].to(dtype),
+            *fold_rows(grid, table, size, pool), size, pool]
     local = {} if full else dict(k_local=keys[0].to(dtype), v_local=values[0].to(dtype),
                                  token_weights=tok.to(dtype),
                                  local_bias=attn.relative_pos_bias_local.detach())
@@ -218,10 +218,9 @@ def _assert_autocast_dtypes(op_args, dtype, window=True):
     attention = ('q', 'kp', 'vp') + (('k', 'v', 'tok') if window else ())
     for name in attention:
         assert op_args[name].dtype == dtype, name
-    for name in ('qe', 'head_scale', 'query_scale', 'grid') + (('rpb',) if window else ()):
+    for name in ('qe', 'head_scale', 'query_scale', 'folded') + (('rpb',) if window else ()):
         assert op_args[name].dtype == torch.float32, name
-    for name in ('weights_h', 'weights_w'):
-        assert op_args[name] is None or op_args[name].dtype == torch.float32, name
+    assert op_args['weights_w'] is None or op_args['weights_w'].dtype == torch.float32
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
@@ -313,13 +312,11 @@ def test_cpu_autocast_numerics_match_the_oracle():
     attn, table, q, keys, values, tok = _case_inputs(size, pool, trained, 1, 3)
     leaves = [t.clone().requires_grad_() for t in (q, keys[1], values[1], keys[0], values[0],
                                                    tok)]
-    taps = table.taps(size, pool)
-    grid = cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table).detach()
+    folded = fold_rows(cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table).detach(), table, size, pool)
     rpb = attn.relative_pos_bias_local.detach()
     with torch.autocast('cpu', dtype=torch.bfloat16), OpCalls() as calls:
-        out = triton_attention(*leaves[:3], grid, taps.rows_h, taps.weights_h, taps.rows_w,
-                               taps.weights_w, size, pool, k_local=leaves[3], v_local=leaves[4],
-                               token_weights=leaves[5], local_bias=rpb)
+        out = triton_attention(*leaves[:3], *folded, size, pool, k_local=leaves[3],
+                               v_local=leaves[4], token_weights=leaves[5], local_bias=rpb)
     assert out.dtype == torch.bfloat16
     _assert_autocast_dtypes(calls.forward_args()[0], torch.bfloat16)
     grad_out = torch.randn(out.shape)
@@ -336,8 +333,7 @@ def test_cpu_autocast_numerics_match_the_oracle():
         assert error <= 3e-2 * max(w.abs().max().item(), 0.1), f'{name}: max error {error:.3g}'
     # And a real difference from the float32 kernels: the inputs were rounded to bfloat16.
     with torch.no_grad():
-        plain = triton_attention(*leaves[:3], grid, taps.rows_h, taps.weights_h, taps.rows_w,
-                                 taps.weights_w, size, pool, k_local=leaves[3],
+        plain = triton_attention(*leaves[:3], *folded, size, pool, k_local=leaves[3],
                                  v_local=leaves[4], token_weights=leaves[5], local_bias=rpb)
     assert plain.dtype == torch.float32 and not torch.equal(plain.bfloat16(), out.detach())
 
@@ -392,14 +388,13 @@ def _meta_call(requires_grad=True):
     size, pool, heads, dim = (7, 9), (3, 4), 2, 24
     shapes = [(2, heads, n, dim) for n in (63, 12, 12, 63, 63)] + [(2, heads, 63, 9)]
     leaves = [torch.empty(s, device=META, requires_grad=requires_grad) for s in shapes]
-    grid = torch.empty(heads, 10, 12, device=META, requires_grad=requires_grad)
-    rows_h = torch.empty(7, 3, 2, dtype=torch.long, device=META)
+    folded = torch.empty(heads, 7, 3, 12, device=META, requires_grad=requires_grad)
     rows_w = torch.empty(9, 4, 2, dtype=torch.long, device=META)
     rpb = torch.empty(heads, 9, device=META)
-    out = triton_attention(*leaves[:3], grid, rows_h, torch.empty(7, 3, 2, device=META), rows_w,
-                           None, size, pool, k_local=leaves[3], v_local=leaves[4],
-                           token_weights=leaves[5], local_bias=rpb)
-    return out, leaves + [grid]
+    out = triton_attention(*leaves[:3], folded, rows_w, torch.empty(9, 4, 2, device=META), size,
+                           pool, k_local=leaves[3], v_local=leaves[4], token_weights=leaves[5],
+                           local_bias=rpb)
+    return out, leaves + [folded]
 
 
 def test_deterministic_mode_refuses_the_atomic_backward(determinism):
@@ -426,9 +421,9 @@ def test_deterministic_warn_only_warns_and_runs(determinism):
 
 def test_inputs_on_another_device_raise():
     args, local = _small_attention()
-    for name in ('k_pool', 'grid', 'rows_w', 'token_weights', 'local_bias'):
-        call = dict(zip(('q', 'k_pool', 'v_pool', 'grid', 'rows_h', 'weights_h', 'rows_w',
-                         'weights_w', 'size', 'pool_size'), args), **local)
+    for name in ('k_pool', 'folded', 'rows_w', 'token_weights', 'local_bias'):
+        call = dict(zip(('q', 'k_pool', 'v_pool', 'folded', 'rows_w', 'weights_w', 'size',
+                         'pool_size'), args), **local)
         call[name] = call[name].to(META)
         with pytest.raises(ValueError, match=f'{name} is on meta but q is on cpu'):
             triton_attention(**call)
@@ -453,8 +448,7 @@ def _overflow_call(q_shape, window=3, pool=(1, 1), **views):
     batch, heads, length, dim = q_shape
     size = (1, length)
     kp = torch.empty(batch, heads, pool[0] * pool[1], dim, device=META)
-    grid = torch.empty(heads, 3, 3, device=META)
-    rows_h = torch.empty(1, pool[0], 1, dtype=torch.long, device=META)
+    folded = torch.empty(heads, 1, pool[0], 3, device=META)
     rows_w = torch.empty(length, pool[1], 2, dtype=torch.long, device=META)
     local = {}
     if window:
@@ -462,25 +456,30 @@ def _overflow_call(q_shape, window=3, pool=(1, 1), **views):
                      v_local=torch.empty(q_shape, device=META),
                      token_weights=torch.empty(batch, heads, length, window ** 2, device=META),
                      local_bias=torch.empty(heads, window ** 2, device=META))
-    call = dict(q=torch.empty(q_shape, device=META), k_pool=kp, v_pool=kp, grid=grid,
-                rows_h=rows_h, weights_h=None, rows_w=rows_w,
-                weights_w=torch.empty(rows_w.shape, device=META), size=size, pool_size=pool,
-                **local)
+    call = dict(q=torch.empty(q_shape, device=META), k_pool=kp, v_pool=kp, folded=folded,
+                rows_w=rows_w, weights_w=torch.empty(rows_w.shape, device=META), size=size,
+                pool_size=pool, **local)
     call.update(views)
     return triton_attention(**call)
 
 
 def test_int32_offset_overflow_raises():
     limit = 'int32 offsets.*2\\*\\*31 = 2147483648'
-    with pytest.raises(ValueError, match=r'q of shape \(70000, 1, 32768, 1\).*' + limit):
-        _overflow_call((70000, 1, 1024 * 32, 1), window=0)
+    with pytest.raises(ValueError, match=r'q of shape \(1, 1, 67108864, 32\).*' + limit):
+        _overflow_call((1, 1, 2 ** 26, 32), window=0)
     # Token weights larger than the queries they go with (window 5: 25 weights, 8 channels).
-    with pytest.raises(ValueError, match=r'token_weights of shape \(6000, 1, 32768, 25\)'):
-        _overflow_call((6000, 1, 1024 * 32, 8), window=5)
-    # A strided view whose elements lie beyond int32 offsets though it holds few of them.
-    spread = torch.empty(2 ** 31 + 64, device=META).as_strided((1, 2, 1, 8), (16, 2 ** 31, 8, 1))
-    with pytest.raises(ValueError, match=r'v_pool of shape \(1, 2, 1, 8\) \(16 elements'):
-        _overflow_call((1, 2, 4, 8), window=0, v_pool=spread)
-    # Just under the limit: accepted (the fake implementation runs, no memory).
-    out = _overflow_call((2 ** 16 - 1, 1, 2 ** 15, 1), window=0)
-    assert out.shape == (2 ** 16 - 1, 1, 2 ** 15, 1)
+    with pytest.raises(ValueError, match=r'token_weights of shape \(1, 1, 134217728, 25\)'):
+        _overflow_call((1, 1, 2 ** 27, 8), window=5)
+    # A strided view whose rows lie beyond int32 offsets though it holds few elements.
+    spread = torch.empty(2 ** 31 + 64, device=META).as_strided((1, 1, 2, 8), (16, 16, 2 ** 31, 1))
+    with pytest.raises(ValueError, match=r'v_pool of shape \(1, 1, 2, 8\).*spans 2147483656'):
+        _overflow_call((1, 1, 4, 8), window=0, pool=(1, 2), v_pool=spread)
+    # Just under the limit within a slice: accepted (the fake implementation runs, no memory).
+    out = _overflow_call((1, 1, 2 ** 26 - 1, 32), window=0)
+    assert out.shape == (1, 1, 2 ** 26 - 1, 32)
+
+
+def test_large_batches_are_not_limited_by_int32_offsets():
+    # 2.3 G elements in all, 32768 per (batch, head) slice: the slices' bases are int64.
+    out = _overflow_call((70000, 1, 1024 * 32, 1), window=0)
+    assert out.shape == (70000, 1, 1024 * 32, 1)

@@ -193,15 +193,13 @@ class _CosineAttentionBase(nn.Module):
                       **local: Tensor) -> Tensor:
         """GPU path: attention of the normalised queries over ``k``/``v``, with the query
         embedding and length-scaled temperature applied (as :meth:`scale_queries` does) and the
-        position bias built from the CPB grid and its taps inside the fused Triton kernels;
-        ``local`` holds the window inputs of aggregated attention (see
+        position bias gathered from the row-folded CPB grid (:meth:`folded_bias`: its rows
+        mixed on the small grid in PyTorch, differentiably) and its column taps inside the fused
+        Triton kernels; ``local`` holds the window inputs of aggregated attention (see
         :func:`mmtransnext.ops.triton_attention.triton_attention`)."""
-        table = geometry.table
-        taps = table.taps(geometry.size, geometry.pool_size)
         scale = geometry.seq_length_scale
         return triton_attention(
-            q_norm, k, v, self._cpb_grid(table), taps.rows_h, taps.weights_h, taps.rows_w,
-            taps.weights_w, geometry.size, geometry.pool_size, **local,
+            q_norm, k, v, *self.folded_bias(geometry), geometry.size, geometry.pool_size, **local,
             query_embedding=self.query_embedding.view(self.num_heads, self.head_dim),
             head_scale=F.softplus(self.temperature).view(self.num_heads),
             query_scale=scale.reshape(-1) if isinstance(scale, Tensor) else scale)
