@@ -28,8 +28,8 @@
 #     Exit status 0 when every deciding step passed, else 1. All step output: OUT/log.txt.
 #
 # Environment: PYTHON (default python3: the interpreter that has torch), GPU_CHECK_VENV (default
-# /tmp/mmtransnext-gpu-check-venv), GPU_CHECK_LIMIT_<STEP> (seconds: INSTALL 45, BUILD 100,
-# TESTS 160, BENCHMARK 110, PROFILE 40), MAX_JOBS (default: the CPU count).
+# /tmp/mmtransnext-gpu-check-venv), GPU_CHECK_LIMIT_<STEP> (seconds: INSTALL 60, BUILD 100,
+# TESTS 150, BENCHMARK 110, PROFILE 40), MAX_JOBS (default: the CPU count).
 #
 # Through the device tool (the wheel folder travels as an ignored path named in `carry`):
 #   echo /.gpu_wheels/ >> "$(git rev-parse --git-path info/exclude)"
@@ -40,6 +40,8 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE=$ROOT/tools/gpu_check
 PY=${PYTHON:-python3}
+# summarize.py needs only the standard library: any python3 runs it (also without the venv).
+SPY=$(command -v python3 || echo "$PY")
 TARGET_PYTHON=3.12
 MAX_WHEELS_MB=60
 PLATFORMS=(manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_27_x86_64
@@ -148,8 +150,7 @@ step() {
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$((SECONDS - start))" "$limit" \
     "${STEP_NOTE//$'\t'/ }" >> "$OUT/steps.tsv"
   STEP_NOTE=''
-  python3 "$HERE/summarize.py" "$OUT" >> "$LOG" 2>&1 || "$PY" "$HERE/summarize.py" "$OUT" \
-    >> "$LOG" 2>&1
+  "$SPY" "$HERE/summarize.py" "$OUT" >> "$LOG" 2>&1
   echo "[gpu_check] $name: $status ($((SECONDS - start))s)"
   [ "$status" = ok ]
 }
@@ -182,25 +183,27 @@ EOF
   printf 'gpu\tok\t0\t0\t%s\n' "$described" > "$OUT/steps.tsv"
 
   STEP_NOTE="wheels from $dir into $venv"
-  step install "${GPU_CHECK_LIMIT_INSTALL:-45}" bash "${BASH_SOURCE[0]}" --install "$dir" "$venv"
+  step install "${GPU_CHECK_LIMIT_INSTALL:-60}" bash "${BASH_SOURCE[0]}" --install "$dir" "$venv"
 
   # The ops are built into the source tree (editable install); the tests also import the
   # package from it (PYTHONPATH), so a failed build only takes the compiled backend away.
+  cd "$ROOT" || die "cannot enter $ROOT"
   export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+  export PATH=$venv/bin:$PATH  # its ninja, for torch's extension builder
   STEP_NOTE="TORCH_CUDA_ARCH_LIST=$arch"
-  (cd "$ROOT" && export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-    && step build "${GPU_CHECK_LIMIT_BUILD:-100}" "$vpy" -m pip install --no-build-isolation \
-    --no-deps --no-index --disable-pip-version-check -e .)
+  step build "${GPU_CHECK_LIMIT_BUILD:-100}" env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" \
+    MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$vpy" -m pip install --no-build-isolation --no-deps \
+    --no-index --disable-pip-version-check -e .
 
   # The kernels compiled, not interpreted; no JIT build of the ops if the build above failed.
   unset TRITON_INTERPRET
   export MMTRANSNEXT_JIT_BUILD=0 PYTHONUNBUFFERED=1
-  (cd "$ROOT" && step tests "${GPU_CHECK_LIMIT_TESTS:-160}" "$vpy" -m pytest tests/gpu -m gpu \
-    --confcutdir tests/gpu -p no:cacheprovider -q -rs --junitxml "$OUT/junit.xml")
+  step tests "${GPU_CHECK_LIMIT_TESTS:-150}" "$vpy" -m pytest tests/gpu -m gpu \
+    --confcutdir tests/gpu -p no:cacheprovider -q -rs --junitxml "$OUT/junit.xml"
 
   local bench_limit=${GPU_CHECK_LIMIT_BENCHMARK:-110}
-  (cd "$ROOT" && step benchmark "$bench_limit" "$vpy" tools/analysis/gpu_benchmark.py \
-    --out "$OUT/benchmark.json" --time-limit $((bench_limit * 3 / 4)))
+  step benchmark "$bench_limit" "$vpy" tools/analysis/gpu_benchmark.py \
+    --out "$OUT/benchmark.json" --time-limit $((bench_limit * 3 / 4))
 
   local ncu
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu \
@@ -209,16 +212,16 @@ EOF
     local report=/tmp/mmtransnext-gpu-check-ncu
     rm -f "$report.ncu-rep"
     STEP_NOTE="$ncu"
-    (cd "$ROOT" && step profile "${GPU_CHECK_LIMIT_PROFILE:-40}" bash -c \
+    step profile "${GPU_CHECK_LIMIT_PROFILE:-40}" bash -c \
       '"$1" --kernel-name regex:_attention --launch-count 3 --section SpeedOfLight \
          --section Occupancy --clock-control none --export "$2" -f "$3" \
          tools/gpu_check/profile_attention.py && \
        "$1" --import "$2.ncu-rep" --csv --page details > "$4"' \
-      _ "$ncu" "$report" "$vpy" "$OUT/ncu.csv")
+      _ "$ncu" "$report" "$vpy" "$OUT/ncu.csv"
   else
     printf 'profile\tskipped\t0\t0\tno ncu on this machine\n' >> "$OUT/steps.tsv"
   fi
-  python3 "$HERE/summarize.py" "$OUT" --final
+  "$SPY" "$HERE/summarize.py" "$OUT" --final
 }
 
 # --------------------------------------------------------------------------- arguments
