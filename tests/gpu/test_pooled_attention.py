@@ -60,7 +60,7 @@ def _oracle(table, leaves, weights, size, pool):
 
 @pytest.mark.parametrize('dtype', list(DTYPES))
 @pytest.mark.parametrize('case', CASES, ids=_ids)
-def test_chunked_pooled_attention_matches_one_softmax(case, dtype):
+def test_chunked_pooled_attention_matches_one_softmax(case, dtype, monkeypatch):
     size, pool, trained, chunk = case
     dtype = DTYPES[dtype]
     table, leaves, weights = _inputs(size, pool, trained)
@@ -70,11 +70,21 @@ def test_chunked_pooled_attention_matches_one_softmax(case, dtype):
     cuda_table = build_position_table(*(trained or (size, pool)), PRETRAIN, CUDA)
     q, k, v = (t.to(CUDA, dtype).requires_grad_() for t in leaves[:3])
     grid, extra = (t.to(CUDA).requires_grad_() for t in leaves[3:])
+    calls = []
+    kernel = pa._efficient_attention
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(pa, '_efficient_attention', counted)
     with warnings.catch_warnings():
         warnings.simplefilter('error', RuntimeWarning)  # the fused kernel must take the inputs
         out, mass = pa.pooled_attention(q, k, v, *fold_rows(grid, cuda_table, size, pool),
                                         extra, chunk=chunk)
-    assert pa._efficient_usable, 'the memory-efficient SDPA kernel refused the chunks'
+    assert calls, 'the chunks did not run the memory-efficient SDPA kernel (refused before?)'
+    if chunk is not None:
+        assert len(calls) == -(-size[0] // chunk), 'one kernel call per chunk of rows'
     assert out.dtype == dtype and mass.dtype == torch.float32
     loss = (out.float() * weights[0].to(CUDA)).sum() + (mass * weights[1].to(CUDA)).sum()
     got = [out, mass] + list(torch.autograd.grad(loss, [q, k, v, grid, extra]))
