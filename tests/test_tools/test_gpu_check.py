@@ -218,8 +218,8 @@ def test_gpu_tier_runs_standalone_and_skips_with_its_reason(tmp_path):
         'gpu tier: no CUDA device (torch.cuda.is_available() is False); tools/gpu_check.sh '
         '--run runs it on a GPU machine']
     names = junit.read_text()
-    for module in ('test_attention_layers', 'test_backbone', 'test_window_ops',
-                   'test_pooled_attention', 'test_devices_and_determinism'):
+    for module in ('test_gpu_attention_layers', 'test_gpu_backbone', 'test_gpu_window_ops',
+                   'test_gpu_pooled_attention', 'test_gpu_devices'):
         assert f'tests.gpu.{module}' in names, module
     for backend in ('reference', 'torch', 'ext', 'triton', 'auto'):
         assert f'-{backend}-' in names, backend
@@ -227,8 +227,10 @@ def test_gpu_tier_runs_standalone_and_skips_with_its_reason(tmp_path):
 
 @no_gpu
 def test_gpu_tier_is_in_the_default_selection_and_skips():
-    """pytest.ini's selection includes the tier (with tests/conftest.py), where it skips."""
-    result = _pytest('tests/gpu', '-q', '-rs', '-k', 'auto_picks or second_gpu')
+    """pytest.ini's selection includes the tier (with tests/conftest.py), where it skips; its
+    modules collect next to the CPU suite's (no clash of module names)."""
+    result = _pytest('tests/gpu', 'tests/test_ops', '-q', '-rs', '-k',
+                     'auto_picks or second_gpu')
     assert result.returncode == 0, result.stdout[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert re.search(r'\b4 skipped\b', summary) and 'passed' not in summary, summary

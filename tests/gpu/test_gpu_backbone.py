@@ -90,7 +90,7 @@ def test_backbone_matches_the_reference(backend, mode, dtype):
         floor, tol = 0.1, None
         if any(name in label for name in ('cpb', 'relative_pos_bias', 'temperature')):
             # Sums over a whole map of terms that cancel: relative to max(scale, 1), in 16 bits
-            # at 20% (see test_attention_layers.compare; an indexing error is O(1)).
+            # at 20% (see test_gpu_attention_layers.compare; an indexing error is O(1)).
             floor, tol = 1.0, (None if dtype == torch.float32 else 0.2)
         check_close(label, None if g is None else g.float(), w, dtype, floor=floor,
                     baseline=base, tol=tol)
