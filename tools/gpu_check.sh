@@ -139,7 +139,8 @@ step() {
   shift 2
   local start=$SECONDS rc status
   echo "===== $name (limit ${limit}s): $*" >> "$LOG"
-  timeout --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
+  # SIGINT first: pytest then stops and still writes its JUnit XML of the tests run so far.
+  timeout --signal=INT --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
   rc=$?
   case $rc in
     0) status=ok ;;

@@ -289,7 +289,8 @@ failures="1" skipped="1" tests="3"><testcase classname="tests.gpu.test_a" name="
 time="0.1"/><testcase classname="tests.gpu.test_a" name="test_skip" time="0"><skipped
 type="pytest.skip" message="one CUDA device here">skip</skipped></testcase><testcase
 classname="tests.gpu.test_b" name="test_bad[triton]" time="0.2"><failure message="AssertionError:
-dq (torch.bfloat16): max error 0.5 &gt; 0.03">trace</failure></testcase></testsuite></testsuites>
+dq (torch.bfloat16): max error 0.5 &gt; 0.03">trace</failure></testcase><testcase time="0.000" />
+</testsuite></testsuites>
 """
 
 # The shape of `ncu --csv --page details` (Nsight Compute's documented CSV columns).
@@ -336,6 +337,7 @@ def test_summary_fails_on_a_failed_step_and_failed_tests(tmp_path):
     assert 'build: failed (TORCH_CUDA_ARCH_LIST=9.0)' in problems
     assert 'tests: 1 failed, 0 errors' in problems and 'profile' not in problems
     assert data['tests']['skip_reasons'] == {'one CUDA device here': 1}
+    assert data['tests']['total'] == 3  # not the nameless stub of an interrupted test
     md = (out / 'results.md').read_text()
     assert '**Verdict: FAIL**' in md and '1 x one CUDA device here' in md
     assert '`tests.gpu.test_b::test_bad[triton]` (failure): AssertionError:' in md
