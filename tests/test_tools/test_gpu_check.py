@@ -149,7 +149,8 @@ def test_the_wheel_list_covers_what_the_check_imports():
     else they load here (optional imports, e.g. torch's of colorama) must not be needed."""
     listed = {line.split('==')[0].strip().lower() for line in open(WHEELS)
               if line.split('#')[0].strip()}
-    allowed = listed | {'mmcv'}  # mmcv-lite is mmcv's Python part
+    # mmcv-lite is mmcv's Python part; cv2 comes from either OpenCV wheel.
+    allowed = listed | {'mmcv', 'opencv-python'}
     todo = ['torch', 'triton']
     while todo:  # the machine's torch and triton bring these
         dist = todo.pop()
