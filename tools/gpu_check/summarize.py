@@ -1,0 +1,241 @@
+"""Write the GPU check's verdict, ``results.md`` and ``results.json``, from what its steps left
+in the output folder. Standard library only: it runs with any ``python3``, also when the check's
+own environment could not be made. tools/gpu_check.sh calls it after every step, so a later
+step that fails or is killed leaves the results so far.
+
+Reads (each optional): ``steps.tsv`` (one line per finished step: name, status, seconds, time
+limit, note), ``junit.xml`` (the gpu test tier), ``benchmark.json``
+(tools/analysis/gpu_benchmark.py), ``ncu.csv`` (Nsight Compute, ``--csv --page details``).
+
+    python3 tools/gpu_check/summarize.py OUT [--final]
+
+Exit status with ``--final``: 0 when every required step passed and the tier ran tests without
+a failure, else 1.
+"""
+import argparse
+import csv
+import json
+import os
+import os.path as osp
+import sys
+import xml.etree.ElementTree as ET
+from collections import Counter, OrderedDict
+from typing import Dict, List, Optional
+
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'analysis'))
+from gpu_benchmark import format_table  # noqa: E402  (standard library only at import)
+
+#: Steps in the order they run; all but the profile decide the verdict.
+STEPS = OrderedDict([
+    ('gpu', 'a CUDA GPU and torch'),
+    ('install', 'offline install into a fresh venv'),
+    ('build', 'csrc CUDA ops built with nvcc'),
+    ('tests', 'gpu test tier (pytest -m gpu)'),
+    ('benchmark', 'TransNeXt-Tiny benchmark'),
+    ('profile', 'Nsight Compute, one stage-1 Triton call (informative)'),
+])
+OPTIONAL_STEPS = ('profile',)
+
+#: Nsight Compute metrics shown per kernel (Metric Name as ncu prints it).
+NCU_METRICS = ('Duration', 'Compute (SM) Throughput', 'Memory Throughput', 'DRAM Throughput',
+               'Registers Per Thread', 'Theoretical Occupancy', 'Achieved Occupancy',
+               'Block Limit Registers', 'Block Limit Shared Mem')
+
+
+def read_steps(out: str) -> List[dict]:
+    steps = []
+    path = osp.join(out, 'steps.tsv')
+    if osp.exists(path):
+        with open(path) as f:
+            for line in f:
+                fields = line.rstrip('\n').split('\t')
+                if len(fields) < 4 or not fields[0]:
+                    continue
+                name, status, seconds, limit = fields[:4]
+                steps.append(dict(name=name, status=status, seconds=float(seconds or 0),
+                                  limit_s=float(limit or 0),
+                                  note=fields[4] if len(fields) > 4 else '',
+                                  required=name not in OPTIONAL_STEPS))
+    return steps
+
+
+def read_junit(out: str) -> Optional[dict]:
+    path = osp.join(out, 'junit.xml')
+    if not osp.exists(path):
+        return None
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as error:
+        return dict(error=f'junit.xml unreadable: {error}')
+    counts = Counter()
+    failures, skips = [], Counter()
+    for case in root.iter('testcase'):
+        if not case.get('name'):  # the stub pytest writes for a test interrupted by SIGINT
+            continue
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        counts['total'] += 1
+        outcome = 'passed'
+        for child in case:
+            if child.tag in ('failure', 'error'):
+                outcome = 'failed' if child.tag == 'failure' else 'errors'
+                message = (child.get('message') or child.text or '').strip()
+                failures.append(dict(test=name, kind=child.tag, message=message[:500]))
+                break
+            if child.tag == 'skipped':
+                outcome = 'skipped'
+                skips[(child.get('message') or '').strip()] += 1
+                break
+        counts[outcome] += 1
+    return dict(total=counts['total'], passed=counts['passed'], failed=counts['failed'],
+                errors=counts['errors'], skipped=counts['skipped'], failures=failures,
+                skip_reasons=dict(skips.most_common()))
+
+
+def read_benchmark(out: str) -> Optional[dict]:
+    path = osp.join(out, 'benchmark.json')
+    if not osp.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as error:
+        return dict(error=f'benchmark.json unreadable: {error}')
+
+
+def read_ncu(out: str) -> Optional[List[dict]]:
+    """Per profiled kernel: its name, launch configuration and the metrics of
+    :data:`NCU_METRICS` (value with unit), from ``ncu --csv --page details``."""
+    path = osp.join(out, 'ncu.csv')
+    if not osp.exists(path):
+        return None
+    with open(path, newline='') as f:
+        lines = [line for line in f if line.startswith('"')]  # no ==PROF== lines
+    kernels: Dict[str, dict] = OrderedDict()
+    for row in csv.DictReader(lines):
+        key = row.get('ID', '')
+        kernel = kernels.setdefault(key, dict(
+            kernel=row.get('Kernel Name', '?'), block=row.get('Block Size', ''),
+            grid=row.get('Grid Size', ''), metrics=OrderedDict()))
+        metric = row.get('Metric Name', '')
+        if metric in NCU_METRICS:
+            unit = row.get('Metric Unit', '')
+            kernel['metrics'][metric] = f"{row.get('Metric Value', '')} {unit}".strip()
+    return list(kernels.values())
+
+
+def verdict(steps: List[dict], tests: Optional[dict], final: bool) -> Dict[str, object]:
+    """``PASS``/``FAIL`` (``RUNNING`` before ``final`` while required steps are missing) and why."""
+    problems = []
+    done = {s['name']: s for s in steps}
+    for name in STEPS:
+        if name in OPTIONAL_STEPS:
+            continue
+        step = done.get(name)
+        if step is None:
+            if final:
+                problems.append(f'{name}: not run')
+        elif step['status'] != 'ok':
+            problems.append(f"{name}: {step['status']}" + (f" ({step['note']})"
+                                                             if step['note'] else ''))
+    if tests is not None and 'error' not in tests:
+        if tests['failed'] or tests['errors']:
+            problems.append(f"tests: {tests['failed']} failed, {tests['errors']} errors")
+        if not tests['passed'] and 'tests' in done:
+            problems.append('tests: none passed')
+    missing = [n for n in STEPS if n not in done and n not in OPTIONAL_STEPS]
+    if problems:
+        state = 'FAIL'
+    elif missing and not final:
+        state = 'RUNNING'
+    else:
+        state = 'PASS'
+    return dict(state=state, problems=problems)
+
+
+def render(result: dict) -> str:
+    lines = ['# GPU check', '', f"**Verdict: {result['verdict']['state']}**", '']
+    for problem in result['verdict']['problems']:
+        lines.append(f'- {problem}')
+    lines += ['', '## Steps', '', '| step | what | status | seconds | limit s | note |',
+              '|---|---|---|---|---|---|']
+    for step in result['steps']:
+        lines.append(f"| {step['name']} | {STEPS.get(step['name'], '')} | {step['status']} | "
+                     f"{step['seconds']:.0f} | {step['limit_s']:.0f} | {step['note']} |")
+    tests = result.get('tests')
+    lines += ['', '## gpu test tier', '']
+    if tests is None:
+        lines.append('No junit.xml: the tier did not run.')
+    elif 'error' in tests:
+        lines.append(tests['error'])
+    else:
+        lines.append(f"{tests['total']} tests: {tests['passed']} passed, {tests['failed']} "
+                     f"failed, {tests['errors']} errors, {tests['skipped']} skipped.")
+        if tests['failures']:
+            lines += ['', 'Failures:', '']
+            for failure in tests['failures']:
+                first = failure['message'].splitlines()[0] if failure['message'] else ''
+                lines.append(f"- `{failure['test']}` ({failure['kind']}): {first}")
+        if tests['skip_reasons']:
+            lines += ['', 'Skipped:', '']
+            for reason, count in tests['skip_reasons'].items():
+                lines.append(f'- {count} x {reason}')
+    bench = result.get('benchmark')
+    lines += ['', '## Benchmark', '']
+    if bench is None:
+        lines.append('No benchmark.json: the benchmark did not run.')
+    elif 'error' in bench:
+        lines.append(bench['error'])
+    else:
+        env = bench.get('environment', {})
+        lines.append(f"TransNeXt-{bench.get('arch')} ({bench.get('mode')}) on "
+                     f"{env.get('name', env.get('device', '?'))}, torch {env.get('torch')}, "
+                     f"triton {env.get('triton')}; median of {bench.get('runs')} timed calls "
+                     f"after {bench.get('warmup')} warm-up calls"
+                     + ('' if bench.get('complete') else '; **stopped before the end**') + '.')
+        lines += ['', format_table(bench.get('cases', []))]
+    kernels = result.get('profile')
+    lines += ['', '## Nsight Compute: one stage-1 Triton call', '']
+    if not kernels:
+        lines.append('No profile (see the profile step).')
+    else:
+        names = [m for m in NCU_METRICS if any(m in k['metrics'] for k in kernels)]
+        lines += ['| kernel | block | grid | ' + ' | '.join(names) + ' |',
+                  '|---|---|---|' + '---|' * len(names)]
+        for k in kernels:
+            short = k['kernel'].split('(')[0]
+            lines.append(f"| {short} | {k['block']} | {k['grid']} | "
+                         + ' | '.join(k['metrics'].get(m, '-') for m in names) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def summarize(out: str, final: bool = False) -> dict:
+    steps = read_steps(out)
+    tests = read_junit(out)
+    result = dict(steps=steps, tests=tests, benchmark=read_benchmark(out),
+                  profile=read_ncu(out))
+    result['verdict'] = verdict(steps, tests, final)
+    for name, text in (('results.json', json.dumps(result, indent=1)),
+                       ('results.md', render(result))):
+        tmp = osp.join(out, f'.{name}.tmp')
+        with open(tmp, 'w') as f:
+            f.write(text)
+        os.replace(tmp, osp.join(out, name))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('out')
+    parser.add_argument('--final', action='store_true')
+    args = parser.parse_args()
+    result = summarize(args.out, args.final)
+    if args.final:
+        print(f"gpu_check: {result['verdict']['state']}"
+              + ''.join(f"\n  - {p}" for p in result['verdict']['problems']))
+        return 0 if result['verdict']['state'] == 'PASS' else 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
