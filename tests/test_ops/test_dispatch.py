@@ -189,27 +189,26 @@ def test_torch_never_asks_for_the_compiled_ops(monkeypatch, fresh):
         assert _choose('torch', device_type, torch.float32).name == 'torch'
 
 
-def test_the_decision_is_made_once_per_key(monkeypatch, fresh):
-    """A layer asks once per forward; the chooser decides once per (attn_impl, device, dtype)."""
-    from mmtransnext.models.layers.attention import AggregatedAttention
+def _layer():
+    """An aggregated attention layer and the geometry of a 5x6 map with 2x3 pooled keys."""
+    from mmtransnext.models.layers.attention import AggregatedAttention, StageGeometry
     from mmtransnext.models.layers.position_bias import build_position_table
-    from mmtransnext.models.layers.attention import StageGeometry
     from mmtransnext.ops.sliding_window import window_lengths, window_padding_mask
 
-    keys = []
-    decide = dispatch._decide
-
-    def counted(*args):
-        keys.append(args[:4])
-        return decide(*args)
-
-    monkeypatch.setattr(dispatch, '_decide', counted)
     cpu = torch.device('cpu')
     size, pool = (5, 6), (2, 3)
     geometry = StageGeometry(size, pool, torch.log(window_lengths(size, 3, cpu) + 6),
                              build_position_table(size, pool, (14, 14), cpu), False,
                              window_padding_mask(size, 3, cpu))
-    layer = AggregatedAttention(16, 2, 3, 2)
+    return perturb_(AggregatedAttention(16, 2, 3, 2)), geometry
+
+
+def test_the_decision_is_made_once_per_key(monkeypatch, fresh):
+    """A layer asks once per forward; the chooser decides once per (attn_impl, device, dtype)."""
+    keys = []
+    decide = dispatch._decide
+    monkeypatch.setattr(dispatch, '_decide', lambda *args: keys.append(args[:4]) or decide(*args))
+    layer, geometry = _layer()
     for dtype in (torch.float32, torch.float64, torch.float32):
         layer.to(dtype)
         for _ in range(2):
@@ -432,6 +431,24 @@ def test_torch_compile_fullgraph(impl):
     expected_grads = torch.autograd.grad(expected.sum(), (q, k, v, reference.rpb))
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_under_torch_compile_sees_the_decision_as_a_constant(monkeypatch, fresh):
+    """The whole fast path of a layer in one graph: the decision is made once, while tracing,
+    and the graph runs the chosen ops (same numbers and gradients as eager)."""
+    torch._dynamo.reset()
+    keys = []
+    decide = dispatch._decide
+    monkeypatch.setattr(dispatch, '_decide', lambda *args: keys.append(args[:4]) or decide(*args))
+    layer, geometry = _layer()
+    x = torch.randn(2, 30, 16, requires_grad=True)
+    compiled = torch.compile(lambda x: layer(x, geometry), backend='aot_eager', fullgraph=True)
+    outs = [compiled(x), compiled(x), layer(x, geometry)]
+    assert keys == [('auto', 'cpu', None, torch.float32)]
+    torch.testing.assert_close(outs[0], outs[2])
+    grads = [torch.autograd.grad(out.square().sum(), [x, *layer.parameters()]) for out in outs]
+    for got, want in zip(grads[0], grads[2]):
+        torch.testing.assert_close(got, want)
 
 
 def test_backbone_with_ext_equals_backbone_with_torch():
