@@ -4,19 +4,22 @@
 small, row-folded CPB grid ``(heads, H, h, columns)`` into the ``(heads, H, W, h, w)`` bias,
 i.e. ``(heads, H*W, h*w)`` for ``H x W`` queries and ``h x w`` pooled keys. The compiled CPU
 kernel (``csrc/bias_expand.cpp``) writes the output once; the PyTorch path needs one
-``index_select`` pass per tap. Both give the same numbers and gradients. The kernel exists for
-CPU only: on other devices (and always with ``impl='torch'``) the PyTorch path runs, which
-reads no tensor value on the host (no device synchronisation).
+``index_select`` pass per tap. Both give the same numbers and gradients. Which one runs is the
+``bias`` of the backend decided by :mod:`.dispatch`: the kernel exists for CPU only, so on
+other devices (and always with ``attn_impl='torch'``) the PyTorch path runs, which reads no
+tensor value on the host (no device synchronisation).
 """
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from .dispatch import Backend
+
 OP = 'mmtransnext::expand_bias'
 OP_BACKWARD = 'mmtransnext::expand_bias_backward'
-_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _registered = False
 _lock = threading.Lock()
 
@@ -83,29 +86,31 @@ def expand_columns_torch(folded: Tensor, rows: Tensor, weights: Optional[Tensor]
     return out.view(heads, height, width, kh, kw)
 
 
-def expand_columns_compiled(tensor: Tensor, impl: str = 'auto') -> bool:
+def expand_columns_compiled(tensor: Tensor, impl: Union[str, 'Backend'] = 'auto') -> bool:
     """Whether :func:`expand_columns` runs the compiled kernel for tensors like ``tensor``
-    under ``attn_impl=impl``: never for 'torch', else on CPU when it is built."""
-    return impl != 'torch' and tensor.device.type == 'cpu' and tensor.dtype in _DTYPES and \
-        _op_available()
+    under ``impl`` (a :class:`.dispatch.Backend`, or an ``attn_impl`` decided for ``tensor``):
+    never for 'torch', else on CPU when it is built."""
+    from .dispatch import backend_for
+    return backend_for(impl, tensor).bias == 'compiled'
 
 
 def expand_columns(folded: Tensor, rows: Tensor, weights: Optional[Tensor],
-                   impl: str = 'auto') -> Tensor:
+                   impl: Union[str, 'Backend'] = 'auto') -> Tensor:
     """``(heads, H, h, columns)`` folded grid -> ``(heads, H, W, h, w)`` bias.
 
     Args:
         folded: the CPB grid with the row axis already resolved.
         rows: ``(W, w, taps)`` int64 column of ``folded`` each tap reads.
         weights: ``(W, w, taps)`` float32 tap weights, or None for one tap of weight 1.
-        impl: 'auto' (compiled on CPU when built, else PyTorch), 'ext' (compiled on CPU or an
-            error; PyTorch on other devices, for which there is no kernel) or 'torch'.
+        impl: the :class:`.dispatch.Backend` decided for this forward, or an ``attn_impl``
+            to decide it for ``folded``: 'auto' (compiled on CPU when built, else PyTorch),
+            'ext' (compiled on CPU or an error; PyTorch on other devices, for which there is no
+            kernel) or 'torch'.
     """
     if expand_columns_compiled(folded, impl):
+        if not _op_available():  # registers its autograd formula on first use
+            raise RuntimeError('the compiled expand_bias op is not available')
         if weights is None:
             weights = torch.ones(rows.shape, device=rows.device)
         return torch.ops.mmtransnext.expand_bias(folded, rows, weights.float())
-    if impl == 'ext' and folded.device.type == 'cpu':
-        raise RuntimeError('the compiled expand_bias op is not available for '
-                           f'{folded.device.type} {folded.dtype} tensors')
     return expand_columns_torch(folded, rows, weights)

@@ -1,36 +1,105 @@
-"""Choice of implementation for the fast path's attention (``attn_impl`` of the backbone).
+"""The one place that decides which backend runs the fast path's attention (``attn_impl``).
 
-One switch for the whole attention; :func:`attention_backend` decides, per device type and
-dtype, which backend runs:
+:func:`choose_backend` decides once per (``attn_impl``, device, compute dtype) and returns a
+:class:`Backend`, kept for the rest of the process. The attention layers ask once per forward
+(:func:`backend_for`) and hand the decision down to the ops, which choose nothing themselves:
+:func:`window_qk` / :func:`window_av` here, :func:`.pooled_attention.pooled_attention`,
+:func:`.bias_ops.expand_columns` (given an ``attn_impl`` string instead, they ask this module).
+The backends, each in its own module:
 
-- ``'torch'``: no compiled code at all: the pure-PyTorch sliding-window ops of
-  :mod:`.sliding_window` and the PyTorch position-bias expansion of :mod:`.bias_ops`;
-- ``'ext'``: the compiled ops (:mod:`.window_ops`, and on CPU the compiled bias expansion); an
-  error, saying how to build them, if they are not available for the tensor's device and dtype;
-- ``'auto'``: the compiled ops when available for the device, otherwise PyTorch, with one
-  warning per process the first time it falls back (loading the compiled ops is described in
-  :mod:`.extension`).
+- ``'triton'``: the fused kernels of :mod:`.triton_attention`, the whole attention in one
+  forward launch (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``);
+- ``'ext'``: the compiled sliding-window ops of :mod:`.window_ops` (loaded by
+  :mod:`.extension`), the pooled keys in chunks of a fused ``scaled_dot_product_attention``
+  kernel (:mod:`.pooled_attention`) and, on CPU, the compiled position-bias expansion of
+  :mod:`.bias_ops`;
+- ``'torch'``: no compiled code: the sliding-window ops of :mod:`.sliding_window`, the same
+  chunked pooled attention, the PyTorch bias expansion.
 
-Whatever the backend, the pooled part runs the chunked glue of :mod:`.pooled_attention`, whose
-chunk size depends on the device (:func:`.pooled_attention.chunk_budget`) and whose chunks run a
-fused ``scaled_dot_product_attention`` kernel on CPU and CUDA. On CUDA tensors ``'auto'`` first
-tries the fused Triton kernels (:func:`.triton_attention.use_triton`, resolved by the attention
-layers), warning once if triton is missing.
+``attn_impl='triton'``, ``'ext'`` or ``'torch'`` insists on that backend (an error saying why
+when it cannot run); ``'auto'`` takes the first that can of ``'triton'`` (CUDA tensors only),
+``'ext'``, ``'torch'``. The decision also fixes the kernel of the pooled chunks
+(``pooled_kernel``): the flash kernel on CPU, the memory-efficient one on CUDA (the fused kernel
+that takes a bias and returns the log-sum-exp), plain matmuls (``'math'``) elsewhere and on a
+CUDA device and dtype where the memory-efficient kernel has refused an input
+(:func:`report_failure`: one warning, and the decisions for that device and dtype are made
+again). Each decision is logged once with its reason through mmengine's ``print_log`` (INFO; a
+WARNING, also issued as a ``RuntimeWarning``, when ``'auto'`` fell back or a self-test failed).
+
+Self-test. The first time a process would run the Triton kernels or the compiled window ops on
+a CUDA device and dtype, :mod:`.self_test` runs a small case through that backend and through
+``'torch'`` and compares them at the dtype's tolerance; a failure (an error, or outputs or
+gradients too far apart) is reported with the maximum error and the device and dtype move on to
+the next backend (``'auto'``; an explicitly requested backend raises instead). It does not run
+on CPU tensors or in Triton's interpreter unless asked for (``choose_backend(...,
+self_test=True)``, for tests).
+
+Environment variable (read when a decision is made, here only):
+
+``MMTRANSNEXT_SELF_TEST``
+    ``0`` skips the self-test.
+
+The decision is a constant for ``torch.compile`` (:func:`choose_backend` is
+``assume_constant_result``): made (loading, self-testing, warning or raising) while tracing,
+so a compiled graph holds only the chosen ops.
 """
+import logging
+import os
+import threading
 import warnings
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
+from mmengine.logging import print_log
 from torch import Tensor
 
 from . import extension
 from .sliding_window import sliding_window_av, sliding_window_qk
 from .window_ops import sliding_window_av_ext, sliding_window_qk_ext
 
-#: ``'triton'`` is resolved by the attention layers (:mod:`.triton_attention`), not here.
 ATTN_IMPLS = ('auto', 'triton', 'ext', 'torch')
+#: Backends in the order ``'auto'`` tries them.
+BACKENDS = ('triton', 'ext', 'torch')
+#: Kernels of the pooled chunks: CPU flash, CUDA memory-efficient, plain matmuls.
+POOLED_KERNELS = ('flash', 'efficient', 'math')
+SELF_TEST_ENV = 'MMTRANSNEXT_SELF_TEST'
 
-_fallback_warned = False
+_DeviceKey = Tuple[str, Optional[int], torch.dtype]  # device type, index, dtype
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A decision of :func:`choose_backend`.
+
+    Attributes:
+        name: ``'triton'``, ``'ext'`` or ``'torch'``.
+        window: the sliding-window ops of the chunked path, ``'ext'`` or ``'torch'``.
+        pooled_kernel: the pooled chunks' kernel (:data:`POOLED_KERNELS`).
+        bias: the position-bias expansion, ``'compiled'`` or ``'torch'``.
+        device: the device the decision is for, e.g. ``'cuda:0'`` or ``'cpu'``.
+        dtype: the compute dtype it is for.
+        reason: why, in words (not compared).
+
+    For ``'triton'`` the chunked-path fields are those of ``'torch'``: the layers do not run
+    that path with it.
+    """
+    name: str
+    window: str
+    pooled_kernel: str
+    bias: str
+    device: str
+    dtype: torch.dtype
+    reason: str = field(default='', compare=False)
+
+
+_lock = threading.RLock()
+_decisions: Dict[Tuple[str, str, Optional[int], torch.dtype], Backend] = {}
+#: What failed per device and dtype: ``'triton'``, ``'ext'`` (self-test) or ``'efficient'``
+#: (the pooled kernel refused an input), with the reason.
+_failures: Dict[_DeviceKey, Dict[str, str]] = {}
+#: Backends that passed their self-test per device and dtype, with its summary.
+_passed: Dict[_DeviceKey, Dict[str, str]] = {}
 
 
 def check_impl(impl: str) -> str:
@@ -40,48 +109,262 @@ def check_impl(impl: str) -> str:
     return impl
 
 
+def interpreting() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
+
+
+def triton_unsupported_reason(device_type: str,
+                              dtype: Optional[torch.dtype] = None) -> Optional[str]:
+    """Why the Triton kernels cannot run on ``device_type`` tensors (of ``dtype``, if given),
+    or None if they can."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return f'triton cannot be imported ({error})'
+    if not (device_type == 'cuda' or (device_type == 'cpu' and interpreting())):
+        return (f'the Triton kernels run on CUDA tensors (on CPU only under '
+                f'TRITON_INTERPRET=1), not on {device_type}')
+    from .triton_attention import BLOCK_CONFIGS
+    if dtype is not None and dtype not in BLOCK_CONFIGS:
+        return f'the Triton kernels support {tuple(BLOCK_CONFIGS)}, not {dtype}'
+    return None
+
+
+def self_test_enabled() -> bool:
+    """Whether :data:`SELF_TEST_ENV` allows the self-test (the only place that reads it)."""
+    return os.environ.get(SELF_TEST_ENV, '1').strip().lower() not in ('0', 'false', 'off', 'no')
+
+
+def compute_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype the attention of ``tensor`` computes in: autocast's for its device when
+    autocast is on there, else its own."""
+    device_type = tensor.device.type
+    if tensor.is_floating_point() and torch.amp.is_autocast_available(device_type) and \
+            torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return tensor.dtype
+
+
+def backend_for(impl: Union[str, Backend], tensor: Tensor) -> Backend:
+    """The decision for ``attn_impl=impl`` on tensors like ``tensor`` (its device, the dtype
+    of :func:`compute_dtype`); a :class:`Backend` is returned as it is."""
+    if isinstance(impl, Backend):
+        return impl
+    device = tensor.device
+    return choose_backend(impl, device.type, device.index, compute_dtype(tensor))
+
+
 @torch.compiler.assume_constant_result
-def attention_backend(impl: str, device_type: str, dtype: torch.dtype) -> str:
-    """The backend, ``'ext'`` or ``'torch'``, that runs ``attn_impl=impl`` for ``device_type``
-    tensors of ``dtype``: raises for ``'ext'`` without the compiled ops, warns once when
-    ``'auto'`` falls back. A constant for torch.compile: evaluated (loading, warning or raising)
-    while tracing, so a compiled graph holds only the chosen ops."""
-    global _fallback_warned
-    if check_impl(impl) == 'torch':
-        return 'torch'
-    reason = extension.unsupported_reason(device_type, dtype)
-    if reason is None:
-        return 'ext'
-    if impl == 'ext':
-        raise RuntimeError(f"attn_impl='ext' was requested but {reason}. "
-                           f'{extension.BUILD_HINT}')
-    if not _fallback_warned:
-        _fallback_warned = True
-        warnings.warn(f"attn_impl='auto': {reason}; using the pure-PyTorch sliding-window "
-                      f'attention instead (slower, more memory). {extension.BUILD_HINT} '
-                      "Pass attn_impl='torch' to silence this warning.", RuntimeWarning,
-                      stacklevel=4)
-    return 'torch'
+def choose_backend(impl: str, device_type: str, device_index: Optional[int],
+                   dtype: torch.dtype, self_test: Optional[bool] = None) -> Backend:
+    """The backend that runs ``attn_impl=impl`` for ``dtype`` tensors on a device, decided
+    the first time it is asked for these arguments and kept.
+
+    Args:
+        impl: ``attn_impl`` (:data:`ATTN_IMPLS`).
+        device_type, device_index: the device, e.g. ``'cuda', 0`` (index None for CPU).
+        dtype: the compute dtype (:func:`compute_dtype`).
+        self_test: run the self-test of a kernel backend before choosing it: True or False
+            whatever the device; None (default) on CUDA devices unless
+            ``MMTRANSNEXT_SELF_TEST=0``. Applies when this call makes the decision.
+
+    Raises:
+        RuntimeError: ``impl`` names a backend that cannot run (or failed its self-test)
+            for these tensors.
+    """
+    key = (check_impl(impl), device_type, device_index, dtype)
+    decision = _decisions.get(key)
+    if decision is not None:
+        return decision
+    with _lock:
+        decision = _decisions.get(key)
+        if decision is None:
+            decision = _decide(impl, device_type, device_index, dtype, self_test)
+            _decisions[key] = decision
+    return decision
 
 
-def _use_ext(impl: str, tensor: Tensor) -> bool:
-    return attention_backend(impl, tensor.device.type, tensor.dtype) == 'ext'
+def _device_name(device_type: str, device_index: Optional[int]) -> str:
+    return device_type if device_index is None else f'{device_type}:{device_index}'
+
+
+def _candidates(impl: str, device_type: str) -> Tuple[str, ...]:
+    if impl != 'auto':
+        return (impl,)
+    return BACKENDS if device_type == 'cuda' else BACKENDS[1:]
+
+
+def _unavailable(name: str, device_type: str, dtype: torch.dtype) -> Optional[str]:
+    """Why backend ``name`` cannot run at all for these tensors (None if it can)."""
+    if name == 'triton':
+        return triton_unsupported_reason(device_type, dtype)
+    if name == 'ext':
+        return extension.unsupported_reason(device_type, dtype)
+    return None
+
+
+def _pooled_kernel(device_type: str, failed: Dict[str, str]) -> str:
+    if device_type == 'cpu':
+        return 'flash'
+    if device_type == 'cuda' and 'efficient' not in failed:
+        return 'efficient'
+    return 'math'
+
+
+def _make(name: str, device_type: str, device_index: Optional[int], dtype: torch.dtype,
+          failed: Dict[str, str], reason: str, strict: bool = False) -> Backend:
+    bias = 'torch'
+    if name == 'ext' and device_type == 'cpu':
+        from . import bias_ops
+        if bias_ops._op_available():
+            bias = 'compiled'
+        elif strict:
+            raise RuntimeError("attn_impl='ext' was requested but the compiled expand_bias op "
+                               f'is not available for cpu tensors. {extension.BUILD_HINT}')
+        else:
+            reason += '; the position bias expanded by PyTorch (this build has no expand_bias)'
+    kernel = _pooled_kernel(device_type, failed)
+    if kernel == 'math' and 'efficient' in failed:
+        reason += f"; pooled keys by matmuls ({failed['efficient']})"
+    return Backend(name, 'ext' if name == 'ext' else 'torch', kernel, bias,
+                   _device_name(device_type, device_index), dtype, reason)
+
+
+_WHAT = {'triton': 'the fused Triton kernels', 'ext': 'the compiled sliding-window ops',
+         'torch': 'the pure-PyTorch sliding-window attention'}
+
+
+def _decide(impl: str, device_type: str, device_index: Optional[int], dtype: torch.dtype,
+            self_test: Optional[bool]) -> Backend:
+    failed = dict(_failures.get((device_type, device_index, dtype), {}))
+    where = f'{_device_name(device_type, device_index)} {dtype}'
+    passed_over: List[str] = []
+    for name in _candidates(impl, device_type):
+        note = ''
+        reason = _unavailable(name, device_type, dtype)
+        misbehaved = reason is None and name in failed  # failed a self-test before
+        if misbehaved:
+            reason = failed[name]
+        elif reason is None and _wants_self_test(name, device_type, self_test):
+            reason, note = _self_test(name, device_type, device_index, dtype, failed)
+            misbehaved = reason is not None
+        if reason is None:
+            break
+        if impl != 'auto':
+            if misbehaved:
+                hint = (f" attn_impl='auto' takes the next backend; {SELF_TEST_ENV}=0 skips "
+                        'the self-test.')
+            else:
+                hint = f' {extension.BUILD_HINT}' if name == 'ext' else ''
+            raise RuntimeError(f'attn_impl={impl!r} was requested but {reason}.{hint}')
+        passed_over.append(f'{name}: {reason}')
+    why = f"attn_impl={impl!r} on {where}: {_WHAT[name]}{note}"
+    decision = _make(name, device_type, device_index, dtype, failed, why, strict=impl == 'ext')
+    if passed_over and name == 'torch':
+        _report(f"{why} instead of the compiled ops ({'; '.join(passed_over)}; slower, more "
+                f"memory). {extension.BUILD_HINT} Pass attn_impl='torch' to silence this "
+                'warning.', warning=True)
+    elif passed_over:
+        _report(f"{why} ({'; '.join(passed_over)}). Pass attn_impl={name!r} to silence this "
+                'warning.', warning=True)
+    else:
+        _report(decision.reason, warning=False)
+    return decision
+
+
+def _wants_self_test(name: str, device_type: str, self_test: Optional[bool]) -> bool:
+    if name == 'torch':
+        return False
+    if self_test is not None:
+        return self_test
+    return device_type == 'cuda' and self_test_enabled()
+
+
+def _self_test(name: str, device_type: str, device_index: Optional[int], dtype: torch.dtype,
+               failed: Dict[str, str]) -> Tuple[Optional[str], str]:
+    """Run :mod:`.self_test` for a candidate: ``(None, note)`` when it passes, else
+    ``(reason, '')`` with the failure recorded for the device and dtype (the caller warns or
+    raises with it)."""
+    from . import self_test
+    key = (device_type, device_index, dtype)
+    passed = _passed.get(key, {}).get(name)
+    if passed is not None:
+        return None, passed
+    candidate = _make(name, device_type, device_index, dtype, failed, 'self-test candidate')
+    result = self_test.run_self_test(candidate)
+    with _lock:
+        if result.passed:
+            note = f' (self-test passed: {result.summary()})'
+            _passed.setdefault(key, {})[name] = note
+            return None, note
+        reason = f'{_WHAT[name]} failed their self-test ({result.summary()})'
+        _failures.setdefault(key, {})[name] = reason
+    return reason, ''
+
+
+def report_failure(device: Union[str, torch.device], dtype: torch.dtype, part: str,
+                   reason: str) -> None:
+    """Record that ``part`` failed on ``device`` tensors of ``dtype`` (``'efficient'``: the
+    memory-efficient pooled kernel refused an input; ``'triton'``/``'ext'``: the backend
+    misbehaved): one warning, and the decisions for that device and dtype are made again
+    without it."""
+    device = torch.device(device)
+    key = (device.type, device.index, dtype)
+    with _lock:
+        parts = _failures.setdefault(key, {})
+        if part in parts:
+            return
+        parts[part] = reason
+        for stale in [k for k in _decisions if k[1:] == key]:
+            del _decisions[stale]
+    instead = 'unfused matmuls' if part == 'efficient' else 'the next backend'
+    _report(f'{reason}; using {instead} for {_device_name(*key[:2])} {dtype} from now on',
+            warning=True)
+
+
+def failures(device: Union[str, torch.device], dtype: torch.dtype) -> Dict[str, str]:
+    """What :func:`report_failure` and the self-test recorded for ``device`` and ``dtype``."""
+    device = torch.device(device)
+    return dict(_failures.get((device.type, device.index, dtype), {}))
+
+
+def reset() -> None:
+    """Forget every decision and failure (for tests, or after changing the environment)."""
+    with _lock:
+        _decisions.clear()
+        _failures.clear()
+        _passed.clear()
+
+
+def _report(message: str, warning: bool) -> None:
+    print_log(message, logger='current', level=logging.WARNING if warning else logging.INFO)
+    if warning:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def use_triton(impl: str, tensor: Tensor) -> bool:
+    """Whether ``attn_impl=impl`` runs the Triton kernels for ``tensor`` (kept for callers of
+    the former helper; the layers use :func:`backend_for`)."""
+    return backend_for(impl, tensor).name == 'triton'
 
 
 def window_qk(q: Tensor, k: Tensor, rpb: Tensor, size: Tuple[int, int], window_size: int,
-              padding_mask: Optional[Tensor] = None, impl: str = 'auto') -> Tensor:
-    """Window logits (see :func:`.sliding_window.sliding_window_qk`) with the chosen backend.
+              padding_mask: Optional[Tensor] = None,
+              impl: Union[str, Backend] = 'auto') -> Tensor:
+    """Window logits (see :func:`.sliding_window.sliding_window_qk`) with the decided backend
+    (``impl``: a :class:`Backend`, or an ``attn_impl`` to decide it for ``q``).
 
     ``padding_mask`` only serves the reference; the compiled op derives it from ``size``.
     """
-    if _use_ext(impl, q):
+    if backend_for(impl, q).window == 'ext':
         return sliding_window_qk_ext(q, k, rpb, size, window_size)
     return sliding_window_qk(q, k, rpb, size, window_size, padding_mask)
 
 
 def window_av(attn: Tensor, v: Tensor, size: Tuple[int, int], window_size: int,
-              impl: str = 'auto') -> Tensor:
-    """Window aggregation (see :func:`.sliding_window.sliding_window_av`), chosen backend."""
-    if _use_ext(impl, v):
+              impl: Union[str, Backend] = 'auto') -> Tensor:
+    """Window aggregation (see :func:`.sliding_window.sliding_window_av`), decided backend."""
+    if backend_for(impl, v).window == 'ext':
         return sliding_window_av_ext(attn, v, size, window_size)
     return sliding_window_av(attn, v, size, window_size)

@@ -7,8 +7,10 @@ recomputes it chunk by chunk. So the bias costs neither memory across the forwar
 saved for backward, and the softmax never materialises for the whole map:
 
 - forward: per chunk, a fused ``scaled_dot_product_attention`` kernel returns the output and
-  the log-sum-exp of the pooled logits, merged with the extra set's log-sum-exp (on CPU the
-  flash kernel, on CUDA the memory-efficient one; elsewhere the same math on the chunk);
+  the log-sum-exp of the pooled logits, merged with the extra set's log-sum-exp (the kernel is
+  part of the backend decided by :mod:`.dispatch`: on CPU the flash kernel, on CUDA the
+  memory-efficient one; elsewhere, and where that kernel refused an input, the same math on the
+  chunk);
 - backward: per chunk, logits recomputed with one matmul, then the softmax gradient
   ``dS = P * (dP - D)`` with ``D = <dOut, Out> + dMass * Mass`` (the extra set enters as one
   more key whose "value" is the mass it takes), reduced to the grads of queries, keys, values,
@@ -18,14 +20,14 @@ Chunks are sized for the device (:func:`chunk_budget`): on CPU to stay in cache,
 its memory. Nothing here reads a tensor value on the host, so on a GPU the glue never waits for
 the device (the tests run it on ``meta`` tensors, where any such read raises).
 """
-import warnings
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .bias_ops import expand_columns, expand_columns_compiled
+from .bias_ops import expand_columns
 from .budget import element_budget
+from .dispatch import Backend, backend_for, report_failure
 
 #: Elements of one chunk's ``(batch, heads, rows, P)`` logits on CPU; four such buffers live at
 #: once in backward (16 MB each in float32 at the default).
@@ -56,26 +58,33 @@ def balanced_rows(height: int, rows: int) -> int:
 
 
 def _chunk_bias(folded: Tensor, rows_w: Tensor, w_w: Optional[Tensor], y0: int, y1: int,
-                impl: str) -> Tensor:
-    part = expand_columns(folded[:, y0:y1], rows_w, w_w, impl)  # (heads, rows, W, Hk, Wk)
+                backend: Backend) -> Tensor:
+    part = expand_columns(folded[:, y0:y1], rows_w, w_w, backend)  # (heads, rows, W, Hk, Wk)
     heads, rows, width, kh, kw = part.shape
     return part.reshape(heads, rows * width, kh * kw)
 
 
-def _chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
-    """``softmax(q k^T + bias) v`` and the float32 log-sum-exp of the logits ``(B, h, n, 1)``:
-    a fused kernel on CPU and CUDA, the same math on other devices."""
-    if q.device.type == 'cpu':
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, attn_mask=bias.unsqueeze(0), scale=1.0)[:2]
-        return out, lse.unsqueeze(-1).float()
-    if q.device.type == 'cuda' and _efficient_usable:
-        return _efficient_chunk_attention(q, k, v, bias)
+def _chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
+                     backend: Backend) -> Tuple[Tensor, Tensor]:
+    """``softmax(q k^T + bias) v`` and the float32 log-sum-exp of the logits ``(B, h, n, 1)``
+    with the backend's ``pooled_kernel``."""
+    if backend.pooled_kernel == 'flash':
+        return _flash_chunk_attention(q, k, v, bias)
+    if backend.pooled_kernel == 'efficient':
+        return _efficient_chunk_attention(q, k, v, bias, backend)
     return _math_chunk_attention(q, k, v, bias)
 
 
+def _flash_chunk_attention(q: Tensor, k: Tensor, v: Tensor,
+                           bias: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`_chunk_attention` with the flash SDPA kernel of CPU."""
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, attn_mask=bias.unsqueeze(0), scale=1.0)[:2]
+    return out, lse.unsqueeze(-1).float()
+
+
 def _math_chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
-    """:func:`_chunk_attention` on devices without a fused kernel."""
+    """:func:`_chunk_attention` without a fused kernel."""
     logits = (q @ k.transpose(-2, -1) + bias).float()
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     return (torch.exp(logits - lse).to(v.dtype) @ v), lse
@@ -90,16 +99,15 @@ _efficient_attention = torch.ops.aten._scaled_dot_product_efficient_attention
 #: bias strides (what ``scaled_dot_product_attention`` does to a mask itself).
 BIAS_ALIGNMENT = 16
 
-_efficient_usable = True
 
-
-def _efficient_chunk_attention(q: Tensor, k: Tensor, v: Tensor,
-                               bias: Tensor) -> Tuple[Tensor, Tensor]:
+def _efficient_chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
+                               backend: Optional[Backend] = None) -> Tuple[Tensor, Tensor]:
     """:func:`_chunk_attention` with the memory-efficient SDPA kernel (CUDA): the bias is
     copied into a buffer whose rows are padded for alignment, the log-sum-exp (padded by the
     kernel to a multiple of 32 queries) is cut to the chunk. If the kernel refuses the inputs
-    (an old GPU, an unsupported head dim), one warning and the math path from then on."""
-    global _efficient_usable
+    (an old GPU, an unsupported head dim), the math path, and the refusal is reported to
+    :func:`.dispatch.report_failure` for the device and dtype of ``backend`` (by default those
+    of ``q``): one warning, and the decisions for them take the math path from then on."""
     heads, length, keys = bias.shape
     padded = -(-keys // BIAS_ALIGNMENT) * BIAS_ALIGNMENT
     buffer = bias.new_empty(heads, length, padded)
@@ -110,27 +118,30 @@ def _efficient_chunk_attention(q: Tensor, k: Tensor, v: Tensor,
     except RuntimeError as error:
         if isinstance(error, torch.cuda.OutOfMemoryError):
             raise
-        _efficient_usable = False
-        warnings.warn(f'the fused scaled_dot_product_attention kernel refused the pooled '
-                      f'attention ({error}); using unfused matmuls instead', RuntimeWarning)
+        device, dtype = (q.device, q.dtype) if backend is None else \
+            (backend.device, backend.dtype)
+        report_failure(device, dtype, 'efficient',
+                       f'the fused scaled_dot_product_attention kernel refused the pooled '
+                       f'attention ({error})')
         return _math_chunk_attention(q, k, v, bias)
     return out, lse[..., :length, None]
 
 
 def _folded_grad(grad_bias: Tensor, folded: Tensor, rows_w: Tensor, w_w: Optional[Tensor],
-                 y0: int, y1: int, impl: str) -> Tensor:
+                 y0: int, y1: int, backend: Backend) -> Tensor:
     """Gradient of one chunk's bias ``(heads, rows*W, P)`` with respect to ``folded[:, y0:y1]``."""
     part = folded[:, y0:y1]
     heads, rows, kh, columns = part.shape
     width, kw = rows_w.shape[:2]
-    if expand_columns_compiled(part, impl):
+    if backend.bias == 'compiled':
         grad = grad_bias.to(part.dtype).reshape(heads, rows, width, kh, kw)
         if w_w is None:
             w_w = torch.ones(rows_w.shape, device=rows_w.device)
         return torch.ops.mmtransnext.expand_bias_backward(grad, rows_w, w_w, columns)
     with torch.enable_grad():
         leaf = part.detach().requires_grad_()
-        bias = expand_columns(leaf, rows_w, w_w, impl).reshape(heads, rows * width, kh * kw)
+        bias = expand_columns(leaf, rows_w, w_w, backend).reshape(heads, rows * width,
+                                                                  kh * kw)
         return torch.autograd.grad(bias, leaf, grad_bias.to(bias.dtype))[0]
 
 
@@ -138,7 +149,8 @@ class _PooledAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Tensor,
-                w_w: Optional[Tensor], extra_lse: Optional[Tensor], chunk: int, impl: str):
+                w_w: Optional[Tensor], extra_lse: Optional[Tensor], chunk: int,
+                backend: Backend):
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
         qc, kc, vc = q.to(dtype), k.to(dtype), v.to(dtype)
         batch, heads, length, dim = q.shape
@@ -150,8 +162,8 @@ class _PooledAttention(torch.autograd.Function):
         for y0 in range(0, height, chunk):
             y1 = min(height, y0 + chunk)
             n0, n1 = y0 * width, y1 * width
-            bias = _chunk_bias(folded, rows_w, w_w, y0, y1, impl).to(dtype)
-            out_c, lse[:, :, n0:n1] = _chunk_attention(qc[:, :, n0:n1], kc, vc, bias)
+            bias = _chunk_bias(folded, rows_w, w_w, y0, y1, backend).to(dtype)
+            out_c, lse[:, :, n0:n1] = _chunk_attention(qc[:, :, n0:n1], kc, vc, bias, backend)
             out[:, :, n0:n1] = out_c
             del bias, out_c
         mass = None
@@ -160,7 +172,7 @@ class _PooledAttention(torch.autograd.Function):
             out.mul_(torch.exp(lse - total).to(dtype))
             mass = torch.exp(extra_lse.float() - total)
             lse = total
-        ctx.chunk, ctx.impl = chunk, impl
+        ctx.chunk, ctx.backend = chunk, backend
         ctx.has_extra = extra_lse is not None
         ctx.save_for_backward(q, k, v, folded, rows_w, w_w, out, lse, mass)
         return out, mass
@@ -188,7 +200,7 @@ class _PooledAttention(torch.autograd.Function):
             n0, n1 = y0 * width, y1 * width
             q_c, g_c = qf[:, :, n0:n1], grad_out[:, :, n0:n1]
             logits = q_c @ kf.transpose(-2, -1)
-            logits += _chunk_bias(folded, rows_w, w_w, y0, y1, ctx.impl).to(f32)
+            logits += _chunk_bias(folded, rows_w, w_w, y0, y1, ctx.backend).to(f32)
             probs = torch.exp(logits.sub_(total[:, :, n0:n1]))
             del logits
             grad_v += probs.transpose(-2, -1) @ g_c
@@ -197,7 +209,7 @@ class _PooledAttention(torch.autograd.Function):
             grad_k += grad_logits.transpose(-2, -1) @ q_c
             if need_folded:
                 grad_folded[:, y0:y1] = _folded_grad(grad_logits.sum(0), folded, rows_w, w_w,
-                                                     y0, y1, ctx.impl)
+                                                     y0, y1, ctx.backend)
             del grad_logits
         grad_extra = None
         if ctx.has_extra and ctx.needs_input_grad[6]:
@@ -209,7 +221,7 @@ class _PooledAttention(torch.autograd.Function):
 def pooled_attention(q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Tensor,
                      w_w: Optional[Tensor], extra_lse: Optional[Tensor] = None,
                      chunk: Optional[int] = None,
-                     impl: str = 'auto') -> Tuple[Tensor, Optional[Tensor]]:
+                     impl: Union[str, Backend] = 'auto') -> Tuple[Tensor, Optional[Tensor]]:
     """Pooled-key attention with a CPB bias built chunk by chunk, merged with an extra key set.
 
     Args:
@@ -220,7 +232,8 @@ def pooled_attention(q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Te
             ``w_w`` None for one tap of weight 1.
         extra_lse: ``(B, heads, H*W, 1)`` log-sum-exp of the extra (window) logits, or None.
         chunk: query rows per chunk; by default sized for the device (:func:`chunk_budget`).
-        impl: ``attn_impl`` ('torch': the bias is expanded without compiled code).
+        impl: the :class:`.dispatch.Backend` decided for this forward (its bias expansion and
+            chunk kernel), or an ``attn_impl`` to decide it for ``q``.
 
     Returns:
         The attention output over the pooled keys, already scaled by their share of the joint
@@ -239,5 +252,5 @@ def pooled_attention(q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Te
     if w_w is not None:
         w_w = w_w.float()
     out, mass = _PooledAttention.apply(q, k, v, folded, rows_w, w_w, extra_lse, max(1, chunk),
-                                       impl)
+                                       backend_for(impl, q))
     return out, mass

@@ -11,12 +11,11 @@ backward: the output and the float32 log-sum-exp of each query; the logits are r
 
 The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's
 interpreter, used by the tests). That variable is read when the kernels are decorated, i.e. the
-first time this path runs in a process: set it before.
+first time this path runs in a process: set it before. Whether this path runs is decided by
+:func:`.dispatch.choose_backend` (which also self-tests it on a GPU first).
 """
 import contextlib
 import functools
-import os
-import warnings
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -24,6 +23,10 @@ from torch import Tensor
 from torch._prims_common import alert_not_deterministic
 
 from .amp import autocast_dtype, autocast_off, cuda_matmul_allows_tf32
+# Whether this path can run, and for which tensors, is decided in one place: .dispatch (kept
+# importable from here for former callers).
+from .dispatch import interpreting, use_triton  # noqa: F401
+from .dispatch import triton_unsupported_reason as unsupported_reason  # noqa: F401
 
 OP = 'mmtransnext::triton_attention'
 OP_BACKWARD = 'mmtransnext::triton_attention_backward'
@@ -45,54 +48,6 @@ MAX_REGISTERS = {'ieee': 255}
 def register_cap(precision: str) -> dict:
     """Launch option capping registers for kernels of ``precision`` (empty: ptxas chooses)."""
     return {'maxnreg': MAX_REGISTERS[precision]} if precision in MAX_REGISTERS else {}
-
-
-def interpreting() -> bool:
-    """Whether Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
-
-
-@torch.compiler.assume_constant_result
-def unsupported_reason(device_type: str) -> Optional[str]:
-    """Why the Triton path cannot run on ``device_type`` tensors, or None if it can."""
-    try:
-        import triton  # noqa: F401
-    except ImportError as error:
-        return f'triton cannot be imported ({error})'
-    if device_type == 'cuda' or (device_type == 'cpu' and interpreting()):
-        return None
-    return (f'the Triton kernels run on CUDA tensors (on CPU only under TRITON_INTERPRET=1), '
-            f'not on {device_type}')
-
-
-def use_triton(impl: str, tensor: Tensor) -> bool:
-    """Whether ``attn_impl=impl`` runs the Triton kernels for ``tensor``: always for
-    ``'triton'`` (an error saying why if it cannot), for ``'auto'`` on CUDA tensors when triton
-    imports."""
-    if impl == 'triton':
-        reason = unsupported_reason(tensor.device.type)
-        if reason is not None:
-            raise RuntimeError(f"attn_impl='triton' was requested but {reason}")
-        return True
-    if impl != 'auto' or tensor.device.type != 'cuda':
-        return False
-    reason = unsupported_reason('cuda')
-    if reason is not None:
-        _warn_fallback(reason)
-    return reason is None
-
-
-_fallback_warned = False
-
-
-def _warn_fallback(reason: str) -> None:
-    global _fallback_warned
-    if not _fallback_warned:
-        _fallback_warned = True
-        warnings.warn(f"attn_impl='auto' on CUDA: {reason}; using the compiled window ops and "
-                      f'scaled_dot_product_attention in chunks instead (more launches, more '
-                      f'memory). Install triton for the fused kernels, or pass '
-                      f"attn_impl='ext' to silence this warning.", RuntimeWarning, stacklevel=4)
 
 
 #: Streaming multiprocessors assumed where the device cannot be asked (CPU tensors under the

@@ -1,6 +1,8 @@
-"""Choosing the sliding-window backend: 'auto', 'ext', 'torch', fallback, missing builds,
-torch.compile, and the backbone giving the same result with either backend."""
+"""The one chooser of the attention backend: 'auto', 'triton', 'ext', 'torch' per device and
+dtype, the pooled chunks' kernel, fallback and its warning, missing builds, one decision per
+key, torch.compile, and the backbone giving the same result with either backend."""
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -33,11 +35,18 @@ def _extension():
 
 
 @pytest.fixture
-def unavailable(monkeypatch):
-    """This process as if the compiled ops could not be loaded, before any fallback warning."""
+def fresh(monkeypatch):
+    """No decision or failure recorded yet (restored after the test)."""
+    monkeypatch.setattr(dispatch, '_decisions', {})
+    monkeypatch.setattr(dispatch, '_failures', {})
+    monkeypatch.setattr(dispatch, '_passed', {})
+
+
+@pytest.fixture
+def unavailable(monkeypatch, fresh):
+    """This process as if the compiled ops could not be loaded, before any decision."""
     monkeypatch.setattr(extension, '_status',
                         extension.ExtensionStatus(False, error='simulated: no build'))
-    monkeypatch.setattr(dispatch, '_fallback_warned', False)
 
 
 def _inputs(size=(6, 7), window=5, heads=2, dim=8):
@@ -63,7 +72,7 @@ def test_ext_and_torch_agree_in_forward_and_backward():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_auto_uses_the_compiled_op_when_it_is_available(monkeypatch):
+def test_auto_uses_the_compiled_op_when_it_is_available(monkeypatch, fresh):
     def reference_must_not_run(*args, **kwargs):
         raise AssertionError('auto fell back although the compiled op is available')
 
@@ -94,38 +103,150 @@ def test_ext_when_unavailable_raises_and_says_how_to_build(unavailable):
 
 
 @pytest.fixture
-def cuda_ops(monkeypatch):
-    """Pretend CUDA tensors: ``set(reason)`` makes the compiled ops (un)available for them."""
+def cuda(monkeypatch, fresh):
+    """Pretend CUDA devices, without a GPU and without the self-test (it would need one):
+    ``cuda['ext']`` / ``cuda['triton']`` set to a reason make those unavailable there."""
     reasons = {}
     monkeypatch.setattr(extension, 'unsupported_reason',
-                        lambda device_type, dtype: reasons.get(device_type))
-    monkeypatch.setattr(dispatch, '_fallback_warned', False)
+                        lambda device_type, dtype: reasons.get('ext') if device_type == 'cuda'
+                        else 'simulated: only cuda')
+    monkeypatch.setattr(dispatch, 'triton_unsupported_reason',
+                        lambda device_type, dtype=None: reasons.get('triton'))
+    monkeypatch.setenv(dispatch.SELF_TEST_ENV, '0')
     return reasons
 
 
-def test_auto_on_cuda_picks_the_compiled_ops_when_built_for_cuda(cuda_ops):
+def _choose(impl, device='cuda:0', dtype=torch.float16, **kwargs):
+    device = torch.device(device)
+    return dispatch.choose_backend(impl, device.type, device.index, dtype, **kwargs)
+
+
+def test_auto_on_cuda_prefers_triton_then_the_compiled_ops(cuda):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        assert dispatch.attention_backend('auto', 'cuda', torch.float16) == 'ext'
-        assert dispatch.attention_backend('ext', 'cuda', torch.float16) == 'ext'
+        assert _choose('auto') == dispatch.Backend('triton', 'torch', 'efficient', 'torch',
+                                                   'cuda:0', torch.float16)
+        cuda['triton'] = 'simulated: no triton'
+        assert _choose('auto', dtype=torch.float16).name == 'triton'  # decided, kept
+        assert _choose('ext') == dispatch.Backend('ext', 'ext', 'efficient', 'torch', 'cuda:0',
+                                                  torch.float16)
+    with pytest.warns(RuntimeWarning, match=r"attn_impl='auto' on cuda:1 torch.bfloat16: the "
+                                            r"compiled sliding-window ops \(triton: simulated: "
+                                            r"no triton\)\. Pass attn_impl='ext'"):
+        assert _choose('auto', 'cuda:1', torch.bfloat16).name == 'ext'
 
 
-def test_auto_on_cuda_without_the_compiled_ops_falls_back_once(cuda_ops):
-    cuda_ops['cuda'] = 'simulated: not built for cuda tensors'
+def test_auto_on_cuda_without_any_compiled_code_falls_back_once(cuda):
+    cuda['triton'] = 'simulated: no triton'
+    cuda['ext'] = 'simulated: not built for cuda tensors'
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        choices = [dispatch.attention_backend('auto', 'cuda', torch.float32) for _ in range(3)]
-    assert choices == ['torch'] * 3
-    assert len(caught) == 1 and 'simulated: not built for cuda' in str(caught[0].message)
-    with pytest.raises(RuntimeError, match="attn_impl='ext'.*simulated"):
-        dispatch.attention_backend('ext', 'cuda', torch.float32)
+        choices = {_choose('auto', dtype=torch.float32) for _ in range(3)}
+    assert choices == {dispatch.Backend('torch', 'torch', 'efficient', 'torch', 'cuda:0',
+                                        torch.float32)}
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert 'simulated: no triton' in message and 'simulated: not built for cuda' in message
+    assert 'pip install -e . --no-build-isolation' in message
+    with pytest.raises(RuntimeError, match="attn_impl='ext'.*simulated: not built"):
+        _choose('ext', dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="attn_impl='triton'.*simulated: no triton"):
+        _choose('triton', dtype=torch.float32)
 
 
-def test_torch_never_asks_for_the_compiled_ops(monkeypatch):
+def test_decisions_on_cpu_and_other_devices(fresh):
+    assert _choose('auto', 'cpu', torch.float32) == dispatch.Backend(
+        'ext', 'ext', 'flash', 'compiled', 'cpu', torch.float32)
+    assert _choose('torch', 'cpu', torch.bfloat16) == dispatch.Backend(
+        'torch', 'torch', 'flash', 'torch', 'cpu', torch.bfloat16)
+    # CPU tensors run the Triton kernels only in its interpreter (set by the tests' conftest)
+    assert _choose('triton', 'cpu', torch.float32).name == 'triton'
+    with pytest.raises(RuntimeError, match=r"attn_impl='triton'.*not on meta"):
+        _choose('triton', 'meta', torch.float32)
+    with pytest.raises(RuntimeError, match=r"attn_impl='triton'.*float64"):
+        _choose('triton', 'cpu', torch.float64)
+    with pytest.warns(RuntimeWarning, match='not built for meta tensors'):
+        assert _choose('auto', 'meta', torch.float32) == dispatch.Backend(
+            'torch', 'torch', 'math', 'torch', 'meta', torch.float32)
+
+
+def test_the_decision_names_its_reason_in_the_log(fresh, monkeypatch):
+    logged = []
+    monkeypatch.setattr(dispatch, 'print_log',
+                        lambda msg, logger=None, level=None: logged.append((msg, level, logger)))
+    _choose('auto', 'cpu', torch.float32)
+    _choose('auto', 'cpu', torch.float32)
+    assert logged == [("attn_impl='auto' on cpu torch.float32: the compiled sliding-window ops",
+                       logging.INFO, 'current')]
+
+
+def test_torch_never_asks_for_the_compiled_ops(monkeypatch, fresh):
     monkeypatch.setattr(extension, 'unsupported_reason',
                         lambda *a: pytest.fail('torch consulted the compiled ops'))
+    monkeypatch.setattr(dispatch, 'triton_unsupported_reason',
+                        lambda *a: pytest.fail('torch consulted triton'))
     for device_type in ('cpu', 'cuda', 'meta'):
-        assert dispatch.attention_backend('torch', device_type, torch.float32) == 'torch'
+        assert _choose('torch', device_type, torch.float32).name == 'torch'
+
+
+def _layer():
+    """An aggregated attention layer and the geometry of a 5x6 map with 2x3 pooled keys."""
+    from mmtransnext.models.layers.attention import AggregatedAttention, StageGeometry
+    from mmtransnext.models.layers.position_bias import build_position_table
+    from mmtransnext.ops.sliding_window import window_lengths, window_padding_mask
+
+    cpu = torch.device('cpu')
+    size, pool = (5, 6), (2, 3)
+    geometry = StageGeometry(size, pool, torch.log(window_lengths(size, 3, cpu) + 6),
+                             build_position_table(size, pool, (14, 14), cpu), False,
+                             window_padding_mask(size, 3, cpu))
+    return perturb_(AggregatedAttention(16, 2, 3, 2)), geometry
+
+
+def test_the_decision_is_made_once_per_key(monkeypatch, fresh):
+    """A layer asks once per forward; the chooser decides once per (attn_impl, device, dtype)."""
+    keys = []
+    decide = dispatch._decide
+    monkeypatch.setattr(dispatch, '_decide', lambda *args: keys.append(args[:4]) or decide(*args))
+    layer, geometry = _layer()
+    for dtype in (torch.float32, torch.float64, torch.float32):
+        layer.to(dtype)
+        for _ in range(2):
+            layer(torch.randn(1, 30, 16, dtype=dtype), geometry).sum().backward()
+    with torch.autocast('cpu', torch.bfloat16):
+        layer.float()(torch.randn(1, 30, 16), geometry)
+    assert keys == [('auto', 'cpu', None, torch.float32), ('auto', 'cpu', None, torch.float64),
+                    ('auto', 'cpu', None, torch.bfloat16)]
+
+
+def test_a_refused_pooled_kernel_changes_the_decision_for_that_key_only(cuda):
+    assert _choose('ext').pooled_kernel == 'efficient'
+    with pytest.warns(RuntimeWarning, match=r'No available kernel \(simulated\)\); using '
+                                            r'unfused matmuls for cuda:0 torch.float16'):
+        dispatch.report_failure('cuda:0', torch.float16, 'efficient',
+                                'the kernel refused (No available kernel (simulated))')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # once
+        dispatch.report_failure('cuda:0', torch.float16, 'efficient', 'again')
+    for impl in ('ext', 'torch', 'auto'):
+        decision = _choose(impl)
+        assert decision.pooled_kernel == 'math' and 'No available kernel' in decision.reason
+    assert _choose('ext', 'cuda:0', torch.float32).pooled_kernel == 'efficient'
+    assert _choose('ext', 'cuda:1', torch.float16).pooled_kernel == 'efficient'
+    assert set(dispatch.failures('cuda:0', torch.float16)) == {'efficient'}
+
+
+def test_use_triton_answers_from_the_chooser(cuda):
+    """The former helper, kept importable from triton_attention, asks the chooser."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mmtransnext.ops.triton_attention import use_triton
+    with FakeTensorMode():
+        tensor = torch.empty(1, device='cuda', dtype=torch.float16)  # metadata only, no GPU
+    assert use_triton('auto', tensor) and use_triton('triton', tensor)
+    assert not use_triton('ext', tensor) and not use_triton('torch', tensor)
+    with pytest.warns(RuntimeWarning, match='simulated: only cuda'):
+        assert not use_triton('auto', torch.zeros(1))  # 'auto' never takes triton on CPU
 
 
 def test_chunks_are_sized_per_device(monkeypatch):
@@ -310,6 +431,24 @@ def test_torch_compile_fullgraph(impl):
     expected_grads = torch.autograd.grad(expected.sum(), (q, k, v, reference.rpb))
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_under_torch_compile_sees_the_decision_as_a_constant(monkeypatch, fresh):
+    """The whole fast path of a layer in one graph: the decision is made once, while tracing,
+    and the graph runs the chosen ops (same numbers and gradients as eager)."""
+    torch._dynamo.reset()
+    keys = []
+    decide = dispatch._decide
+    monkeypatch.setattr(dispatch, '_decide', lambda *args: keys.append(args[:4]) or decide(*args))
+    layer, geometry = _layer()
+    x = torch.randn(2, 30, 16, requires_grad=True)
+    compiled = torch.compile(lambda x: layer(x, geometry), backend='aot_eager', fullgraph=True)
+    outs = [compiled(x), compiled(x), layer(x, geometry)]
+    assert keys == [('auto', 'cpu', None, torch.float32)]
+    torch.testing.assert_close(outs[0], outs[2])
+    grads = [torch.autograd.grad(out.square().sum(), [x, *layer.parameters()]) for out in outs]
+    for got, want in zip(grads[0], grads[2]):
+        torch.testing.assert_close(got, want)
 
 
 def test_backbone_with_ext_equals_backbone_with_torch():

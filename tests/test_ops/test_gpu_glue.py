@@ -9,7 +9,7 @@ import torch
 
 from mmtransnext import TransNeXt
 from mmtransnext.models.layers.position_bias import build_position_table, fold_rows
-from mmtransnext.ops import extension, load_extension
+from mmtransnext.ops import dispatch, extension, load_extension
 from mmtransnext.ops import pooled_attention as pa
 
 META = torch.device('meta')
@@ -47,6 +47,7 @@ def test_backbone_forward_and_backward_on_meta(extrapolation, impl, monkeypatch)
         # the CUDA ones, so this runs the glue around them that CUDA tensors take.
         assert load_extension().loaded
         monkeypatch.setattr(extension, 'unsupported_reason', lambda device_type, dtype: None)
+        monkeypatch.setattr(dispatch, '_decisions', {})  # decided again, with that answer
     model = TransNeXt('micro', depths=[1, 1, 1, 1], img_size=128, pretrain_size=64,
                       is_extrapolation=extrapolation, attn_impl=impl).to(META)
     x = torch.randn(2, 3, 100, 132, device=META)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmtransnext.models.layers.position_bias import build_position_table, fold_rows
-from mmtransnext.ops import bias_ops
+from mmtransnext.ops import bias_ops, dispatch
 from mmtransnext.ops import pooled_attention as pa
 from reference import brute_force_table, gather_and_resize
 
@@ -89,14 +89,15 @@ def test_pooled_attention_generic_path_and_pytorch_bias_expansion(monkeypatch):
     size, pool, table_sizes = (6, 5), (3, 2), ((8, 8), (2, 2))
     table, grid, q, k, v, extra = _case(size, pool, table_sizes)
     results = []
+    # 'torch' with the math kernel, as decided for devices without a fused one
+    generic_backend = dispatch.Backend('torch', 'torch', 'math', 'torch', 'cpu', torch.float32)
     for generic in (False, True):
         if generic:
-            monkeypatch.setattr(pa, '_chunk_attention', pa._math_chunk_attention)
             monkeypatch.setattr(bias_ops, '_op_available', lambda: pytest.fail('compiled'))
         leaves = _leaves(q, k, v, grid, extra)
         out, mass = pa.pooled_attention(leaves[0], leaves[1], leaves[2],
                                         *fold_rows(leaves[3], table, size, pool), leaves[4],
-                                        chunk=2, impl='torch' if generic else 'auto')
+                                        chunk=2, impl=generic_backend if generic else 'auto')
         (out.sum() + 3 * mass.sum()).backward()
         results.append((out, mass, [t.grad for t in leaves]))
     (out_a, mass_a, grads_a), (out_b, mass_b, grads_b) = results
@@ -174,12 +175,12 @@ def test_cuda_glue_with_the_fused_kernel_equals_the_oracle(size, pool, table_siz
     stand-in with its contract), output, share of the extra set and every gradient against the
     oracle's one softmax."""
     monkeypatch.setattr(pa, '_efficient_attention', _efficient_kernel_stand_in)
-    monkeypatch.setattr(pa, '_chunk_attention', pa._efficient_chunk_attention)
+    cuda_like = dispatch.Backend('ext', 'ext', 'efficient', 'compiled', 'cpu', torch.float32)
     table, grid, q, k, v, extra = _case(size, pool, table_sizes)
     leaves = _leaves(q, k, v, grid, extra)
     out, mass = pa.pooled_attention(leaves[0], leaves[1], leaves[2],
                                     *fold_rows(leaves[3], table, size, pool), leaves[4],
-                                    chunk=chunk)
+                                    chunk=chunk, impl=cuda_like)
     (out.sum() + 2 * mass.sum()).backward()
     ref = _leaves(q, k, v, grid, extra)
     out_r, mass_r = _expected(ref[0], ref[1], ref[2], _official_bias(ref[3], table, size, pool),
@@ -208,17 +209,18 @@ def test_cuda_glue_falls_back_once_when_the_kernel_refuses(monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError('CUDA out of memory')
 
-    monkeypatch.setattr(pa, '_efficient_usable', True)
+    monkeypatch.setattr(dispatch, '_decisions', {})
+    monkeypatch.setattr(dispatch, '_failures', {})
     q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)
     bias = torch.randn(2, 5, 3)
     monkeypatch.setattr(pa, '_efficient_attention', out_of_memory)
     with pytest.raises(torch.cuda.OutOfMemoryError):  # not a reason to change kernels
         pa._efficient_chunk_attention(q, k, v, bias)
-    assert pa._efficient_usable
+    assert 'efficient' not in dispatch.failures(q.device, q.dtype)
     monkeypatch.setattr(pa, '_efficient_attention', refuse)
     with pytest.warns(RuntimeWarning, match='No available kernel'):
         out, lse = pa._efficient_chunk_attention(q, k, v, bias)
-    assert not pa._efficient_usable
+    assert 'efficient' in dispatch.failures(q.device, q.dtype)
     expected = pa._math_chunk_attention(q, k, v, bias)
     torch.testing.assert_close(out, expected[0])
     torch.testing.assert_close(lse, expected[1])

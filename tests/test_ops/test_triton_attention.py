@@ -4,7 +4,6 @@ CPB MLP through its grid), odd sizes, both position-bias modes, fp32 and bf16; t
 small backbone end to end with ``attn_impl='triton'``; the op on meta tensors (no host sync)."""
 import copy
 
-import warnings
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from mmtransnext import TransNeXt
 from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention, StageGeometry
 from mmtransnext.models.layers.position_bias import build_position_table, cpb_grid, fold_rows
 from mmtransnext.ops.sliding_window import window_lengths
-from mmtransnext.ops.triton_attention import triton_attention, use_triton
+from mmtransnext.ops.triton_attention import triton_attention
 from reference import (perturb_, reference_aggregated_attention, reference_backbone,
                        reference_bias, reference_full_attention)
 
@@ -316,32 +315,6 @@ def test_backbone_with_triton_matches_the_reference():
         expected = reference_backbone(model, img)
     for got, want in zip(outs, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-
-
-def test_dispatch_choices(monkeypatch):
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from mmtransnext.ops import triton_attention
-    cpu = torch.zeros(1)
-    assert use_triton('triton', cpu)  # CPU only because TRITON_INTERPRET=1 is set here
-    assert not use_triton('auto', cpu) and not use_triton('torch', cpu)
-    assert not use_triton('ext', cpu)
-    with pytest.raises(RuntimeError, match="attn_impl='triton'.*meta"):
-        use_triton('triton', torch.zeros(1, device='meta'))
-    with FakeTensorMode():
-        cuda = torch.empty(1, device='cuda')  # a CUDA tensor's metadata, no GPU needed
-    assert use_triton('auto', cuda) and use_triton('triton', cuda)
-    assert not use_triton('ext', cuda) and not use_triton('torch', cuda)
-    monkeypatch.setattr(triton_attention, 'unsupported_reason',
-                        lambda device_type: 'triton cannot be imported (simulated)')
-    monkeypatch.setattr(triton_attention, '_fallback_warned', False)
-    with pytest.warns(RuntimeWarning, match="'auto' on CUDA: triton cannot be imported"):
-        assert not use_triton('auto', cuda)  # 'auto' then takes the compiled ops or PyTorch
-    with warnings.catch_warnings():
-        warnings.simplefilter('error')  # once per process
-        assert not use_triton('auto', cuda)
-    with pytest.raises(RuntimeError, match='simulated'):
-        use_triton('triton', cuda)
 
 
 def test_op_on_meta_tensors_needs_no_data():

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from mmengine.model.weight_init import trunc_normal_
 
-from ...ops.dispatch import check_impl, window_av, window_qk
+from ...ops.dispatch import Backend, backend_for, check_impl, window_av, window_qk
 from ...ops.pooled_attention import pooled_attention
-from ...ops.triton_attention import triton_attention, use_triton
+from ...ops.triton_attention import triton_attention
 from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_rows,
                             official_position_bias, official_position_table)
 
@@ -183,11 +183,13 @@ class _CosineAttentionBase(nn.Module):
                          geometry.pool_size)
 
     def attend_pooled(self, q: Tensor, k: Tensor, v: Tensor, geometry: StageGeometry,
-                      extra_lse: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+                      extra_lse: Optional[Tensor] = None,
+                      backend: Optional[Backend] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """Fast path: softmax attention over ``k``/``v`` with the position bias, merged with an
-        extra key set summarised by ``extra_lse`` (see :func:`pooled_attention`)."""
+        extra key set summarised by ``extra_lse`` (see :func:`pooled_attention`), with the
+        ``backend`` decided for this forward (by default decided for ``q``)."""
         return pooled_attention(q, k, v, *self.folded_bias(geometry), extra_lse=extra_lse,
-                                impl=self.attn_impl)
+                                impl=self.attn_impl if backend is None else backend)
 
     def attend_triton(self, q_norm: Tensor, k: Tensor, v: Tensor, geometry: StageGeometry,
                       **local: Tensor) -> Tensor:
@@ -229,8 +231,10 @@ class AggregatedAttention(_CosineAttentionBase):
         attn_impl: backend of the fast path (see :mod:`mmtransnext.ops.dispatch`): 'triton'
             (fused Triton kernels for the whole attention), 'ext' (compiled sliding-window ops),
             'torch' (no compiled code, position-bias expansion included), or 'auto' ('triton'
-            for CUDA tensors when triton imports, else 'ext' when built, else 'torch'); the
-            reference mode always runs plain PyTorch.
+            for CUDA tensors when triton imports and passes its self-test, else 'ext' when
+            built, else 'torch'), decided once per device and dtype by
+            :func:`mmtransnext.ops.dispatch.choose_backend`; the reference mode always runs
+            plain PyTorch.
         attention_mode: 'fast' or 'reference' (see :data:`ATTENTION_MODES`).
     """
 
@@ -287,7 +291,13 @@ class AggregatedAttention(_CosineAttentionBase):
         """
         if not self.use_fast_path():
             return self.forward_reference(x, geometry)
-        if use_triton(self.attn_impl, x):
+        return self.forward_with(x, geometry, backend_for(self.attn_impl, x))
+
+    def forward_with(self, x: Tensor, geometry: StageGeometry, backend: Backend) -> Tensor:
+        """The fast path with ``backend`` (a decision of
+        :func:`mmtransnext.ops.dispatch.choose_backend`): the fused Triton kernels, or the
+        window ops and chunked pooled attention it names."""
+        if backend.name == 'triton':
             return self.forward_triton(x, geometry)
         size, window, dim = geometry.size, self.window_size, self.dim
         kv_w, kv_b = self.kv.weight, self.kv.bias
@@ -298,14 +308,15 @@ class AggregatedAttention(_CosineAttentionBase):
         k_local = F.normalize(self._heads(x, kv_w[:dim], None if kv_b is None else kv_b[:dim]),
                               dim=-1)
         attn_local = window_qk(q_scaled, k_local, self.relative_pos_bias_local, size, window,
-                               geometry.padding_mask, self.attn_impl)
+                               geometry.padding_mask, backend)
         del k_local
         lse_local = torch.logsumexp(attn_local, dim=-1, keepdim=True)
         k_pool, v_pool = self.pooled_kv(x, size, geometry.pool_size, fast=True)
-        out, local_mass = self.attend_pooled(q_scaled, k_pool, v_pool, geometry, lse_local)
+        out, local_mass = self.attend_pooled(q_scaled, k_pool, v_pool, geometry, lse_local,
+                                             backend)
         local_weights = torch.exp(attn_local - lse_local) * local_mass + token_weights
         v_local = self._heads(x, kv_w[dim:], None if kv_b is None else kv_b[dim:])
-        out = out + window_av(local_weights, v_local, size, window, self.attn_impl)
+        out = out + window_av(local_weights, v_local, size, window, backend)
         return self.project(out)
 
     def forward_triton(self, x: Tensor, geometry: StageGeometry) -> Tensor:
@@ -380,18 +391,27 @@ class FullAttention(_CosineAttentionBase):
         super().__init__(dim, num_heads, attn_drop, proj_drop, attention_mode, attn_impl)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
 
-    def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
-        """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``."""
+    def _qkv_heads(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Normalised queries, normalised keys and values, each ``(B, heads, N, d)``."""
         batch, length, _ = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(
             2, 0, 3, 1, 4)
-        q_norm, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v
+
+    def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
+        """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``."""
         if self.use_fast_path():
-            if use_triton(self.attn_impl, x):
-                return self.project(self.attend_triton(q_norm, k, v, geometry))
-            q_scaled = self.scale_queries(q_norm, geometry)
-            return self.project(self.attend_pooled(q_scaled, k, v, geometry)[0])
+            return self.forward_with(x, geometry, backend_for(self.attn_impl, x))
+        q_norm, k, v = self._qkv_heads(x)
         q_scaled = self.reference_queries(q_norm, geometry)
         bias = self.position_bias(geometry)
         attn = self.attn_drop((q_scaled @ k.transpose(-2, -1) + bias).softmax(dim=-1))
         return self.project(attn @ v)
+
+    def forward_with(self, x: Tensor, geometry: StageGeometry, backend: Backend) -> Tensor:
+        """The fast path with ``backend`` (as :meth:`AggregatedAttention.forward_with`)."""
+        q_norm, k, v = self._qkv_heads(x)
+        if backend.name == 'triton':
+            return self.project(self.attend_triton(q_norm, k, v, geometry))
+        q_scaled = self.scale_queries(q_norm, geometry)
+        return self.project(self.attend_pooled(q_scaled, k, v, geometry, backend=backend)[0])
