@@ -22,6 +22,7 @@ their real implementation (where the kernels are launched) instead of their fake
 (:func:`run_backward`), since the autograd engine wants a real device for CUDA tensors.
 """
 import contextlib
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -397,14 +398,28 @@ def fake_cuda(memory: int = FAKE_GPU_MEMORY) -> Iterator[Any]:
     :mod:`mmtransnext.ops.budget` (the only device property the model reads), has ``memory``
     bytes; real tensors met inside (e.g. a module's parameters) are made fake."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from ..ops import budget
-    saved = budget._cuda_memory
+    from ..ops import budget, dispatch, triton_attention
+    saved = (budget._cuda_memory, os.environ.get(dispatch.SELF_TEST_ENV),
+             triton_attention._on_device)
     budget._cuda_memory = lambda index: memory
+    # The backend's self-test runs its kernels, which fake tensors cannot; and there is no
+    # device for the launches' device guard to make current.
+    os.environ[dispatch.SELF_TEST_ENV] = '0'
+    triton_attention._on_device = lambda tensor: contextlib.nullcontext()
+    multiprocessors = triton_attention._multiprocessors
+    triton_attention._multiprocessors = lambda device: triton_attention.DEFAULT_SMS
     try:
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             yield mode
     finally:
-        budget._cuda_memory = saved
+        budget._cuda_memory = saved[0]
+        triton_attention._on_device = saved[2]
+        triton_attention._multiprocessors = multiprocessors
+        dispatch.reset()  # decisions made here skipped the self-test: none is kept
+        if saved[1] is None:
+            os.environ.pop(dispatch.SELF_TEST_ENV, None)
+        else:
+            os.environ[dispatch.SELF_TEST_ENV] = saved[1]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mmtransnext import TransNeXt
 from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention
 from mmtransnext.models.layers.position_bias import cpb_grid, fold_rows
-from mmtransnext.ops import budget
+from mmtransnext.ops import budget, dispatch
 from mmtransnext.ops import triton_attention as ta
 from mmtransnext.ops.amp import autocast_dtype, cuda_matmul_allows_tf32
 from mmtransnext.ops.triton_attention import triton_attention
@@ -147,6 +147,9 @@ def cuda_autocast(monkeypatch):
     monkeypatch.setattr(torch.cuda.amp.common, 'amp_definitely_not_available', lambda: False)
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *args, **kwargs: True)
     monkeypatch.setattr(budget, '_cuda_memory', lambda index: 80 << 30)
+    # The backend's self-test would run the kernels, which fake tensors cannot.
+    monkeypatch.setenv(dispatch.SELF_TEST_ENV, '0')
+    dispatch.reset()
 
     def enter(dtype):
         return torch.autocast('cuda', dtype=dtype)

@@ -165,7 +165,7 @@ def test_training_step_records_every_kernel_of_every_block(steps):
     assert [launch.spec.constants['WINDOW'] for launch in forward] == [3, 3, 3, 0]
     assert all(launch.spec.constants['PRECISION'] == 'tf32' for launch in launches)
     # the grid of stage 1: query tiles of 64 over a 16x24 map, batch 2 x 2 heads
-    assert forward[0].grid == (6, 4)
+    assert forward[0].grid == (6 * 4,)  # one axis: tiles x (batch x heads)
     assert forward[0].context == 'micro tf32 interpolation@800 64x96 b2'
     assert all(launch.spec.num_warps == 8 for launch in launches)
 
@@ -173,24 +173,12 @@ def test_training_step_records_every_kernel_of_every_block(steps):
 def test_training_steps_record_the_precision_and_bias_mode(steps):
     spec = steps['extrapolation'][0].spec
     assert dict(spec.signature)['Q'] == '*fp32' and spec.constants['PRECISION'] == 'ieee'
-    # extrapolation: one tap per axis, each a constexpr 1 and without weights
-    assert spec.constants['taps_h'] == spec.constants['taps_w'] == 1
-    assert spec.constants['HAS_WH'] is False and spec.constants['HAS_WW'] is False
-    # interpolation from 800 to 64x96: resized rows and columns
-    assert steps['tf32'][0].spec.constants['HAS_WH'] is True
-
-
-def test_size_variants_and_the_arguments_that_split_them(steps):
-    from mmtransnext.analysis.triton_launches import size_variants, varying_arguments
-    specs = list({launch.spec for name in ('extrapolation', 'extrapolation wider')
-                  for launch in steps[name]})
-    counts = size_variants(specs)
-    assert set(counts) == {(kernel, 'fp32') for kernel in KERNELS}
-    forward = [s for s in specs if s.kernel == '_attention_fwd']
-    assert counts['_attention_fwd', 'fp32'] == len(forward) > 2  # window 3 and 0 at least
-    # 64 vs 80 columns: the width (16 vs 20 at stage 1) is divisible by 16 only in the first
-    assert 'width' in varying_arguments(forward, ('HEAD_DIM', 'BLOCK_D', 'BLOCK_M', 'BLOCK_N',
-                                                  'WINDOW', 'HAS_WH', 'HAS_WW', 'PRECISION'))
+    # extrapolation: one column tap without weights (rows are folded into the grid); the tap
+    # count is a size argument, not specialised
+    assert spec.constants['HAS_WW'] is False and 'taps_w' not in spec.constants
+    assert 'HAS_WH' not in spec.constants and 'taps_h' not in spec.constants
+    # interpolation from 800 to 64x96: resized columns
+    assert steps['tf32'][0].spec.constants['HAS_WW'] is True
 
 
 def test_explicit_16_bit_inputs_reach_the_kernels_as_16_bit_pointers():
@@ -201,8 +189,8 @@ def test_explicit_16_bit_inputs_reach_the_kernels_as_16_bit_pointers():
             q, k, v = (torch.empty(2, 2, 16, 24, dtype=torch.bfloat16, device='cuda')
                        for _ in range(3))
             rows = torch.zeros(4, 4, 1, dtype=torch.long, device='cuda')
-            grid = torch.empty(2, 3, 3, device='cuda')
-            triton_attention(q, k, v, grid, rows, None, rows, None, (4, 4), (4, 4))
+            folded = torch.empty(2, 4, 4, 3, device='cuda')
+            triton_attention(q, k, v, folded, rows, None, (4, 4), (4, 4))
     (launch,) = recorder.launches
     assert launch.spec.kernel == '_attention_fwd'
     assert dict(launch.spec.signature)['Q'] == '*bf16'
@@ -211,19 +199,22 @@ def test_explicit_16_bit_inputs_reach_the_kernels_as_16_bit_pointers():
     assert launch.spec.constants['WINDOW'] == 0 and launch.spec.constants['PRECISION'] == 'tf32'
 
 
-def test_size_variants_and_the_arguments_that_split_them():
+def test_input_sizes_do_not_split_the_specialisations():
     from mmtransnext.analysis.triton_launches import size_variants, varying_arguments
     with TrainingStepRecorder() as recorder:
-        for size in ((64, 64), (64, 80)):
+        for size in ((64, 64), (64, 80), (80, 112)):
             recorder.record(TrainingCase('micro', 'fp32', True, size))
     specs = list(recorder.specializations())
     counts = size_variants(specs)
     assert set(counts) == {(kernel, 'fp32') for kernel in KERNELS}
     forward = [s for s in specs if s.kernel == '_attention_fwd']
-    assert counts['_attention_fwd', 'fp32'] == len(forward) > 2  # window 3 and 0 at least
-    # 64 vs 80 columns: the width (16 vs 20 at stage 1) is divisible by 16 only in the first
-    assert 'width' in varying_arguments(forward, ('HEAD_DIM', 'BLOCK_D', 'BLOCK_M', 'BLOCK_N',
-                                                  'WINDOW', 'HAS_WH', 'HAS_WW', 'PRECISION'))
+    # One variant per window (3 and 0): sizes, tap counts and the strides that follow the size
+    # are left unspecialised (do_not_specialize), so widths divisible by 16 or not compile once.
+    assert counts['_attention_fwd', 'fp32'] == len(forward) == 2
+    for window in (3, 0):
+        same_window = [s for s in forward if s.constants['WINDOW'] == window]
+        assert not varying_arguments(same_window, ('HEAD_DIM', 'BLOCK_D', 'BLOCK_M', 'BLOCK_N',
+                                                   'WINDOW', 'HAS_WW', 'PRECISION'))
 
 
 def test_dino_sizes_follow_the_pipeline(tool):
