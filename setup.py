@@ -6,7 +6,8 @@ installing environment (hence ``--no-build-isolation``). Environment variables:
 - ``MMTRANSNEXT_WITH_OPS=0``: skip the ops (the package then uses a JIT build or pure PyTorch);
 - ``FORCE_CUDA=1``: build the CUDA kernels even without a visible GPU (needs torch with CUDA
   and the CUDA toolkit, ``CUDA_HOME``); ``FORCE_CUDA=0``: CPU kernels only. Unset: CUDA kernels
-  when torch has CUDA and a toolkit is found. ``TORCH_CUDA_ARCH_LIST`` picks the GPU archs.
+  when torch has CUDA, a toolkit is found and a GPU is visible or ``TORCH_CUDA_ARCH_LIST``
+  (which picks the GPU archs) is set (``ext_build.with_cuda``).
 """
 import os
 import os.path as osp
@@ -57,7 +58,9 @@ def ops_extensions() -> dict:
         raise RuntimeError(f'FORCE_CUDA=1 but torch {torch.__version__} has no CUDA '
                            f'(torch.version.cuda={torch.version.cuda}) or no CUDA toolkit was '
                            f'found (CUDA_HOME={CUDA_HOME})')
-    with_cuda = force_cuda == '1' or (force_cuda != '0' and has_cuda)
+    with_cuda = config['with_cuda'](force_cuda, torch.version.cuda is not None, CUDA_HOME,
+                                    torch.cuda.is_available(),
+                                    os.environ.get('TORCH_CUDA_ARCH_LIST'))
     extension = CUDAExtension if with_cuda else CppExtension
     # Relative paths: setuptools wants sources inside the project.
     sources = [osp.relpath(p, HERE) for p in config['sources'](HERE, with_cuda)]

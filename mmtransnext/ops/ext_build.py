@@ -6,7 +6,7 @@ it. Only the standard library is used here.
 """
 import glob
 import os.path as osp
-from typing import List
+from typing import List, Optional
 
 EXT_NAME = 'mmtransnext._ext'
 
@@ -36,3 +36,15 @@ def sources(root: str, with_cuda: bool) -> List[str]:
 def include_dirs(root: str) -> List[str]:
     """Header directories of the extension."""
     return [osp.join(csrc_dir(root), 'include')]
+
+
+def with_cuda(force: Optional[str], torch_has_cuda: bool, cuda_home: Optional[str],
+              gpu_visible: bool, arch_list: Optional[str]) -> bool:
+    """Whether to compile the CUDA kernels: ``FORCE_CUDA=1`` always, ``FORCE_CUDA=0`` never;
+    unset, when torch has CUDA, a toolkit is found and there is an arch to compile for (a
+    visible GPU, or ``TORCH_CUDA_ARCH_LIST``). A CUDA torch on a machine without a GPU (PyPI's
+    default build) thus builds the CPU kernels unless asked otherwise: torch cannot pick the
+    archs there, and nothing could run them."""
+    if force in ('0', '1'):
+        return force == '1'
+    return torch_has_cuda and cuda_home is not None and (gpu_visible or bool(arch_list))

@@ -74,7 +74,9 @@ def _import_built() -> ExtensionStatus:
 def _jit_build() -> ExtensionStatus:
     from torch.utils import cpp_extension
 
-    with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    with_cuda = ext_build.with_cuda(os.environ.get('FORCE_CUDA'), torch.version.cuda is not None,
+                                    cpp_extension.CUDA_HOME, torch.cuda.is_available(),
+                                    os.environ.get('TORCH_CUDA_ARCH_LIST'))
     sources = ext_build.sources(SOURCE_ROOT, with_cuda)
     if not sources:
         return ExtensionStatus(False, error=f'no sources for a JIT build in '
