@@ -8,27 +8,85 @@ in its ``__init__`` and says which of its parts make up the stem and each stage
 ...)`` through :func:`mmtransnext.checkpoint.load_pretrained`) comes from here.
 """
 import copy
+import math
+import numbers
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-def to_pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
-    """``value`` as an ``(h, w)`` pair of ints; a ValueError naming ``name`` otherwise."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value, value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, int) for v in value):
-        return int(value[0]), int(value[1])
-    raise ValueError(f'{name} must be an int or a pair of ints, got {value!r}')
+def _is_int(value: object) -> bool:
+    # bool is an int subclass, but True as a channel count or stage index is always a mistake
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` if it is a bool; a TypeError naming ``name`` otherwise (a string such as
+    ``'no'`` would pass as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} must be a bool (True or False), got {value!r}')
+    return value
+
+
+def check_int(name: str, value: object, low: int, high: Optional[int] = None) -> int:
+    """``value`` as an int in ``[low, high]`` (no upper bound when ``high`` is None): a
+    TypeError naming ``name`` if it is not an int, a ValueError if it is out of range."""
+    allowed = f'an int >= {low}' if high is None else f'an int in [{low}, {high}]'
+    if not _is_int(value):
+        raise TypeError(f'{name} must be {allowed}, got {value!r}')
+    if value < low or (high is not None and value > high):
+        raise ValueError(f'{name} must be {allowed}, got {value!r}')
+    return int(value)
+
+
+def check_real(name: str, value: object, low: float, high: Optional[float] = None,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite float in the interval from ``low`` to ``high`` (open ends where
+    ``low_open`` / ``high_open``; unbounded above when ``high`` is None): a TypeError naming
+    ``name`` if it is not a number, a ValueError if it is NaN, infinite or out of range."""
+    upper = 'inf)' if high is None else f'{high}{")" if high_open else "]"}'
+    allowed = f'a number in {"(" if low_open else "["}{low}, {upper}'
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f'{name} must be {allowed}, got {value!r}')
+    if not math.isfinite(value) or value < low or (low_open and value == low) or (
+            high is not None and (value > high or (high_open and value == high))):
+        raise ValueError(f'{name} must be {allowed}, got {value!r}')
+    return float(value)
+
+
+def check_rate(name: str, value: object) -> float:
+    """A dropout or stochastic-depth rate: a number in ``[0, 1)`` (at 1 every path is dropped
+    and the rescaling divides by zero)."""
+    return check_real(name, value, 0, 1, high_open=True)
+
+
+def to_pair(value: Union[int, Sequence[int]], name: str, minimum: int = 1) -> Tuple[int, int]:
+    """``value`` as an ``(h, w)`` pair of ints >= ``minimum``: a TypeError naming ``name`` if
+    it is not an int or a sequence of ints, a ValueError for another length or a small value."""
+    if _is_int(value):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and all(_is_int(v) for v in value):
+        if len(value) != 2:
+            raise ValueError(f'{name} must be an int or a pair of ints (h, w), got {value!r}')
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f'{name} must be an int or a pair of ints (h, w), got {value!r}')
+    if min(pair) < minimum:
+        raise ValueError(f'{name} must be >= {minimum}, got {value!r}')
+    return pair
+
+
+#: Per-stage integer settings and their smallest value; ``mlp_ratios`` are numbers > 0.
+STAGE_INT_MINIMUM = dict(depths=1, embed_dims=1, num_heads=1, sr_ratios=1, num_groups=2)
 
 
 def resolve_stage_settings(family: str, arch: Union[str, dict], presets: Dict[str, dict],
                            defaults: dict, stage_keys: Sequence[str], required: Sequence[str],
                            overrides: Dict[str, object]) -> dict:
     """Per-stage settings of ``arch`` (a preset name or a dict) with the non-None
-    ``overrides``, every ``stage_keys`` entry a list with one value per stage.
+    ``overrides``, every ``stage_keys`` entry a list with one value per stage, the keys of
+    :data:`STAGE_INT_MINIMUM` and ``mlp_ratios`` range-checked.
 
     Args:
         family: backbone name, for messages.
@@ -56,20 +114,26 @@ def resolve_stage_settings(family: str, arch: Union[str, dict], presets: Dict[st
             raise ValueError(f'{family} arch dict lacks {sorted(missing)}')
         settings = dict(defaults, **arch)
     else:
-        raise ValueError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
+        raise TypeError(f'arch must be a preset name or a dict, got {arch!r}')
     settings.update({k: v for k, v in overrides.items() if v is not None})
     for key in stage_keys:
         if not isinstance(settings[key], (list, tuple)):
-            raise ValueError(f'{key} must be a list with one value per stage, '
-                             f'got {settings[key]!r}')
+            raise TypeError(f'{key} must be a list with one value per stage, '
+                            f'got {settings[key]!r}')
         settings[key] = list(settings[key])
     num_stages = len(settings['depths'])
+    if num_stages < 1:
+        raise ValueError(f'depths must list at least one stage, got {settings["depths"]!r}')
     for key in stage_keys:
         if len(settings[key]) != num_stages:
-            raise ValueError(f'{key} has {len(settings[key])} entries but depths has '
-                             f'{num_stages}; give one value per stage')
-    if num_stages < 1 or any(not isinstance(d, int) or d < 1 for d in settings['depths']):
-        raise ValueError(f'depths must be positive ints, got {settings["depths"]}')
+            raise ValueError(f'{key} has {len(settings[key])} entries but depths '
+                             f'{settings["depths"]!r} has {num_stages}; give one value per '
+                             f'stage')
+        for i, value in enumerate(settings[key]):
+            if key in STAGE_INT_MINIMUM:
+                settings[key][i] = check_int(f'{key}[{i}]', value, STAGE_INT_MINIMUM[key])
+            elif key == 'mlp_ratios':
+                settings[key][i] = check_real(f'{key}[{i}]', value, 0, low_open=True)
     return settings
 
 
@@ -109,25 +173,19 @@ class MultiStageBackbone(BaseModule):
     def setup_stages(self, num_stages: int, in_channels: int, out_indices: Sequence[int],
                      frozen_stages: int, norm_eval: bool = False) -> None:
         """Validate and store the stage options shared by all families."""
-        name = type(self).__name__
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f'{name}: in_channels must be a positive int, got {in_channels!r}')
         self.num_stages = num_stages
-        self.in_channels = in_channels
-        try:
-            self.out_indices = tuple(int(i) for i in out_indices)
-        except (TypeError, ValueError):
-            raise ValueError(f'out_indices must be a sequence of stage indices, '
-                             f'got {out_indices!r}') from None
+        self.in_channels = check_int('in_channels', in_channels, 1)
+        if not isinstance(out_indices, (list, tuple)) or not all(
+                _is_int(i) for i in out_indices):
+            raise TypeError(f'out_indices must be a list or tuple of stage indices (ints), '
+                            f'got {out_indices!r}')
+        self.out_indices = tuple(int(i) for i in out_indices)
         if not self.out_indices or any(not 0 <= i < num_stages for i in self.out_indices) or \
                 len(set(self.out_indices)) != len(self.out_indices):
-            raise ValueError(f'out_indices {out_indices} must be non-empty distinct stage '
-                             f'indices in [0, {num_stages - 1}]')
-        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'frozen_stages must be in [-1, {num_stages}], '
-                             f'got {frozen_stages!r}')
-        self.frozen_stages = frozen_stages
-        self.norm_eval = bool(norm_eval)
+            raise ValueError(f'out_indices must be non-empty distinct stage indices in '
+                             f'[0, {num_stages - 1}], got {out_indices!r}')
+        self.frozen_stages = check_int('frozen_stages', frozen_stages, -1, num_stages)
+        self.norm_eval = check_flag('norm_eval', norm_eval)
 
     def finish_setup(self, channels: Sequence[int], output_modules: Sequence[str]) -> None:
         """Set ``feature_info`` (timm style: channels, reduction, module per stage) and apply

@@ -19,7 +19,8 @@ from ..layers.attention import AggregatedAttention, FullAttention, StageGeometry
 from ..layers.conv_glu import ConvGLU
 from ..layers.position_bias import (DEFAULT_CACHE_ENTRIES, PositionTableCache,
                                     official_position_table)
-from .base import MultiStageBackbone, Part, resolve_stage_settings, to_pair
+from .base import (MultiStageBackbone, Part, check_flag, check_int, check_rate,
+                   resolve_stage_settings, to_pair)
 
 Size2d = Tuple[int, int]
 
@@ -47,14 +48,18 @@ def resolve_arch(arch: Union[str, dict], **overrides) -> dict:
         sr, window = settings['sr_ratios'][i], settings['window_size'][i]
         if dim % heads:
             raise ValueError(f'stage {i + 1}: embed_dims {dim} not divisible by num_heads {heads}')
-        if sr < 1:
-            raise ValueError(f'stage {i + 1}: sr_ratio must be >= 1, got {sr}')
+        if window is not None:
+            window = settings['window_size'][i] = check_int(f'window_size[{i}]', window, 1)
         if sr == 1 and window is not None:
             raise ValueError(f'stage {i + 1}: sr_ratio 1 means full attention, so window_size '
                              f'must be None (got {window})')
-        if sr > 1 and (window is None or window < 1 or window % 2 == 0):
+        if sr > 1 and (window is None or window % 2 == 0):
             raise ValueError(f'stage {i + 1}: aggregated attention needs a positive odd '
                              f'window_size, got {window}')
+        # ConvGLU's gate/value width is int(2 * int(dim * mlp_ratio) / 3)
+        if int(2 * int(dim * settings['mlp_ratios'][i]) / 3) < 1:
+            raise ValueError(f'mlp_ratios[{i}] = {settings["mlp_ratios"][i]!r} leaves ConvGLU '
+                             f'no hidden channel at embed_dims {dim}; it must be >= {2 / dim:g}')
     return settings
 
 
@@ -196,7 +201,13 @@ class TransNeXt(MultiStageBackbone):
         self.sr_ratios: List[int] = settings['sr_ratios']
         self.window_size: List[Optional[int]] = settings['window_size']
         self.setup_stages(len(self.depths), in_channels, out_indices, frozen_stages)
-        self.is_extrapolation = bool(is_extrapolation)
+        self.is_extrapolation = check_flag('is_extrapolation', is_extrapolation)
+        for name, flag in (('qkv_bias', qkv_bias), ('with_cp', with_cp)):
+            check_flag(name, flag)
+        for name, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                           ('drop_path_rate', drop_path_rate)):
+            check_rate(name, rate)
+        check_int('position_cache_size', position_cache_size, 1)
         self.img_size = to_pair(img_size, 'img_size')
         self.pretrain_size = to_pair(pretrain_size if pretrain_size is not None else img_size,
                                      'pretrain_size')

@@ -22,8 +22,10 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.position_bias import PositionTableCache
-from ..layers.transxnet_layers import BLOCK_NORM, BN, PatchEmbed, TransXNetBlock
-from .base import MultiStageBackbone, Part, resolve_stage_settings, to_pair
+from ..layers.transxnet_layers import (BLOCK_NORM, BN, PatchEmbed, TransXNetBlock,
+                                       check_norm_cfg)
+from .base import (MultiStageBackbone, Part, check_flag, check_int, check_rate, check_real,
+                   resolve_stage_settings, to_pair)
 
 Size2d = Tuple[int, int]
 
@@ -38,7 +40,8 @@ ARCH_SETTINGS: Dict[str, dict] = {
 }
 #: The official short names.
 ARCH_ALIASES = {'t': 'tiny', 's': 'small', 'b': 'base', 'T': 'tiny', 'S': 'small', 'B': 'base'}
-_ARCH_DEFAULTS = dict(sr_ratios=[8, 4, 2, 1], kernel_size=7, layer_scale_init_value=1e-5)
+_ARCH_DEFAULTS = dict(sr_ratios=[8, 4, 2, 1], mlp_ratios=[4, 4, 4, 4], kernel_size=7,
+                      layer_scale_init_value=1e-5)
 _STAGE_KEYS = ('depths', 'embed_dims', 'num_heads', 'num_groups', 'sr_ratios', 'mlp_ratios')
 
 #: Default bound of the resized position-bias cache: one input size's four tables. A table at
@@ -54,24 +57,23 @@ def resolve_arch(arch: Union[str, dict], **overrides) -> dict:
     settings = resolve_stage_settings('TransXNet', arch, ARCH_SETTINGS, _ARCH_DEFAULTS,
                                       _STAGE_KEYS, ('depths', 'embed_dims', 'num_heads',
                                                     'num_groups'), overrides)
-    kernel = settings['kernel_size']
-    if not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+    kernel = check_int('kernel_size', settings['kernel_size'], 1)
+    if kernel % 2 == 0:
         raise ValueError(f'kernel_size must be a positive odd int, got {kernel!r}')
+    # 0 starts every residual branch at zero (still trainable); the official value is 1e-5
+    check_real('layer_scale_init_value', settings['layer_scale_init_value'], 0)
     for i in range(len(settings['depths'])):
         dim, heads = settings['embed_dims'][i], settings['num_heads'][i]
-        groups, sr = settings['num_groups'][i], settings['sr_ratios'][i]
         if dim < 8 or dim % 2:
             raise ValueError(f'stage {i + 1}: embed_dims {dim} must be even and >= 8 (half '
                              f'goes to IDConv, whose projection is a quarter of that)')
-        if heads < 1 or (dim // 2) % heads:
+        if (dim // 2) % heads:
             raise ValueError(f'stage {i + 1}: half of embed_dims ({dim // 2}, the OSRA '
                              f'channels) is not divisible by num_heads {heads}')
-        if groups < 2:
-            raise ValueError(f'stage {i + 1}: num_groups must be >= 2, got {groups}')
-        if not isinstance(sr, int) or sr < 1:
-            raise ValueError(f'stage {i + 1}: sr_ratio must be an int >= 1, got {sr!r}')
         if int(dim * settings['mlp_ratios'][i]) < 4:
-            raise ValueError(f'stage {i + 1}: MS-FFN width embed_dims x mlp_ratio must be >= 4')
+            raise ValueError(f'mlp_ratios[{i}] = {settings["mlp_ratios"][i]!r}: the MS-FFN '
+                             f'width embed_dims x mlp_ratio must be >= 4 (one channel per '
+                             f'kernel size), so mlp_ratio >= {4 / dim:g} at embed_dims {dim}')
     return settings
 
 
@@ -105,7 +107,9 @@ class TransXNet(MultiStageBackbone):
             stages 1..k (blocks, downsampling into them, position tables, output norms).
         norm_eval: keep every BatchNorm in eval mode during training (frozen statistics).
         norm_cfg: config of the BatchNorm layers (None: ``dict(type='BN')``; a config may
-            choose ``dict(type='SyncBN')``).
+            choose ``dict(type='SyncBN')``, 'BN2d', or 'GN' with ``num_groups`` dividing every
+            width). Checked at construction: types that cannot normalise NCHW maps (LN, IN,
+            BN1d, ...) raise a ValueError there.
         drop_rate: dropout in the MS-FFN.
         drop_path_rate: stochastic depth, linear over all blocks from 0 to this rate.
         with_cp: activation checkpointing in every block. (BatchNorm running statistics are
@@ -153,15 +157,13 @@ class TransXNet(MultiStageBackbone):
             raise ValueError(f'TransXNet has 4 stages (official checkpoint layout), got '
                              f'{len(self.depths)}')
         self.setup_stages(4, in_channels, out_indices, frozen_stages, norm_eval)
-        if not 0 <= drop_path_rate < 1 or not 0 <= drop_rate < 1:
-            raise ValueError(f'drop_rate and drop_path_rate must be in [0, 1), got '
-                             f'{drop_rate}, {drop_path_rate}')
+        check_flag('with_cp', with_cp)
+        for name, rate in (('drop_rate', drop_rate), ('drop_path_rate', drop_path_rate)):
+            check_rate(name, rate)
+        check_int('position_cache_size', position_cache_size, 1)
         norm_cfg = dict(BN) if norm_cfg is None else norm_cfg
-        if not isinstance(norm_cfg, dict) or 'type' not in norm_cfg:
-            raise ValueError(f'norm_cfg must be a dict with a type, got {norm_cfg!r}')
+        check_norm_cfg(norm_cfg, self.embed_dims[0])
         self.pretrain_size = to_pair(pretrain_size, 'pretrain_size')
-        if min(self.pretrain_size) < 1:
-            raise ValueError(f'pretrain_size must be positive, got {pretrain_size}')
         self.position_tables = PositionTableCache(position_cache_size)
 
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims[0], 7, 4, 3, norm_cfg)

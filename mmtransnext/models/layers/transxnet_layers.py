@@ -5,16 +5,20 @@ Visual Recognition", Lou et al., IEEE TNNLS (arXiv 2310.19380). Layout is NCHW t
 module / parameter names follow the official checkpoints (``token_mixer.local_unit``,
 ``token_mixer.global_unit``, ``mlp.fc1``, ``layer_scale_1``, ...), so they load unchanged.
 
-``bn_cfg`` is the config of every BatchNorm (``dict(type='BN')``; a config may choose SyncBN).
+``bn_cfg`` is the config of every BatchNorm (``dict(type='BN')``; a config may choose SyncBN,
+or GN with ``num_groups``), built through :func:`norm_layer`, which names bad configs.
 The block norms are GroupNorm with one group, as in the official release.
 """
+import inspect
+from collections import OrderedDict
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks import ConvModule, DropPath, build_activation_layer, build_norm_layer
+from mmcv.cnn.bricks import DropPath, build_activation_layer, build_norm_layer
 from mmengine.model.weight_init import trunc_normal_
+from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 GELU = dict(type='GELU')
@@ -27,12 +31,72 @@ BN = dict(type='BN')
 CHUNK_ELEMENTS = 1 << 24
 
 
+#: Norm types TransXNet is tested with ('GN' with a ``num_groups`` dividing every width).
+NORM_TYPES = ('BN', 'BN2d', 'SyncBN', 'GN')
+
+
+def norm_layer(bn_cfg: dict, channels: int) -> nn.Module:
+    """``build_norm_layer(bn_cfg, channels)`` with a TypeError / ValueError naming ``norm_cfg``
+    (the backbone's argument) when the config is not a dict with a registered type or cannot
+    build a layer for ``channels`` (GN without ``num_groups``, or one not dividing ``channels``).
+    """
+    if not isinstance(bn_cfg, dict):
+        raise TypeError(f"norm_cfg must be a dict such as dict(type='BN'), got {bn_cfg!r}")
+    if 'type' not in bn_cfg:
+        raise ValueError(f'norm_cfg needs a type, one of {NORM_TYPES}, got {bn_cfg!r}')
+    layer_type = bn_cfg['type']
+    if not isinstance(layer_type, str) and not inspect.isclass(layer_type):
+        raise TypeError(f'norm_cfg type must be a registered name, one of {NORM_TYPES}, '
+                        f'got {layer_type!r} in {bn_cfg!r}')
+    if isinstance(layer_type, str):
+        # build_norm_layer looks the name up the same way but reports 'Cannot find None'
+        with MODELS.switch_scope_and_registry(None) as registry:
+            if registry.get(layer_type) is None:
+                raise ValueError(f'norm_cfg type {layer_type!r} is not a registered norm '
+                                 f'layer (registry scope {registry.scope!r}); TransXNet '
+                                 f'accepts {NORM_TYPES}')
+    if layer_type == 'GN' and 'num_groups' not in bn_cfg:
+        raise ValueError(f"norm_cfg {bn_cfg!r}: GN needs num_groups dividing every width, "
+                         f"e.g. dict(type='GN', num_groups=1)")
+    try:
+        return build_norm_layer(bn_cfg, channels)[1]
+    except Exception as err:
+        raise ValueError(f'norm_cfg {bn_cfg!r} cannot build a norm layer for {channels} '
+                         f'channels: {type(err).__name__}: {err}') from err
+
+
+def check_norm_cfg(bn_cfg: dict, channels: int) -> None:
+    """Raise as :func:`norm_layer` does, or a ValueError naming ``norm_cfg`` when its layer
+    cannot normalise a ``(2, channels, 1, 1)`` map in eval mode.
+
+    Every norm of TransXNet sees NCHW maps, down to IDConv's 1x1 spatial mean, so LayerNorm
+    (last axis), InstanceNorm (needs more than one position) and BN1d / BN3d fail there: this
+    says so at construction instead of in the first forward. One trial per backbone, since a
+    tiny forward costs more than building the layer.
+    """
+    layer = norm_layer(bn_cfg, channels)
+    try:
+        with torch.no_grad():
+            layer.eval()(torch.zeros(2, channels, 1, 1))
+    except Exception as err:
+        raise ValueError(f'norm_cfg {bn_cfg!r} builds {type(layer).__name__}, which cannot '
+                         f'normalise the (N, C, H, W) maps of TransXNet (tried a (2, {channels}, '
+                         f'1, 1) map, the shape of IDConv\'s spatial mean): {err}') from err
+
+
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
             padding: int = 0, groups: int = 1, bn_cfg: dict = BN,
-            act_cfg: Optional[dict] = None) -> ConvModule:
-    """Bias-free conv, BatchNorm, optional activation (children ``conv``, ``bn``)."""
-    return ConvModule(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                      groups=groups, bias=False, norm_cfg=bn_cfg, act_cfg=act_cfg)
+            act_cfg: Optional[dict] = None) -> nn.Sequential:
+    """Bias-free conv, norm, optional activation: children ``conv``, ``bn`` (whatever the norm
+    type, so code and checkpoint keys do not depend on it) and ``activate``, as the official
+    ``ConvModule`` names them for BatchNorm."""
+    layers = OrderedDict(
+        conv=nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups,
+                       bias=False),
+        bn=norm_layer(bn_cfg, out_channels))
+    if act_cfg is not None:
+        layers['activate'] = build_activation_layer(act_cfg)
+    return nn.Sequential(layers)
 
 
 def channel_affine(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -85,7 +149,7 @@ class IDConv(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_groups, dim))
         self.pool = nn.AdaptiveAvgPool2d(kernel_size)
         self.proj = nn.Sequential(
-            ConvModule(dim, dim // reduction_ratio, 1, norm_cfg=bn_cfg, act_cfg=GELU),
+            conv_bn(dim, dim // reduction_ratio, 1, bn_cfg=bn_cfg, act_cfg=GELU),
             nn.Conv2d(dim // reduction_ratio, dim * num_groups, 1))
         trunc_normal_(self.weight, std=.02)
         trunc_normal_(self.bias, std=.02)
@@ -193,12 +257,12 @@ class DMixer(nn.Module):
         self.proj = nn.Sequential(
             nn.Conv2d(dim, dim, 3, padding=1, groups=dim),
             build_activation_layer(GELU),
-            build_norm_layer(bn_cfg, dim)[1],
+            norm_layer(bn_cfg, dim),
             nn.Conv2d(dim, inner, 1),
             build_activation_layer(GELU),
-            build_norm_layer(bn_cfg, inner)[1],
+            norm_layer(bn_cfg, inner),
             nn.Conv2d(inner, dim, 1),
-            build_norm_layer(bn_cfg, dim)[1])
+            norm_layer(bn_cfg, dim))
 
     def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
         x1, x2 = torch.chunk(x, 2, dim=1)
@@ -243,12 +307,12 @@ class MultiScaleFFN(nn.Module):
                              f'kernel size)')
         self.fc1 = nn.Sequential(nn.Conv2d(dim, hidden_dim, 1, bias=False),
                                  build_activation_layer(GELU),
-                                 build_norm_layer(bn_cfg, hidden_dim)[1])
+                                 norm_layer(bn_cfg, hidden_dim))
         self.dwconv = MultiScaleDWConv(hidden_dim)
         self.act = build_activation_layer(GELU)
-        self.norm = build_norm_layer(bn_cfg, hidden_dim)[1]
+        self.norm = norm_layer(bn_cfg, hidden_dim)
         self.fc2 = nn.Sequential(nn.Conv2d(hidden_dim, dim, 1, bias=False),
-                                 build_norm_layer(bn_cfg, dim)[1])
+                                 norm_layer(bn_cfg, dim))
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:

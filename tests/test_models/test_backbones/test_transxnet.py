@@ -232,8 +232,8 @@ def test_single_image_training_batch_is_refused_clearly():
     (dict(sr_ratios=[0, 4, 2, 1]), 'sr_ratio'),
     (dict(pretrain_size=(224, 224, 3)), 'pretrain_size'),
     (dict(drop_path_rate=1.5), 'drop_path_rate'),
-    (dict(norm_cfg='BN'), 'norm_cfg'),
-    (dict(position_cache_size=0), 'max_entries'),
+    (dict(norm_cfg=dict(type='LN')), 'norm_cfg'),
+    (dict(position_cache_size=0), 'position_cache_size'),
 ])
 def test_bad_settings_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
