@@ -22,7 +22,8 @@ FAMILIES = {
                                  depths=[1, 1, 1, 1]), img_size=64, pretrain_size=64)),
     'TransXNet': (TransXNet, transxnet.resolve_arch,
                   dict(arch=dict(embed_dims=[16, 16, 32, 32], num_heads=[1, 1, 2, 2],
-                                 num_groups=[2, 2, 2, 2], depths=[1, 1, 1, 1]),
+                                 num_groups=[2, 2, 2, 2], depths=[1, 1, 1, 1],
+                                 mlp_ratios=[4, 4, 4, 4]),
                        pretrain_size=64)),
 }
 
@@ -235,6 +236,15 @@ def test_arch_dict_values_are_checked(family, key, value, error):
         return
     with pytest.raises(error, match=key):
         FAMILIES[family][0](**kwargs)
+
+
+def test_optional_arch_dict_keys_take_their_defaults():
+    """An arch dict may leave out the keys the docstrings call optional (TransXNet's
+    ``mlp_ratios`` used to raise a KeyError)."""
+    for family, (_, resolve, base) in FAMILIES.items():
+        required = {'embed_dims', 'num_heads', 'depths', 'num_groups'}
+        arch = {k: v for k, v in base['arch'].items() if k in required}
+        assert len(resolve(arch)['mlp_ratios']) == 4, family
 
 
 def test_every_shared_argument_is_a_parameter_of_both_families():
