@@ -1,5 +1,7 @@
-"""What every backbone of the package shares: stage options, freezing, pretrained loading, input
-checks and ``feature_info``.
+"""What every backbone of the package shares: argument checks (:func:`check_int`,
+:func:`check_real`, :func:`check_rate`, :func:`check_flag`, :func:`to_pair`: a TypeError for a
+wrong type, a ValueError out of range, both naming the argument, the value and what is
+allowed), stage options, freezing, pretrained loading, input checks and ``feature_info``.
 
 A family subclasses :class:`MultiStageBackbone`, calls :meth:`~MultiStageBackbone.setup_stages`
 in its ``__init__`` and says which of its parts make up the stem and each stage

@@ -149,7 +149,7 @@ class TransNeXt(MultiStageBackbone):
         frozen_stages: -1 trains everything, 0 freezes the stem (first patch embed), k >= 1
             freezes the patch embeds, blocks and norms of stages 1..k.
         drop_rate, attn_drop_rate, drop_path_rate: dropout, attention dropout, stochastic depth
-            (linearly increasing over blocks up to ``drop_path_rate``).
+            (linearly increasing over blocks up to ``drop_path_rate``), each in [0, 1).
         with_cp: activation checkpointing in every block.
         attn_impl: attention backend (see :mod:`mmtransnext.ops.dispatch`): 'triton' (fused
             Triton kernels, CUDA or ``TRITON_INTERPRET=1``), 'ext' (compiled sliding-window ops

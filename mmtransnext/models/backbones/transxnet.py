@@ -94,7 +94,7 @@ class TransXNet(MultiStageBackbone):
         arch: 'tiny', 'small', 'base' (or the official 't', 's', 'b'), or a dict with
             ``depths``, ``embed_dims``, ``num_heads``, ``num_groups`` and optionally
             ``sr_ratios``, ``mlp_ratios`` (one value per stage), ``kernel_size`` (IDConv) and
-            ``layer_scale_init_value``.
+            ``layer_scale_init_value`` (a number >= 0).
         in_channels: input image channels.
         pretrain_size: image size the relative-position tables are built for (the official
             ``image_size``, 224 for all released weights); at other sizes they are resized
@@ -110,8 +110,8 @@ class TransXNet(MultiStageBackbone):
             choose ``dict(type='SyncBN')``, 'BN2d', or 'GN' with ``num_groups`` dividing every
             width). Checked at construction: types that cannot normalise NCHW maps (LN, IN,
             BN1d, ...) raise a ValueError there.
-        drop_rate: dropout in the MS-FFN.
-        drop_path_rate: stochastic depth, linear over all blocks from 0 to this rate.
+        drop_rate: dropout in the MS-FFN, in [0, 1).
+        drop_path_rate: stochastic depth, linear over all blocks from 0 to this rate, in [0, 1).
         with_cp: activation checkpointing in every block. (BatchNorm running statistics are
             updated again when a block is recomputed in backward.)
         position_cache_size: entries of the bounded cache of resized position tables (one
