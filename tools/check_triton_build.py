@@ -334,6 +334,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.max_variants is not None and args.dino is None:
         parser.error('--max-variants needs --dino')
+    if args.dino is not None:
+        common.check_file(args.dino, '--dino config')
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         print('unset TRITON_INTERPRET: the interpreter compiles nothing', file=sys.stderr)
         return 2

@@ -169,6 +169,11 @@ def test_get_flops_names_a_broken_config(capsys, files):
     _refused(capsys, files, 'get_flops', ['broken.py'], 'config file broken.py cannot be read')
 
 
+def test_check_triton_build_names_a_missing_dino_config(capsys, files):
+    _refused(capsys, files, 'check_triton_build', ['--dino', 'missing.py', '--no-compile'],
+             '--dino config not found: missing.py')
+
+
 def test_gpu_benchmark_refuses_a_folder_as_out(capsys, files):
     _refused(capsys, files, 'gpu_benchmark', ['--device', 'cpu', '--dry-run', '--out', 'folder'],
              '--out folder is a directory')
