@@ -14,6 +14,14 @@ Every local checkpoint, whoever asks for it, is read by :func:`read_checkpoint`;
 - a file that needs anything else is refused with an error naming the global, unless trust was
   given on purpose: :func:`trusted_checkpoints` or ``MMTRANSNEXT_TRUSTED_CHECKPOINTS=1``, which
   then unpickle that file in full.
+
+The model weights of every checkpoint read (the floating-point tensors of its ``state_dict`` /
+``model``, or of the file itself when it is a plain state dict) must be finite: a file with a NaN
+or inf weight (a diverged run, a broken conversion) is refused with the tensors named, unless
+asked for on purpose: ``allow_non_finite=True`` (:func:`read_checkpoint`, :func:`load_pretrained`,
+a backbone's ``init_cfg``) or ``MMTRANSNEXT_ALLOW_NON_FINITE_CHECKPOINTS=1`` (what reaches
+``load_from`` / ``--resume``, which mmengine reads). Optimizer state, EMA copies and logged
+values are not checked: they do not become the model's weights.
 """
 import contextlib
 import contextvars
@@ -21,7 +29,7 @@ import os
 import os.path as osp
 import pickle
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -30,6 +38,7 @@ from torch import nn
 from . import safe_pickle
 
 TRUSTED_ENV = 'MMTRANSNEXT_TRUSTED_CHECKPOINTS'
+NON_FINITE_ENV = 'MMTRANSNEXT_ALLOW_NON_FINITE_CHECKPOINTS'
 _TRUSTED = contextvars.ContextVar('mmtransnext_trusted_checkpoints', default=False)
 
 #: Keys of an ImageNet classifier that a backbone never has; dropped silently but reported
@@ -55,8 +64,10 @@ def _trusted() -> bool:
     return _TRUSTED.get() or os.environ.get(TRUSTED_ENV, '') == '1'
 
 
-def read_checkpoint(filename: str, map_location='cpu', allow_pickle: Optional[bool] = None):
-    """Read a local checkpoint file without executing anything from it (see the module doc).
+def read_checkpoint(filename: str, map_location='cpu', allow_pickle: Optional[bool] = None,
+                    allow_non_finite: Optional[bool] = None):
+    """Read a local checkpoint file without executing anything from it (see the module doc)
+    and check that its model weights are finite (:func:`check_finite`).
 
     Args:
         filename: path of the file.
@@ -64,12 +75,25 @@ def read_checkpoint(filename: str, map_location='cpu', allow_pickle: Optional[bo
         allow_pickle: whether a file that the restricted unpickler refuses may be unpickled in
             full. None decides from :func:`trusted_checkpoints` and
             ``MMTRANSNEXT_TRUSTED_CHECKPOINTS``.
+        allow_non_finite: load weights holding NaN or inf (reported as a warning) instead of
+            refusing them. None decides from ``MMTRANSNEXT_ALLOW_NON_FINITE_CHECKPOINTS``.
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: not a checkpoint, or (untrusted) it needs a global that is refused.
+        IsADirectoryError: ``filename`` is a directory.
+        CheckpointError: not a checkpoint, (untrusted) it needs a global that is refused, or
+            a weight is not finite.
     """
+    checkpoint = _read(filename, map_location, allow_pickle)
+    if isinstance(checkpoint, dict):
+        check_finite(extract_state_dict(checkpoint, prefix=''), filename, allow_non_finite)
+    return checkpoint
+
+
+def _read(filename: str, map_location, allow_pickle: Optional[bool]):
     path = osp.expanduser(str(filename))
+    if osp.isdir(path):
+        raise IsADirectoryError(f'checkpoint path is a directory, not a file: {filename}')
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {filename}')
     try:
@@ -96,6 +120,55 @@ def read_checkpoint(filename: str, map_location='cpu', allow_pickle: Optional[bo
     print_log(f'{filename}: unpickled in full (trusted) because it needs {refused.name}',
               logger='current', level=30)
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def non_finite_tensors(state: Dict[str, torch.Tensor]) -> Dict[str, Tuple[int, int, int]]:
+    """``{name: (NaN count, inf count, size)}`` of the floating-point tensors of ``state``
+    that hold a NaN or an infinity."""
+    found = {}
+    for name, tensor in state.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue  # integer buffers (counters, indices) cannot be NaN
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        found[name] = (nan, tensor.numel() - int(finite.sum()) - nan, tensor.numel())
+    return found
+
+
+def check_finite(state: Dict[str, torch.Tensor], filename: str,
+                 allow_non_finite: Optional[bool] = None) -> None:
+    """Refuse (or, allowed, warn about) weights of ``state`` that hold NaN or inf.
+
+    Args:
+        state: the weights (e.g. from :func:`extract_state_dict`).
+        filename: the file they come from, for the message.
+        allow_non_finite: warn instead of raising. None decides from
+            ``MMTRANSNEXT_ALLOW_NON_FINITE_CHECKPOINTS=1``.
+
+    Raises:
+        CheckpointError: a tensor is not finite and that was not allowed.
+    """
+    found = non_finite_tensors(state)
+    if not found:
+        return
+    parts = []
+    for name, (nan, inf, size) in found.items():
+        kinds = ', '.join(f'{n} {label}' for n, label in ((nan, 'NaN'), (inf, 'inf')) if n)
+        parts.append(f'{name} ({kinds} of {size})')
+    summary = (f'{filename}: {len(found)} of {len(state)} weight tensors hold non-finite '
+               f'values: {_preview(parts, 4)}')
+    if allow_non_finite is None:
+        allow_non_finite = os.environ.get(NON_FINITE_ENV, '') == '1'
+    if allow_non_finite:
+        print_log(f'{summary} (loaded anyway: non-finite weights allowed)', logger='current',
+                  level=30)
+        return
+    raise CheckpointError(
+        f'{summary}. Such weights make every output NaN (a diverged run or a broken file?). '
+        f'To load it anyway pass allow_non_finite=True (read_checkpoint / load_pretrained / '
+        f'the backbone\'s init_cfg) or set {NON_FINITE_ENV}=1.')
 
 
 def _local_loader(filename: str, map_location=None):
@@ -146,13 +219,14 @@ class LoadReport:
 
 
 def _preview(keys: List[str], most: int = 8) -> str:
-    more = f' ... (+{len(keys) - most} more)' if len(keys) > most else ''
+    more = f' and {len(keys) - most} more' if len(keys) > most else ''
     return ', '.join(keys[:most]) + more
 
 
 def load_pretrained(model: nn.Module, filename: str, prefix: Optional[str] = None,
                     map_location='cpu', strict: bool = True,
-                    optional: Sequence[str] = ()) -> LoadReport:
+                    optional: Sequence[str] = (),
+                    allow_non_finite: Optional[bool] = None) -> LoadReport:
     """Load official weights (ImageNet or mmdet/mmseg files) into the backbone ``model``.
 
     Reads with :func:`read_checkpoint` (nothing in the file is executed), drops the classifier
@@ -160,9 +234,10 @@ def load_pretrained(model: nn.Module, filename: str, prefix: Optional[str] = Non
     key matches, when a shape differs (a different arch), or, with ``strict``, when keys are
     missing or left over. Missing keys that start with one of ``optional`` (parts a pretraining
     file legitimately lacks, e.g. output norms added for dense prediction) keep their
-    initialisation and are reported, not refused.
+    initialisation and are reported, not refused. Weights holding NaN or inf are refused
+    unless ``allow_non_finite`` (see :func:`check_finite`).
     """
-    checkpoint = read_checkpoint(filename, map_location)
+    checkpoint = read_checkpoint(filename, map_location, allow_non_finite=allow_non_finite)
     state = extract_state_dict(checkpoint, prefix)
     own = model.state_dict()
     report = LoadReport()

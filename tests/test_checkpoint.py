@@ -203,3 +203,95 @@ def test_unrelated_checkpoint_names_the_class(tmp_path):
     torch.save({'state_dict': {'conv1.weight': torch.randn(3)}}, path)
     with pytest.raises(CheckpointError, match='is it a TransXNet checkpoint'):
         _xnet(path).init_weights()
+
+
+# ------------------------------------------------------------------- non-finite weights
+@pytest.fixture
+def _no_opt_in(monkeypatch):
+    monkeypatch.delenv('MMTRANSNEXT_ALLOW_NON_FINITE_CHECKPOINTS', raising=False)
+
+
+def _poisoned_imagenet_file(tmp_path, poison):
+    """An official-layout file of TransNeXt micro with ``poison(state)`` applied."""
+    path, state = _official_imagenet_file(tmp_path, TransNeXt(**ARCH))
+    poison(state)
+    torch.save({'model': state}, path)
+    return path, state
+
+
+def _all_nan(state):
+    for value in state.values():
+        if value.is_floating_point():
+            value.fill_(float('nan'))
+
+
+def test_all_nan_checkpoint_is_refused_naming_tensors_and_counts(tmp_path, _no_opt_in):
+    path, state = _poisoned_imagenet_file(tmp_path, _all_nan)
+    floating = [k for k, v in state.items() if v.is_floating_point()]
+    first = next(iter(state))
+    with pytest.raises(CheckpointError) as err:
+        _pretrained(path).init_weights()
+    message = str(err.value)
+    assert f'{len(floating)} of {len(state)} weight tensors hold non-finite values' in message
+    size = state[first].numel()
+    assert f'{first} ({size} NaN of {size})' in message
+    assert f'and {len(floating) - 4} more' in message
+    assert 'allow_non_finite=True' in message
+    assert 'MMTRANSNEXT_ALLOW_NON_FINITE_CHECKPOINTS=1' in message
+
+
+def test_one_inf_is_refused_and_counted(tmp_path, _no_opt_in):
+    def one_inf(state):
+        state['norm4.weight'][3] = float('-inf')
+
+    path, _ = _poisoned_imagenet_file(tmp_path, one_inf)
+    with pytest.raises(CheckpointError, match=r': 1 of \d+ weight tensors hold non-finite '
+                       r'values: norm4\.weight \(1 inf of 384\)\. '):
+        _pretrained(path).init_weights()
+    with pytest.raises(CheckpointError, match=r'norm4\.weight \(1 inf of 384\)'):
+        read_checkpoint(str(path))
+
+
+def test_non_finite_weights_load_when_allowed_in_init_cfg(tmp_path, _no_opt_in):
+    def some_nan(state):
+        state['norm4.bias'][:5] = float('nan')
+
+    path, state = _poisoned_imagenet_file(tmp_path, some_nan)
+    model = _pretrained(path, allow_non_finite=True)
+    model.init_weights()
+    assert int(torch.isnan(model.norm4.bias).sum()) == 5
+    torch.testing.assert_close(model.norm4.weight, state['norm4.weight'])
+
+
+def test_mmengine_load_checkpoint_refuses_non_finite_weights(tmp_path, monkeypatch, _no_opt_in):
+    """``load_from`` / ``--resume`` / mmengine's Pretrained read through the same check; the env
+    variable is their opt-in."""
+    from mmengine.runner import load_checkpoint
+    path, source = _runner_checkpoint(tmp_path)
+    saved = torch.load(path, weights_only=False)
+    saved['state_dict']['weight'][0, 0] = float('nan')
+    torch.save(saved, path)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointError, match=r'weight \(1 NaN of 4\)'):
+        load_checkpoint(model, str(path))
+    with pytest.raises(CheckpointError, match='weight'):
+        Runner(model=model, work_dir=str(tmp_path / 'work')).load_checkpoint(str(path))
+    monkeypatch.setenv('MMTRANSNEXT_ALLOW_NON_FINITE_CHECKPOINTS', '1')
+    load_checkpoint(model, str(path))
+    assert bool(torch.isnan(model.weight[0, 0]))
+
+
+def test_only_model_weights_are_checked_not_optimizer_state(tmp_path, _no_opt_in):
+    """A resumed run's optimizer moments or logged losses may hold inf (fp16 overflow steps);
+    only the weights that go into the model are refused."""
+    path, source = _runner_checkpoint(tmp_path)
+    saved = torch.load(path, weights_only=False)
+    saved['optimizer']['state'][0]['exp_avg'].fill_(float('inf'))
+    torch.save(saved, path)
+    checkpoint = read_checkpoint(str(path))
+    torch.testing.assert_close(checkpoint['state_dict']['weight'], source.weight)
+
+
+def test_directory_is_not_reported_as_missing(tmp_path):
+    with pytest.raises(IsADirectoryError, match='is a directory'):
+        read_checkpoint(str(tmp_path))

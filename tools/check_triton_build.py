@@ -46,6 +46,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cli_common as common  # noqa: E402
 
 from mmtransnext.analysis.triton_launches import (DEFAULT_SIZES, PRECISIONS,  # noqa: E402
                                                   KernelSpecialization, TrainingCase,
@@ -299,11 +301,6 @@ def dino_variants(config: str, precisions: Optional[Sequence[str]], sample: Opti
 
 
 # ------------------------------------------------------------------------ main
-def _size(text: str) -> Tuple[int, int]:
-    h, _, w = text.partition('x')
-    return int(h), int(w or h)
-
-
 def _compile_job(job):
     spec, arch = job
     try:
@@ -318,25 +315,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--archs', nargs='+', default=list(ARCHS), choices=ARCHS,
                         help='TransNeXt architectures')
     parser.add_argument('--precisions', nargs='+', default=list(PRECISIONS), choices=PRECISIONS)
-    parser.add_argument('--sizes', type=_size, nargs='+', default=list(DEFAULT_SIZES),
+    parser.add_argument('--sizes', type=common.image_size, nargs='+', default=list(DEFAULT_SIZES),
                         help='input sizes HxW')
     parser.add_argument('--dino', nargs='?', const=DINO_CONFIG, metavar='CONFIG',
                         help='count the specialisations over the multi-scale schedule of a DINO '
                         f'config (default {os.path.relpath(DINO_CONFIG, ROOT)})')
     parser.add_argument('--dino-precisions', nargs='+', choices=PRECISIONS,
                         help="with --dino: default the config's AMP dtype")
-    parser.add_argument('--dino-sample', type=int, metavar='N',
+    parser.add_argument('--dino-sample', type=common.positive_int, metavar='N',
                         help='with --dino: N sizes spread over the schedule instead of all')
-    parser.add_argument('--max-variants', type=int, metavar='N',
+    parser.add_argument('--max-variants', type=common.positive_int, metavar='N',
                         help='with --dino: fail above N specialisations per kernel and dtype')
     parser.add_argument('--no-compile', action='store_true', help='record only')
-    parser.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1),
+    parser.add_argument('--jobs', type=common.positive_int, default=min(2, os.cpu_count() or 1),
                         help='compiler processes')
     parser.add_argument('--verbose', action='store_true',
                         help='list the specialised arguments and the launching steps')
     args = parser.parse_args(argv)
     if args.max_variants is not None and args.dino is None:
         parser.error('--max-variants needs --dino')
+    if args.dino is not None:
+        common.check_file(args.dino, '--dino config')
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         print('unset TRITON_INTERPRET: the interpreter compiles nothing', file=sys.stderr)
         return 2
@@ -426,4 +425,4 @@ def compile_all(specs: Dict[KernelSpecialization, List[str]], by_label: Dict[str
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(common.run_main(main))

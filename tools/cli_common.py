@@ -28,11 +28,12 @@ class ToolError(RuntimeError):
     """A problem the user can fix (missing file, wrong option); printed without a traceback."""
 
 
-def run_main(main) -> None:
-    """Call ``main()``; report :class:`ToolError` / checkpoint errors as one message, exit 1."""
+def run_main(main) -> Any:
+    """Call ``main()`` and return what it returns; report :class:`ToolError` / checkpoint
+    errors as one ``error: ...`` line and exit 1 (argparse's own errors exit 2)."""
     from mmtransnext.checkpoint import CheckpointError
     try:
-        main()
+        return main()
     except (ToolError, CheckpointError) as err:
         print(f'error: {err}', file=sys.stderr)
         sys.exit(1)
@@ -59,14 +60,14 @@ def load_config(path: str, cfg_options: Optional[dict] = None):
         The :class:`mmengine.Config`; ``custom_imports`` (e.g. ``mmtransnext``) are imported.
     """
     path = resolve_config_path(path)
-    if not osp.isfile(path):
-        hint = ''
-        if not osp.isabs(path):
-            hint = f' (relative to the current directory {os.getcwd()})'
-        raise ToolError(f'config file not found: {path}{hint}')
+    check_file(path, 'config file')
     import mmtransnext  # noqa: F401  (checkpoint loader for runner checkpoints)
     from mmengine.config import Config
-    cfg = Config.fromfile(path)
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as err:  # a config is Python: anything can go wrong while it runs
+        raise ToolError(f'config file {path} cannot be read: {type(err).__name__}: '
+                        f'{_one_line(err)}') from err
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     library = library_of(cfg, path)
@@ -306,9 +307,107 @@ def check_pretrained(cfg, config_path: str) -> None:
             f'or --cfg-options {option}=None to start from random weights.')
 
 
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (mmengine's syntax errors span several)."""
+    return ' '.join(str(err).split())
+
+
 def check_file(path: str, what: str) -> None:
+    """Raise :class:`ToolError` naming ``what`` unless ``path`` is a readable file."""
+    if osp.isdir(path):
+        raise ToolError(f'{what} is a directory, not a file: {path}')
     if not osp.isfile(path):
-        raise ToolError(f'{what} not found: {path}')
+        hint = '' if osp.isabs(path) else f' (relative to the current directory {os.getcwd()})'
+        raise ToolError(f'{what} not found: {path}{hint}')
+    if not os.access(path, os.R_OK):
+        raise ToolError(f'{what} is not readable (permissions): {path}')
+
+
+def _file_in_the_way(folder: str) -> Optional[str]:
+    """The file that stops ``folder`` from being (or becoming) a directory, if any: ``folder``
+    itself or its nearest existing parent."""
+    existing = osp.abspath(folder)
+    while not osp.exists(existing):
+        existing = osp.dirname(existing)
+    return None if osp.isdir(existing) else existing
+
+
+def check_output_dir(path: Optional[str], what: str) -> None:
+    """Raise unless ``path`` is a directory or can become one (no file in the way). Nothing is
+    created: that waits until every argument is valid."""
+    blocker = path and _file_in_the_way(path)
+    if blocker:
+        raise ToolError(f'{what} {path} is not a directory: {blocker} is a file')
+
+
+def check_output_file(path: str, what: str) -> None:
+    """Raise unless ``path`` can be written as a file: not a directory, and no file stands
+    where its folder should be."""
+    if osp.isdir(path):
+        raise ToolError(f'{what} {path} is a directory; give a file name')
+    blocker = _file_in_the_way(osp.dirname(osp.abspath(path)))
+    if blocker:
+        raise ToolError(f'{what} {path}: cannot write there, {blocker} is a file')
+
+
+def read_checkpoint_arg(path: str, what: str) -> dict:
+    """A checkpoint named by an option, read (without executing it) and checked to hold finite
+    weights before anything is written; errors name ``what``."""
+    from mmtransnext.checkpoint import CheckpointError, read_checkpoint
+    check_file(path, what)
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as err:
+        raise ToolError(f'{what}: {err}') from err
+    if not isinstance(checkpoint, dict):
+        raise ToolError(f'{what} {path} holds a {type(checkpoint).__name__}, not a checkpoint')
+    return checkpoint
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type``: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type``: an integer >= 0 (indices, counts that may be zero)."""
+    return _int_at_least(text, 0)
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type``: a number > 0."""
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f'must be > 0, got {text}')
+    return value
+
+
+def image_size(text: str) -> Tuple[int, int]:
+    """argparse ``type``: ``HxW`` (or one size for both) as positive ``(height, width)``."""
+    import argparse
+    height, _, width = text.lower().partition('x')
+    try:
+        size = int(height), int(width or height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected HxW or one size, got {text!r}') from None
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f'sizes must be >= 1, got {text!r}')
+    return size
+
+
+def _int_at_least(text: str, least: int) -> int:
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'not an integer: {text!r}') from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f'must be >= {least}, got {value}')
+    return value
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -318,11 +417,14 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def check_checkpoint_fits(model: torch.nn.Module, path: str) -> None:
-    """Raise :class:`ToolError` naming ``path`` unless its weights fit ``model`` exactly."""
-    from mmtransnext.checkpoint import extract_state_dict, read_checkpoint
-    check_file(path, 'checkpoint file')
-    checkpoint = read_checkpoint(path)
+def check_checkpoint_fits(model: torch.nn.Module, path: str,
+                          checkpoint: Optional[dict] = None) -> None:
+    """Raise :class:`ToolError` naming ``path`` unless its weights fit ``model`` exactly.
+
+    ``checkpoint``: the file's content when already read (:func:`read_checkpoint_arg`)."""
+    from mmtransnext.checkpoint import extract_state_dict
+    if checkpoint is None:
+        checkpoint = read_checkpoint_arg(path, 'checkpoint file')
     state = extract_state_dict(checkpoint, prefix='')
     own = _unwrap(model).state_dict()
     missing = [k for k in own if k not in state]
@@ -414,7 +516,7 @@ def build_backbone(cfg, config_path: str, checkpoint: Optional[str] = None,
     """
     import copy
     from mmengine.registry import MODELS
-    from mmtransnext.checkpoint import load_pretrained
+    from mmtransnext.checkpoint import CheckpointError, load_pretrained
     backbone_cfg = copy.deepcopy(dict(backbone_config(cfg, config_path)))
     backbone_cfg.pop('init_cfg', None)  # weights come from `checkpoint` or stay random
     backbone_cfg.pop('pretrained', None)
@@ -429,13 +531,18 @@ def build_backbone(cfg, config_path: str, checkpoint: Optional[str] = None,
             output = 0
     try:
         backbone = MODELS.build(backbone_cfg)
-    except KeyError as err:
-        raise ToolError(f'{config_path}: cannot build its backbone {backbone_cfg.get("type")!r}:'
-                        f' {err}') from err
+    except (KeyError, TypeError, ValueError) as err:
+        # out_indices=(stage,) is the one argument added here, so a refusal may be --stage's
+        option = f'--stage {stage}: ' if stage is not None else ''
+        raise ToolError(f'{option}{config_path}: cannot build its backbone '
+                        f'{backbone_cfg.get("type")!r}: {_one_line(err)}') from err
     if checkpoint:
         check_file(checkpoint, 'checkpoint file')
-        load_pretrained(backbone, checkpoint,
-                        optional=getattr(backbone, 'pretrained_optional_keys', ()))
+        try:
+            load_pretrained(backbone, checkpoint,
+                            optional=getattr(backbone, 'pretrained_optional_keys', ()))
+        except CheckpointError as err:
+            raise ToolError(f'checkpoint file: {err}') from err
     backbone.eval()  # some backbones' train() returns None, so not chained
     return backbone, output
 

@@ -46,11 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--data-root', default=None,
                         help='where the generated set is (default: the config\'s, '
                         'data/generated/shapes_coco/ under the current directory)')
-    parser.add_argument('--iters', type=int, default=None,
+    parser.add_argument('--iters', type=common.positive_int, default=None,
                         help='training iterations (default: the config\'s)')
     parser.add_argument('--min-map', type=float, default=0.5,
                         help='box and mask mAP@[.5:.95] the run must reach (default: 0.5)')
-    parser.add_argument('--threads', type=int, default=None,
+    parser.add_argument('--threads', type=common.positive_int, default=None,
                         help="torch CPU threads (default: torch's choice, one per core); on a "
                         'machine busy with other work, 1 avoids threads waiting on each other')
     return parser.parse_args(argv)
@@ -73,6 +73,9 @@ def main(argv=None) -> Dict[str, float]:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     cfg = common.load_config(args.config, None)
+    common.check_output_dir(args.work_dir, '--work-dir')
+    if args.data_root:
+        common.check_output_dir(args.data_root, '--data-root')
     data_root = args.data_root or cfg.train_dataloader.dataset.data_root
     from mmtransnext.datasets import ensure_shapes_coco
     generator = cfg.train_dataloader.dataset.get('generator') or {}

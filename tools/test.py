@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'work_dirs/<config name>)')
     parser.add_argument('--show-dir', help='save images with the predictions drawn in here')
     parser.add_argument('--show', action='store_true', help='display predictions in a window')
-    parser.add_argument('--wait-time', type=float, default=2, help='seconds per shown image')
+    parser.add_argument('--wait-time', type=common.positive_float, default=2, help='seconds per shown image')
     parser.add_argument('--tta', action='store_true',
                         help="test-time augmentation with the config's tta_model / tta_pipeline")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
@@ -69,12 +69,19 @@ def _apply_tta(cfg, config_path: str) -> None:
 
 
 def setup_test_config(args: argparse.Namespace):
-    """The config of a test run: options applied and files checked."""
+    """The config of a test run: options applied and files checked.
+
+    Returns:
+        The config, notes for the log and the checkpoint's content (read and checked here,
+        before the Runner writes anything).
+    """
     cfg = common.load_config(args.config, args.cfg_options)
     library = common.library_of(cfg, args.config)
-    common.check_file(args.checkpoint, 'checkpoint file')
+    checkpoint = common.read_checkpoint_arg(args.checkpoint, 'checkpoint file')
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or common.default_work_dir(args.config)
+    common.check_output_dir(cfg.work_dir, '--work-dir')
+    common.check_output_dir(args.show_dir, '--show-dir')
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if args.show or args.show_dir:
@@ -83,18 +90,18 @@ def setup_test_config(args: argparse.Namespace):
         _apply_tta(cfg, args.config)
     common.check_data(cfg, args.config, ['test_dataloader'])
     notes = common.adapt_to_device(cfg, distributed=args.launcher != 'none')
-    return cfg, notes
+    return cfg, notes, checkpoint
 
 
 def main(argv=None) -> dict:
     """Test; returns the metrics."""
     args = parse_args(argv)
-    cfg, notes = setup_test_config(args)
+    cfg, notes, checkpoint = setup_test_config(args)
     common.init_distributed(args.launcher, cfg)
     runner = common.build_runner(cfg)
     for note in notes:
         runner.logger.warning(note)
-    common.check_checkpoint_fits(runner.model, args.checkpoint)
+    common.check_checkpoint_fits(runner.model, args.checkpoint, checkpoint)
     metrics = runner.test()
     if args.show_dir:
         runner.logger.info(f'rendered predictions: {osp.abspath(args.show_dir)}')

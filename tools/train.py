@@ -53,6 +53,7 @@ def setup_train_config(args: argparse.Namespace):
             f'the checkpoint with this one')
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or common.default_work_dir(args.config)
+    common.check_output_dir(cfg.work_dir, '--work-dir')
 
     if args.amp:
         if not torch.cuda.is_available():
@@ -70,11 +71,12 @@ def setup_train_config(args: argparse.Namespace):
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
-        common.check_file(args.resume, '--resume checkpoint')
+        # read here (corrupt file, non-finite weights) before the Runner writes the work dir
+        common.read_checkpoint_arg(args.resume, '--resume checkpoint')
         cfg.resume = True
         cfg.load_from = args.resume
-    elif cfg.get('load_from'):
-        common.check_file(cfg.load_from, 'load_from checkpoint')
+    elif cfg.get('load_from') and not str(cfg.load_from).startswith(common.REMOTE_PREFIXES):
+        common.read_checkpoint_arg(cfg.load_from, 'load_from checkpoint')
 
     loaders = ['train_dataloader']
     if cfg.get('val_cfg') and cfg.get('val_dataloader') and cfg.get('val_evaluator'):

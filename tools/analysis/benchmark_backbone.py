@@ -69,10 +69,13 @@ import time
 from contextlib import ExitStack
 from typing import Dict, List, Optional, Tuple
 
-from backbone_families import FAMILIES, family
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # backbone_families
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli_common as common  # noqa: E402
+from backbone_families import FAMILIES, family  # noqa: E402
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--backbone', nargs='+', default=['transnext'], choices=sorted(FAMILIES),
@@ -90,8 +93,8 @@ def parse_args() -> argparse.Namespace:
                    help='implementations (those a family lacks are skipped): TransNeXt '
                    'reference, fast, fast-torch, triton (GPU path: launches and memory, '
                    'no time); TransXNet default')
-    p.add_argument('--runs', type=int, default=3, help='timed rounds; 0: no timing')
-    p.add_argument('--gpu-memory', type=float, default=80,
+    p.add_argument('--runs', type=common.non_negative_int, default=3, help='timed rounds; 0: no timing')
+    p.add_argument('--gpu-memory', type=common.positive_float, default=80,
                    help='GB of the GPU whose chunk budgets the GPU path runs with')
     p.add_argument('--also-gpu-budgets', action='store_true',
                    help='also measure launches and peak tensor memory of the other '
@@ -99,14 +102,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--interpret', action='store_true',
                    help='run the Triton kernels in the interpreter for the memory figures '
                    '(slow: small inputs only)')
-    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--threads', type=common.positive_int, default=2)
     p.add_argument('--cold', action='store_true',
                    help='no library warm-up before the RSS measurement (see above)')
     p.add_argument('--out', default='benchmark_backbone.json',
                    help='JSON results (a CSV is written next to it)')
     p.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case, print JSON
     p.add_argument('--timing', help=argparse.SUPPRESS)  # internal: time one case's impls
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def _status_mb(field: str) -> float:
@@ -327,8 +330,10 @@ def print_launches(results: List[dict]) -> None:
                   f"{r[prefix + 'tensor_peak_mb']:>10.0f}")
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if not (args.case or args.timing):
+        common.check_output_file(args.out, '--out')
     if args.case:
         print('RESULT ' + json.dumps(run_case(json.loads(args.case))))
         return
@@ -361,7 +366,7 @@ def main() -> None:
                                               also_gpu_budgets=args.also_gpu_budgets,
                                               interpret=args.interpret))
     if not cases:
-        raise SystemExit('no case to run: check --impls / --modes against the families')
+        raise common.ToolError('no case to run: check --impls / --modes against the families')
 
     def subprocess_result(flag: str, spec: dict):
         env = None
@@ -456,4 +461,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    common.run_main(main)

@@ -19,7 +19,9 @@ including temporaries inside ops, but not memory that libraries allocate on thei
 scratch buffers, malloc inside kernels).
 """
 import argparse
+import os.path as osp
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Tuple
 
@@ -27,6 +29,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mmtransnext.ops import load_extension, window_av, window_padding_mask, window_qk
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import cli_common as common  # noqa: E402
 
 # (label, batch, (H, W)): stage 1 of TransNeXt-Tiny (3 heads, head dim 24, window 3) for an
 # 800x1216 detection input and a 512x512 segmentation crop.
@@ -96,16 +101,16 @@ def median_seconds(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all)')
-    args = parser.parse_args()
+    parser.add_argument('--repeats', type=common.positive_int, default=3)
+    parser.add_argument('--threads', type=common.positive_int, default=None, help='torch threads (default: all)')
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     status = load_extension()
     if not status.loaded:
-        raise SystemExit(f'the compiled ops are not available: {status.error}')
+        raise common.ToolError(f'the compiled ops are not available: {status.error}')
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, ops from '
           f'{status.source}; TransNeXt-Tiny stage 1: {HEADS} heads, head dim {HEAD_DIM}, '
           f'window {WINDOW}; median of {args.repeats}')
@@ -128,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    common.run_main(main)

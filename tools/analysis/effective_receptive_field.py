@@ -44,25 +44,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument('--images', metavar='DIR', help='folder of images (sorted by name)')
     source.add_argument('--demo', action='store_true',
                         help='validation images of the bundled demo data')
-    parser.add_argument('--num', type=int, default=20, help='images to average (default 20)')
-    parser.add_argument('--size', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'),
+    parser.add_argument('--num', type=common.positive_int, default=20, help='images to average (default 20)')
+    parser.add_argument('--size', type=common.positive_int, nargs=2, default=[224, 224], metavar=('H', 'W'),
                         help='input size the images are resized to (default 224 224)')
-    parser.add_argument('--stage', type=int, nargs='+', default=[3], metavar='K',
+    parser.add_argument('--stage', type=common.non_negative_int, nargs='+', default=[3], metavar='K',
                         help='0-based stage: one for every model, or one per model (default 3)')
     parser.add_argument('--relu', action='store_true',
                         help="the gradient's positive part instead of its absolute value "
                         "(RepLKNet's code)")
     parser.add_argument('--labels', nargs='+', help='panel titles (default: config names)')
     parser.add_argument('--out', default='erf.png', help='output PNG (default: %(default)s)')
-    parser.add_argument('--dpi', type=int, default=100, help='figure resolution (default 100)')
+    parser.add_argument('--dpi', type=common.positive_int, default=100, help='figure resolution (default 100)')
     parser.add_argument('--save-npy', action='store_true',
                         help='also save each mean map next to --out as <out>_<i>.npy')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override entries of every config')
-    args = parser.parse_args(argv)
-    if args.num < 1:
-        parser.error('--num must be >= 1')
-    return args
+    return parser.parse_args(argv)
 
 
 def images_rgb(args: argparse.Namespace) -> Iterator[np.ndarray]:
@@ -71,8 +68,6 @@ def images_rgb(args: argparse.Namespace) -> Iterator[np.ndarray]:
         for i in range(args.num):
             yield common.demo_image(i, args.size)
         return
-    if not osp.isdir(args.images):
-        raise common.ToolError(f'--images: not a folder: {args.images}')
     files = sorted(f for f in glob.glob(osp.join(args.images, '*'))
                    if f.lower().endswith(IMAGE_EXTENSIONS))
     if len(files) < args.num:
@@ -151,9 +146,11 @@ def main(argv=None) -> List[Dict[str, object]]:
                              for c, _ in models]
     if len(labels) != len(models):
         raise common.ToolError(f'--labels gives {len(labels)} titles for {len(models)} models')
+    common.check_output_file(args.out, '--out')
+    if args.images and not osp.isdir(args.images):
+        raise common.ToolError(f'--images: not a folder: {args.images}')
     for config, checkpoint in models:  # every file before the first long measurement
-        if not osp.isfile(common.resolve_config_path(config)):
-            raise common.ToolError(f'config file not found: {config}')
+        common.check_file(common.resolve_config_path(config), 'config file')
         if checkpoint:
             common.check_file(checkpoint, 'checkpoint file')
     stages = args.stage * len(models) if len(args.stage) == 1 else args.stage

@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='config file (mmdet or mmseg)')
-    parser.add_argument('--shape', type=int, nargs='+', default=None, metavar='SIZE',
+    parser.add_argument('--shape', type=common.positive_int, nargs='+', default=None, metavar='SIZE',
                         help='input H W (or one value for both); default 1280x800 for mmdet, '
                         '512x512 for mmseg configs')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',

@@ -37,6 +37,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # backbone_families
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # cli_common
+import cli_common as common  # noqa: E402
 
 Size2d = Tuple[int, int]
 
@@ -48,28 +50,20 @@ TASKS = {'infer': 1, 'train': 2}  # task -> batch
 DRY_RUN_ARCH = dict(embed_dims=[24, 48, 48, 48], num_heads=[1, 2, 2, 2], depths=[1, 1, 1, 1])
 
 
-def parse_size(text: str) -> Size2d:
-    try:
-        height, width = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected HxW, got {text!r}') from None
-    return height, width
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--arch', default='tiny')
-    p.add_argument('--sizes', nargs='+', type=parse_size,
+    p.add_argument('--sizes', nargs='+', type=common.image_size,
                    default=[(512, 512), (800, 1216)], help='inputs, HxW')
     p.add_argument('--tasks', nargs='+', choices=list(TASKS), default=list(TASKS))
     p.add_argument('--dtypes', nargs='+', choices=DTYPE_NAMES, default=list(DTYPE_NAMES))
     p.add_argument('--impls', nargs='+', choices=IMPLS, default=list(IMPLS))
     p.add_argument('--mode', choices=['interpolation', 'extrapolation'],
                    default='interpolation', help='position-bias mode')
-    p.add_argument('--warmup', type=int, default=2, help='untimed calls per case')
-    p.add_argument('--runs', type=int, default=5, help='timed calls per case')
-    p.add_argument('--time-limit', type=float, default=110.,
+    p.add_argument('--warmup', type=common.non_negative_int, default=2, help='untimed calls per case')
+    p.add_argument('--runs', type=common.positive_int, default=5, help='timed calls per case')
+    p.add_argument('--time-limit', type=common.positive_float, default=110.,
                    help='seconds; cases not started by then are skipped')
     p.add_argument('--device', default='cuda')
     p.add_argument('--dry-run', action='store_true',
@@ -282,6 +276,8 @@ def plan(args) -> List[dict]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.out:
+        common.check_output_file(args.out, '--out')
     import torch
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
@@ -318,4 +314,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(common.run_main(main))

@@ -43,19 +43,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='config (mmdet / mmseg, or mmdet::/mmseg:: path) and optionally a '
                         'checkpoint of its model or backbone')
     parser.add_argument('--image', help='image file (default: a bundled demo image)')
-    parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--size', type=common.positive_int, nargs=2, metavar=('H', 'W'),
                         help='resize the image to H W first (default: its own size)')
     parser.add_argument('--point', nargs='+', action='append', metavar='Y X',
                         help="query pixel(s): 'center', or Y X pairs; may be repeated "
                         '(default: center)')
-    parser.add_argument('--stage', type=int, default=0, help='0-based stage (default 0)')
-    parser.add_argument('--block', type=int, default=None,
+    parser.add_argument('--stage', type=common.non_negative_int, default=0, help='0-based stage (default 0)')
+    parser.add_argument('--block', type=common.non_negative_int, default=None,
                         help="0-based block of the stage (default: the stage's last)")
-    parser.add_argument('--head', type=int, default=None,
+    parser.add_argument('--head', type=common.non_negative_int, default=None,
                         help='draw only this head (default: every head and their mean)')
     parser.add_argument('--out', default=osp.join('work_dirs', 'attention'),
                         help='output directory (default: %(default)s)')
-    parser.add_argument('--dpi', type=int, default=100, help='figure resolution (default 100)')
+    parser.add_argument('--dpi', type=common.positive_int, default=100, help='figure resolution (default 100)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries')
     return parser.parse_args(argv)
@@ -204,6 +204,7 @@ def main(argv=None) -> List[str]:
     (config, checkpoint), *rest = common.split_models(args.model)
     if rest:
         raise common.ToolError('give one CONFIG [CHECKPOINT]')
+    common.check_output_dir(args.out, '--out')
     cfg = common.load_config(config, args.cfg_options)
     torch.manual_seed(0)  # the same random weights every run when there is no checkpoint
     backbone, _ = common.build_backbone(cfg, config, checkpoint)
@@ -225,19 +226,24 @@ def main(argv=None) -> List[str]:
     points = parse_points(args.point, size)
     name = osp.splitext(osp.basename(config.split('::')[-1]))[0]
     source = args.image or 'demo image'
+
+    def maps_at(point: Tuple[int, int], b: int) -> Dict[str, torch.Tensor]:
+        try:
+            return attention_map(backbone, inputs, point, args.stage, b)
+        except ValueError as err:
+            raise common.ToolError(str(err)) from err
+
+    first = maps_at(points[0], block)  # the head count, checked before anything is written
+    heads = first['pooled'].shape[0]
+    if args.head is not None and args.head >= heads:
+        raise common.ToolError(f'--head {args.head}: stage {args.stage} has {heads} heads')
     os.makedirs(args.out, exist_ok=True)
     written = []
     for y, x in points:
         def maps_of(b: int) -> Dict[str, torch.Tensor]:
-            try:
-                return attention_map(backbone, inputs, (y, x), args.stage, b)
-            except ValueError as err:
-                raise common.ToolError(str(err)) from err
+            return maps_at((y, x), b)
 
-        maps = maps_of(block)
-        heads = maps['pooled'].shape[0]
-        if args.head is not None and not 0 <= args.head < heads:
-            raise common.ToolError(f'--head {args.head}: stage {args.stage} has {heads} heads')
+        maps = first if (y, x) == points[0] else maps_of(block)
         chosen = [args.head] if args.head is not None else [*range(heads), None]
         panels = [('mean of heads' if h is None else f'head {h}', maps, h) for h in chosen]
         where = f'query ({y}, {x}) = token {tuple(maps["query"].tolist())}'

@@ -140,7 +140,7 @@ def resolve_stage_settings(family: str, arch: Union[str, dict], presets: Dict[st
 
 
 #: Keys ``init_cfg=dict(type='Pretrained', ...)`` accepts.
-PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location', 'strict')
+PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location', 'strict', 'allow_non_finite')
 
 #: A stage part: a module (put in eval mode and frozen) or a bare parameter (frozen).
 Part = Union[nn.Module, nn.Parameter]
@@ -251,7 +251,8 @@ class MultiStageBackbone(BaseModule):
             load_pretrained(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'),
                             map_location=self.init_cfg.get('map_location', 'cpu'),
                             strict=self.init_cfg.get('strict', True),
-                            optional=self.pretrained_optional_keys)
+                            optional=self.pretrained_optional_keys,
+                            allow_non_finite=self.init_cfg.get('allow_non_finite'))
             self._is_init = True
         elif self.init_cfg is not None:
             super().init_weights()
