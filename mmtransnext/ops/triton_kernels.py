@@ -40,7 +40,7 @@ import triton.language as tl
 #: stage and input size in a multi-scale schedule. Row alignment, what vectorised row loads
 #: need, comes from the constexpr ``ALIGN`` instead: the strides of the row tensors (queries,
 #: keys, values, output and its gradient) are passed in units of ``ALIGN`` elements
-#: (:func:`_row_strides`), so the compiler knows every row starts on an ``ALIGN``-element
+#: (:func:`_slice`, :func:`_tile`), so the compiler knows every row starts on an ``ALIGN``-element
 #: boundary whatever the size. (Before, the row strides were specialised on divisibility by
 #: 16, but the unspecialised batch and head strides had already taken every base's alignment:
 #: rows loaded 2 bytes at a time.)
@@ -48,15 +48,6 @@ UNSPECIALISED = ('heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'fold
                  'splits', 'pooled_programs', 'weighted',
                  *(f's{t}_{axis}' for t in ('q', 'k', 'v', 't', 'kp', 'vp', 'o', 'do')
                    for axis in 'bhn'))
-
-
-@triton.jit
-def _row_strides(s_b, s_h, s_n, ALIGN: tl.constexpr):
-    """A row tensor's batch, head (int64) and row strides in elements, from the launch's
-    strides in units of ``ALIGN`` elements: products by the constexpr ``ALIGN`` that tell the
-    compiler each row is ``ALIGN``-element aligned (``ALIGN * itemsize`` bytes, up to 16: one
-    128-bit load per thread and vector)."""
-    return s_b.to(tl.int64) * ALIGN, s_h.to(tl.int64) * ALIGN, s_n * ALIGN
 
 
 @triton.jit
@@ -104,27 +95,30 @@ def _cpb_bias_grad(DFOLD, RW, WW, h, offs_m, offs_n, mask, grad, height, width, 
 
 
 @triton.jit
-def _slice(ptr, b, h, s_b, s_h):
-    """Pointer to the ``(batch b, head h)`` slice of a tensor: an int64 offset, so that tensors
-    of 2**31 elements or more do not wrap (the offsets within a slice stay int32)."""
-    return ptr + b.to(tl.int64) * s_b + h.to(tl.int64) * s_h
+def _slice(ptr, b, h, s_b, s_h, ALIGN: tl.constexpr):
+    """Pointer to the ``(batch b, head h)`` slice of a tensor whose strides are given in units
+    of ``ALIGN`` elements (see :data:`UNSPECIALISED`): an int64 offset, so that tensors of 2**31
+    elements or more do not wrap (the offsets within a slice stay int32)."""
+    return ptr + b.to(tl.int64) * s_b * ALIGN + h.to(tl.int64) * s_h * ALIGN
 
 
 @triton.jit
-def _tile(base, s_n, offs, offs_d, mask):
+def _tile(base, s_n, offs, offs_d, mask, ALIGN: tl.constexpr):
     """Rows ``offs`` of a ``(batch, head)`` slice (see :func:`_slice`) with unit stride along
-    d."""
-    return tl.load(base + offs[:, None] * s_n + offs_d[None, :], mask=mask, other=0.)
+    d, ``s_n`` in units of ``ALIGN`` elements: the product by the constexpr tells the compiler
+    every row starts ``ALIGN * itemsize`` bytes aligned (up to 16: one 128-bit load per vector
+    of a row)."""
+    return tl.load(base + offs[:, None] * s_n * ALIGN + offs_d[None, :], mask=mask, other=0.)
 
 
 @triton.jit
 def _queries(q_base, QE, HS, QS, h, sq_n, offs, offs_d, mask_m, mask_d,
-             HEAD_DIM: tl.constexpr):
+             HEAD_DIM: tl.constexpr, ALIGN: tl.constexpr):
     """A tile of normalised queries plus the query embedding, ``q_norm + qe[h]``, in float32,
     and each query's factor ``f = hs[h] * qs[n]`` (the scaled queries are their product; the
     callers round it to the input dtype for ``tl.dot``, as the queries were rounded when scaled
     in PyTorch)."""
-    q = _tile(q_base, sq_n, offs, offs_d, mask_m[:, None] & mask_d[None, :])
+    q = _tile(q_base, sq_n, offs, offs_d, mask_m[:, None] & mask_d[None, :], ALIGN)
     q = q.to(tl.float32) + tl.load(QE + h * HEAD_DIM + offs_d, mask=mask_d, other=0.)[None, :]
     return q, tl.load(HS + h) * tl.load(QS + offs, mask=mask_m, other=0.)
 
@@ -174,19 +168,13 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
                    BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
                    PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     length = height * width
-    sq_b, sq_h, sq_n = _row_strides(sq_b, sq_h, sq_n, ALIGN)
-    sk_b, sk_h, sk_n = _row_strides(sk_b, sk_h, sk_n, ALIGN)
-    sv_b, sv_h, sv_n = _row_strides(sv_b, sv_h, sv_n, ALIGN)
-    skp_b, skp_h, skp_n = _row_strides(skp_b, skp_h, skp_n, ALIGN)
-    svp_b, svp_h, svp_n = _row_strides(svp_b, svp_h, svp_n, ALIGN)
-    so_b, so_h, so_n = _row_strides(so_b, so_h, so_n, ALIGN)
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
                                                         BLOCK_D, HEAD_DIM)
-    k_base, v_base = _slice(K, b, h, sk_b, sk_h), _slice(V, b, h, sv_b, sv_h)
-    tok_base = _slice(TOK, b, h, st_b, st_h)
-    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h), _slice(VP, b, h, svp_b, svp_h)
-    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h), QE, HS, QS, h, sq_n, offs_m, offs_d,
-                     mask_m, mask_d, HEAD_DIM)
+    k_base, v_base = _slice(K, b, h, sk_b, sk_h, ALIGN), _slice(V, b, h, sv_b, sv_h, ALIGN)
+    tok_base = _slice(TOK, b, h, st_b, st_h, 1)
+    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h, ALIGN), _slice(VP, b, h, svp_b, svp_h, ALIGN)
+    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h, ALIGN), QE, HS, QS, h, sq_n, offs_m, offs_d,
+                     mask_m, mask_d, HEAD_DIM, ALIGN)
     qf = qf * f[:, None]
     q = qf.to(Q.dtype.element_ty)
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
@@ -197,13 +185,13 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
-            key = _tile(k_base, sk_n, nb, offs_d, mask_nd).to(tl.float32)
+            key = _tile(k_base, sk_n, nb, offs_d, mask_nd, ALIGN).to(tl.float32)
             s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
             s = tl.where(inside, s, float('-inf'))
             m_new = tl.maximum(m_i, s)
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new)
-            value = _tile(v_base, sv_n, nb, offs_d, mask_nd).to(tl.float32)
+            value = _tile(v_base, sv_n, nb, offs_d, mask_nd, ALIGN).to(tl.float32)
             acc = acc * alpha[:, None] + p[:, None] * value
             l_i = l_i * alpha + p
             m_i = m_new
@@ -213,7 +201,7 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
-        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd)
+        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd, ALIGN)
         scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
         scores += _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask_m[:, None] & mask_n[None, :],
                             height, width, key_h, key_w, fold_w, taps_w, weighted, BLOCK_M,
@@ -223,12 +211,13 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
         alpha = tl.exp(m_i - m_new)
         p_tile = tl.exp(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p_tile, 1)
-        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd)
+        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd, ALIGN)
         acc = acc * alpha[:, None] + tl.dot(p_tile.to(v_tile.dtype), v_tile,
                                             input_precision=PRECISION)
         m_i = m_new
     out = acc / l_i[:, None] + acc_tok
-    tl.store(_slice(OUT, b, h, so_b, so_h) + offs_m[:, None] * so_n + offs_d[None, :],
+    tl.store(_slice(OUT, b, h, so_b, so_h, ALIGN) + offs_m[:, None] * so_n * ALIGN +
+             offs_d[None, :],
              out.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
     tl.store(LSE + bh * length + offs_m, m_i + tl.log(l_i), mask=mask_m)
 
@@ -249,25 +238,20 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
     ``q_norm``, ``qe`` and ``f``: computed here, the extra registers made ptxas spill),
     ``DTOK`` ``(B, heads, N, L)``."""
     length = height * width
-    sq_b, sq_h, sq_n = _row_strides(sq_b, sq_h, sq_n, ALIGN)
-    sk_b, sk_h, sk_n = _row_strides(sk_b, sk_h, sk_n, ALIGN)
-    sv_b, sv_h, sv_n = _row_strides(sv_b, sv_h, sv_n, ALIGN)
-    skp_b, skp_h, skp_n = _row_strides(skp_b, skp_h, skp_n, ALIGN)
-    svp_b, svp_h, svp_n = _row_strides(svp_b, svp_h, svp_n, ALIGN)
-    so_b, so_h, so_n = _row_strides(so_b, so_h, so_n, ALIGN)
-    sdo_b, sdo_h, sdo_n = _row_strides(sdo_b, sdo_h, sdo_n, ALIGN)
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
                                                         BLOCK_D, HEAD_DIM)
     mask_md = mask_m[:, None] & mask_d[None, :]
-    k_base, v_base = _slice(K, b, h, sk_b, sk_h), _slice(V, b, h, sv_b, sv_h)
-    tok_base = _slice(TOK, b, h, st_b, st_h)
-    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h), _slice(VP, b, h, svp_b, svp_h)
-    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h), QE, HS, QS, h, sq_n, offs_m, offs_d,
-                     mask_m, mask_d, HEAD_DIM)
+    k_base, v_base = _slice(K, b, h, sk_b, sk_h, ALIGN), _slice(V, b, h, sv_b, sv_h, ALIGN)
+    tok_base = _slice(TOK, b, h, st_b, st_h, 1)
+    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h, ALIGN), _slice(VP, b, h, svp_b, svp_h, ALIGN)
+    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h, ALIGN), QE, HS, QS, h, sq_n, offs_m, offs_d,
+                     mask_m, mask_d, HEAD_DIM, ALIGN)
     qf = qf * f[:, None]
     q = qf.to(Q.dtype.element_ty)
-    do = _tile(_slice(DO, b, h, sdo_b, sdo_h), sdo_n, offs_m, offs_d, mask_md).to(tl.float32)
-    out = _tile(_slice(OUT, b, h, so_b, so_h), so_n, offs_m, offs_d, mask_md).to(tl.float32)
+    do = _tile(_slice(DO, b, h, sdo_b, sdo_h, ALIGN), sdo_n, offs_m, offs_d, mask_md,
+               ALIGN).to(tl.float32)
+    out = _tile(_slice(OUT, b, h, so_b, so_h, ALIGN), so_n, offs_m, offs_d, mask_md,
+                ALIGN).to(tl.float32)
     row0 = bh * length  # int64: first row of this (batch, head) in the (B, heads, N) buffers
     lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
     # delta = dO . (softmax part of the output) = dO . out - sum_l tok_l (dO . v_l).
@@ -276,7 +260,7 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
     if WINDOW > 0:
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
-            value = _tile(v_base, sv_n, nb, offs_d, inside[:, None] & mask_d[None, :]).to(
+            value = _tile(v_base, sv_n, nb, offs_d, inside[:, None] & mask_d[None, :], ALIGN).to(
                 tl.float32)
             dp = tl.sum(do * value, 1)
             tok = tl.load(tok_base + offs_m * st_n + l, mask=mask_m, other=0.).to(tl.float32)
@@ -286,8 +270,8 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
-            key = _tile(k_base, sk_n, nb, offs_d, mask_nd).to(tl.float32)
-            value = _tile(v_base, sv_n, nb, offs_d, mask_nd).to(tl.float32)
+            key = _tile(k_base, sk_n, nb, offs_d, mask_nd, ALIGN).to(tl.float32)
+            value = _tile(v_base, sv_n, nb, offs_d, mask_nd, ALIGN).to(tl.float32)
             s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
             p = tl.where(inside, tl.exp(s - lse), 0.)
             dp = tl.sum(do * value, 1)
@@ -300,8 +284,8 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd)
-        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd)
+        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd, ALIGN)
+        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd, ALIGN)
         p_tile = _pooled_probs(q, k_tile, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height,
                                width, key_h, key_w, fold_w, taps_w, weighted, BLOCK_M, BLOCK_N,
                                PRECISION)
@@ -320,7 +304,7 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, 
                       sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
                       splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, weighted,
-                      PRECISION: tl.constexpr):
+                      PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     """Partial ``dk``/``dv`` of a tile of pooled keys over one of ``splits`` runs of query
     tiles. Programs: ``pid = ((batch * heads + head) * splits + split) * tiles + tile``; the
     float32 sums go to ``(B, heads, splits, P, d)`` buffers, added up by the caller."""
@@ -337,9 +321,9 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, 
     first = (group - bh * splits) * run
     last = tl.minimum(first + run, length)
     mask_kd = mask_n[:, None] & mask_d[None, :]
-    key = _tile(_slice(KP, b, h, skp_b, skp_h), skp_n, offs_n, offs_d, mask_kd)
-    value = _tile(_slice(VP, b, h, svp_b, svp_h), svp_n, offs_n, offs_d, mask_kd)
-    q_base, do_base = _slice(Q, b, h, sq_b, sq_h), _slice(DO, b, h, sdo_b, sdo_h)
+    key = _tile(_slice(KP, b, h, skp_b, skp_h, ALIGN), skp_n, offs_n, offs_d, mask_kd, ALIGN)
+    value = _tile(_slice(VP, b, h, svp_b, svp_h, ALIGN), svp_n, offs_n, offs_d, mask_kd, ALIGN)
+    q_base, do_base = _slice(Q, b, h, sq_b, sq_h, ALIGN), _slice(DO, b, h, sdo_b, sdo_h, ALIGN)
     row0 = bh.to(tl.int64) * length
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -349,9 +333,9 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, 
         mask_md = mask_m[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
         q, f = _queries(q_base, QE, HS, QS, h, sq_n, offs_m, offs_d, mask_m, mask_d,
-                        HEAD_DIM)
+                        HEAD_DIM, ALIGN)
         q = (q * f[:, None]).to(Q.dtype.element_ty)
-        do = _tile(do_base, sdo_n, offs_m, offs_d, mask_md).to(q.dtype)
+        do = _tile(do_base, sdo_n, offs_m, offs_d, mask_md, ALIGN).to(q.dtype)
         lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
         delta = tl.load(DELTA + row0 + offs_m, mask=mask_m, other=0.)
         p = _pooled_probs(q, key, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width,
@@ -370,7 +354,8 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, 
 def _window_key_grads(pid, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA, DK, DV, DRPB,
                       sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
                       st_n, sdo_b, sdo_h, sdo_n, heads, height, width, HEAD_DIM: tl.constexpr,
-                      BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, WINDOW: tl.constexpr):
+                      BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, WINDOW: tl.constexpr,
+                      ALIGN: tl.constexpr):
     """``dk``/``dv`` of a tile of window keys, gathered from the ``WINDOW**2`` queries whose
     windows hold each key (no atomics: each key's gradient is written once), and its share of
     ``drpb`` (one relaxed atomic add per window position)."""
@@ -378,10 +363,12 @@ def _window_key_grads(pid, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA, DK, DV
     bh, b, h, offs_n, mask_n, offs_d, mask_d = _program(pid, heads, length, BLOCK, BLOCK_D,
                                                         HEAD_DIM)
     mask_nd = mask_n[:, None] & mask_d[None, :]
-    key = _tile(_slice(K, b, h, sk_b, sk_h), sk_n, offs_n, offs_d, mask_nd).to(tl.float32)
-    value = _tile(_slice(V, b, h, sv_b, sv_h), sv_n, offs_n, offs_d, mask_nd).to(tl.float32)
-    q_base, do_base = _slice(Q, b, h, sq_b, sq_h), _slice(DO, b, h, sdo_b, sdo_h)
-    tok_base = _slice(TOK, b, h, st_b, st_h)
+    key = _tile(_slice(K, b, h, sk_b, sk_h, ALIGN), sk_n, offs_n, offs_d, mask_nd,
+                ALIGN).to(tl.float32)
+    value = _tile(_slice(V, b, h, sv_b, sv_h, ALIGN), sv_n, offs_n, offs_d, mask_nd,
+                  ALIGN).to(tl.float32)
+    q_base, do_base = _slice(Q, b, h, sq_b, sq_h, ALIGN), _slice(DO, b, h, sdo_b, sdo_h, ALIGN)
+    tok_base = _slice(TOK, b, h, st_b, st_h, 1)
     row0 = bh * length
     dk = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
@@ -391,9 +378,9 @@ def _window_key_grads(pid, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA, DK, DV
         src, inside = _neighbour(offs_n, mask_n, height, width, WINDOW * WINDOW - 1 - l, WINDOW)
         mask_qd = inside[:, None] & mask_d[None, :]
         qf, f = _queries(q_base, QE, HS, QS, h, sq_n, src, offs_d, inside, mask_d,
-                         HEAD_DIM)
+                         HEAD_DIM, ALIGN)
         qf = qf * f[:, None]
-        do = _tile(do_base, sdo_n, src, offs_d, mask_qd).to(tl.float32)
+        do = _tile(do_base, sdo_n, src, offs_d, mask_qd, ALIGN).to(tl.float32)
         lse = tl.load(LSE + row0 + src, mask=inside, other=0.)
         delta = tl.load(DELTA + row0 + src, mask=inside, other=0.)
         tok = tl.load(tok_base + src * st_n + l, mask=inside, other=0.).to(tl.float32)
@@ -423,20 +410,14 @@ def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, DO,
     a tile of ``BLOCK_M`` window keys (:func:`_window_key_grads`, ``DK``/``DV`` ``(B, heads, N,
     d)`` contiguous)."""
     pid = tl.program_id(0)
-    sq_b, sq_h, sq_n = _row_strides(sq_b, sq_h, sq_n, ALIGN)
-    sk_b, sk_h, sk_n = _row_strides(sk_b, sk_h, sk_n, ALIGN)
-    sv_b, sv_h, sv_n = _row_strides(sv_b, sv_h, sv_n, ALIGN)
-    skp_b, skp_h, skp_n = _row_strides(skp_b, skp_h, skp_n, ALIGN)
-    svp_b, svp_h, svp_n = _row_strides(svp_b, svp_h, svp_n, ALIGN)
-    sdo_b, sdo_h, sdo_n = _row_strides(sdo_b, sdo_h, sdo_n, ALIGN)
     if pid < pooled_programs:
         _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
                           sq_b, sq_h, sq_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                           sdo_b, sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w,
                           fold_w, taps_w, splits, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, weighted,
-                          PRECISION)
+                          PRECISION, ALIGN)
     elif WINDOW > 0:
         _window_key_grads(pid - pooled_programs, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA,
                           DK, DV, DRPB, sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h,
                           sv_n, st_b, st_h, st_n, sdo_b, sdo_h, sdo_n, heads, height, width,
-                          HEAD_DIM, BLOCK_D, BLOCK_M, WINDOW)
+                          HEAD_DIM, BLOCK_D, BLOCK_M, WINDOW, ALIGN)
