@@ -89,8 +89,27 @@ def _precision(dtype: torch.dtype, tf32: bool) -> str:
     return 'tf32' if tf32 or dtype != torch.float32 else 'ieee'
 
 
-def _strides(t: Tensor) -> Tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
+#: Widest row alignment the kernels are told of, in bytes: a 128-bit load per thread.
+MAX_ROW_BYTES = 16
+
+
+def row_alignment(*tensors: Tensor) -> int:
+    """``ALIGN``: the largest power of two, at most ``MAX_ROW_BYTES / itemsize``, that divides
+    the batch, head and row strides of every ``(B, heads, rows, d)`` row tensor of a launch (the
+    strides of dims of one element, never stepped along, do not count). It follows the
+    architecture's channel widths, not the input size, so it does not split a multi-scale
+    schedule's compiled variants."""
+    align = MAX_ROW_BYTES // tensors[0].element_size()
+    strides = [s for t in tensors for n, s in zip(t.shape[:3], t.stride()[:3]) if n > 1]
+    while align > 1 and any(s % align for s in strides):
+        align //= 2
+    return align
+
+
+def _strides(t: Tensor, align: int = 1) -> Tuple[int, int, int]:
+    """Batch, head and row strides of ``t`` in units of ``align`` elements (0 along a dim of one
+    element, never stepped along; see :func:`row_alignment`)."""
+    return tuple(s // align if n > 1 else 0 for n, s in zip(t.shape[:3], t.stride()[:3]))
 
 
 def _on_device(t: Tensor):
@@ -107,13 +126,13 @@ def _common(q: Tensor, kp: Tensor, height: int, width: int, key_h: int, key_w: i
     sizes = (heads, height, width, kp.shape[2], key_h, key_w, folded.shape[-1], rows_w.shape[-1])
     precision = _precision(q.dtype, tf32)
     meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
-                HAS_WW=weights_w is not None, PRECISION=precision, num_warps=warps,
+                weighted=int(weights_w is not None), PRECISION=precision, num_warps=warps,
                 **register_cap(precision))
     return batch * heads, sizes, meta
 
 
 def _weight_args(folded: Tensor, weights_w: Optional[Tensor]) -> Tensor:
-    """Column tap weights as a kernel argument: absent (one tap of weight 1, ``HAS_WW`` false)
+    """Column tap weights as a kernel argument: absent (one tap of weight 1, ``weighted`` 0)
     they are never read, so ``folded`` stands in for the pointer."""
     return folded if weights_w is None else weights_w
 
@@ -134,12 +153,13 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
     k, v, tok, rpb = (q, q, q, q) if window == 0 else (k, v, tok, rpb)
     # One grid axis (tiles fastest within each batch * head): no 65535 limit on batch * heads.
     launch = (_cdiv(length, meta['BLOCK_M']) * bh,)
+    align = row_alignment(q, k, v, kp, vp, out)
     with _on_device(q):
         kernels._attention_fwd[launch](
             q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
-            out, lse, *_strides(q), query_scale.stride(0), *_strides(k),
-            *_strides(v), *_strides(tok), *_strides(kp), *_strides(vp), *_strides(out), *sizes,
-            WINDOW=window, **meta)
+            out, lse, *_strides(q, align), *_strides(k, align), *_strides(v, align),
+            *_strides(tok), *_strides(kp, align), *_strides(vp, align), *_strides(out, align),
+            *sizes, WINDOW=window, ALIGN=align, **meta)
     return out, lse
 
 
@@ -180,21 +200,22 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
         drpb = torch.zeros(rpb.shape, dtype=f32, device=q.device)
     else:
         k = v = tok = rpb = dk = dv = dtok = drpb = q
+    align = row_alignment(q, k, v, kp, vp, out, grad_out)
     with _on_device(q):
         kernels._attention_bwd_query[(_cdiv(length, meta['BLOCK_M']) * bh,)](
             q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
             out, grad_out, lse, delta, dq, dtok, dfolded,
-            *_strides(q), query_scale.stride(0), *_strides(k), *_strides(v), *_strides(tok),
-            *_strides(kp), *_strides(vp), *_strides(out), *_strides(grad_out), *sizes,
-            WINDOW=window, **meta)
+            *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
+            *_strides(kp, align), *_strides(vp, align), *_strides(out, align),
+            *_strides(grad_out, align), *sizes, WINDOW=window, ALIGN=align, **meta)
         # Pooled-key tiles (times their runs) first, then window-key tiles.
         window_programs = _cdiv(length, meta['BLOCK_M']) * bh if window else 0
         kernels._attention_bwd_keys[(pooled * splits + window_programs,)](
             q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
-            grad_out, lse, delta, dk, dv, drpb, dkvp[0], dkvp[1], *_strides(q),
-            query_scale.stride(0), *_strides(k), *_strides(v), *_strides(tok), *_strides(kp),
-            *_strides(vp), *_strides(grad_out), *sizes, splits, pooled * splits, WINDOW=window,
-            **meta)
+            grad_out, lse, delta, dk, dv, drpb, dkvp[0], dkvp[1], *_strides(q, align),
+            *_strides(k, align), *_strides(v, align), *_strides(tok), *_strides(kp, align),
+            *_strides(vp, align), *_strides(grad_out, align), *sizes, splits, pooled * splits,
+            WINDOW=window, ALIGN=align, **meta)
     dkp = torch.sum(dkvp[0], 2, out=torch.empty(kp.shape, dtype=kp.dtype, device=q.device))
     dvp = torch.sum(dkvp[1], 2, out=torch.empty(vp.shape, dtype=vp.dtype, device=q.device))
     if not window:
@@ -416,8 +437,9 @@ def _check_offsets(**tensors: Optional[Tensor]) -> None:
 def _query_args(q: Tensor, embedding: Optional[Tensor], head_scale: Optional[Tensor],
                 query_scale: Union[Tensor, float, None]) -> Tuple[Tensor, Tensor, Tensor]:
     """The query transform as the kernels read it: float32 ``(heads, d)`` embedding and
-    ``(heads,)`` factor, contiguous, and the ``(H*W,)`` factor with any stride (0 for one
-    number); defaults (zero, one) for the arguments left out."""
+    ``(heads,)`` factor and ``(H*W,)`` factor, all contiguous (one number is repeated: a stride
+    of 0 for it would be one more compiled variant); defaults (zero, one) for the arguments left
+    out."""
     _, heads, length, dim = q.shape
     f32 = torch.float32
     if embedding is None:
@@ -440,7 +462,7 @@ def _query_args(q: Tensor, embedding: Optional[Tensor], head_scale: Optional[Ten
         raise ValueError(f'query_scale of shape {tuple(query_scale.shape)} does not match '
                          f'queries {tuple(q.shape)}: expected ({length},) or one value')
     return (embedding.to(f32).contiguous(), head_scale.to(f32).contiguous(),
-            query_scale.to(f32))
+            query_scale.to(f32).contiguous())
 
 
 def _rows(t: Tensor) -> Tensor:

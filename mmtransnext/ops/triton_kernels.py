@@ -13,7 +13,8 @@ Per ``(batch, head)`` and tile of ``BLOCK_M`` queries of an ``height x width`` m
   applied in PyTorch by :func:`mmtransnext.models.layers.position_bias.fold_rows`) and the column
   taps (:func:`_cpb_bias`): for query ``(yq, xq)`` and key ``(yk, xk)`` it is ``sum_t
   ww[xq,xk,t] folded[head, yq, yk, rw[xq,xk,t]]``, one gather per column tap (one tap of weight
-  1 in extrapolation mode; up to four, two query by two key columns, with bilinear resizing);
+  1, ``weighted`` 0, in extrapolation mode; up to four, two query by two key columns, with
+  bilinear resizing);
 - one online softmax over both key sets (fp32 running max and sum); the learnable-token weights
   ``tok[b, head, n, l]`` are added to the window probabilities (they are not normalised).
 
@@ -33,14 +34,20 @@ import triton
 import triton.language as tl
 
 #: Arguments no kernel specialises on (``do_not_specialize``; names absent from a kernel are
-#: ignored): the sizes and the batch and head strides, which change with the input size. Triton
-#: otherwise compiles a variant per value class (equal to 1, divisible by 16), i.e. several per
-#: stage in a multi-scale schedule. Strides along rows (``*_n``, fixed per architecture) and the
-#: query scale's stride (0 or 1) stay specialised: they let loads vectorise.
+#: ignored): the sizes, every stride and ``weighted`` (whether the column taps have weights:
+#: in interpolation mode not at the sizes whose width matches the table's). Triton otherwise
+#: compiles a variant per value class (equal to 1, divisible by 16) of each, i.e. several per
+#: stage and input size in a multi-scale schedule. Row alignment, what vectorised row loads
+#: need, comes from the constexpr ``ALIGN`` instead: the strides of the row tensors (queries,
+#: keys, values, output and its gradient) are passed in units of ``ALIGN`` elements
+#: (:func:`_slice`, :func:`_tile`), so the compiler knows every row starts on an ``ALIGN``-element
+#: boundary whatever the size. (Before, the row strides were specialised on divisibility by
+#: 16, but the unspecialised batch and head strides had already taken every base's alignment:
+#: rows loaded 2 bytes at a time.)
 UNSPECIALISED = ('heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'fold_w', 'taps_w',
-                 'splits', 'pooled_programs', 'sq_b', 'sq_h', 'sk_b', 'sk_h', 'sv_b', 'sv_h',
-                 'st_b', 'st_h', 'skp_b', 'skp_h', 'svp_b', 'svp_h', 'so_b', 'so_h', 'sdo_b',
-                 'sdo_h')
+                 'splits', 'pooled_programs', 'weighted',
+                 *(f's{t}_{axis}' for t in ('q', 'k', 'v', 't', 'kp', 'vp', 'o', 'do')
+                   for axis in 'bhn'))
 
 
 @triton.jit
@@ -53,10 +60,10 @@ def _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w):
 
 
 @triton.jit
-def _tap(RW, WW, pair_w, t, mask, taps_w, HAS_WW: tl.constexpr):
+def _tap(RW, WW, pair_w, t, mask, taps_w, weighted):
     """Folded-grid column and weight of column tap ``t`` of every (query, pooled key) pair."""
     col = tl.load(RW + pair_w * taps_w + t, mask=mask, other=0).to(tl.int32)
-    if HAS_WW:
+    if weighted != 0:  # a runtime branch, uniform over the launch: no variant per bias mode
         weight = tl.load(WW + pair_w * taps_w + t, mask=mask, other=0.)
     else:  # one column tap of weight 1
         weight = mask.to(tl.float32)
@@ -65,52 +72,55 @@ def _tap(RW, WW, pair_w, t, mask, taps_w, HAS_WW: tl.constexpr):
 
 @triton.jit
 def _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask, height, width, key_h, key_w, fold_w,
-              taps_w, HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              taps_w, weighted, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``(BLOCK_M, BLOCK_N)`` float32 position bias: ``sum_t ww[xq, xk, t] *
     folded[h, yq, yk, rw[xq, xk, t]]``, one gather per column tap."""
     row, pair_w = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w)
     bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for t in range(taps_w):
-        col, weight = _tap(RW, WW, pair_w, t, mask, taps_w, HAS_WW)
+        col, weight = _tap(RW, WW, pair_w, t, mask, taps_w, weighted)
         bias += weight * tl.load(FOLD + row + col, mask=mask, other=0.)
     return bias
 
 
 @triton.jit
 def _cpb_bias_grad(DFOLD, RW, WW, h, offs_m, offs_n, mask, grad, height, width, key_h, key_w,
-                   fold_w, taps_w, HAS_WW: tl.constexpr):
+                   fold_w, taps_w, weighted):
     """Scatter-add the bias gradient ``grad (BLOCK_M, BLOCK_N)`` into the float32 gradient of
     the folded grid: one relaxed atomic add per column tap."""
     row, pair_w = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w)
     for t in range(taps_w):
-        col, weight = _tap(RW, WW, pair_w, t, mask, taps_w, HAS_WW)
+        col, weight = _tap(RW, WW, pair_w, t, mask, taps_w, weighted)
         tl.atomic_add(DFOLD + row + col, grad * weight, mask=mask, sem='relaxed')
 
 
 @triton.jit
-def _slice(ptr, b, h, s_b, s_h):
-    """Pointer to the ``(batch b, head h)`` slice of a tensor: an int64 offset, so that tensors
-    of 2**31 elements or more do not wrap (the offsets within a slice stay int32)."""
-    return ptr + b.to(tl.int64) * s_b + h.to(tl.int64) * s_h
+def _slice(ptr, b, h, s_b, s_h, ALIGN: tl.constexpr):
+    """Pointer to the ``(batch b, head h)`` slice of a tensor whose strides are given in units
+    of ``ALIGN`` elements (see :data:`UNSPECIALISED`): an int64 offset, so that tensors of 2**31
+    elements or more do not wrap (the offsets within a slice stay int32)."""
+    return ptr + b.to(tl.int64) * s_b * ALIGN + h.to(tl.int64) * s_h * ALIGN
 
 
 @triton.jit
-def _tile(base, s_n, offs, offs_d, mask):
+def _tile(base, s_n, offs, offs_d, mask, ALIGN: tl.constexpr):
     """Rows ``offs`` of a ``(batch, head)`` slice (see :func:`_slice`) with unit stride along
-    d."""
-    return tl.load(base + offs[:, None] * s_n + offs_d[None, :], mask=mask, other=0.)
+    d, ``s_n`` in units of ``ALIGN`` elements: the product by the constexpr tells the compiler
+    every row starts ``ALIGN * itemsize`` bytes aligned (up to 16: one 128-bit load per vector
+    of a row)."""
+    return tl.load(base + offs[:, None] * s_n * ALIGN + offs_d[None, :], mask=mask, other=0.)
 
 
 @triton.jit
-def _queries(q_base, QE, HS, QS, h, sq_n, s_qs, offs, offs_d, mask_m, mask_d,
-             HEAD_DIM: tl.constexpr):
+def _queries(q_base, QE, HS, QS, h, sq_n, offs, offs_d, mask_m, mask_d,
+             HEAD_DIM: tl.constexpr, ALIGN: tl.constexpr):
     """A tile of normalised queries plus the query embedding, ``q_norm + qe[h]``, in float32,
     and each query's factor ``f = hs[h] * qs[n]`` (the scaled queries are their product; the
     callers round it to the input dtype for ``tl.dot``, as the queries were rounded when scaled
     in PyTorch)."""
-    q = _tile(q_base, sq_n, offs, offs_d, mask_m[:, None] & mask_d[None, :])
+    q = _tile(q_base, sq_n, offs, offs_d, mask_m[:, None] & mask_d[None, :], ALIGN)
     q = q.to(tl.float32) + tl.load(QE + h * HEAD_DIM + offs_d, mask=mask_d, other=0.)[None, :]
-    return q, tl.load(HS + h) * tl.load(QS + offs * s_qs, mask=mask_m, other=0.)
+    return q, tl.load(HS + h) * tl.load(QS + offs, mask=mask_m, other=0.)
 
 
 @triton.jit
@@ -130,12 +140,12 @@ def _program(pid, heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 
 @triton.jit
 def _pooled_probs(q, k_tile, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width,
-                  key_h, key_w, fold_w, taps_w, HAS_WW: tl.constexpr, BLOCK_M: tl.constexpr,
+                  key_h, key_w, fold_w, taps_w, weighted, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Recomputed softmax probabilities of a (query tile, pooled-key tile) pair (backward)."""
     scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
     scores += _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width, key_h, key_w,
-                        fold_w, taps_w, HAS_WW, BLOCK_M, BLOCK_N)
+                        fold_w, taps_w, weighted, BLOCK_M, BLOCK_N)
     return tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
 
 
@@ -151,20 +161,20 @@ def _neighbour(offs_m, mask_m, height, width, l, WINDOW: tl.constexpr):
 
 @triton.jit(do_not_specialize=UNSPECIALISED)
 def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE,
-                   sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
+                   sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
                    skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
                    heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WW: tl.constexpr,
-                   PRECISION: tl.constexpr):
+                   BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
+                   PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     length = height * width
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
                                                         BLOCK_D, HEAD_DIM)
-    k_base, v_base = _slice(K, b, h, sk_b, sk_h), _slice(V, b, h, sv_b, sv_h)
-    tok_base = _slice(TOK, b, h, st_b, st_h)
-    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h), _slice(VP, b, h, svp_b, svp_h)
-    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h), QE, HS, QS, h, sq_n, s_qs, offs_m, offs_d,
-                     mask_m, mask_d, HEAD_DIM)
+    k_base, v_base = _slice(K, b, h, sk_b, sk_h, ALIGN), _slice(V, b, h, sv_b, sv_h, ALIGN)
+    tok_base = _slice(TOK, b, h, st_b, st_h, 1)
+    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h, ALIGN), _slice(VP, b, h, svp_b, svp_h, ALIGN)
+    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h, ALIGN), QE, HS, QS, h, sq_n, offs_m, offs_d,
+                     mask_m, mask_d, HEAD_DIM, ALIGN)
     qf = qf * f[:, None]
     q = qf.to(Q.dtype.element_ty)
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
@@ -175,13 +185,13 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
-            key = _tile(k_base, sk_n, nb, offs_d, mask_nd).to(tl.float32)
+            key = _tile(k_base, sk_n, nb, offs_d, mask_nd, ALIGN).to(tl.float32)
             s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
             s = tl.where(inside, s, float('-inf'))
             m_new = tl.maximum(m_i, s)
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new)
-            value = _tile(v_base, sv_n, nb, offs_d, mask_nd).to(tl.float32)
+            value = _tile(v_base, sv_n, nb, offs_d, mask_nd, ALIGN).to(tl.float32)
             acc = acc * alpha[:, None] + p[:, None] * value
             l_i = l_i * alpha + p
             m_i = m_new
@@ -191,22 +201,23 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
-        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd)
+        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd, ALIGN)
         scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
         scores += _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask_m[:, None] & mask_n[None, :],
-                            height, width, key_h, key_w, fold_w, taps_w, HAS_WW, BLOCK_M,
+                            height, width, key_h, key_w, fold_w, taps_w, weighted, BLOCK_M,
                             BLOCK_N)
         scores = tl.where(mask_n[None, :], scores, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp(m_i - m_new)
         p_tile = tl.exp(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p_tile, 1)
-        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd)
+        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd, ALIGN)
         acc = acc * alpha[:, None] + tl.dot(p_tile.to(v_tile.dtype), v_tile,
                                             input_precision=PRECISION)
         m_i = m_new
     out = acc / l_i[:, None] + acc_tok
-    tl.store(_slice(OUT, b, h, so_b, so_h) + offs_m[:, None] * so_n + offs_d[None, :],
+    tl.store(_slice(OUT, b, h, so_b, so_h, ALIGN) + offs_m[:, None] * so_n * ALIGN +
+             offs_d[None, :],
              out.to(OUT.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
     tl.store(LSE + bh * length + offs_m, m_i + tl.log(l_i), mask=mask_m)
 
@@ -214,13 +225,13 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
 @triton.jit(do_not_specialize=UNSPECIALISED)
 def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, DO, LSE,
                          DELTA, DQ, DTOK, DFOLD,
-                         sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
+                         sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
                          st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
                          sdo_b, sdo_h, sdo_n,
                          heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, HAS_WW: tl.constexpr,
-                         PRECISION: tl.constexpr):
+                         BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
+                         PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     """Per query tile: ``delta`` (stored for :func:`_attention_bwd_keys`), ``dq``, ``dtok``, and
     the folded grid's gradient by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)``
     contiguous, the gradient of the scaled queries (the op's backward turns it into those of
@@ -230,15 +241,17 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
                                                         BLOCK_D, HEAD_DIM)
     mask_md = mask_m[:, None] & mask_d[None, :]
-    k_base, v_base = _slice(K, b, h, sk_b, sk_h), _slice(V, b, h, sv_b, sv_h)
-    tok_base = _slice(TOK, b, h, st_b, st_h)
-    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h), _slice(VP, b, h, svp_b, svp_h)
-    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h), QE, HS, QS, h, sq_n, s_qs, offs_m, offs_d,
-                     mask_m, mask_d, HEAD_DIM)
+    k_base, v_base = _slice(K, b, h, sk_b, sk_h, ALIGN), _slice(V, b, h, sv_b, sv_h, ALIGN)
+    tok_base = _slice(TOK, b, h, st_b, st_h, 1)
+    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h, ALIGN), _slice(VP, b, h, svp_b, svp_h, ALIGN)
+    qf, f = _queries(_slice(Q, b, h, sq_b, sq_h, ALIGN), QE, HS, QS, h, sq_n, offs_m, offs_d,
+                     mask_m, mask_d, HEAD_DIM, ALIGN)
     qf = qf * f[:, None]
     q = qf.to(Q.dtype.element_ty)
-    do = _tile(_slice(DO, b, h, sdo_b, sdo_h), sdo_n, offs_m, offs_d, mask_md).to(tl.float32)
-    out = _tile(_slice(OUT, b, h, so_b, so_h), so_n, offs_m, offs_d, mask_md).to(tl.float32)
+    do = _tile(_slice(DO, b, h, sdo_b, sdo_h, ALIGN), sdo_n, offs_m, offs_d, mask_md,
+               ALIGN).to(tl.float32)
+    out = _tile(_slice(OUT, b, h, so_b, so_h, ALIGN), so_n, offs_m, offs_d, mask_md,
+                ALIGN).to(tl.float32)
     row0 = bh * length  # int64: first row of this (batch, head) in the (B, heads, N) buffers
     lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
     # delta = dO . (softmax part of the output) = dO . out - sum_l tok_l (dO . v_l).
@@ -247,7 +260,7 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
     if WINDOW > 0:
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
-            value = _tile(v_base, sv_n, nb, offs_d, inside[:, None] & mask_d[None, :]).to(
+            value = _tile(v_base, sv_n, nb, offs_d, inside[:, None] & mask_d[None, :], ALIGN).to(
                 tl.float32)
             dp = tl.sum(do * value, 1)
             tok = tl.load(tok_base + offs_m * st_n + l, mask=mask_m, other=0.).to(tl.float32)
@@ -257,8 +270,8 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             mask_nd = inside[:, None] & mask_d[None, :]
-            key = _tile(k_base, sk_n, nb, offs_d, mask_nd).to(tl.float32)
-            value = _tile(v_base, sv_n, nb, offs_d, mask_nd).to(tl.float32)
+            key = _tile(k_base, sk_n, nb, offs_d, mask_nd, ALIGN).to(tl.float32)
+            value = _tile(v_base, sv_n, nb, offs_d, mask_nd, ALIGN).to(tl.float32)
             s = tl.sum(qf * key, 1) + tl.load(RPB + h * WINDOW * WINDOW + l).to(tl.float32)
             p = tl.where(inside, tl.exp(s - lse), 0.)
             dp = tl.sum(do * value, 1)
@@ -271,27 +284,27 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd)
-        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd)
+        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd, ALIGN)
+        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd, ALIGN)
         p_tile = _pooled_probs(q, k_tile, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height,
-                               width, key_h, key_w, fold_w, taps_w, HAS_WW, BLOCK_M, BLOCK_N,
+                               width, key_h, key_w, fold_w, taps_w, weighted, BLOCK_M, BLOCK_N,
                                PRECISION)
         dp_tile = tl.dot(do_in, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
         ds_tile = p_tile * (dp_tile - delta[:, None])
         dq += tl.dot(ds_tile.to(q.dtype), k_tile, input_precision=PRECISION)
         _cpb_bias_grad(DFOLD, RW, WW, h, offs_m, offs_n, mask_mn, ds_tile, height, width, key_h,
-                       key_w, fold_w, taps_w, HAS_WW)
+                       key_w, fold_w, taps_w, weighted)
     tl.store(DQ + row0 * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=mask_md)
 
 
 @triton.jit
 def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
-                      sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, sdo_b,
+                      sq_b, sq_h, sq_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, sdo_b,
                       sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
                       splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_WW: tl.constexpr,
-                      PRECISION: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, weighted,
+                      PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     """Partial ``dk``/``dv`` of a tile of pooled keys over one of ``splits`` runs of query
     tiles. Programs: ``pid = ((batch * heads + head) * splits + split) * tiles + tile``; the
     float32 sums go to ``(B, heads, splits, P, d)`` buffers, added up by the caller."""
@@ -308,9 +321,9 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, 
     first = (group - bh * splits) * run
     last = tl.minimum(first + run, length)
     mask_kd = mask_n[:, None] & mask_d[None, :]
-    key = _tile(_slice(KP, b, h, skp_b, skp_h), skp_n, offs_n, offs_d, mask_kd)
-    value = _tile(_slice(VP, b, h, svp_b, svp_h), svp_n, offs_n, offs_d, mask_kd)
-    q_base, do_base = _slice(Q, b, h, sq_b, sq_h), _slice(DO, b, h, sdo_b, sdo_h)
+    key = _tile(_slice(KP, b, h, skp_b, skp_h, ALIGN), skp_n, offs_n, offs_d, mask_kd, ALIGN)
+    value = _tile(_slice(VP, b, h, svp_b, svp_h, ALIGN), svp_n, offs_n, offs_d, mask_kd, ALIGN)
+    q_base, do_base = _slice(Q, b, h, sq_b, sq_h, ALIGN), _slice(DO, b, h, sdo_b, sdo_h, ALIGN)
     row0 = bh.to(tl.int64) * length
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -319,14 +332,14 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, 
         mask_m = offs_m < length
         mask_md = mask_m[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        q, f = _queries(q_base, QE, HS, QS, h, sq_n, s_qs, offs_m, offs_d, mask_m, mask_d,
-                        HEAD_DIM)
+        q, f = _queries(q_base, QE, HS, QS, h, sq_n, offs_m, offs_d, mask_m, mask_d,
+                        HEAD_DIM, ALIGN)
         q = (q * f[:, None]).to(Q.dtype.element_ty)
-        do = _tile(do_base, sdo_n, offs_m, offs_d, mask_md).to(q.dtype)
+        do = _tile(do_base, sdo_n, offs_m, offs_d, mask_md, ALIGN).to(q.dtype)
         lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
         delta = tl.load(DELTA + row0 + offs_m, mask=mask_m, other=0.)
         p = _pooled_probs(q, key, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width,
-                          key_h, key_w, fold_w, taps_w, HAS_WW, BLOCK_M, BLOCK_N, PRECISION)
+                          key_h, key_w, fold_w, taps_w, weighted, BLOCK_M, BLOCK_N, PRECISION)
         dv += tl.dot(tl.trans(p.to(q.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
@@ -339,9 +352,10 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, 
 
 @triton.jit
 def _window_key_grads(pid, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA, DK, DV, DRPB,
-                      sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
+                      sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
                       st_n, sdo_b, sdo_h, sdo_n, heads, height, width, HEAD_DIM: tl.constexpr,
-                      BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, WINDOW: tl.constexpr):
+                      BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, WINDOW: tl.constexpr,
+                      ALIGN: tl.constexpr):
     """``dk``/``dv`` of a tile of window keys, gathered from the ``WINDOW**2`` queries whose
     windows hold each key (no atomics: each key's gradient is written once), and its share of
     ``drpb`` (one relaxed atomic add per window position)."""
@@ -349,10 +363,12 @@ def _window_key_grads(pid, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA, DK, DV
     bh, b, h, offs_n, mask_n, offs_d, mask_d = _program(pid, heads, length, BLOCK, BLOCK_D,
                                                         HEAD_DIM)
     mask_nd = mask_n[:, None] & mask_d[None, :]
-    key = _tile(_slice(K, b, h, sk_b, sk_h), sk_n, offs_n, offs_d, mask_nd).to(tl.float32)
-    value = _tile(_slice(V, b, h, sv_b, sv_h), sv_n, offs_n, offs_d, mask_nd).to(tl.float32)
-    q_base, do_base = _slice(Q, b, h, sq_b, sq_h), _slice(DO, b, h, sdo_b, sdo_h)
-    tok_base = _slice(TOK, b, h, st_b, st_h)
+    key = _tile(_slice(K, b, h, sk_b, sk_h, ALIGN), sk_n, offs_n, offs_d, mask_nd,
+                ALIGN).to(tl.float32)
+    value = _tile(_slice(V, b, h, sv_b, sv_h, ALIGN), sv_n, offs_n, offs_d, mask_nd,
+                  ALIGN).to(tl.float32)
+    q_base, do_base = _slice(Q, b, h, sq_b, sq_h, ALIGN), _slice(DO, b, h, sdo_b, sdo_h, ALIGN)
+    tok_base = _slice(TOK, b, h, st_b, st_h, 1)
     row0 = bh * length
     dk = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
@@ -361,10 +377,10 @@ def _window_key_grads(pid, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA, DK, DV
         # is window position L - 1 - l (the offsets are symmetric, row-major).
         src, inside = _neighbour(offs_n, mask_n, height, width, WINDOW * WINDOW - 1 - l, WINDOW)
         mask_qd = inside[:, None] & mask_d[None, :]
-        qf, f = _queries(q_base, QE, HS, QS, h, sq_n, s_qs, src, offs_d, inside, mask_d,
-                         HEAD_DIM)
+        qf, f = _queries(q_base, QE, HS, QS, h, sq_n, src, offs_d, inside, mask_d,
+                         HEAD_DIM, ALIGN)
         qf = qf * f[:, None]
-        do = _tile(do_base, sdo_n, src, offs_d, mask_qd).to(tl.float32)
+        do = _tile(do_base, sdo_n, src, offs_d, mask_qd, ALIGN).to(tl.float32)
         lse = tl.load(LSE + row0 + src, mask=inside, other=0.)
         delta = tl.load(DELTA + row0 + src, mask=inside, other=0.)
         tok = tl.load(tok_base + src * st_n + l, mask=inside, other=0.).to(tl.float32)
@@ -382,12 +398,12 @@ def _window_key_grads(pid, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA, DK, DV
 @triton.jit(do_not_specialize=UNSPECIALISED)
 def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DK,
                         DV, DRPB, DKP, DVP,
-                        sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
+                        sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
                         st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, sdo_b, sdo_h, sdo_n,
                         heads, height, width, num_keys, key_h, key_w, fold_w, taps_w, splits,
                         pooled_programs, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
-                        HAS_WW: tl.constexpr, PRECISION: tl.constexpr):
+                        weighted, PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     """Key gradients, after :func:`_attention_bwd_query` has stored ``delta``: programs below
     ``pooled_programs`` take a tile of pooled keys and a run of query tiles each
     (:func:`_pooled_key_grads`, ``DKP``/``DVP`` float32 ``(B, heads, splits, P, d)``), the others
@@ -396,12 +412,12 @@ def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, DO,
     pid = tl.program_id(0)
     if pid < pooled_programs:
         _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
-                          sq_b, sq_h, sq_n, s_qs, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
+                          sq_b, sq_h, sq_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                           sdo_b, sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w,
-                          fold_w, taps_w, splits, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_WW,
-                          PRECISION)
+                          fold_w, taps_w, splits, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, weighted,
+                          PRECISION, ALIGN)
     elif WINDOW > 0:
         _window_key_grads(pid - pooled_programs, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA,
-                          DK, DV, DRPB, sq_b, sq_h, sq_n, s_qs, sk_b, sk_h, sk_n, sv_b, sv_h,
+                          DK, DV, DRPB, sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h,
                           sv_n, st_b, st_h, st_n, sdo_b, sdo_h, sdo_n, heads, height, width,
-                          HEAD_DIM, BLOCK_D, BLOCK_M, WINDOW)
+                          HEAD_DIM, BLOCK_D, BLOCK_M, WINDOW, ALIGN)

@@ -395,20 +395,36 @@ def test_op_traces_under_torch_compile():
 KERNELS = ('_attention_fwd', '_attention_bwd_query', '_attention_bwd_keys')
 
 
-def test_kernels_do_not_specialise_on_sizes():
-    """Every size and batch/head stride argument is left unspecialised (one compiled variant
-    for every input size of a multi-scale schedule); pointers (upper case), row strides
-    (``*_n``) and the query scale's stride (0 or 1) may be specialised."""
+def test_kernels_do_not_specialise_on_sizes_or_strides():
+    """Every size and stride argument is left unspecialised (one compiled variant for every
+    input size of a multi-scale schedule): only pointers (upper case) and constexprs are
+    specialised; row alignment comes from the constexpr ALIGN instead."""
     from triton.runtime.jit import JITFunction
 
     from mmtransnext.ops import triton_kernels
     for name in KERNELS:
         kernel = getattr(triton_kernels, name)
         jit = JITFunction(kernel.fn, **kernel.kwargs)  # the decorator's arguments, compiled
-        sizes = {p.name for p in jit.params if not p.is_constexpr and p.name[0].islower()
-                 and not p.name.endswith('_n') and p.name != 's_qs'}
-        assert {'heads', 'width', 'sq_b', 'sq_h'} <= sizes, name
-        assert {p.name for p in jit.params if p.do_not_specialize} == sizes, name
+        ints = {p.name for p in jit.params if not p.is_constexpr and p.name[0].islower()}
+        assert {'heads', 'width', 'sq_b', 'sq_h', 'sq_n', 'sk_n', 'st_n'} <= ints, name
+        assert {p.name for p in jit.params if p.do_not_specialize} == ints, name
+        assert 'ALIGN' in {p.name for p in jit.params if p.is_constexpr}, name
+
+
+def test_row_alignment_follows_the_channels_not_the_size():
+    """ALIGN: 16 bytes' worth of elements where every batch, head and row stride allows it
+    (TransNeXt's 72-channel rows: 8 bf16 or 4 float32 elements), less where a stride does not;
+    dims of one element do not count, and their strides are passed as 0."""
+    from mmtransnext.ops.triton_attention import _strides, row_alignment
+    for length in (1, 225, 900, 4096):  # map sizes of a multi-scale schedule
+        qkv = torch.zeros(2, length, 3, 3, 24)  # (B, N, q/k/v, heads, d) as the layer's linear
+        q = qkv[:, :, 0].transpose(1, 2)
+        assert row_alignment(q.bfloat16()) == 8
+        assert row_alignment(q) == 4
+    assert row_alignment(torch.zeros(2, 3, 5, 9, dtype=torch.float16)) == 1  # 9-element rows
+    assert row_alignment(torch.zeros(2, 3, 5, 12, dtype=torch.float16)) == 4
+    one_row = torch.zeros(2, 3, 1, 24).as_strided((2, 3, 1, 24), (72, 24, 7, 1))
+    assert row_alignment(one_row) == 4 and _strides(one_row, 4) == (18, 6, 0)
 
 
 def test_launch_grids_use_one_axis(monkeypatch):

@@ -174,11 +174,10 @@ def test_training_steps_record_the_precision_and_bias_mode(steps):
     spec = steps['extrapolation'][0].spec
     assert dict(spec.signature)['Q'] == '*fp32' and spec.constants['PRECISION'] == 'ieee'
     # extrapolation: one column tap without weights (rows are folded into the grid); the tap
-    # count is a size argument, not specialised
-    assert spec.constants['HAS_WW'] is False and 'taps_w' not in spec.constants
+    # count and whether the taps have weights are arguments, not specialised (interpolation
+    # mode has weights at some sizes only)
+    assert not {'taps_w', 'weighted', 'HAS_WW'} & set(spec.constants)
     assert 'HAS_WH' not in spec.constants and 'taps_h' not in spec.constants
-    # interpolation from 800 to 64x96: resized columns
-    assert steps['tf32'][0].spec.constants['HAS_WW'] is True
 
 
 def test_explicit_16_bit_inputs_reach_the_kernels_as_16_bit_pointers():
@@ -214,7 +213,24 @@ def test_input_sizes_do_not_split_the_specialisations():
     for window in (3, 0):
         same_window = [s for s in forward if s.constants['WINDOW'] == window]
         assert not varying_arguments(same_window, ('HEAD_DIM', 'BLOCK_D', 'BLOCK_M', 'BLOCK_N',
-                                                   'WINDOW', 'HAS_WW', 'PRECISION'))
+                                                   'WINDOW', 'PRECISION', 'ALIGN'))
+
+
+def test_stages_and_sizes_of_tiny_under_autocast_compile_one_variant_per_window():
+    """TransNeXt-Tiny's 72-channel rows (stage 1) and 144/288/576-channel rows (stages 2-4) at
+    two input sizes under fp16 autocast, as in the DINO schedule, with column taps with weights
+    (interpolation mode) and without (extrapolation; in interpolation mode, sizes whose width
+    matches the table's): one specialisation per kernel and window (strides and the taps'
+    kind unspecialised, 16-byte row alignment passed as ALIGN=8 instead)."""
+    from mmtransnext.analysis.triton_launches import size_variants
+    with TrainingStepRecorder() as recorder:
+        for size in ((96, 64), (64, 80)):
+            recorder.record(TrainingCase('tiny', 'fp16', False, size))
+        recorder.record(TrainingCase('tiny', 'fp16', True, (64, 64)))
+    specs = list(recorder.specializations())
+    assert size_variants(specs) == {(kernel, 'fp16'): 2 for kernel in KERNELS}
+    assert {s.constants['ALIGN'] for s in specs} == {8}
+    assert {s.constants['WINDOW'] for s in specs} == {3, 0}
 
 
 def test_dino_sizes_follow_the_pipeline(tool):
