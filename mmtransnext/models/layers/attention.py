@@ -27,6 +27,7 @@ from ...ops.pooled_attention import pooled_attention
 from ...ops.triton_attention import triton_attention
 from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_rows,
                             official_position_bias, official_position_table)
+from .weight_cache import WeightKeyed, reuse_or_build
 
 Size2d = Tuple[int, int]
 
@@ -129,7 +130,8 @@ class _CosineAttentionBase(nn.Module):
         self.cpb_fc1 = nn.Linear(2, 512, bias=True)
         self.cpb_act = nn.ReLU(inplace=True)
         self.cpb_fc2 = nn.Linear(512, num_heads, bias=True)
-        self._grid_cache: Optional[tuple] = None
+        #: ``(table, WeightKeyed grid)`` of the last inference forward.
+        self._grid_cache: Optional[Tuple[PositionTable, WeightKeyed]] = None
 
     def use_fast_path(self) -> bool:
         """Fast path unless the reference is asked for or attention dropout is active (the
@@ -139,17 +141,22 @@ class _CosineAttentionBase(nn.Module):
     def _cpb_grid(self, table: PositionTable) -> Tensor:
         """The CPB MLP over ``table`` as a ``(heads, |values_h|, |values_w|)`` grid.
 
-        Without gradients it is computed once per table and reused until the MLP's weights
-        change (in-place updates bump their version; moves and casts change the storage).
+        Without gradients it is computed once per table and reused while the MLP's weights
+        are bit for bit those it was computed from (checked against a copy of them, see
+        :mod:`.weight_cache`: updates through ``.data``, as EMA and Mean-Teacher hooks make,
+        change no version counter).
         """
-        params = (self.cpb_fc1.weight, self.cpb_fc1.bias, self.cpb_fc2.weight, self.cpb_fc2.bias)
-        key = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
+        if torch.is_grad_enabled():
+            self._grid_cache = None
+            return cpb_grid(self.cpb_fc1, self.cpb_fc2, table)
+        weights = [p for p in (self.cpb_fc1.weight, self.cpb_fc1.bias, self.cpb_fc2.weight,
+                               self.cpb_fc2.bias) if p is not None]
         cached = self._grid_cache
-        if not torch.is_grad_enabled() and cached and cached[0] is table and cached[1] == key:
-            return cached[2]
-        grid = cpb_grid(self.cpb_fc1, self.cpb_fc2, table)
-        self._grid_cache = (table, key, grid) if not torch.is_grad_enabled() else None
-        return grid
+        entry = cached[1] if cached is not None and cached[0] is table else None
+        entry = reuse_or_build(entry, weights,
+                               lambda: cpb_grid(self.cpb_fc1, self.cpb_fc2, table))
+        self._grid_cache = (table, entry)
+        return entry.value
 
     def clear_cache(self) -> None:
         """Forget the CPB grid kept for inference."""
