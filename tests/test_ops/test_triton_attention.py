@@ -317,6 +317,22 @@ def test_backbone_with_triton_matches_the_reference():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_backbone_with_triton_is_close_to_float32(dtype):
+    """A whole model cast with ``.to(dtype)`` runs the kernels in that dtype, close to the
+    float32 model (relative to the output's scale)."""
+    arch = dict(embed_dims=[16, 32, 32, 32], num_heads=[1, 2, 2, 2], depths=[1, 1, 1, 1])
+    model = perturb_(TransNeXt(arch, img_size=64, pretrain_size=64, attn_impl='triton')).eval()
+    img = torch.randn(1, 3, 45, 70)
+    with torch.no_grad():
+        expected = model(img)
+        outs = model.to(dtype)(img.to(dtype))
+    for got, want in zip(outs, expected):
+        assert got.dtype == dtype
+        error = (got.float() - want).abs().max() / want.abs().max()
+        assert error < {torch.float16: 5e-3, torch.bfloat16: 4e-2}[dtype], error
+
+
 def test_op_on_meta_tensors_needs_no_data():
     """The glue around the kernels reads no tensor value (a host sync raises on meta tensors):
     shapes, strides and the backward's outputs come from the fake implementations."""

@@ -179,7 +179,16 @@ class _CosineAttentionBase(nn.Module):
             scale = torch.log(torch.as_tensor(float(num_pool), device=q_norm.device))
         else:
             scale = torch.log(local_lengths + num_pool)
-        return (q_norm + self.query_embedding) * F.softplus(self.temperature) * scale
+        return self._scaled(q_norm, scale)
+
+    def _scaled(self, q_norm: Tensor, length_scale: Union[Tensor, float]) -> Tensor:
+        """``(q_norm + query_embedding) * softplus(temperature) * length_scale``, the length
+        scale (built in float32) in the parameters' dtype: a float32 scale would promote the
+        queries of a ``.half()`` / ``.bfloat16()`` model back to float32 (under autocast the
+        parameters, and so the scale, stay float32)."""
+        if isinstance(length_scale, Tensor):
+            length_scale = length_scale.to(self.temperature.dtype)
+        return (q_norm + self.query_embedding) * F.softplus(self.temperature) * length_scale
 
     def folded_bias(self, geometry: StageGeometry) -> Tuple[Tensor, Tensor, Tensor]:
         """The position bias as a row-folded grid and column taps (fast path): what
@@ -215,8 +224,7 @@ class _CosineAttentionBase(nn.Module):
 
     def scale_queries(self, q_norm: Tensor, geometry: StageGeometry) -> Tensor:
         """Add the query embedding and apply the length-scaled temperature."""
-        return (q_norm + self.query_embedding) * F.softplus(self.temperature) * \
-            geometry.seq_length_scale
+        return self._scaled(q_norm, geometry.seq_length_scale)
 
     def project(self, x: Tensor) -> Tensor:
         """``(B, heads, N, d)`` -> ``(B, N, C)`` followed by the output projection."""
@@ -321,7 +329,10 @@ class AggregatedAttention(_CosineAttentionBase):
         k_pool, v_pool = self.pooled_kv(x, size, geometry.pool_size, fast=True)
         out, local_mass = self.attend_pooled(q_scaled, k_pool, v_pool, geometry, lse_local,
                                              backend)
-        local_weights = torch.exp(attn_local - lse_local) * local_mass + token_weights
+        # The pooled keys' mass is float32: back to the logits' dtype, which a half model's
+        # window op needs (under autocast the window op casts to autocast's dtype anyway).
+        local_weights = (torch.exp(attn_local - lse_local) * local_mass +
+                         token_weights).to(attn_local.dtype)
         v_local = self._heads(x, kv_w[dim:], None if kv_b is None else kv_b[dim:])
         out = out + window_av(local_weights, v_local, size, window, backend)
         return self.project(out)
