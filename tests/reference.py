@@ -22,6 +22,24 @@ def perturb_(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
     return model
 
 
+#: Largest error of a model cast to a half dtype, as a share of its float32 output's largest
+#: value (per output).
+HALF_TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 4e-2}
+
+
+def assert_cast_model_close(model: torch.nn.Module, x: torch.Tensor,
+                            dtype: torch.dtype) -> None:
+    """Run ``model`` on ``x`` in float32, then cast whole with ``.to(dtype)``: every output in
+    ``dtype`` and within :data:`HALF_TOLERANCE` of the float32 one."""
+    with torch.no_grad():
+        expected = model(x)
+        outs = model.to(dtype)(x.to(dtype))
+    for got, want in zip(outs, expected):
+        assert got.dtype == dtype
+        error = (got.float() - want).abs().max() / want.abs().max()
+        assert error < HALF_TOLERANCE[dtype], f'{dtype}: error {error:.2e}'
+
+
 def brute_force_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d):
     """All (query, key) offsets, made unique row-wise; returns (index (Nq, Nk), coords (T, 2))."""
     qh, qw = query_size

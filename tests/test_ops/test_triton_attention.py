@@ -14,8 +14,8 @@ from mmtransnext.models.layers.attention import AggregatedAttention, FullAttenti
 from mmtransnext.models.layers.position_bias import build_position_table, cpb_grid, fold_rows
 from mmtransnext.ops.sliding_window import window_lengths
 from mmtransnext.ops.triton_attention import triton_attention
-from reference import (perturb_, reference_aggregated_attention, reference_backbone,
-                       reference_bias, reference_full_attention)
+from reference import (assert_cast_model_close, perturb_, reference_aggregated_attention,
+                       reference_backbone, reference_bias, reference_full_attention)
 
 CPU = torch.device('cpu')
 PRETRAIN = (6, 6)
@@ -315,6 +315,15 @@ def test_backbone_with_triton_matches_the_reference():
         expected = reference_backbone(model, img)
     for got, want in zip(outs, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_backbone_with_triton_is_close_to_float32(dtype):
+    """A whole model cast with ``.to(dtype)`` runs the kernels in that dtype, close to the
+    float32 model (relative to the output's scale)."""
+    arch = dict(embed_dims=[16, 32, 32, 32], num_heads=[1, 2, 2, 2], depths=[1, 1, 1, 1])
+    model = perturb_(TransNeXt(arch, img_size=64, pretrain_size=64, attn_impl='triton')).eval()
+    assert_cast_model_close(model, torch.randn(1, 3, 45, 70), dtype)
 
 
 def test_op_on_meta_tensors_needs_no_data():

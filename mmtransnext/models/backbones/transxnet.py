@@ -24,6 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..layers.position_bias import PositionTableCache
 from ..layers.transxnet_layers import (BLOCK_NORM, BN, PatchEmbed, TransXNetBlock,
                                        check_norm_cfg)
+from ..layers.weight_cache import WeightKeyed
 from .base import (MultiStageBackbone, Part, check_flag, check_int, check_rate, check_real,
                    resolve_stage_settings, to_pair)
 
@@ -237,9 +238,11 @@ class TransXNet(MultiStageBackbone):
         over its (query, key) axes, as the official code does in every block call; here it is
         resized once per stage and forward. When no gradient can flow into the table (no
         grad mode, or a frozen table) the resized copy is also kept in :attr:`position_tables`
-        (bounded), keyed by stage, counts and the table's storage and version, so an in-place
-        update or a move of the weights is never served a stale copy. With gradients a cached
-        copy would cut the graph to the parameter, so it is recomputed per forward.
+        (bounded), keyed by stage and counts, with a copy of the table it was resized from
+        (:class:`~mmtransnext.models.layers.weight_cache.WeightKeyed`): it is reused only while
+        the table is bit for bit the same, however the table changed (in place, through
+        ``.data`` as EMA and Mean-Teacher updates do, by a load or a cast). With gradients a
+        cached copy would cut the graph to the parameter, so it is recomputed per forward.
         """
         table = self.relative_pos_enc[stage]
         n_q = size[0] * size[1]
@@ -253,9 +256,10 @@ class TransXNet(MultiStageBackbone):
 
         if torch.is_grad_enabled() and table.requires_grad:
             return resize()
-        key = ('relative_pos_enc', stage, target, table.data_ptr(), table._version,
-               table.dtype, str(table.device), torch.is_inference_mode_enabled())
-        return self.position_tables.get(key, resize)
+        key = ('relative_pos_enc', stage, target, table.dtype, str(table.device),
+               torch.is_inference_mode_enabled())
+        return self.position_tables.get(key, lambda: WeightKeyed.build((table,), resize),
+                                        lambda entry: entry.matches((table,))).value
 
     def _check_batch_norm_batch(self, x: Tensor) -> None:
         if x.shape[0] > 1 or not self.training:

@@ -27,6 +27,7 @@ from ...ops.pooled_attention import pooled_attention
 from ...ops.triton_attention import triton_attention
 from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_rows,
                             official_position_bias, official_position_table)
+from .weight_cache import WeightKeyed, reuse_or_build
 
 Size2d = Tuple[int, int]
 
@@ -129,7 +130,8 @@ class _CosineAttentionBase(nn.Module):
         self.cpb_fc1 = nn.Linear(2, 512, bias=True)
         self.cpb_act = nn.ReLU(inplace=True)
         self.cpb_fc2 = nn.Linear(512, num_heads, bias=True)
-        self._grid_cache: Optional[tuple] = None
+        #: ``(table, WeightKeyed grid)`` of the last inference forward.
+        self._grid_cache: Optional[Tuple[PositionTable, WeightKeyed]] = None
 
     def use_fast_path(self) -> bool:
         """Fast path unless the reference is asked for or attention dropout is active (the
@@ -139,17 +141,22 @@ class _CosineAttentionBase(nn.Module):
     def _cpb_grid(self, table: PositionTable) -> Tensor:
         """The CPB MLP over ``table`` as a ``(heads, |values_h|, |values_w|)`` grid.
 
-        Without gradients it is computed once per table and reused until the MLP's weights
-        change (in-place updates bump their version; moves and casts change the storage).
+        Without gradients it is computed once per table and reused while the MLP's weights
+        are bit for bit those it was computed from (checked against a copy of them, see
+        :mod:`.weight_cache`: updates through ``.data``, as EMA and Mean-Teacher hooks make,
+        change no version counter).
         """
-        params = (self.cpb_fc1.weight, self.cpb_fc1.bias, self.cpb_fc2.weight, self.cpb_fc2.bias)
-        key = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
+        if torch.is_grad_enabled():
+            self._grid_cache = None
+            return cpb_grid(self.cpb_fc1, self.cpb_fc2, table)
+        weights = [p for p in (self.cpb_fc1.weight, self.cpb_fc1.bias, self.cpb_fc2.weight,
+                               self.cpb_fc2.bias) if p is not None]
         cached = self._grid_cache
-        if not torch.is_grad_enabled() and cached and cached[0] is table and cached[1] == key:
-            return cached[2]
-        grid = cpb_grid(self.cpb_fc1, self.cpb_fc2, table)
-        self._grid_cache = (table, key, grid) if not torch.is_grad_enabled() else None
-        return grid
+        entry = cached[1] if cached is not None and cached[0] is table else None
+        entry = reuse_or_build(entry, weights,
+                               lambda: cpb_grid(self.cpb_fc1, self.cpb_fc2, table))
+        self._grid_cache = (table, entry)
+        return entry.value
 
     def clear_cache(self) -> None:
         """Forget the CPB grid kept for inference."""
@@ -172,7 +179,16 @@ class _CosineAttentionBase(nn.Module):
             scale = torch.log(torch.as_tensor(float(num_pool), device=q_norm.device))
         else:
             scale = torch.log(local_lengths + num_pool)
-        return (q_norm + self.query_embedding) * F.softplus(self.temperature) * scale
+        return self._scaled(q_norm, scale)
+
+    def _scaled(self, q_norm: Tensor, length_scale: Union[Tensor, float]) -> Tensor:
+        """``(q_norm + query_embedding) * softplus(temperature) * length_scale``, the length
+        scale (built in float32) in the parameters' dtype: a float32 scale would promote the
+        queries of a ``.half()`` / ``.bfloat16()`` model back to float32 (under autocast the
+        parameters, and so the scale, stay float32)."""
+        if isinstance(length_scale, Tensor):
+            length_scale = length_scale.to(self.temperature.dtype)
+        return (q_norm + self.query_embedding) * F.softplus(self.temperature) * length_scale
 
     def folded_bias(self, geometry: StageGeometry) -> Tuple[Tensor, Tensor, Tensor]:
         """The position bias as a row-folded grid and column taps (fast path): what
@@ -208,8 +224,7 @@ class _CosineAttentionBase(nn.Module):
 
     def scale_queries(self, q_norm: Tensor, geometry: StageGeometry) -> Tensor:
         """Add the query embedding and apply the length-scaled temperature."""
-        return (q_norm + self.query_embedding) * F.softplus(self.temperature) * \
-            geometry.seq_length_scale
+        return self._scaled(q_norm, geometry.seq_length_scale)
 
     def project(self, x: Tensor) -> Tensor:
         """``(B, heads, N, d)`` -> ``(B, N, C)`` followed by the output projection."""
@@ -314,7 +329,10 @@ class AggregatedAttention(_CosineAttentionBase):
         k_pool, v_pool = self.pooled_kv(x, size, geometry.pool_size, fast=True)
         out, local_mass = self.attend_pooled(q_scaled, k_pool, v_pool, geometry, lse_local,
                                              backend)
-        local_weights = torch.exp(attn_local - lse_local) * local_mass + token_weights
+        # The pooled keys' mass is float32: back to the logits' dtype, which a half model's
+        # window op needs (under autocast the window op casts to autocast's dtype anyway).
+        local_weights = (torch.exp(attn_local - lse_local) * local_mass +
+                         token_weights).to(attn_local.dtype)
         v_local = self._heads(x, kv_w[dim:], None if kv_b is None else kv_b[dim:])
         out = out + window_av(local_weights, v_local, size, window, backend)
         return self.project(out)

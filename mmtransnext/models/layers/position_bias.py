@@ -411,12 +411,15 @@ class PositionTableCache:
         """The keys held, least recently used first."""
         return list(self._entries)
 
-    def get(self, key: Hashable, factory: Callable[[], object]) -> object:
-        """Return the entry for ``key``, building it with ``factory()`` on a miss."""
-        if key in self._entries:
+    def get(self, key: Hashable, factory: Callable[[], object],
+            valid: Optional[Callable[[object], bool]] = None) -> object:
+        """Return the entry for ``key``, building it with ``factory()`` on a miss, or when
+        ``valid`` (if given) says the entry held is stale (counted as a miss)."""
+        if key in self._entries and (valid is None or valid(self._entries[key])):
             self.hits += 1
             self._entries.move_to_end(key)
             return self._entries[key]
+        self._entries.pop(key, None)
         self.misses += 1
         value = factory()
         self._entries[key] = value

@@ -89,11 +89,11 @@ def test_position_bias_grid_is_reused_until_weights_change():
     geometry = _geometry((8, 8), (2, 2), 3, (14, 14))
     with torch.no_grad():
         first = attn.folded_bias(geometry)[0]
-        grid = attn._grid_cache[2]
-        assert attn.folded_bias(geometry)[0].equal(first) and attn._grid_cache[2] is grid
+        grid = attn._grid_cache[1].value
+        assert attn.folded_bias(geometry)[0].equal(first) and attn._grid_cache[1].value is grid
         attn.cpb_fc2.weight.add_(1.0)   # an optimizer step or a checkpoint load
         changed = attn.folded_bias(geometry)[0]
-    assert attn._grid_cache[2] is not grid and not changed.equal(first)
+    assert attn._grid_cache[1].value is not grid and not changed.equal(first)
     folded = attn.folded_bias(geometry)[0]  # with gradients: computed, never cached
     assert folded.requires_grad and attn._grid_cache is None
 
