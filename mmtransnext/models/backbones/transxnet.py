@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..layers.position_bias import PositionTableCache
 from ..layers.transxnet_layers import (BLOCK_NORM, BN, PatchEmbed, TransXNetBlock,
                                        check_norm_cfg)
-from ..layers.weight_cache import WeightKeyed
+from ..layers.weight_cache import WeightKeyed, worth_keeping
 from .base import (MultiStageBackbone, Part, check_flag, check_int, check_rate, check_real,
                    resolve_stage_settings, to_pair)
 
@@ -242,7 +242,9 @@ class TransXNet(MultiStageBackbone):
         (:class:`~mmtransnext.models.layers.weight_cache.WeightKeyed`): it is reused only while
         the table is bit for bit the same, however the table changed (in place, through
         ``.data`` as EMA and Mean-Teacher updates do, by a load or a cast). With gradients a
-        cached copy would cut the graph to the parameter, so it is recomputed per forward.
+        cached copy would cut the graph to the parameter, so it is recomputed per forward; on a
+        GPU too, where the check would be a host synchronisation (see
+        :func:`~mmtransnext.models.layers.weight_cache.worth_keeping`).
         """
         table = self.relative_pos_enc[stage]
         n_q = size[0] * size[1]
@@ -254,7 +256,7 @@ class TransXNet(MultiStageBackbone):
         def resize() -> Tensor:
             return F.interpolate(table, size=target, mode='bicubic', align_corners=False)
 
-        if torch.is_grad_enabled() and table.requires_grad:
+        if (torch.is_grad_enabled() and table.requires_grad) or not worth_keeping((table,)):
             return resize()
         key = ('relative_pos_enc', stage, target, table.dtype, str(table.device),
                torch.is_inference_mode_enabled())

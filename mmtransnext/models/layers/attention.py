@@ -27,7 +27,7 @@ from ...ops.pooled_attention import pooled_attention
 from ...ops.triton_attention import triton_attention
 from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_rows,
                             official_position_bias, official_position_table)
-from .weight_cache import WeightKeyed, reuse_or_build
+from .weight_cache import WeightKeyed, reuse_or_build, worth_keeping
 
 Size2d = Tuple[int, int]
 
@@ -138,19 +138,21 @@ class _CosineAttentionBase(nn.Module):
         fused kernel cannot drop the two key sets' probabilities separately)."""
         return self.attention_mode == 'fast' and not (self.training and self.attn_drop.p > 0)
 
-    def _cpb_grid(self, table: PositionTable) -> Tensor:
+    def _cpb_grid(self, table: PositionTable, keep: bool = True) -> Tensor:
         """The CPB MLP over ``table`` as a ``(heads, |values_h|, |values_w|)`` grid.
 
-        Without gradients it is computed once per table and reused while the MLP's weights
-        are bit for bit those it was computed from (checked against a copy of them, see
-        :mod:`.weight_cache`: updates through ``.data``, as EMA and Mean-Teacher hooks make,
-        change no version counter).
+        Without gradients and with ``keep``, for weights in host memory, it is computed once
+        per table and reused while the MLP's weights are bit for bit those it was computed from
+        (checked against a copy of them, see :mod:`.weight_cache`: updates through ``.data``,
+        as EMA and Mean-Teacher hooks make, change no version counter). On a GPU, and on the
+        Triton path (``keep=False``), it is recomputed per forward: the check would be a host
+        synchronisation.
         """
-        if torch.is_grad_enabled():
-            self._grid_cache = None
-            return cpb_grid(self.cpb_fc1, self.cpb_fc2, table)
         weights = [p for p in (self.cpb_fc1.weight, self.cpb_fc1.bias, self.cpb_fc2.weight,
                                self.cpb_fc2.bias) if p is not None]
+        if torch.is_grad_enabled() or not keep or not worth_keeping(weights):
+            self._grid_cache = None
+            return cpb_grid(self.cpb_fc1, self.cpb_fc2, table)
         cached = self._grid_cache
         entry = cached[1] if cached is not None and cached[0] is table else None
         entry = reuse_or_build(entry, weights,
@@ -190,12 +192,14 @@ class _CosineAttentionBase(nn.Module):
             length_scale = length_scale.to(self.temperature.dtype)
         return (q_norm + self.query_embedding) * F.softplus(self.temperature) * length_scale
 
-    def folded_bias(self, geometry: StageGeometry) -> Tuple[Tensor, Tensor, Tensor]:
+    def folded_bias(self, geometry: StageGeometry,
+                    keep: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
         """The position bias as a row-folded grid and column taps (fast path): what
         :func:`mmtransnext.ops.pooled_attention.pooled_attention` expands chunk by chunk.
         The folded grid is rebuilt per call: kept, it would cost ``Hq*Hk/|values_h|`` times
-        the grid's memory in every block."""
-        return fold_rows(self._cpb_grid(geometry.table), geometry.table, geometry.size,
+        the grid's memory in every block. ``keep``: whether the CPB grid may be kept for
+        inference (see :meth:`_cpb_grid`)."""
+        return fold_rows(self._cpb_grid(geometry.table, keep), geometry.table, geometry.size,
                          geometry.pool_size)
 
     def attend_pooled(self, q: Tensor, k: Tensor, v: Tensor, geometry: StageGeometry,
@@ -217,7 +221,8 @@ class _CosineAttentionBase(nn.Module):
         :func:`mmtransnext.ops.triton_attention.triton_attention`)."""
         scale = geometry.seq_length_scale
         return triton_attention(
-            q_norm, k, v, *self.folded_bias(geometry), geometry.size, geometry.pool_size, **local,
+            q_norm, k, v, *self.folded_bias(geometry, keep=False), geometry.size, geometry.pool_size,
+            **local,
             query_embedding=self.query_embedding.view(self.num_heads, self.head_dim),
             head_scale=F.softplus(self.temperature).view(self.num_heads),
             query_scale=scale.reshape(-1) if isinstance(scale, Tensor) else scale)

@@ -13,7 +13,10 @@ Cost: one copy and one comparison of the weights per cached value and forward, s
 the forward: for TransNeXt-Tiny the 21 CPB MLPs (0.63 MB), for TransXNet-T the four
 pretraining-size tables (1.15 MB), whatever the input size; about 3 ms per forward on CPU
 (best of 50, a busy 2-core machine) where a forward at 800x1216 takes minutes there (under
-0.1 %). On a GPU a check is one comparison and one host synchronisation.
+0.1 %). Values are kept only for weights in host memory (:func:`worth_keeping`): on an
+accelerator the comparison's answer would be a host synchronisation, which stalls a
+launch-bound forward more than recomputing the value (a few small kernels), so there the value
+is recomputed every forward and no tensor value is ever read on the host.
 """
 from dataclasses import dataclass
 from typing import Callable, Generic, Optional, Sequence, Tuple, TypeVar
@@ -55,6 +58,12 @@ class WeightKeyed(Generic[T]):
         """Whether ``weights`` are bit for bit those :attr:`value` was computed from: one
         comparison of the concatenated bytes (one host synchronisation on a GPU)."""
         return _layout(weights) == self.layout and torch.equal(_bytes(weights), self.snapshot)
+
+
+def worth_keeping(weights: Sequence[Tensor]) -> bool:
+    """Whether a value computed from ``weights`` is kept for reuse: only when they are all in
+    host memory, where checking them reads no device (see the module docstring)."""
+    return all(w.device.type == 'cpu' for w in weights)
 
 
 def reuse_or_build(entry: Optional[WeightKeyed[T]], weights: Sequence[Tensor],
