@@ -62,7 +62,11 @@ class WeightKeyed(Generic[T]):
 
 def worth_keeping(weights: Sequence[Tensor]) -> bool:
     """Whether a value computed from ``weights`` is kept for reuse: only when they are all in
-    host memory, where checking them reads no device (see the module docstring)."""
+    host memory, where checking them reads no device (see the module docstring), and not while
+    being traced or compiled (a trace or graph recomputes it from the weights instead of
+    holding a value and a check that reads tensor bytes)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
     return all(w.device.type == 'cpu' for w in weights)
 
 
