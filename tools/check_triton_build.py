@@ -300,6 +300,41 @@ def dino_variants(config: str, precisions: Optional[Sequence[str]], sample: Opti
     return over
 
 
+# ------------------------------------------------------------------------ launch report
+def launch_report(archs: Sequence[str], precisions: Sequence[str],
+                  sizes: Sequence[Tuple[int, int]], multiprocessors: int = 132) -> int:
+    """Print, per training step at batch 2 (every block, interpolation mode), each kernel's
+    launches with their programs and waves on ``multiprocessors`` SMs, and the float atomic adds
+    into the CPB grid gradient (:func:`grid_gradient_atomics`); returns the launches with fewer
+    than two waves."""
+    from mmtransnext.analysis.triton_launches import grid_gradient_atomics
+    short = 0
+    with TrainingStepRecorder(one_block_per_stage=False) as recorder:
+        for arch in archs:
+            for precision in precisions:
+                for size in sizes:
+                    first = len(recorder.launches)
+                    case = TrainingCase(arch, precision, False, size)
+                    recorder.record(case)
+                    launches = recorder.launches[first:]
+                    seen = {}
+                    for launch in launches:
+                        key = (launch.spec.kernel, launch.grid, launch.spec.constants['WINDOW'])
+                        seen.setdefault(key, [launch, 0])[1] += 1
+                    atomics = sum(map(grid_gradient_atomics, launches))
+                    print(f'\n{case.label}: {len(launches)} launches, {atomics:.4g} grid-gradient '
+                          f'atomic adds per step')
+                    for (kernel, _, window), (launch, count) in seen.items():
+                        waves = launch.waves(multiprocessors)
+                        short += count * (waves < 2)
+                        print(f'  {kernel:21s} x{count:<3d} {launch.programs:6d} programs '
+                              f'{waves:6.2f} waves  WINDOW={window} '
+                              f'BLOCK_M={launch.spec.constants["BLOCK_M"]} '
+                              f'warps={launch.spec.num_warps} stages={launch.spec.num_stages}'
+                              f'{"  BELOW 2 WAVES" if waves < 2 else ""}')
+    return short
+
+
 # ------------------------------------------------------------------------ main
 def _compile_job(job):
     spec, arch = job
@@ -327,6 +362,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--max-variants', type=common.positive_int, metavar='N',
                         help='with --dino: fail above N specialisations per kernel and dtype')
     parser.add_argument('--no-compile', action='store_true', help='record only')
+    parser.add_argument('--launch-report', action='store_true',
+                        help='only print the launches of full-depth training steps of --archs x '
+                        '--precisions x --sizes (interpolation, batch 2): programs, waves on 132 '
+                        'SMs, CPB grid-gradient atomics; exits 1 if a launch has under 2 waves')
     parser.add_argument('--jobs', type=common.positive_int, default=min(2, os.cpu_count() or 1),
                         help='compiler processes')
     parser.add_argument('--verbose', action='store_true',
@@ -339,6 +378,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         print('unset TRITON_INTERPRET: the interpreter compiles nothing', file=sys.stderr)
         return 2
+    if args.launch_report:
+        return int(launch_report(args.archs, args.precisions, args.sizes) > 0)
     # A fresh cache, so that every kernel is compiled and ptxas reports on it.
     os.environ['TRITON_CACHE_DIR'] = tempfile.mkdtemp(prefix='triton-check-')
     try:

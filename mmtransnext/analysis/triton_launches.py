@@ -133,10 +133,37 @@ class KernelSpecialization:
 
 @dataclass(frozen=True)
 class Launch:
-    """One recorded ``kernel[grid](...)`` call."""
+    """One recorded ``kernel[grid](...)`` call, with its integer arguments (sizes, strides,
+    constexprs; by name) for the counts below."""
     spec: KernelSpecialization
     grid: Tuple[int, ...]
     context: str = ''
+    integers: Tuple[Tuple[str, int], ...] = ()
+
+    @property
+    def programs(self) -> int:
+        """Programs launched (the grid's product)."""
+        out = 1
+        for extent in self.grid:
+            out *= extent
+        return out
+
+    def waves(self, multiprocessors: int = 132) -> float:
+        """Programs per multiprocessor (132: an H100's), i.e. waves at one block per SM."""
+        return self.programs / multiprocessors
+
+
+def grid_gradient_atomics(launch: Launch) -> int:
+    """Float atomic adds (one per active lane of a ``tl.atomic_add``, what the memory system
+    serves) into the folded CPB grid's gradient by ``launch``: 0 but for
+    ``_attention_bwd_query``, which adds one per column tap of every (query, pooled key) pair
+    of its ``programs / query tiles`` (batch x head) slices (masked lanes add nothing)."""
+    if launch.spec.kernel != '_attention_bwd_query':
+        return 0
+    args = dict(launch.integers)
+    length = args['height'] * args['width']
+    slices = launch.programs // -(-length // args['BLOCK_M'])
+    return slices * length * args['num_keys'] * args['taps_w']
 
 
 def _as_jit_function(kernel):
@@ -233,7 +260,11 @@ class LaunchRecorder:
             if callable(grid):  # as JITFunction.run: a grid computed from the bound arguments
                 grid = grid(dict(zip(_as_jit_function(kernel).arg_names, args), **kwargs))
             spec = specialize(kernel, args, kwargs, self.target)
-            self.launches.append(Launch(spec, tuple(int(g) for g in grid), self.context))
+            named = dict(zip(_as_jit_function(kernel).arg_names, args), **kwargs)
+            integers = tuple((name, value) for name, value in named.items()
+                             if isinstance(value, int) and not isinstance(value, bool))
+            self.launches.append(Launch(spec, tuple(int(g) for g in grid), self.context,
+                                        integers))
         return run
 
     def __enter__(self) -> 'LaunchRecorder':

@@ -31,13 +31,18 @@ from .dispatch import triton_unsupported_reason as unsupported_reason  # noqa: F
 OP = 'mmtransnext::triton_attention'
 OP_BACKWARD = 'mmtransnext::triton_attention_backward'
 
-#: ``(BLOCK_M, BLOCK_N, num_warps)`` per input dtype: query tile, pooled-key tile, warps.
-#: With 4 warps ptxas spills registers (tools/check_triton_build.py reports it); 8 do not.
-BLOCK_CONFIGS = {
-    torch.float32: (64, 32, 8),
-    torch.float16: (64, 32, 8),
-    torch.bfloat16: (64, 32, 8),
-}
+#: ``(BLOCK_M, BLOCK_N, num_warps)`` per input dtype, for windowed (aggregated) and full
+#: attention: query tile, pooled-key tile, warps. Full attention (stage 4) has few queries, 256
+#: per head at 512x512: tiles of 32 give it two waves of programs on 132 multiprocessors
+#: (Tiny, batch 2: 384 programs, 192 with tiles of 64); 16-bit with 4 warps (at most 255
+#: registers per thread: two blocks per multiprocessor), float32 with 8 (4 made ptxas spill
+#: with full-precision products, tools/check_triton_build.py reports it).
+BLOCK_CONFIGS = {torch.float32: {'window': (64, 32, 8), 'full': (32, 32, 8)},
+                 torch.float16: {'window': (64, 32, 8), 'full': (32, 32, 4)},
+                 torch.bfloat16: {'window': (64, 32, 8), 'full': (32, 32, 4)}}
+#: Software-pipelining depth of the key and query loops (``num_stages``): the next tile's
+#: loads (``cp.async`` on sm_80+) are issued while the current one is multiplied.
+NUM_STAGES = 2
 #: ptxas register cap (``maxnreg``) per product precision where ptxas' own choice spills: with
 #: float32 full-precision products (FMA dots) it settles on 128 registers (two 256-thread blocks
 #: per SM) and spills 40-80 bytes in full attention; allowed 255 it spills nothing (one block
@@ -45,11 +50,20 @@ BLOCK_CONFIGS = {
 MAX_REGISTERS = {'ieee': 255}
 
 
+def block_config(dtype: torch.dtype, window: int) -> Tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps)`` of the kernels for ``dtype`` inputs and a window of
+    ``window`` (0: full attention); see :data:`BLOCK_CONFIGS`."""
+    return BLOCK_CONFIGS[dtype]['window' if window else 'full']
+
+
 def register_cap(precision: str) -> dict:
     """Launch option capping registers for kernels of ``precision`` (empty: ptxas chooses)."""
     return {'maxnreg': MAX_REGISTERS[precision]} if precision in MAX_REGISTERS else {}
 
 
+#: Most column taps per (query, pooled key) pair the kernels read (their ``MAX_TAPS``): two
+#: query by two key columns, bilinear resizing's most.
+MAX_COLUMN_TAPS = 4
 #: Streaming multiprocessors assumed where the device cannot be asked (CPU tensors under the
 #: interpreter, launch counting): an H100's.
 DEFAULT_SMS = 132
@@ -119,15 +133,16 @@ def _on_device(t: Tensor):
 
 
 def _common(q: Tensor, kp: Tensor, height: int, width: int, key_h: int, key_w: int,
-            folded: Tensor, rows_w: Tensor, weights_w: Optional[Tensor], tf32: bool):
+            folded: Tensor, rows_w: Tensor, weights_w: Optional[Tensor], tf32: bool,
+            window: int):
     """Launch grid and the arguments both kernels of a query tile share."""
     batch, heads, length, dim = q.shape
-    block_m, block_n, warps = BLOCK_CONFIGS[q.dtype]
+    block_m, block_n, warps = block_config(q.dtype, window)
     sizes = (heads, height, width, kp.shape[2], key_h, key_w, folded.shape[-1], rows_w.shape[-1])
     precision = _precision(q.dtype, tf32)
     meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
                 weighted=int(weights_w is not None), PRECISION=precision, num_warps=warps,
-                **register_cap(precision))
+                num_stages=NUM_STAGES, **register_cap(precision))
     return batch * heads, sizes, meta
 
 
@@ -148,7 +163,8 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
     # Output in (B, N, heads, d) memory, the layout the output projection reads.
     out = q.new_empty(batch, length, heads, dim).transpose(1, 2)
     lse = q.new_empty(batch, heads, length, dtype=torch.float32)
-    bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32)
+    bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32,
+                              window)
     weights_w = _weight_args(folded, weights_w)
     k, v, tok, rpb = (q, q, q, q) if window == 0 else (k, v, tok, rpb)
     # One grid axis (tiles fastest within each batch * head): no 65535 limit on batch * heads.
@@ -183,7 +199,8 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
     from . import triton_kernels as kernels
     batch, heads, length, dim = q.shape
     f32 = torch.float32
-    bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32)
+    bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32,
+                              window)
     weights_w = _weight_args(folded, weights_w)
     delta = q.new_empty(batch, heads, length, dtype=f32)
     dq = torch.empty(batch, heads, length, dim, dtype=q.dtype, device=q.device)
@@ -215,7 +232,7 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
             grad_out, lse, delta, dk, dv, drpb, dkvp[0], dkvp[1], *_strides(q, align),
             *_strides(k, align), *_strides(v, align), *_strides(tok), *_strides(kp, align),
             *_strides(vp, align), *_strides(grad_out, align), *sizes, splits, pooled * splits,
-            WINDOW=window, ALIGN=align, **meta)
+            WINDOW=window, ALIGN=align, UNROLL=q.dtype != torch.float32, **meta)
     dkp = torch.sum(dkvp[0], 2, out=torch.empty(kp.shape, dtype=kp.dtype, device=q.device))
     dvp = torch.sum(dkvp[1], 2, out=torch.empty(vp.shape, dtype=vp.dtype, device=q.device))
     if not window:
@@ -339,6 +356,9 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
         raise ValueError(f'folded bias grid {tuple(folded.shape)} and column taps '
                          f'{tuple(rows_w.shape)} do not map {size} queries to {pool_size} keys '
                          f'of {heads} heads')
+    if not 1 <= rows_w.shape[-1] <= MAX_COLUMN_TAPS:
+        raise ValueError(f'column taps of shape {tuple(rows_w.shape)}: the kernels take 1 to '
+                         f'{MAX_COLUMN_TAPS} taps per (query, key) pair, not {rows_w.shape[-1]}')
     if any(t is None for t in local) != all(t is None for t in local):
         raise ValueError('k_local, v_local, token_weights and local_bias go together')
     window = 0

@@ -33,6 +33,8 @@ gathered from the queries whose windows hold them, and ``drpb``): no ``dk``/``dv
 import triton
 import triton.language as tl
 
+from .triton_attention import MAX_COLUMN_TAPS
+
 #: Arguments no kernel specialises on (``do_not_specialize``; names absent from a kernel are
 #: ignored): the sizes, every stride and ``weighted`` (whether the column taps have weights:
 #: in interpolation mode not at the sizes whose width matches the table's). Triton otherwise
@@ -59,27 +61,45 @@ def _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w):
     return row, pair_w
 
 
+#: Most column taps of a (query, pooled key) pair (checked by the op). The tap loops run this
+#: many times, unrolled, the taps past ``taps_w`` masked off: a runtime loop nested in the key
+#: loops kept Triton's software pipeliner off them (it pipelines innermost loops only), i.e. no
+#: ``cp.async`` prefetch of the next key tile.
+MAX_TAPS = tl.constexpr(MAX_COLUMN_TAPS)
+
+
 @triton.jit
 def _tap(RW, WW, pair_w, t, mask, taps_w, weighted):
-    """Folded-grid column and weight of column tap ``t`` of every (query, pooled key) pair."""
+    """Folded-grid column and weight of column tap ``t`` of every (query, pooled key) pair
+    (weight 0 and no load where ``t >= taps_w``)."""
+    mask = mask & (t < taps_w)
     col = tl.load(RW + pair_w * taps_w + t, mask=mask, other=0).to(tl.int32)
     if weighted != 0:  # a runtime branch, uniform over the launch: no variant per bias mode
         weight = tl.load(WW + pair_w * taps_w + t, mask=mask, other=0.)
     else:  # one column tap of weight 1
         weight = mask.to(tl.float32)
-    return col, weight
+    return col, weight, mask
 
 
 @triton.jit
 def _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask, height, width, key_h, key_w, fold_w,
-              taps_w, weighted, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              taps_w, weighted, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              UNROLL: tl.constexpr):
     """``(BLOCK_M, BLOCK_N)`` float32 position bias: ``sum_t ww[xq, xk, t] *
-    folded[h, yq, yk, rw[xq, xk, t]]``, one gather per column tap."""
+    folded[h, yq, yk, rw[xq, xk, t]]``, one gather per column tap. ``UNROLL``: the tap loop
+    unrolled to :data:`MAX_TAPS` (masked), so that a key loop around it can be pipelined;
+    else a runtime loop over ``taps_w`` (fewer registers, where the key loop is not pipelined
+    anyway)."""
     row, pair_w = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w)
     bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for t in range(taps_w):
-        col, weight = _tap(RW, WW, pair_w, t, mask, taps_w, weighted)
-        bias += weight * tl.load(FOLD + row + col, mask=mask, other=0.)
+    if UNROLL:
+        for t in tl.static_range(MAX_TAPS):
+            col, weight, tap_mask = _tap(RW, WW, pair_w, t, mask, taps_w, weighted)
+            bias += weight * tl.load(FOLD + row + col, mask=tap_mask, other=0.)
+    else:
+        for t in range(taps_w):
+            col, weight, tap_mask = _tap(RW, WW, pair_w, t, mask, taps_w, weighted)
+            bias += weight * tl.load(FOLD + row + col, mask=tap_mask, other=0.)
     return bias
 
 
@@ -90,8 +110,8 @@ def _cpb_bias_grad(DFOLD, RW, WW, h, offs_m, offs_n, mask, grad, height, width, 
     the folded grid: one relaxed atomic add per column tap."""
     row, pair_w = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w)
     for t in range(taps_w):
-        col, weight = _tap(RW, WW, pair_w, t, mask, taps_w, weighted)
-        tl.atomic_add(DFOLD + row + col, grad * weight, mask=mask, sem='relaxed')
+        col, weight, tap_mask = _tap(RW, WW, pair_w, t, mask, taps_w, weighted)
+        tl.atomic_add(DFOLD + row + col, grad * weight, mask=tap_mask, sem='relaxed')
 
 
 @triton.jit
@@ -141,11 +161,11 @@ def _program(pid, heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 @triton.jit
 def _pooled_probs(q, k_tile, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width,
                   key_h, key_w, fold_w, taps_w, weighted, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                  BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, UNROLL: tl.constexpr):
     """Recomputed softmax probabilities of a (query tile, pooled-key tile) pair (backward)."""
     scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
     scores += _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width, key_h, key_w,
-                        fold_w, taps_w, weighted, BLOCK_M, BLOCK_N)
+                        fold_w, taps_w, weighted, BLOCK_M, BLOCK_N, UNROLL)
     return tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
 
 
@@ -205,7 +225,7 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
         scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
         scores += _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask_m[:, None] & mask_n[None, :],
                             height, width, key_h, key_w, fold_w, taps_w, weighted, BLOCK_M,
-                            BLOCK_N)
+                            BLOCK_N, True)
         scores = tl.where(mask_n[None, :], scores, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp(m_i - m_new)
@@ -279,6 +299,8 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
             dq += ds[:, None] * key
     tl.store(DELTA + row0 + offs_m, delta, mask=mask_m)
     do_in = do.to(q.dtype)
+    # Runtime tap loops, so this key loop is not pipelined: unrolled (and pipelined), ptxas
+    # spilled 24-250 bytes in every dtype on sm_80 or sm_90 (tools/check_triton_build.py).
     for start in range(0, num_keys, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
@@ -288,7 +310,7 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
         v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd, ALIGN)
         p_tile = _pooled_probs(q, k_tile, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height,
                                width, key_h, key_w, fold_w, taps_w, weighted, BLOCK_M, BLOCK_N,
-                               PRECISION)
+                               PRECISION, False)
         dp_tile = tl.dot(do_in, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
         ds_tile = p_tile * (dp_tile - delta[:, None])
         dq += tl.dot(ds_tile.to(q.dtype), k_tile, input_precision=PRECISION)
@@ -304,7 +326,7 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, 
                       sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
                       splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, weighted,
-                      PRECISION: tl.constexpr, ALIGN: tl.constexpr):
+                      PRECISION: tl.constexpr, ALIGN: tl.constexpr, UNROLL: tl.constexpr):
     """Partial ``dk``/``dv`` of a tile of pooled keys over one of ``splits`` runs of query
     tiles. Programs: ``pid = ((batch * heads + head) * splits + split) * tiles + tile``; the
     float32 sums go to ``(B, heads, splits, P, d)`` buffers, added up by the caller."""
@@ -339,7 +361,8 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, 
         lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
         delta = tl.load(DELTA + row0 + offs_m, mask=mask_m, other=0.)
         p = _pooled_probs(q, key, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width,
-                          key_h, key_w, fold_w, taps_w, weighted, BLOCK_M, BLOCK_N, PRECISION)
+                          key_h, key_w, fold_w, taps_w, weighted, BLOCK_M, BLOCK_N, PRECISION,
+                          UNROLL)
         dv += tl.dot(tl.trans(p.to(q.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
@@ -403,19 +426,21 @@ def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, DO,
                         heads, height, width, num_keys, key_h, key_w, fold_w, taps_w, splits,
                         pooled_programs, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
-                        weighted, PRECISION: tl.constexpr, ALIGN: tl.constexpr):
+                        weighted, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
+                        UNROLL: tl.constexpr):
     """Key gradients, after :func:`_attention_bwd_query` has stored ``delta``: programs below
     ``pooled_programs`` take a tile of pooled keys and a run of query tiles each
     (:func:`_pooled_key_grads`, ``DKP``/``DVP`` float32 ``(B, heads, splits, P, d)``), the others
     a tile of ``BLOCK_M`` window keys (:func:`_window_key_grads`, ``DK``/``DV`` ``(B, heads, N,
-    d)`` contiguous)."""
+    d)`` contiguous). ``UNROLL``: the pooled-key query loop pipelined (see :func:`_cpb_bias`);
+    off for float32 inputs, where ptxas then spilled on sm_90."""
     pid = tl.program_id(0)
     if pid < pooled_programs:
         _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
                           sq_b, sq_h, sq_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                           sdo_b, sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w,
                           fold_w, taps_w, splits, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, weighted,
-                          PRECISION, ALIGN)
+                          PRECISION, ALIGN, UNROLL)
     elif WINDOW > 0:
         _window_key_grads(pid - pooled_programs, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA,
                           DK, DV, DRPB, sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h,

@@ -236,6 +236,8 @@ def test_aggregated_kernels_match_the_oracle_fp16(size, pool, trained, batch, wi
     ((7, 9), None, torch.float32),
     ((7, 9), ((6, 6), (6, 6)), torch.float32),
     ((5, 6), ((6, 6), (6, 6)), torch.bfloat16),
+    # more than one query tile of 32 (full attention's tiles) in 16 bits
+    ((7, 9), ((6, 6), (6, 6)), torch.float16),
 ])
 def test_full_attention_kernels_match_the_oracle(size, trained, dtype):
     got, want = _run_case(size, size, trained, 2, 3, dtype, full=True)
@@ -496,5 +498,25 @@ def test_registers_are_capped_only_for_full_precision_float32():
     folded, rows_w = torch.zeros(2, 3, 2, 3), torch.zeros(4, 2, 1, dtype=torch.long)
     for dtype, tf32, cap in [(torch.float32, False, 255), (torch.float32, True, None),
                              (torch.bfloat16, False, None)]:
-        _, _, meta = _common(q.to(dtype), kp.to(dtype), 3, 4, 2, 2, folded, rows_w, None, tf32)
+        _, _, meta = _common(q.to(dtype), kp.to(dtype), 3, 4, 2, 2, folded, rows_w, None, tf32,
+                             3)
         assert meta.get('maxnreg') == cap, (dtype, tf32)
+        assert meta['num_stages'] >= 2  # key and query loops software-pipelined
+
+
+def test_full_attention_uses_query_tiles_of_32():
+    """Full attention (few queries) launches query tiles of 32, windowed attention of 64; 16-bit
+    full attention with 4 warps (two blocks per multiprocessor at up to 255 registers)."""
+    from mmtransnext.ops.triton_attention import block_config
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert block_config(dtype, 3)[:2] == (64, 32)
+        assert block_config(dtype, 0)[:2] == (32, 32)
+    assert block_config(torch.bfloat16, 0)[2] == block_config(torch.float16, 0)[2] == 4
+
+
+def test_more_than_four_column_taps_raise():
+    q, kp = torch.zeros(1, 2, 12, 24), torch.zeros(1, 2, 4, 24)
+    folded = torch.zeros(2, 3, 2, 3)
+    rows_w = torch.zeros(4, 2, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match='1 to 4 taps'):
+        triton_attention(q, kp, kp, folded, rows_w, None, (3, 4), (2, 2))

@@ -4,7 +4,7 @@ import json
 import os.path as osp
 
 import pytest
-from tool_helpers import ROOT, run_tool
+from tool_helpers import ROOT, load_tool, run_tool
 
 
 @pytest.mark.slow  # four subprocesses, about a minute
@@ -73,3 +73,26 @@ def test_benchmark_counts_launches_of_the_gpu_path(tmp_path):
         rows = {r['impl']: r for r in csv.DictReader(f)}
     assert rows['triton']['launches'] == str(triton['launches'])
     assert rows['triton']['time_s'] == ''
+
+
+def test_fit_exponent_recovers_a_power_law():
+    bench = load_tool('benchmark_backbone')
+    pixels = [224 ** 2, 512 ** 2, 1280 ** 2]
+    assert abs(bench.fit_exponent(pixels, [3e-6 * p for p in pixels]) - 1) < 1e-9
+    assert abs(bench.fit_exponent(pixels, [2e-9 * p ** 2 for p in pixels]) - 2) < 1e-9
+
+
+@pytest.mark.slow  # one subprocess, four small forwards each timed once
+def test_scaling_compares_normal_and_linear_mode(tmp_path):
+    out = tmp_path / 'scaling.json'
+    proc = run_tool(['tools/analysis/benchmark_backbone.py', '--scaling', '--archs', 'micro',
+                     '--scaling-sizes', '64', '128', '--fixed-pool-size', '2', '--runs', '1',
+                     '--threads', '1', '--out', str(out)], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'fitted exponent' in proc.stdout
+    rows = json.loads(out.read_text())['scaling']
+    assert [(r['size'], r['mode'], r['fixed_pool_size']) for r in rows] == [
+        (64, 'normal', None), (64, 'linear', 2), (128, 'normal', None), (128, 'linear', 2)]
+    for r in rows:
+        assert 0 < r['attention_s'] <= r['time_s'] and r['tensor_peak_mb'] > 0
+        assert set(r['exponents']) == {'time_s', 'attention_s', 'aggregated_s', 'tensor_peak_mb'}

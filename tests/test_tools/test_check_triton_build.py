@@ -349,3 +349,39 @@ def test_one_block_per_stage_launches_what_the_full_depth_launches():
         specs[one_block] = [launch.spec for launch in recorder.launches]
     assert (len(specs[True]), len(specs[False])) == (12, 63)
     assert set(specs[True]) == set(specs[False])
+
+
+def test_every_kernel_of_a_tiny_512_step_launches_two_waves():
+    """Issue 17: every launch of a TransNeXt-Tiny 512x512 batch-2 training step fills at least
+    two waves of 132 multiprocessors. Stage 4 (full attention, 16x16 queries of 24 heads)
+    launched 192 programs with query tiles of 64 (1.45 waves); tiles of 32 give 384."""
+    with TrainingStepRecorder() as recorder:
+        recorder.record(TrainingCase('tiny', 'bf16', False, (512, 512)))
+    assert len(recorder.launches) == 12
+    waves = {(launch.spec.kernel, launch.spec.constants['WINDOW']): launch.waves()
+             for launch in recorder.launches if launch.waves() < 2}
+    assert waves == {}
+    full = [launch for launch in recorder.launches if launch.spec.constants['WINDOW'] == 0]
+    assert all(launch.spec.constants['BLOCK_M'] == 32 for launch in full)
+    assert sorted(launch.programs for launch in full) == [384, 384, 384]
+
+
+def test_launches_count_the_grid_gradient_atomics(steps):
+    """One float atomic add per column tap of every (query, pooled key) pair of every batch x
+    head slice, by the query backward only; launches keep their integer arguments."""
+    from mmtransnext.analysis.triton_launches import grid_gradient_atomics
+    by_kernel = {}
+    for launch in steps['tf32']:
+        by_kernel.setdefault(launch.spec.kernel, []).append(launch)
+    assert all(grid_gradient_atomics(launch) == 0
+               for launch in by_kernel['_attention_fwd'] + by_kernel['_attention_bwd_keys'])
+    stage1 = by_kernel['_attention_bwd_query'][-1]  # backward runs the stages in reverse
+    args = dict(stage1.integers)
+    # Micro stage 1 at 64x96: a 16x24 map, 2 heads, pooled keys 25x25 / 8 -> 2x3 (img_size 800
+    # tables resized: 4 column taps), batch 2.
+    assert (args['height'], args['width'], args['heads']) == (16, 24, 2)
+    assert args['taps_w'] in (1, 2, 4) and args['BLOCK_M'] == 64
+    assert grid_gradient_atomics(stage1) == \
+        2 * 2 * 16 * 24 * args['num_keys'] * args['taps_w']
+    assert stage1.programs == 2 * 2 * -(-16 * 24 // 64)
+

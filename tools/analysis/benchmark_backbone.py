@@ -54,6 +54,17 @@ by the group count) and is set against this machine's fp32 matmul speed, measure
         --modes interpolation --impls default fast                     # the two families
     python tools/analysis/benchmark_backbone.py --sizes 512x512 800x1216 --train-sizes \
         512x512 800x1216 --modes extrapolation --impls fast triton --runs 0  # GPU-path launches
+
+``--scaling``: TransNeXt's normal mode against its linear inference mode (``fixed_pool_size``,
+``--fixed-pool-size``, default 7) at square inputs from 224 to 1280 (``--scaling-sizes``),
+inference (batch 1, fast path, extrapolation mode, ``--archs``' first arch) in one process:
+backbone time and the time spent inside the attention layers (median of ``--runs``, forward
+hooks), peak tensor memory of a warm forward, and the exponent ``a`` of ``cost ~ pixels**a``
+fitted (least squares on logs) to the attention time of all stages and of the
+aggregated-attention stages 1-3 alone (stage 4's full attention is quadratic in its own tokens
+in both modes):
+
+    python tools/analysis/benchmark_backbone.py --scaling --archs micro --runs 3
 """
 import argparse
 import csv
@@ -107,6 +118,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='no library warm-up before the RSS measurement (see above)')
     p.add_argument('--out', default='benchmark_backbone.json',
                    help='JSON results (a CSV is written next to it)')
+    p.add_argument('--scaling', action='store_true',
+                   help='normal vs linear inference mode from 224 to 1280 (see above)')
+    p.add_argument('--scaling-sizes', nargs='+', type=common.positive_int,
+                   default=[224, 384, 512, 640, 896, 1280], help='square input sides of --scaling')
+    p.add_argument('--fixed-pool-size', type=common.positive_int, default=7,
+                   help='fixed_pool_size of the linear mode in --scaling')
     p.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case, print JSON
     p.add_argument('--timing', help=argparse.SUPPRESS)  # internal: time one case's impls
     return p.parse_args(argv)
@@ -330,6 +347,94 @@ def print_launches(results: List[dict]) -> None:
                   f"{r[prefix + 'tensor_peak_mb']:>10.0f}")
 
 
+def fit_exponent(pixels: List[float], costs: List[float]) -> float:
+    """Slope ``a`` of the least-squares line through ``(log pixels, log cost)``: the exponent of
+    ``cost ~ pixels**a``."""
+    xs, ys = [math.log(p) for p in pixels], [math.log(c) for c in costs]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def time_attention(model, x, runs: int) -> Dict[str, float]:
+    """Median over ``runs`` warm forwards (no grad) of the backbone's seconds and of the seconds
+    spent inside its attention layers (all, and the aggregated-attention ones)."""
+    import torch
+    from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention
+    spent = {'all': 0.0, 'aggregated': 0.0}
+    starts = {}
+
+    def before(module, inputs):
+        starts[module] = time.perf_counter()
+
+    def after(module, inputs, output):
+        elapsed = time.perf_counter() - starts.pop(module)
+        spent['all'] += elapsed
+        if isinstance(module, AggregatedAttention):
+            spent['aggregated'] += elapsed
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, (AggregatedAttention, FullAttention)):
+            handles += [module.register_forward_pre_hook(before),
+                        module.register_forward_hook(after)]
+    rounds = []
+    try:
+        with torch.no_grad():
+            model(x)  # warm-up: tables, CPB grids
+            for _ in range(runs):
+                spent.update(all=0.0, aggregated=0.0)
+                start = time.perf_counter()
+                model(x)
+                rounds.append((time.perf_counter() - start, spent['all'], spent['aggregated']))
+    finally:
+        for handle in handles:
+            handle.remove()
+    total, attention, aggregated = (statistics.median(r[i] for r in rounds) for i in range(3))
+    return dict(time_s=total, attention_s=attention, aggregated_s=aggregated)
+
+
+def run_scaling(args: argparse.Namespace) -> List[dict]:
+    """``--scaling``: normal vs linear mode per size, then the fitted exponents (printed)."""
+    import torch
+    from mmtransnext.models import TransNeXt
+    torch.set_num_threads(args.threads)
+    if args.runs < 1:
+        raise common.ToolError('--scaling needs --runs >= 1')
+    arch = args.archs[0]
+    results = []
+    print(f'TransNeXt-{arch}, inference, batch 1, {args.threads} threads, median of '
+          f'{args.runs}; linear: fixed_pool_size={args.fixed_pool_size}', flush=True)
+    print(f'{"size":>5} {"mode":>6} {"time s":>8} {"attn s":>8} {"agg s":>8} {"peak MB":>8}')
+    for side in args.scaling_sizes:
+        for mode, fixed in (('normal', None), ('linear', args.fixed_pool_size)):
+            torch.manual_seed(0)
+            model = TransNeXt(arch, pretrain_size=224, is_extrapolation=True,
+                              fixed_pool_size=fixed).eval()
+            x = torch.randn(1, 3, side, side)
+            row = dict(arch=arch, size=side, pixels=side * side, mode=mode,
+                       fixed_pool_size=fixed, **time_attention(model, x, args.runs))
+            with torch.no_grad():
+                row['tensor_peak_mb'] = peak_tensor_mb(lambda: model(x))
+            results.append(row)
+            print(f'{side:>5} {mode:>6} {row["time_s"]:>8.3f} {row["attention_s"]:>8.3f} '
+                  f'{row["aggregated_s"]:>8.3f} {row["tensor_peak_mb"]:>8.0f}', flush=True)
+            del model
+            release_memory()
+    if len(args.scaling_sizes) > 1:
+        print('\nfitted exponent a of cost ~ pixels**a')
+        for mode in ('normal', 'linear'):
+            rows = [r for r in results if r['mode'] == mode]
+            pixels = [r['pixels'] for r in rows]
+            fits = {key: fit_exponent(pixels, [r[key] for r in rows])
+                    for key in ('time_s', 'attention_s', 'aggregated_s', 'tensor_peak_mb')}
+            for r in rows:
+                r['exponents'] = fits
+            print(f'{mode:>6}: backbone time {fits["time_s"]:.2f}, attention time '
+                  f'{fits["attention_s"]:.2f}, stages 1-3 attention time '
+                  f'{fits["aggregated_s"]:.2f}, peak memory {fits["tensor_peak_mb"]:.2f}')
+    return results
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if not (args.case or args.timing):
@@ -339,6 +444,12 @@ def main(argv=None) -> None:
         return
     if args.timing:
         print('RESULT ' + json.dumps(run_timing(json.loads(args.timing))))
+        return
+    if args.scaling:
+        results = run_scaling(args)
+        with open(args.out, 'w') as f:
+            json.dump(dict(scaling=results), f, indent=1)
+        print(f'\nwritten: {args.out}')
         return
     machine = matmul_gflops(args.threads)
     print(f'fp32 matmul on {args.threads} threads: {machine:.0f} GFLOP/s', flush=True)
