@@ -38,8 +38,12 @@ def element_budget(device: torch.device, cpu_elements: int, buffers: int = 4) ->
 
     Returns:
         ``cpu_elements`` on CPU, a share of the memory on CUDA (or under :func:`gpu_budgets`),
-        None (no bound: the whole map at once) on other devices.
+        None (no bound: the whole map at once) on other devices and while a model is exported
+        (:func:`.dispatch.exporting`: a graph holds one step, whose size may be symbolic).
     """
+    from .dispatch import exporting
+    if exporting():
+        return None
     if device.type == 'cpu' and _simulated_memory is None:
         return cpu_elements
     if device.type == 'cuda':

@@ -39,6 +39,13 @@ Environment variable (read when a decision is made, here only):
 ``MMTRANSNEXT_SELF_TEST``
     ``0`` skips the self-test.
 
+Export. While ``torch.export`` (and so ``torch.onnx.export(..., dynamo=True)``) or the
+TorchScript-based ONNX exporter traces a model (:func:`exporting`), :func:`backend_for` decides
+without the cache: ``'auto'`` and ``'torch'`` get :func:`export_backend` (the plain-PyTorch
+window ops, the pooled chunks by matmuls, the PyTorch bias expansion: standard ONNX operators,
+the numbers of ``'torch'``); ``'triton'`` and ``'ext'`` raise, naming ``attn_impl``, since a
+graph cannot hold their kernels and a quiet switch would change the model the user asked for.
+
 The decision is a constant for ``torch.compile`` (:func:`choose_backend` is
 ``assume_constant_result``): made (loading, self-testing, warning or raising) while tracing,
 so a compiled graph holds only the chosen ops.
@@ -146,12 +153,42 @@ def compute_dtype(tensor: Tensor) -> torch.dtype:
     return tensor.dtype
 
 
+def exporting() -> bool:
+    """Whether a model is being exported: traced by ``torch.export`` (also under
+    ``torch.onnx.export(..., dynamo=True)``) or by the TorchScript-based ONNX exporter. Plain
+    ``torch.jit.trace`` and ``torch.compile`` are not exports (they keep the compiled ops)."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
+def export_backend(impl: str, device_type: str, device_index: Optional[int],
+                   dtype: torch.dtype) -> Backend:
+    """The backend of an exported graph: ``'torch'`` with the pooled chunks by matmuls
+    (``'math'``: the fused SDPA kernels have no standard ONNX translation), the numbers of
+    ``attn_impl='torch'``.
+
+    Raises:
+        RuntimeError: ``impl`` is ``'triton'`` or ``'ext'``: their kernels are not standard
+            operators, and quietly running another backend would not be what was asked for.
+    """
+    if check_impl(impl) in ('triton', 'ext'):
+        raise RuntimeError(
+            f'attn_impl={impl!r} cannot be exported: {_WHAT[impl]} are not standard operators '
+            "an exported graph can hold. Set attn_impl='auto' or 'torch' (e.g. --cfg-options "
+            "model.backbone.attn_impl=torch) to export the plain-PyTorch attention.")
+    return Backend('torch', 'torch', 'math', 'torch', _device_name(device_type, device_index),
+                   dtype, f'attn_impl={impl!r} while exporting: {_WHAT["torch"]}, pooled keys '
+                   'by matmuls (standard operators)')
+
+
 def backend_for(impl: Union[str, Backend], tensor: Tensor) -> Backend:
     """The decision for ``attn_impl=impl`` on tensors like ``tensor`` (its device, the dtype
-    of :func:`compute_dtype`); a :class:`Backend` is returned as it is."""
+    of :func:`compute_dtype`); a :class:`Backend` is returned as it is. While
+    :func:`exporting`, :func:`export_backend` (not cached)."""
     if isinstance(impl, Backend):
         return impl
     device = tensor.device
+    if exporting():
+        return export_backend(impl, device.type, device.index, compute_dtype(tensor))
     return choose_backend(impl, device.type, device.index, compute_dtype(tensor))
 
 

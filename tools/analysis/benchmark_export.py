@@ -1,0 +1,104 @@
+"""Time per image of an exported backbone in onnxruntime (CPU provider) against PyTorch eager.
+
+    python tools/analysis/benchmark_export.py                       # Tiny, 512x512 and 800x1216
+    python tools/analysis/benchmark_export.py --family transxnet --sizes 512x512 --repeat 5
+
+For each family's backbone (random weights, eval mode, the default ``attn_impl='auto'`` in
+eager) and each size: the ONNX export (TransNeXt once per size, its position tables baked;
+TransXNet once with free height and width), then ``--repeat`` timed runs of each after one
+warm-up run, the median printed, with the largest relative difference of the outputs. It
+prints; it asserts nothing.
+"""
+import argparse
+import os.path as osp
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, List, Tuple
+
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import cli_common as common  # noqa: E402
+
+FAMILIES = ('transnext', 'transxnet')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--family', choices=FAMILIES + ('both',), default='both')
+    parser.add_argument('--arch', default='tiny', help='arch of both families (default tiny)')
+    parser.add_argument('--sizes', type=common.image_size, nargs='+',
+                        default=[(512, 512), (800, 1216)], metavar='HxW')
+    parser.add_argument('--repeat', type=common.positive_int, default=3,
+                        help='timed runs per case (median printed)')
+    parser.add_argument('--threads', type=common.positive_int, default=None,
+                        help='threads of both runtimes (default: torch.get_num_threads())')
+    return parser.parse_args(argv)
+
+
+def median_time(run: Callable[[], object], repeat: int) -> float:
+    """Median seconds of ``repeat`` calls of ``run`` after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def build_backbone(family: str, arch: str) -> torch.nn.Module:
+    from mmtransnext.models import TransNeXt, TransXNet
+    if family == 'transnext':
+        return TransNeXt(arch=arch, img_size=512).eval()
+    return TransXNet(arch=arch).eval()
+
+
+def benchmark(family: str, arch: str, sizes: List[Tuple[int, int]], repeat: int,
+              threads: int, folder: str) -> None:
+    import onnxruntime
+    from mmtransnext import deployment
+    model = build_backbone(family, arch)
+    dynamic = family == 'transxnet'
+    path = None
+    export_s = 0.
+    for height, width in sizes:
+        if path is None or not dynamic:
+            path = osp.join(folder, f'{family}_{height}x{width}.onnx')
+            start = time.perf_counter()
+            deployment.export(model, path, (height, width), part='backbone', dynamic=dynamic)
+            export_s = time.perf_counter() - start
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(path, options,
+                                               providers=['CPUExecutionProvider'])
+        x = torch.randn(1, 3, height, width)
+        with torch.no_grad():
+            expected = model(x)
+            eager = median_time(lambda: model(x), repeat)
+        actual = deployment.run_onnx(session, x)
+        ort = median_time(lambda: deployment.run_onnx(session, x), repeat)
+        error = max(deployment.relative_error(a, e) for a, e in zip(actual, expected))
+        print(f'{family}-{arch:<6} {height:>4}x{width:<5} {"dynamic" if dynamic else "fixed":<8}'
+              f'eager {eager:7.3f} s  onnxruntime {ort:7.3f} s  (x{eager / ort:4.2f})  '
+              f'max rel err {error:.1e}  export {export_s:5.0f} s', flush=True)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    families = FAMILIES if args.family == 'both' else (args.family,)
+    print(f'CPU, {threads} threads, torch {torch.__version__}, batch 1, median of '
+          f'{args.repeat} runs after one warm-up', flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        for family in families:
+            benchmark(family, args.arch, args.sizes, args.repeat, threads, folder)
+
+
+if __name__ == '__main__':
+    common.run_main(main)
