@@ -46,6 +46,20 @@ _TRUSTED = contextvars.ContextVar('mmtransnext_trusted_checkpoints', default=Fal
 CLASSIFIER_PREFIXES = ('head.', 'fc.', 'classifier.')
 
 
+#: Where the official ImageNet classifiers keep their classifier tensors, per backbone family,
+#: and where :class:`~mmtransnext.models.classifiers.OfficialImageClassifier` (backbone with
+#: ``out_indices=(3,)``, ``GlobalAveragePooling``, ``LinearClsHead``) keeps them. TransNeXt:
+#: ``norm4`` is already the backbone's, ``head`` is the linear layer. TransXNet: ``classifier``
+#: is ``GroupNorm(1, C)`` (the backbone's output norm ``norm6``), average pooling and a 1x1 conv
+#: (a linear layer on the pooled vector). Every other key is the backbone's, unchanged.
+OFFICIAL_CLASSIFIER_KEYS: Dict[str, Dict[str, str]] = {
+    'TransNeXt': {'head.': 'head.fc.'},
+    'TransXNet': {'classifier.0.': 'backbone.norm6.', 'classifier.2.': 'head.fc.'},
+}
+#: Top-level keys of an mmpretrain classifier; a file with none of them is in the official layout.
+_CLASSIFIER_PARTS = ('backbone.', 'neck.', 'head.fc.', 'data_preprocessor.')
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint file cannot be read, or does not fit the model."""
 
@@ -284,3 +298,66 @@ def load_pretrained(model: nn.Module, filename: str, prefix: Optional[str] = Non
             print_log(f'{name}: {len(keys)} {label} key(s): {_preview(keys)}',
                       logger='current', level=30)
     return report
+
+
+def convert_official_classifier(state: Dict[str, torch.Tensor], model: nn.Module,
+                                prefix: str = '') -> bool:
+    """Rewrite, in place, an official ImageNet classifier's weights in ``state`` into the layout
+    of ``model``, an mmpretrain classifier with a TransNeXt or TransXNet backbone (see
+    :data:`OFFICIAL_CLASSIFIER_KEYS`), and check that they fit it exactly.
+
+    ``state`` is what mmengine hands to ``load_state_dict``: the file's ``state_dict``, or (for
+    the official TransNeXt files, ``{'model': ...}``) the whole file, which is unwrapped here.
+    Keys under ``prefix`` only are considered. A state already in mmpretrain's layout (a key
+    under ``backbone.``, ``neck.`` or ``head.fc.``) is left alone.
+
+    Returns:
+        whether ``state`` was converted.
+
+    Raises:
+        CheckpointError: an official file that does not fit ``model`` exactly (another arch or
+            number of classes): missing, unexpected or differently shaped tensors, named.
+    """
+    wrapped = state.get(prefix + 'model')
+    if isinstance(wrapped, dict) and not any(
+            k.startswith(prefix) and k != prefix + 'model' and isinstance(v, torch.Tensor)
+            for k, v in state.items()):
+        del state[prefix + 'model']
+        state.update({prefix + (k[len('module.'):] if k.startswith('module.') else k): v
+                      for k, v in wrapped.items() if isinstance(v, torch.Tensor)})
+    family = type(getattr(model, 'backbone', None)).__name__
+    keys = [k for k in state if k.startswith(prefix)]
+    if family not in OFFICIAL_CLASSIFIER_KEYS or not keys or any(
+            k[len(prefix):].startswith(_CLASSIFIER_PARTS) for k in keys):
+        return False
+    renames = OFFICIAL_CLASSIFIER_KEYS[family]
+    own = model.state_dict()
+    converted = {}
+    for key in keys:
+        name = key[len(prefix):]
+        old = next((o for o in renames if name.startswith(o)), None)
+        new = renames[old] + name[len(old):] if old else 'backbone.' + name
+        value = state.pop(key)
+        if new in own and value.dim() == 4 and own[new].dim() == 2 and \
+                value.shape[2:] == (1, 1):
+            value = value.flatten(1)  # the official 1x1 conv classifier as a linear layer
+        converted[new] = value
+    missing = [k for k in own if k not in converted]
+    unexpected = [k for k in converted if k not in own]
+    mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+                  for k, v in converted.items() if k in own and v.shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f'{len(found)} {label} [{_preview(found, 4)}]'
+                 for label, found in (('missing key(s)', missing),
+                                      ('unexpected key(s)', unexpected),
+                                      ('shape mismatch(es)', mismatched)) if found]
+        raise CheckpointError(
+            f'the official {family} ImageNet checkpoint does not fit this classifier: '
+            f'{"; ".join(parts)}. Check arch and head.num_classes; to fine-tune its backbone '
+            f'with another head, load it through the backbone\'s '
+            f'init_cfg=dict(type=\'Pretrained\', checkpoint=...) instead')
+    state.update({prefix + k: v for k, v in converted.items()})
+    print_log(f'{type(model).__name__}: converted the official {family} ImageNet classifier '
+              f'({len(converted)} tensors; {", ".join(f"{o}* -> {n}*" for o, n in renames.items())}'
+              f', the rest under backbone.)', logger='current')
+    return True

@@ -5,11 +5,13 @@ from typing import List, Type
 #: Registries a backbone joins when their library imports. mmengine's root registry is the
 #: parent of the others, so a build under any default scope (e.g. a plain Runner's 'mmengine')
 #: finds it too.
-BACKBONE_REGISTRIES = ('mmengine.registry', 'mmdet.registry', 'mmseg.registry')
+BACKBONE_REGISTRIES = ('mmengine.registry', 'mmdet.registry', 'mmseg.registry',
+                       'mmpretrain.registry')
 
 
 def register_backbone(cls: Type) -> Type:
-    """Register ``cls`` in mmengine's, mmdet's and mmseg's ``MODELS`` (each only if installed)."""
+    """Register ``cls`` in mmengine's, mmdet's, mmseg's and mmpretrain's ``MODELS`` (each only
+    if installed)."""
     for module_name in BACKBONE_REGISTRIES:
         try:
             registry = importlib.import_module(module_name).MODELS

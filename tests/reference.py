@@ -143,8 +143,11 @@ def reference_full_attention(attn, x, bias):
     return attn.proj((probs @ v).transpose(1, 2).reshape(B, N, C))
 
 
-def reference_backbone(model, img):
-    """Forward of a TransNeXt ``model`` with every attention replaced by the references above."""
+def reference_stages(model, img, grids):
+    """Stage outputs of a TransNeXt ``model`` with every attention replaced by the references
+    above. ``grids(stage, (H, W))`` gives the stage's pooled-key grid and the (query grid, key
+    grid) its position table is built for (resized to ``(H, W)`` and the pool when they
+    differ)."""
     from mmtransnext.models.layers.attention import AggregatedAttention
     outs = []
     x = img
@@ -153,15 +156,13 @@ def reference_backbone(model, img):
         x = embed.proj(x)
         B, _, H, W = x.shape
         x = embed.norm(x.flatten(2).transpose(1, 2))
-        stride, sr = 2 ** (i + 2), model.sr_ratios[i]
-        pool = (max(1, H // sr), max(1, W // sr))
+        stride = 2 ** (i + 2)
         pretrain = (model.pretrain_size[0] // stride, model.pretrain_size[1] // stride)
+        pool, built = grids(i, (H, W))
+        index, coords = brute_force_table(*built, pretrain)  # weight-free: once per stage
         for blk in getattr(model, f'block{i + 1}'):
-            trained = None
-            if not model.is_extrapolation:
-                tq = (model.img_size[0] // stride, model.img_size[1] // stride)
-                trained = (tq, (tq[0] // sr, tq[1] // sr))
-            bias = reference_bias(blk.attn, (H, W), pool, pretrain, trained)
+            values = blk.attn.cpb_fc2(torch.relu(blk.attn.cpb_fc1(coords)))
+            bias = gather_and_resize(values, index, built, (H, W), pool)
             y = blk.norm1(x)
             if isinstance(blk.attn, AggregatedAttention):
                 y = reference_aggregated_attention(blk.attn, y, (H, W), pool, bias)
@@ -174,3 +175,58 @@ def reference_backbone(model, img):
         if i in model.out_indices:
             outs.append(x)
     return outs
+
+
+def reference_backbone(model, img):
+    """Forward of a TransNeXt ``model`` in normal mode with the references above."""
+    def grids(i, size):
+        sr = model.sr_ratios[i]
+        pool = (max(1, size[0] // sr), max(1, size[1] // sr))
+        if model.is_extrapolation:
+            return pool, (size, pool)
+        stride = 2 ** (i + 2)
+        tq = (model.img_size[0] // stride, model.img_size[1] // stride)
+        return pool, (tq, (tq[0] // sr, tq[1] // sr))
+    return reference_stages(model, img, grids)
+
+
+# ------------------------------------------------------------------------------------------
+# Linear inference mode and multi-scale evaluation (the official classification code's
+# ``fixed_pool_size`` / ``--input-size`` / ``--pretrain-size``).
+# ------------------------------------------------------------------------------------------
+def reference_linear_mode_backbone(model, img, fixed_pool_size=None, pretrain_size=224,
+                                   img_size=None):
+    """Stage outputs of a TransNeXt ``model`` (its parameters only) the way the official
+    classification model computes them for an ``img_size`` model evaluated on ``img``.
+
+    Official semantics: every aggregated-attention stage pools its keys to ``fixed_pool_size``
+    squared (``H/sr x W/sr`` when None; full-attention stages always see every token); the
+    position table is built for query grid ``img_size // stride`` and key grid (the pool grid
+    of ``img_size``, or ``fixed_pool_size`` squared), offsets scaled by ``pretrain_size //
+    stride``; the length scale is ``log(window keys in the map + pooled keys)`` (``log(N)`` for
+    full attention). ``img_size`` None builds the tables at the input's own size (the official
+    ``--input-size`` equal to the image size); otherwise the bias is resized bilinearly from
+    ``img_size``'s grids to the actual ones (the detection/segmentation interpolation mode).
+    ``model.pretrain_size`` must be ``pretrain_size``.
+    """
+    assert tuple(model.pretrain_size) == (pretrain_size, pretrain_size)
+
+    def grids(i, size):
+        stride, sr = 2 ** (i + 2), model.sr_ratios[i]
+        query = size if img_size is None else (img_size // stride, img_size // stride)
+        if sr > 1 and fixed_pool_size is not None:
+            assert min(size) >= fixed_pool_size, 'the official code asserts this'
+            pool = table_pool = (fixed_pool_size, fixed_pool_size)
+        else:
+            pool = (size[0] // sr, size[1] // sr)
+            table_pool = (query[0] // sr, query[1] // sr)
+        return pool, (size, pool) if img_size is None else (query, table_pool)
+    return reference_stages(model, img, grids)
+def reference_transnext_classifier(backbone, head_weight: torch.Tensor, head_bias: torch.Tensor,
+                                   img: torch.Tensor) -> torch.Tensor:
+    """The official TransNeXt classifier (``forward_features`` + ``head``, eval): the last
+    stage's normed tokens averaged, then the linear head. ``backbone`` (built for ``img``'s
+    size, as the official classifier is) must return its last stage."""
+    last = reference_backbone(backbone, img)[-1]  # (B, C, H, W), after norm4
+    tokens = last.flatten(2).transpose(1, 2)
+    return tokens.mean(dim=1) @ head_weight.t() + head_bias

@@ -114,3 +114,23 @@ def ceil_grid(size: int, stage: int) -> int:
     for _ in range(stage):
         side = math.ceil(side / 2)
     return side
+
+
+def reference_transxnet_classifier(state: State, x: Tensor, depths: Sequence[int],
+                                   heads: Sequence[int], groups: Sequence[int],
+                                   sr_ratios: Sequence[int] = (8, 4, 2, 1)) -> Tensor:
+    """Logits of the official classification model (``fork_feat=False``, eval) from its state
+    dict: the last stage, ``classifier.0`` (GroupNorm with one group), average pooling and the
+    1x1 conv ``classifier.2``."""
+    dense = dict(state)
+    # The dense forward ends each stage with a one-group GroupNorm: the last one is the
+    # classifier's; the others are unused here (identity affine).
+    for i in range(3):
+        width = state[f'network.{2 * i}.0.norm1.weight'].shape[0]
+        dense[f'norm{2 * i}.weight'], dense[f'norm{2 * i}.bias'] = torch.ones(width), \
+            torch.zeros(width)
+    dense['norm6.weight'], dense['norm6.bias'] = state['classifier.0.weight'], \
+        state['classifier.0.bias']
+    last = reference_transxnet(dense, x, depths, heads, groups, sr_ratios)[-1]
+    pooled = F.adaptive_avg_pool2d(last, 1)
+    return F.conv2d(pooled, state['classifier.2.weight'], state['classifier.2.bias']).flatten(1)

@@ -3,6 +3,7 @@
     python tools/test.py configs/mask_rcnn/mask-rcnn_transnext-tiny_fpn_1x_coco.py CKPT
     python tools/test.py CONFIG CKPT --show-dir vis        # also save rendered predictions
     python tools/test.py CONFIG CKPT --tta                 # the config's tta_model/tta_pipeline
+    python tools/test.py CONFIG CKPT --fixed-pool-size 7   # TransNeXt's linear mode
     bash tools/dist_test.sh CONFIG CKPT 8                  # 8 processes (torchrun)
 
 The UperNet ``*_ms*.py`` configs already test with multi-scale + flip. The checkpoint must fit
@@ -15,6 +16,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import cli_common as common  # noqa: E402
+from train import add_fixed_pool_size_flag, apply_fixed_pool_size  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="test-time augmentation with the config's tta_model / tta_pipeline")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, e.g. test_dataloader.batch_size=2')
+    add_fixed_pool_size_flag(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -76,6 +79,7 @@ def setup_test_config(args: argparse.Namespace):
         before the Runner writes anything).
     """
     cfg = common.load_config(args.config, args.cfg_options)
+    apply_fixed_pool_size(cfg, args.fixed_pool_size, args.config)
     library = common.library_of(cfg, args.config)
     checkpoint = common.read_checkpoint_arg(args.checkpoint, 'checkpoint file')
     cfg.launcher = args.launcher

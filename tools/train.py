@@ -3,6 +3,7 @@
     python tools/train.py configs/mask_rcnn/mask-rcnn_transnext-tiny_fpn_1x_coco.py
     python tools/train.py CONFIG --work-dir work_dirs/x --cfg-options train_dataloader.batch_size=4
     python tools/train.py CONFIG --resume                  # latest checkpoint of the work dir
+    python tools/train.py CONFIG --fixed-pool-size 7       # TransNeXt's linear mode
     bash tools/dist_train.sh CONFIG 8                      # 8 processes (torchrun)
 
 The library is the config's ``default_scope``. Dataset files, the backbone's pretrained
@@ -33,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='scale the lr by (processes x batch size) / auto_scale_lr base')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, e.g. train_cfg.max_epochs=1')
+    add_fixed_pool_size_flag(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -42,10 +44,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def add_fixed_pool_size_flag(parser: argparse.ArgumentParser) -> None:
+    """``--fixed-pool-size N`` (tools/train.py and tools/test.py)."""
+    parser.add_argument('--fixed-pool-size', type=common.positive_int, metavar='N',
+                        help="TransNeXt's linear inference mode: pool the keys of every "
+                        'aggregated-attention stage to NxN (7 equals the normal mode at 224x224; '
+                        'the same as --cfg-options model.backbone.fixed_pool_size=N)')
+
+
+def apply_fixed_pool_size(cfg, value, config_path: str) -> None:
+    """Set the backbone's ``fixed_pool_size`` to ``value`` (nothing when None); a ToolError
+    when the config's backbone is not TransNeXt."""
+    if value is None:
+        return
+    backbone = common.backbone_config(cfg, config_path)
+    kind = backbone.get('type')
+    name = kind if isinstance(kind, str) else getattr(kind, '__name__', repr(kind))
+    if name.split('.')[-1] != 'TransNeXt':
+        raise common.ToolError(f'--fixed-pool-size: the backbone of {config_path} is {name}; '
+                               'linear inference mode is a TransNeXt setting')
+    backbone['fixed_pool_size'] = value
+
+
 def setup_train_config(args: argparse.Namespace):
     """The config of a training run: options applied, files checked, adapted to the device."""
     import torch
     cfg = common.load_config(args.config, args.cfg_options)
+    apply_fixed_pool_size(cfg, args.fixed_pool_size, args.config)
     if common.is_tta_model(cfg.model):
         raise common.ToolError(
             f'{args.config} is an evaluation config (test-time augmentation, model '

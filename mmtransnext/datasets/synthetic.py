@@ -6,7 +6,9 @@ Scenes of coloured squares, circles and triangles on a smooth noisy background, 
   polygon masks, ``train/*.jpg``, ``val/*.jpg``), read by mmdet's ``CocoDataset``;
 - ``shapes_ade``: ADE20K-style semantic segmentation (``images/{training,validation}/*.jpg``
   and ``annotations/{training,validation}/*.png``; label 0 is "unlabelled" and is dropped by
-  ``reduce_zero_label``, 1 is the background, 2-4 the shapes), read by mmseg's datasets.
+  ``reduce_zero_label``, 1 is the background, 2-4 the shapes), read by mmseg's datasets;
+- ``shapes_cls``: image classification in ImageNet's folder layout (``{train,val}/<class>/
+  *.jpg``), one shape per image, read by mmpretrain's ``CustomDataset``.
 
 Shapes are drawn with the masks pycocotools decodes from their polygons, so image, instance
 masks and label maps agree pixel for pixel. Every image is a function of ``(seed, split,
@@ -186,8 +188,35 @@ def _write_ade(tmp: str, spec: ShapesSpec) -> None:
                 raise OSError(f'could not write a label map under {tmp}')
 
 
+def make_crop(spec: ShapesSpec, split: str, index: int) -> Tuple[np.ndarray, int]:
+    """Image ``index`` of ``split`` of the classification set: one shape of random size and
+    position filling much of the image, coloured as the detection set colours its class
+    (jittered), and its class (index into :data:`SHAPE_CLASSES`)."""
+    rng = np.random.default_rng([spec.seed, SPLITS.index(split), index, len(SHAPE_CLASSES)])
+    size = spec.img_size
+    image = _background(size, rng)
+    label = index % len(SHAPE_CLASSES)  # balanced classes
+    diameter = rng.uniform(0.45, 0.85) * size
+    centre = rng.uniform(diameter / 2 + 1, size - diameter / 2 - 1, size=2)
+    polygon = _outline(label, centre, diameter, rng)
+    mask = rasterize(polygon, size, size)
+    colour = np.array(SHAPE_COLOURS[label]) + rng.integers(-40, 41, size=3)
+    image[mask] = colour + rng.normal(0, 4, size=(int(mask.sum()), 3))
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def _write_cls(tmp: str, spec: ShapesSpec) -> None:
+    for split in SPLITS:
+        for name in SHAPE_CLASSES:
+            os.makedirs(osp.join(tmp, split, name))
+        for index in range(spec.count(split)):
+            image, label = make_crop(spec, split, index)
+            _write_image(osp.join(tmp, split, SHAPE_CLASSES[label], f'{index:06d}.jpg'), image)
+
+
 WRITERS: Dict[str, Callable[[str, ShapesSpec], None]] = dict(shapes_coco=_write_coco,
-                                                            shapes_ade=_write_ade)
+                                                            shapes_ade=_write_ade,
+                                                            shapes_cls=_write_cls)
 
 
 def _manifest(kind: str, spec: ShapesSpec) -> dict:
@@ -259,6 +288,11 @@ def ensure_shapes_coco(root: str = osp.join(DEFAULT_ROOT, 'shapes_coco'), **spec
 def ensure_shapes_ade(root: str = osp.join(DEFAULT_ROOT, 'shapes_ade'), **spec_kwargs) -> str:
     """The ADE20K-format shapes set at ``root`` (generated on first use); returns ``root``."""
     return ensure_generated(root, 'shapes_ade', **spec_kwargs)
+
+
+def ensure_shapes_cls(root: str = osp.join(DEFAULT_ROOT, 'shapes_cls'), **spec_kwargs) -> str:
+    """The classification shapes set at ``root`` (generated on first use); returns ``root``."""
+    return ensure_generated(root, 'shapes_cls', **spec_kwargs)
 
 
 def main() -> None:

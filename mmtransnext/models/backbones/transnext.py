@@ -72,6 +72,11 @@ def _window_scale_and_mask(size: Size2d, window: int, num_pool: int,
     return scale.to(device), window_padding_mask(size, window, cpu).to(device)
 
 
+def check_fixed_pool_size(value: object) -> Optional[int]:
+    """Validate a ``fixed_pool_size`` (None or an int >= 1)."""
+    return None if value is None else check_int('fixed_pool_size', value, 1)
+
+
 class OverlapPatchEmbed(nn.Module):
     """Overlapping strided conv + LayerNorm: ``(B, C, H, W) -> (B, H'*W', C')``."""
 
@@ -159,6 +164,15 @@ class TransNeXt(MultiStageBackbone):
         attention_mode: 'fast' (default) or 'reference': the official computation step by step
             in pure PyTorch, kept as the oracle (see
             :data:`mmtransnext.models.layers.attention.ATTENTION_MODES`).
+        fixed_pool_size: linear inference mode (the official ``fixed_pool_size``): the pooled
+            keys of every aggregated-attention stage form a ``fixed_pool_size`` square grid
+            whatever the input size, instead of ``H/sr x W/sr``, so attention costs grow
+            linearly with the pixel count (full-attention stages are unchanged). The position
+            table's key coordinates are the centres of that grid's pooling bins and the
+            length scale is ``log(window keys + fixed_pool_size**2)``. With 7 it equals the
+            normal mode at 224x224 (56/8 = 28/4 = 14/2 = 7). Every aggregated stage's map
+            must be at least that large (a ValueError otherwise). None (default): normal mode.
+            Can be changed on a built model (:attr:`fixed_pool_size`); no weight depends on it.
         position_cache_size: entries of the LRU cache of position tables.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads an official ImageNet or
             mmdet/mmseg checkpoint (see :func:`mmtransnext.checkpoint.load_pretrained`).
@@ -188,6 +202,7 @@ class TransNeXt(MultiStageBackbone):
                  with_cp: bool = False,
                  attn_impl: str = 'auto',
                  attention_mode: str = 'fast',
+                 fixed_pool_size: Optional[int] = None,
                  position_cache_size: int = DEFAULT_CACHE_ENTRIES,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -211,6 +226,7 @@ class TransNeXt(MultiStageBackbone):
         self.img_size = to_pair(img_size, 'img_size')
         self.pretrain_size = to_pair(pretrain_size if pretrain_size is not None else img_size,
                                      'pretrain_size')
+        self._fixed_pool_size = check_fixed_pool_size(fixed_pool_size)
         self._check_sizes()
         self.position_tables = PositionTableCache(position_cache_size)
 
@@ -245,13 +261,39 @@ class TransNeXt(MultiStageBackbone):
                 raise ValueError(f'pretrain_size {self.pretrain_size} is too small: stage {i + 1} '
                                  f'(stride {stride}) needs at least a 2x2 grid, i.e. '
                                  f'pretrain_size >= {2 * stride}')
-            if not self.is_extrapolation:
+            if not self.is_extrapolation and self.window_size[i] is not None and \
+                    self._fixed_pool_size is not None:
+                trained = [s // stride for s in self.img_size]
+                if min(trained) < self._fixed_pool_size:
+                    raise ValueError(
+                        f'fixed_pool_size {self._fixed_pool_size} is larger than stage {i + 1}\'s '
+                        f'{trained[0]}x{trained[1]} map at img_size {self.img_size}: the table '
+                        f'of interpolation mode is built there, so img_size must be >= '
+                        f'{stride * self._fixed_pool_size} (or use is_extrapolation=True)')
+            elif not self.is_extrapolation:
                 pooled = [s // (stride * self.sr_ratios[i]) for s in self.img_size]
                 if min(pooled) < 1:
                     raise ValueError(
                         f'img_size {self.img_size} is too small for interpolation mode: stage '
                         f'{i + 1} pools by {stride * self.sr_ratios[i]}, so img_size must be '
                         f'>= {stride * self.sr_ratios[i]} (or use is_extrapolation=True)')
+
+    @property
+    def fixed_pool_size(self) -> Optional[int]:
+        """Side of the pooled-key grid of the aggregated-attention stages in linear inference
+        mode, or None (normal mode: ``H/sr x W/sr``). Settable on a built model: only the
+        size-dependent geometry changes, no weight (see the class docstring)."""
+        return self._fixed_pool_size
+
+    @fixed_pool_size.setter
+    def fixed_pool_size(self, value: Optional[int]) -> None:
+        previous = self._fixed_pool_size
+        self._fixed_pool_size = check_fixed_pool_size(value)
+        try:
+            self._check_sizes()
+        except ValueError:
+            self._fixed_pool_size = previous
+            raise
 
     @staticmethod
     def _init_module(m: nn.Module) -> None:
@@ -299,20 +341,31 @@ class TransNeXt(MultiStageBackbone):
         """
         sr = self.sr_ratios[stage]
         stride = 2 ** (stage + 2)
-        pool_size = (max(1, size[0] // sr), max(1, size[1] // sr))
+        window = self.window_size[stage]
+        fixed = self._fixed_pool_size if window is not None else None
+        if fixed is None:
+            pool_size = (max(1, size[0] // sr), max(1, size[1] // sr))
+        else:
+            if min(size) < fixed:
+                raise ValueError(
+                    f'fixed_pool_size {fixed} is larger than stage {stage + 1}\'s '
+                    f'{size[0]}x{size[1]} feature map: linear inference mode pools every '
+                    f'aggregated-attention stage to {fixed}x{fixed}, so the input must be at '
+                    f'least about {stride * fixed} pixels on its shorter side')
+            pool_size = (fixed, fixed)
         pretrain = (self.pretrain_size[0] // stride, self.pretrain_size[1] // stride)
         if self.is_extrapolation:
             table_sizes = (size, pool_size)
             official_source = None
         else:
             trained = (self.img_size[0] // stride, self.img_size[1] // stride)
-            table_sizes = (trained, (trained[0] // sr, trained[1] // sr))
+            trained_pool = (trained[0] // sr, trained[1] // sr) if fixed is None else pool_size
+            table_sizes = (trained, trained_pool)
             official_source = functools.partial(
                 self.position_tables.get, ('official', *table_sizes, pretrain, str(device)),
                 functools.partial(official_position_table, *table_sizes, pretrain, device))
         table = self.position_tables.table(*table_sizes, pretrain, device)
         num_pool = pool_size[0] * pool_size[1]
-        window = self.window_size[stage]
         if window is None:
             scale, mask = math.log(num_pool), None
         else:

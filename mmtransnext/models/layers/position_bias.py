@@ -416,8 +416,11 @@ class PositionTableCache:
         """Return the entry for ``key``, building it with ``factory()`` on a miss, or when
         ``valid`` (if given) says the entry held is stale (counted as a miss)."""
         if key in self._entries and (valid is None or valid(self._entries[key])):
-            self.hits += 1
-            self._entries.move_to_end(key)
+            # A compiled forward leaves the bookkeeping alone: torch.compile guards on these
+            # attributes, so changing them in every call would recompile every call.
+            if not torch.compiler.is_compiling():
+                self.hits += 1
+                self._entries.move_to_end(key)
             return self._entries[key]
         self._entries.pop(key, None)
         self.misses += 1

@@ -1,0 +1,10 @@
+# TransNeXt-Base fine-tuned on ImageNet-1K at 384 from its 224 weights: official 89.7M parameters,
+# top-1 86.2 (classification/configs/finetune/transnext_base_384_ft.py). Official weights:
+# huggingface.co/DaiShiResearch/transnext-base-384-1k-ft-1k, transnext_base_384_1k_ft_1k.pth.
+_base_ = './_base_/transnext_in1k-384px.py'
+
+model = dict(
+    backbone=dict(arch='base', drop_path_rate=0.8),
+    head=dict(in_channels=768))
+# The official 224 weights: huggingface.co/DaiShiResearch/transnext-base-224-1k
+load_from = 'checkpoints/transnext_base_224_1k.pth'

@@ -1,0 +1,48 @@
+"""TransNeXt under ``torch.compile``: whole graphs once the size-dependent tables exist, same
+outputs as eager, no recompilation on a repeated call."""
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+from mmtransnext.models import TransNeXt
+from reference import perturb_
+
+ARCH = dict(embed_dims=[16, 32, 64, 128], num_heads=[1, 2, 4, 8], depths=[1, 1, 1, 1])
+
+
+def _model(impl, fixed, extrapolation):
+    model = perturb_(TransNeXt(arch=ARCH, img_size=64, pretrain_size=64, attn_impl=impl,
+                               fixed_pool_size=fixed, is_extrapolation=extrapolation)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)  # builds the position tables on the host (torch.unique)
+    return model, x, expected
+
+
+@pytest.mark.parametrize('impl, fixed, extrapolation', [('torch', 2, True), ('ext', None, False)])
+def test_no_graph_break_once_the_tables_are_built(impl, fixed, extrapolation):
+    model, x, _ = _model(impl, fixed, extrapolation)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, [str(b.reason)[:200]
+                                              for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+def test_compiled_backbone_equals_eager_without_recompiling():
+    """Same outputs as eager; one graph, not recompiled by later calls (the table cache's hit
+    counter and LRU order, which the guards check, once changed in every call: a recompile
+    per call until dynamo's limit, then eager)."""
+    model, x, expected = _model('ext', 2, True)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    graphs = []
+    with torch.no_grad():
+        for _ in range(3):
+            for got, want in zip(compiled(x), expected):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            graphs.append(counters['stats']['unique_graphs'])
+    assert graphs == [1, 1, 1], graphs
