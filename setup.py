@@ -37,6 +37,39 @@ def read_build_config() -> dict:
     return scope
 
 
+#: What ``mim`` (openmim) looks for in ``mmtransnext/.mim``: ``mim train/test mmtransnext CONFIG``
+#: run ``.mim/tools/train.py`` / ``test.py`` and find CONFIG under ``.mim/configs``; ``mim search``
+#: reads ``.mim/model-index.yml``.
+MIM_FILES = ('tools', 'configs', 'model-index.yml')
+
+
+def add_mim_extension() -> None:
+    """Put :data:`MIM_FILES` into ``mmtransnext/.mim``, as OpenMMLab packages do: copies when a
+    wheel or sdist is built, links for an editable install (so they stay the repository's)."""
+    import shutil
+    import sys
+    if any(cmd in sys.argv for cmd in ('bdist_wheel', 'sdist', 'build', 'build_py')):
+        mode = 'copy'
+    elif any(cmd in sys.argv for cmd in ('editable_wheel', 'develop')):
+        mode = 'symlink'
+    else:
+        return
+    mim_dir = osp.join(HERE, 'mmtransnext', '.mim')
+    os.makedirs(mim_dir, exist_ok=True)
+    for name in MIM_FILES:
+        src, dst = osp.join(HERE, name), osp.join(mim_dir, name)
+        if osp.islink(dst) or osp.isfile(dst):
+            os.remove(dst)
+        elif osp.isdir(dst):
+            shutil.rmtree(dst)
+        if mode == 'symlink':
+            os.symlink(osp.relpath(src, mim_dir), dst)
+        elif osp.isdir(src):
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+        else:
+            shutil.copyfile(src, dst)
+
+
 def ops_extensions() -> dict:
     """``ext_modules``/``cmdclass`` for the ops in ``csrc/``, or nothing when they are skipped."""
     if os.environ.get('MMTRANSNEXT_WITH_OPS', '1') == '0':
@@ -74,6 +107,7 @@ def ops_extensions() -> dict:
                 cmdclass={'build_ext': BuildExtension.with_options(use_ninja=True)})
 
 
+add_mim_extension()
 setup(
     name='mmtransnext',
     version=read_version(),
@@ -83,11 +117,17 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     packages=find_packages(include=['mmtransnext', 'mmtransnext.*']),
+    # the tools, configs and model index copied for mim (add_mim_extension)
+    package_data={'mmtransnext': ['.mim/model-index.yml', '.mim/tools/**/*', '.mim/configs/**/*']},
     python_requires='>=3.9',
     # torch and mmcv (built with ops) are installed by tools/install.sh, not here: pip would
     # otherwise replace a user's CUDA torch or build mmcv silently without its ops.
     install_requires=['mmengine>=0.10.0,<1.0'],
-    extras_require={'tests': read_requirements('tests.txt')},
+    extras_require={
+        'tests': read_requirements('tests.txt'),
+        'classification': read_requirements('classification.txt'),
+        'deploy': read_requirements('deploy.txt'),
+    },
     zip_safe=False,
     **ops_extensions(),
 )

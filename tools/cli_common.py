@@ -1,6 +1,7 @@
 """Set-up shared by tools/train.py, test.py, demo.py and analysis/get_flops.py.
 
-One entry point serves mmdet and mmseg configs: the library is the config's ``default_scope``.
+One entry point serves mmdet, mmseg and mmpretrain configs: the library is the config's
+``default_scope``.
 Everything a run needs from the file system (config, dataset files, pretrained and runner
 checkpoints) is checked before the Runner starts, so a missing or wrong file is reported by name
 instead of by a traceback from deep inside the Runner. Generated datasets
@@ -16,7 +17,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 #: Libraries a config can belong to (its ``default_scope``).
-LIBRARIES = ('mmdet', 'mmseg')
+LIBRARIES = ('mmdet', 'mmseg', 'mmpretrain')
 #: Checkpoint locations mmengine resolves itself (not local files).
 REMOTE_PREFIXES = ('http://', 'https://', 'torchvision://', 'open-mmlab://', 'mmcls://',
                    'pavi://', 's3://', 'openmmlab://', 'modelzoo://')
@@ -99,11 +100,11 @@ def resolve_config_path(path: str) -> str:
 
 
 def library_of(cfg, path: str = 'the config') -> str:
-    """'mmdet' or 'mmseg', from the config's ``default_scope``."""
+    """'mmdet', 'mmseg' or 'mmpretrain', from the config's ``default_scope``."""
     scope = cfg.get('default_scope')
     if scope not in LIBRARIES:
-        raise ToolError(f'{path} has default_scope={scope!r}; these tools run mmdet and mmseg '
-                        f'configs ({", ".join(LIBRARIES)}), which inherit it from their base')
+        raise ToolError(f'{path} has default_scope={scope!r}; these tools run the configs of '
+                        f'{", ".join(LIBRARIES)}, which inherit it from their base')
     return scope
 
 
@@ -170,14 +171,56 @@ def init_distributed(launcher: str, cfg) -> None:
     if launcher == 'none' or torch.cuda.is_available():
         return
     import torch.distributed as dist
-    if launcher != 'pytorch':
+    if launcher == 'slurm':
+        slurm_environment()
+    elif launcher != 'pytorch':
         raise ToolError(f'--launcher {launcher} without CUDA is not supported; use torchrun '
-                        f'(tools/dist_train.sh) with --launcher pytorch')
+                        f'(tools/dist_train.sh) with --launcher pytorch, or srun '
+                        f'(tools/slurm_train.sh) with --launcher slurm')
     if not dist.is_initialized():
         import datetime
         timeout = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout', 1800)
         dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=timeout))
     _register_cpu_ddp()
+
+
+def first_slurm_node(node_list: str) -> str:
+    """First host of a Slurm node list (``SLURM_NODELIST``), e.g. ``gpu[07-09,12],cpu3`` ->
+    ``gpu07``: ``scontrol show hostname`` where Slurm's tools are installed, else parsed."""
+    import shutil
+    import subprocess
+    if shutil.which('scontrol'):
+        out = subprocess.run(['scontrol', 'show', 'hostname', node_list], capture_output=True,
+                             text=True, check=False).stdout.split()
+        if out:
+            return out[0]
+    head = node_list.strip()
+    depth = 0
+    for i, char in enumerate(head):  # the first entry ends at a comma outside brackets
+        depth += {'[': 1, ']': -1}.get(char, 0)
+        if char == ',' and depth == 0:
+            head = head[:i]
+            break
+    if '[' not in head:
+        return head
+    prefix, ranges = head.split('[', 1)
+    return prefix + ranges.rstrip(']').split(',')[0].split('-')[0]
+
+
+def slurm_environment() -> None:
+    """Set torch.distributed's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT`` from the variables srun gives each task, as mmengine's slurm launcher does
+    (which a CUDA machine uses instead: it also selects the task's GPU)."""
+    missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST') if k not in os.environ]
+    if missing:
+        raise ToolError(f'--launcher slurm outside a Slurm task ({", ".join(missing)} not set): '
+                        f'start it with srun, e.g. tools/slurm_train.sh')
+    os.environ['RANK'] = os.environ['SLURM_PROCID']
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+    os.environ.setdefault('MASTER_PORT', '29500')
+    if 'MASTER_ADDR' not in os.environ:
+        os.environ['MASTER_ADDR'] = first_slurm_node(os.environ['SLURM_NODELIST'])
 
 
 def _register_cpu_ddp() -> None:
@@ -421,11 +464,14 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str,
                           checkpoint: Optional[dict] = None) -> None:
     """Raise :class:`ToolError` naming ``path`` unless its weights fit ``model`` exactly.
 
-    ``checkpoint``: the file's content when already read (:func:`read_checkpoint_arg`)."""
-    from mmtransnext.checkpoint import extract_state_dict
+    ``checkpoint``: the file's content when already read (:func:`read_checkpoint_arg`). An
+    official ImageNet classifier file is checked in the layout it loads in (the conversion
+    raises a CheckpointError if it does not fit)."""
+    from mmtransnext.checkpoint import convert_official_classifier, extract_state_dict
     if checkpoint is None:
         checkpoint = read_checkpoint_arg(path, 'checkpoint file')
     state = extract_state_dict(checkpoint, prefix='')
+    convert_official_classifier(state, _unwrap(model))
     own = _unwrap(model).state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Train on NPROC processes of this machine (one per GPU; on a CPU-only machine they use gloo).
 #   bash tools/dist_train.sh CONFIG NPROC [train.py options]
-# Several machines: NNODES, NODE_RANK, MASTER_ADDR, PORT as for torchrun.
+# Several machines (torchrun): the same command on each, with NNODES (machines), NODE_RANK
+# (0 .. NNODES-1), MASTER_ADDR (node 0's address) and PORT (default 29500), e.g. two nodes of 8:
+#   node 0: NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 PORT=29500 bash tools/dist_train.sh CONFIG 8
+#   node 1: NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 PORT=29500 bash tools/dist_train.sh CONFIG 8
+# On a Slurm cluster use tools/slurm_train.sh / slurm_test.sh instead.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: bash $0 CONFIG NPROC [tools/train.py options]" >&2

@@ -10,6 +10,7 @@ import torch
 from mmengine.config import Config
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import MODELS, PARAM_SCHEDULERS, init_default_scope
+from model_index import indexed_parameters
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = osp.join(ROOT, 'configs')
@@ -78,8 +79,10 @@ DEPTHS = dict(tiny=[2, 2, 15, 2], small=[5, 5, 22, 5], base=[5, 5, 23, 5])
 
 
 def _all_configs():
+    """Detection and segmentation configs (configs/classification: tests/test_classification)."""
     paths = glob.glob(osp.join(CONFIGS, '**', '*.py'), recursive=True)
-    return sorted(osp.relpath(p, CONFIGS) for p in paths if '_base_' not in p.split(osp.sep))
+    return sorted(osp.relpath(p, CONFIGS) for p in paths if '_base_' not in p.split(osp.sep)
+                  and not osp.relpath(p, CONFIGS).startswith('classification'))
 
 
 @functools.lru_cache(maxsize=None)
@@ -312,6 +315,7 @@ def test_model_builds_with_official_parameter_count(rel):
     if rel in OFFICIAL_PARAMS:
         printed = OFFICIAL_PARAMS[rel]
         assert abs(count - float(printed) * 1e6) <= _tolerance(printed), count
+        assert count == indexed_parameters(rel)
         size = family_and_size(rel)[1]
     else:
         assert count == pytest.approx(DEMO_PARAMS[rel], rel=1e-3)
@@ -440,6 +444,8 @@ def test_transxnet_model_parameter_counts(rel):
     model = MODELS.build(cfg.model)
     counts = {**TRANSXNET_PARAMS, **TRANSXNET_DEMO_PARAMS}
     assert sum(p.numel() for p in model.parameters()) == counts[rel]
+    if not rel.startswith('demo/'):
+        assert counts[rel] == indexed_parameters(rel)
     backbone = sum(p.numel() for p in model.backbone.parameters())
     if rel.startswith('demo/'):
         return  # position tables built for 128 px

@@ -191,7 +191,9 @@ class TransXNet(MultiStageBackbone):
         for i in self.out_indices:
             self.add_module(f'norm{2 * i}', build_norm_layer(BLOCK_NORM, self.embed_dims[i])[1])
         self.apply(self._init_module)
-        self.finish_setup(self.embed_dims, [f'norm{2 * i}' for i in range(4)])
+        # a stage outside out_indices has no output norm: its output is its last block's
+        self.finish_setup(self.embed_dims, [f'norm{2 * i}' if i in self.out_indices
+                                            else f'network.{2 * i}' for i in range(4)])
 
     # ----------------------------------------------------------------------------- set-up
     def table_sizes(self, stage: int) -> Size2d:

@@ -21,6 +21,9 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
+from ...ops.dispatch import exporting
+from ...ops.pooling import adaptive_avg_pool2d
+
 GELU = dict(type='GELU')
 #: Norm of the blocks and of the backbone's output maps (LayerNorm over C, H, W).
 BLOCK_NORM = dict(type='GN', num_groups=1)
@@ -157,7 +160,8 @@ class IDConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
         k, groups = self.kernel_size, self.num_groups
-        scale = self.proj(self.pool(x)).reshape(batch, groups, channels, k, k).softmax(dim=1)
+        scale = self.proj(adaptive_avg_pool2d(x, k))  # exportable at any size (ops/pooling.py)
+        scale = scale.reshape(batch, groups, channels, k, k).softmax(dim=1)
         weight = (scale * self.weight.unsqueeze(0)).sum(dim=1).reshape(-1, 1, k, k)
         # The same projection (and BatchNorm) again on the spatial mean gives the bias mixture.
         scale = self.proj(x.mean(dim=(-2, -1), keepdim=True))
@@ -221,12 +225,17 @@ class OSRA(nn.Module):
         if pos_bias is not None:
             pos_bias = pos_bias.to(q.dtype)
         num_q, num_k = q.shape[2], k.shape[2]
+        dropout = self.attn_drop if self.training else 0.
+        if exporting():  # one chunk: the graph's number of queries may be symbolic
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos_bias, scale=self.scale,
+                                                 dropout_p=dropout)
+            return out.transpose(-1, -2).reshape(batch, channels, height, width)
         step = max(1, CHUNK_ELEMENTS // (batch * heads * num_k))
         outs = [
             F.scaled_dot_product_attention(
                 q[:, :, i:i + step], k, v,
                 attn_mask=None if pos_bias is None else pos_bias[:, :, i:i + step],
-                scale=self.scale, dropout_p=self.attn_drop if self.training else 0.)
+                scale=self.scale, dropout_p=dropout)
             for i in range(0, num_q, step)
         ]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

@@ -83,6 +83,11 @@ def test_out_indices_feature_info_and_output_norms():
     assert hasattr(model, 'norm2') and hasattr(model, 'norm6') and not hasattr(model, 'norm0')
     assert [f['reduction'] for f in model.feature_info] == [4, 8, 16, 32]
     assert [f['num_chs'] for f in model.feature_info] == [48, 96, 224, 448]
+    # every named module exists: the output norm where there is one, else the stage's blocks
+    modules = dict(model.named_modules())
+    assert [f['module'] for f in model.feature_info] == ['network.0', 'norm2', 'network.4',
+                                                         'norm6']
+    assert all(f['module'] in modules for f in model.feature_info)
 
 
 def test_gradients_reach_every_parameter():
