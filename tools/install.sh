@@ -71,7 +71,13 @@ TORCH_VERSION=$("$PY" -c "import torch; print(torch.__version__)")
 say "torch $TORCH_VERSION"
 # Pin the installed torch so that no later step replaces it.
 CONSTRAINTS="$VENV/.mmtransnext-constraints.txt"
-echo "torch==${TORCH_VERSION}" > "$CONSTRAINTS"
+# The public version (no "+cu130"-style local label): torchvision's "torch>=2.14" must still
+# match it, and "==2.14.1" keeps whichever local build of 2.14.1 is installed.
+echo "torch==${TORCH_VERSION%%+*}" > "$CONSTRAINTS"
+# numpy 1.x and opencv < 4.12: what the installed mmcv wheel and mmdet/mmseg were built for;
+# the optional extras (onnx, mmpretrain) must not upgrade them. setuptools as in build.txt:
+# openmim's newest dependencies (openxlab) would downgrade it to 60.
+printf 'numpy<2\nopencv-python<4.12\nsetuptools>=77,<81\n' >> "$CONSTRAINTS"
 
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -r "$ROOT/requirements/build.txt" \
   || die "could not install the build tools (requirements/build.txt)"
@@ -109,9 +115,13 @@ MultiScaleDeformableAttention' fails: it was built without ops. Remove $MMCV_WHE
 this script again."
 fi
 
-say "installing requirements/runtime.txt and requirements/tests.txt"
+say "installing requirements/runtime.txt, the optional extras and tests.txt"
+# classification.txt (mmpretrain, torchvision) and deploy.txt (onnx, onnxruntime, onnxscript)
+# are optional for users (pip extras); the test environment has them.
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -r "$ROOT/requirements/runtime.txt" \
-  -r "$ROOT/requirements/tests.txt" || die "could not install the runtime requirements"
+  -r "$ROOT/requirements/classification.txt" -r "$ROOT/requirements/deploy.txt" \
+  -r "$ROOT/requirements/tests.txt" \
+  || die "could not install the requirements"
 
 say "installing mmtransnext (editable; compiles the ops in csrc/ with ninja)"
 # csrc/'s CUDA kernels only with a visible GPU (or FORCE_CUDA=1 / TORCH_CUDA_ARCH_LIST): see
