@@ -5,6 +5,9 @@ The graph takes what mmdeploy's graphs take: the preprocessed, normalised ``(B, 
 image tensor (the data preprocessor's mean, std, BGR-to-RGB and padding stay outside). Parts:
 
 - ``'backbone'``: the stage features of the backbone;
+- ``'features'``: ``model.extract_feat(x)``, the backbone and neck (FPN, ChannelMapper) outputs
+  of an mmdet / mmseg model: what every model built here exports, the ones whose heads do not
+  included (:func:`tensor_forward_refusal`);
 - ``'model'``: ``model(x, data_samples, mode='tensor')``, the raw head outputs before any
   post-processing (decoding, NMS, resizing to the image), flattened into a tuple of tensors.
 
@@ -36,7 +39,7 @@ from torch import Tensor, nn
 from .ops.dispatch import BACKENDS
 
 FORMATS = ('onnx', 'exported-program')
-PARTS = ('backbone', 'model')
+PARTS = ('backbone', 'features', 'model')
 #: ONNX opset of the exports (the dynamo exporter's translations are complete from 18 on).
 OPSET = 18
 #: Sizes (multiples of 32 plus odd remainders) a dynamic export is checked at, besides its own.
@@ -54,7 +57,7 @@ class ExportResult:
     Attributes:
         path: the file.
         fmt: ``'onnx'`` or ``'exported-program'``.
-        part: ``'backbone'`` or ``'model'``.
+        part: one of :data:`PARTS`.
         shape: ``(H, W)`` of the example input.
         dynamic: whether height and width are free.
         tables: how the size-dependent position data is held (:func:`position_tables`).
@@ -203,6 +206,51 @@ class TensorForward(nn.Module):
         return tuple(t for _, t in named)
 
 
+def tensor_forward_refusal(model: nn.Module) -> Optional[str]:
+    """Why ``model``'s tensor forward cannot be exported, or None. Known cases (each found by
+    exporting the demo config, see the README's Deployment section):
+
+    - two-stage detectors (Mask R-CNN): the tensor forward runs the RPN's ``predict`` (box
+      decoding, filtering by a data-dependent mask, NMS) before the RoI head;
+    - deformable-attention transformers (DINO, Deformable DETR; Mask2Former's pixel decoder):
+      mmdet builds the level shapes with ``torch._shape_as_tensor`` and loops over that tensor's
+      values (``torch.linspace`` per level, the levels' split sizes), which a graph cannot
+      hold without rewriting mmdet's code (mmdeploy's function rewriters do).
+    """
+    name = type(model).__name__
+    if hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
+        return (f"{name}'s tensor forward runs the RPN's post-processing (box decoding, a "
+                'data-dependent filter and NMS) before the RoI head, which torch.export cannot '
+                "trace; export part='features' (backbone and neck) or part='backbone'")
+    pixel_decoder = getattr(getattr(model, 'decode_head', None), 'pixel_decoder', None)
+    deformable = [m for m in (model, pixel_decoder) if m is not None and any(
+        cls.__name__ in ('DeformableDETR', 'MSDeformAttnPixelDecoder')
+        for cls in type(m).__mro__)]
+    if deformable:
+        return (f"{name}'s {'pixel decoder' if deformable[0] is pixel_decoder else 'transformer'} "
+                "builds the level shapes with torch._shape_as_tensor and loops over their "
+                'values (mmdet code), which torch.export cannot trace; export '
+                "part='features' (backbone and neck) or part='backbone'")
+    return None
+
+
+class FeaturesForward(nn.Module):
+    """``model.extract_feat(x)`` (backbone, then neck if any) as a tuple, named
+    ``features{i}``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        library_of_model(model)
+        self.model = model
+        self.output_names: List[str] = []
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        outs = self.model.extract_feat(x)
+        outs = tuple(outs) if isinstance(outs, (list, tuple)) else (outs,)
+        self.output_names = [f'features{i}' for i in range(len(outs))]
+        return outs
+
+
 class BackboneForward(nn.Module):
     """The backbone's stage features as a tuple, named ``stage{i}``."""
 
@@ -223,6 +271,11 @@ def export_module(model: nn.Module, part: str) -> nn.Module:
         raise ValueError(f'part must be one of {PARTS}, got {part!r}')
     if part == 'backbone':
         return BackboneForward(backbone_of(model)).eval()
+    if part == 'features':
+        return FeaturesForward(model).eval()
+    reason = tensor_forward_refusal(model)
+    if reason is not None:
+        raise ExportError(reason)
     return TensorForward(model).eval()
 
 

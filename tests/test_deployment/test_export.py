@@ -132,6 +132,25 @@ def test_detector_tensor_forward_onnx(tmp_path):
     assert errors[(72, 104)] < TOLERANCE, errors
 
 
+@pytest.mark.slow
+def test_two_stage_detector_features_onnx(tmp_path):
+    """Mask R-CNN (TransNeXt, interpolation mode), whose tensor forward cannot export: its
+    backbone and FPN outputs (part='features'), checked in onnxruntime."""
+    tool = load_export_tool()
+    model = tool.build_model(
+        osp.join(ROOT, 'configs', 'demo', 'mask-rcnn_transnext-micro_fpn_shapes-128.py'),
+        cfg_options={'model.backbone.depths': [1, 1, 1, 1]})
+    path = str(tmp_path / 'mask_rcnn_features.onnx')
+    result = deployment.export(model, path, (72, 104), part='features', optimize=False)
+    with torch.no_grad():
+        levels = model.extract_feat(torch.zeros(1, 3, 72, 104))
+    assert result.output_names == [f'features{i}' for i in range(len(levels))]
+    assert len(onnx.load(path).graph.output) == len(levels) == 5  # the FPN's levels
+    errors = deployment.check_onnx(path, model, 'features', [(72, 104)])
+    assert errors[(72, 104)] < TOLERANCE, errors
+    standard_ops_only(path)
+
+
 # ------------------------------------------------------------------------------ refusals
 def test_training_mode_is_refused(tmp_path):
     model = small_transxnet().train()
@@ -150,6 +169,31 @@ def test_dynamic_transnext_is_refused(tmp_path):
     with pytest.raises(deployment.ExportError, match='TransNeXt cannot be exported with '
                        'dynamic height and width.*without --dynamic'):
         deployment.export(small_transnext(True), str(tmp_path / 'x.onnx'), dynamic=True)
+
+
+@pytest.mark.parametrize('config, why', [
+    ('mask-rcnn_transnext-micro_fpn_shapes-128.py', "RPN's post-processing"),
+    ('dino-4scale_transnext-micro_shapes-128.py', "transformer builds the level shapes"),
+    ('mask2former_transnext-micro_shapes-128.py', "pixel decoder builds the level shapes"),
+])
+def test_untraceable_tensor_forwards_are_refused_up_front(tmp_path, config, why):
+    """Models whose tensor forward torch.export cannot trace get the reason and the parts that
+    do export, before any tracing starts."""
+    tool = load_export_tool()
+    model = tool.build_model(osp.join(ROOT, 'configs', 'demo', config),
+                             cfg_options={'model.backbone.depths': [1, 1, 1, 1]})
+    assert deployment.tensor_forward_refusal(model) is not None
+    with pytest.raises(deployment.ExportError, match=f"{why}.*part='features'"):
+        deployment.export(model, str(tmp_path / 'x.onnx'), (64, 64), part='model')
+
+
+def test_exportable_tensor_forwards_are_not_refused():
+    tool = load_export_tool()
+    for config in ('retinanet_transxnet-tiny_fpn_shapes-128.py',
+                   'upernet_transnext-micro_shapes-128.py'):
+        model = tool.build_model(osp.join(ROOT, 'configs', 'demo', config),
+                                 cfg_options={'model.backbone.depths': [1, 1, 1, 1]})
+        assert deployment.tensor_forward_refusal(model) is None, config
 
 
 def test_bad_arguments(tmp_path):

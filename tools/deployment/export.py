@@ -10,7 +10,8 @@ ONNX file in onnxruntime (CPU) against PyTorch.
 The graph input is the preprocessed, normalised ``(1, 3, H, W)`` image (as mmdeploy's graphs):
 mean/std, BGR-to-RGB and padding are left to the caller. ``--part model`` exports
 ``model(x, mode='tensor')``: segmentors' logits, detectors' raw head outputs before decoding and
-NMS. Without a checkpoint the weights are random (the config's pretrained file is not loaded).
+NMS; ``--part features`` the backbone and neck outputs (what Mask R-CNN, DINO and Mask2Former
+export: their tensor forwards do not, the tool says why). Without a checkpoint the weights are random (the config's pretrained file is not loaded).
 See mmtransnext/deployment.py and the README's Deployment section for what does not export.
 """
 import argparse
@@ -32,8 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='checkpoint of the whole model (default: random weights)')
     parser.add_argument('--format', choices=FORMATS, default='onnx', dest='fmt')
     parser.add_argument('--part', choices=PARTS, default='model',
-                        help="'backbone': stage features; 'model': the tensor forward "
-                        '(default)')
+                        help="'backbone': stage features; 'features': backbone and neck "
+                        "outputs; 'model': the tensor forward (default)")
     parser.add_argument('--shape', type=common.positive_int, nargs=2, default=[512, 512],
                         metavar=('H', 'W'), help='example input size (default 512 512)')
     parser.add_argument('--dynamic', action='store_true', help='height and width free')
