@@ -9,16 +9,17 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
 from ...ops.sliding_window import window_lengths, window_padding_mask
 from ..layers.attention import AggregatedAttention, FullAttention, StageGeometry
+from ..layers.checkpointing import maybe_checkpoint
 from ..layers.conv_glu import ConvGLU
-from ..layers.position_bias import (DEFAULT_CACHE_ENTRIES, PositionTableCache,
+from ..layers.position_bias import (DEFAULT_CACHE_ENTRIES, cached_position_table,
                                     official_position_table)
+from ..layers.size_cache import SizeKeyedCache
 from .base import (MultiStageBackbone, Part, check_flag, check_int, check_rate,
                    resolve_stage_settings, to_pair)
 
@@ -128,9 +129,7 @@ class TransNeXtBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x), geometry.size))
 
     def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
-        if self.with_cp and x.requires_grad and torch.is_grad_enabled():
-            return cp.checkpoint(self._forward, x, geometry, use_reentrant=False)
-        return self._forward(x, geometry)
+        return maybe_checkpoint(self._forward, x, geometry, enabled=self.with_cp)
 
 
 class TransNeXt(MultiStageBackbone):
@@ -228,7 +227,7 @@ class TransNeXt(MultiStageBackbone):
                                      'pretrain_size')
         self._fixed_pool_size = check_fixed_pool_size(fixed_pool_size)
         self._check_sizes()
-        self.position_tables = PositionTableCache(position_cache_size)
+        self.position_tables = SizeKeyedCache(position_cache_size)
 
         dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         cur = 0
@@ -364,7 +363,7 @@ class TransNeXt(MultiStageBackbone):
             official_source = functools.partial(
                 self.position_tables.get, ('official', *table_sizes, pretrain, str(device)),
                 functools.partial(official_position_table, *table_sizes, pretrain, device))
-        table = self.position_tables.table(*table_sizes, pretrain, device)
+        table = cached_position_table(self.position_tables, *table_sizes, pretrain, device)
         num_pool = pool_size[0] * pool_size[1]
         if window is None:
             scale, mask = math.log(num_pool), None

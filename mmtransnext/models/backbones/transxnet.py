@@ -21,7 +21,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers.position_bias import PositionTableCache
+from ..layers.size_cache import SizeKeyedCache
 from ..layers.transxnet_layers import (BLOCK_NORM, BN, PatchEmbed, TransXNetBlock,
                                        check_norm_cfg)
 from ..layers.weight_cache import WeightKeyed, worth_keeping
@@ -165,7 +165,7 @@ class TransXNet(MultiStageBackbone):
         norm_cfg = dict(BN) if norm_cfg is None else norm_cfg
         check_norm_cfg(norm_cfg, self.embed_dims[0])
         self.pretrain_size = to_pair(pretrain_size, 'pretrain_size')
-        self.position_tables = PositionTableCache(position_cache_size)
+        self.position_tables = SizeKeyedCache(position_cache_size)
 
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims[0], 7, 4, 3, norm_cfg)
         total = sum(self.depths)
