@@ -21,7 +21,7 @@ from ..layers.position_bias import (DEFAULT_CACHE_ENTRIES, cached_position_table
                                     official_position_table)
 from ..layers.size_cache import SizeKeyedCache
 from .base import (MultiStageBackbone, Part, check_flag, check_int, check_rate,
-                   resolve_stage_settings, to_pair)
+                   register_family, resolve_stage_settings, to_pair)
 
 Size2d = Tuple[int, int]
 
@@ -132,6 +132,7 @@ class TransNeXtBlock(nn.Module):
         return maybe_checkpoint(self._forward, x, geometry, enabled=self.with_cp)
 
 
+@register_family
 class TransNeXt(MultiStageBackbone):
     """TransNeXt backbone returning multi-scale NCHW features at strides 4, 8, 16, 32.
 
@@ -177,6 +178,17 @@ class TransNeXt(MultiStageBackbone):
             mmdet/mmseg checkpoint (see :func:`mmtransnext.checkpoint.load_pretrained`).
     """
 
+    arch_presets = ARCH_SETTINGS
+    main_archs = ('micro', 'tiny', 'small', 'base')
+    implementations = {
+        'reference': dict(attention_mode='reference', attn_impl='torch'),
+        'fast': dict(attention_mode='fast', attn_impl='auto'),
+        'fast-torch': dict(attention_mode='fast', attn_impl='torch'),
+        'triton': dict(attention_mode='fast', attn_impl='triton'),
+    }
+    default_implementation = 'fast'
+    gpu_implementations = ('triton', )
+    size_modes = ('interpolation', 'extrapolation')
     pretrained_weights = ('ImageNet-1K: https://huggingface.co/DaiShiResearch, e.g. '
                           'transnext-tiny-224-1k')
 
@@ -318,6 +330,22 @@ class TransNeXt(MultiStageBackbone):
         if stage > 0:
             parts.append(getattr(self, f'patch_embed{stage + 1}'))
         return parts
+
+    def token_mixers(self) -> List[List[nn.Module]]:
+        return [[block.attn for block in getattr(self, f'block{i + 1}')]
+                for i in range(self.num_stages)]
+
+    @classmethod
+    def for_input_size(cls, arch: str, size: Size2d, mode: str,
+                       img_size: Optional[Union[int, Sequence[int]]] = None,
+                       **kwargs) -> 'TransNeXt':
+        """TransNeXt with ImageNet (224) position tables, in extrapolation or interpolation
+        ``mode``; in interpolation mode built for ``img_size`` (default: 800 for inputs with a
+        side >= 800, else 512, as the recipes)."""
+        if img_size is None:
+            img_size = 800 if max(size) >= 800 else 512
+        return cls(arch, img_size=img_size, pretrain_size=224,
+                   is_extrapolation=mode == 'extrapolation', **kwargs)
 
     def clear_caches(self) -> None:
         """Drop the size-dependent state built lazily by forward passes: position tables and
