@@ -1,6 +1,6 @@
 """Registration of the package's modules in the OpenMMLab registries that are installed."""
 import importlib
-from typing import List, Type
+from typing import Type
 
 #: Registries a backbone joins when their library imports. mmengine's root registry is the
 #: parent of the others, so a build under any default scope (e.g. a plain Runner's 'mmengine')
@@ -20,14 +20,3 @@ def register_backbone(cls: Type) -> Type:
         registry.register_module(module=cls, force=True)
     return cls
 
-
-def registered_in() -> List[str]:
-    """Names of the libraries whose registries are available here."""
-    found = []
-    for module_name in BACKBONE_REGISTRIES:
-        try:
-            importlib.import_module(module_name)
-        except ImportError:
-            continue
-        found.append(module_name.split('.')[0])
-    return found

@@ -12,8 +12,9 @@ there and the hook is removed), then the query's logits are rebuilt from the mod
 (its projections, ``pooled_kv``, ``scale_queries``, position bias, local bias, learnable tokens,
 padding mask) for that single query. The position bias follows the module's
 ``attention_mode`` (the full reference bias or the fast path's row-folded grid), and both give
-the same maps. Each kind of token mixer has an adapter (:data:`ATTENTION_ADAPTERS`) and each
-backbone a function listing its token mixers per stage and block (:data:`BACKBONE_MIXERS`).
+the same maps. Each kind of token mixer has an adapter (:data:`ATTENTION_ADAPTERS`); every
+registered backbone family (:func:`mmtransnext.models.backbones.families`) lists its token
+mixers per stage and block (its ``token_mixers()``, the family contract's attention-map hook).
 """
 import dataclasses
 from dataclasses import dataclass
@@ -23,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.backbones.transnext import TransNeXt
-from ..models.backbones.transxnet import TransXNet
+from ..models.backbones.base import families, family_of
 from ..models.layers.attention import AggregatedAttention, FullAttention, StageGeometry
 from ..models.layers.transxnet_layers import OSRA
 from ..ops.bias_ops import expand_columns
@@ -154,24 +154,6 @@ ATTENTION_ADAPTERS: Dict[type, AttentionAdapter] = {
 }
 
 
-def _transnext_mixers(backbone: TransNeXt) -> List[List[nn.Module]]:
-    return [[block.attn for block in getattr(backbone, f'block{i + 1}')]
-            for i in range(backbone.num_stages)]
-
-
-def _transxnet_mixers(backbone: TransXNet) -> List[List[nn.Module]]:
-    """The attention half of each D-Mixer (the other half, IDConv, is a dynamic conv)."""
-    return [[block.token_mixer.global_unit for block in backbone.network[2 * i]]
-            for i in range(backbone.num_stages)]
-
-
-#: Per backbone class: its token mixers, ``[stage][block]``.
-BACKBONE_MIXERS: Dict[type, Callable[[nn.Module], List[List[nn.Module]]]] = {
-    TransNeXt: _transnext_mixers,
-    TransXNet: _transxnet_mixers,
-}
-
-
 def _lookup(table: Dict[type, object], obj: object) -> object:
     for cls in type(obj).__mro__:
         if cls in table:
@@ -185,17 +167,16 @@ def backbone_of(model: nn.Module) -> nn.Module:
     inner = getattr(model, 'backbone', None)
     inner = inner if isinstance(inner, nn.Module) else None
     for candidate in (model, inner):
-        if candidate is not None and _lookup(BACKBONE_MIXERS, candidate) is not None:
+        if candidate is not None and family_of(candidate) is not None:
             return candidate
     found = type(inner or model).__name__
-    supported = ', '.join(sorted(cls.__name__ for cls in BACKBONE_MIXERS))
+    supported = ', '.join(sorted(families()))
     raise ValueError(f'attention maps are available for {supported} backbones, got {found}')
 
 
 def token_mixers(model: nn.Module) -> List[List[nn.Module]]:
     """The token mixers of ``model``'s backbone, ``[stage][block]``."""
-    backbone = backbone_of(model)
-    return _lookup(BACKBONE_MIXERS, backbone)(backbone)
+    return backbone_of(model).token_mixers()
 
 
 class _Captured(Exception):
@@ -251,8 +232,8 @@ def attention_map(model: nn.Module, image: Tensor, point: Sequence[int], stage: 
     """Attention weights of the query at pixel ``point`` in block ``block`` of stage ``stage``.
 
     Args:
-        model: a supported backbone (TransNeXt, TransXNet) or a model whose ``backbone`` is
-            one.
+        model: a registered backbone family (TransNeXt, TransXNet, ...) or a model whose
+            ``backbone`` is one.
         image: ``(1, 3, H, W)`` input, normalised as the model expects; any size.
         point: ``(y, x)`` pixel of ``image``; the query is the stage's token holding it
             (:func:`pixel_to_token`).

@@ -4,7 +4,8 @@ computation written independently in the tests' oracle: the brute-force table of
 import pytest
 import torch
 
-from mmtransnext.models.layers.position_bias import build_position_table, expand_bias
+from bias_helpers import expand_bias, table_grid
+from mmtransnext.models.layers.position_bias import build_position_table
 from mmtransnext.ops import bias_ops
 from reference import brute_force_table, gather_and_resize
 
@@ -39,7 +40,7 @@ def test_expand_bias_equals_official_gather_then_resize(table_q, table_k, query,
     expected = gather_and_resize(values, index, (table_q, table_k), query, key)
     if impl == 'torch':
         monkeypatch.setattr(bias_ops, '_op_available', lambda: pytest.fail('kernel used'))
-    got = expand_bias(table.grid(values), table, query, key, impl)
+    got = expand_bias(table_grid(table, values), table, query, key, impl)
     # tap weights are computed in float32, as F.interpolate does for float32 inputs
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
     grad = torch.randn_like(got)

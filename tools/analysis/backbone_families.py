@@ -1,10 +1,13 @@
 """The backbone families the analysis tools know: how to build each one for an input size.
 
 describe_backbone.py and benchmark_backbone.py take ``--backbone NAME`` and build models through
-:data:`FAMILIES`; a new family is one more :class:`Family` entry here.
+:data:`FAMILIES`, one :class:`Family` per registered family
+(:func:`mmtransnext.models.backbones.families`), read from the family contract of
+:class:`~mmtransnext.models.backbones.base.MultiStageBackbone`; a new family appears here once
+it is registered.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Sequence, Tuple, Type
 
 from torch import nn
 
@@ -39,47 +42,27 @@ class Family:
     build: Callable[..., nn.Module] = field(repr=False)
     gpu_impls: Sequence[str] = ()
 
+    @classmethod
+    def of(cls, backbone: Type) -> 'Family':
+        """The tools' view of a registered backbone class."""
+        def build(arch: str, size: Size2d, mode: str, impl: dict, img_size=None) -> nn.Module:
+            return backbone.for_input_size(arch, size, mode, img_size, **impl)
 
-def _build_transnext(arch: str, size: Size2d, mode: str, impl: dict, img_size=None) -> nn.Module:
-    """TransNeXt with ImageNet (224) position tables; in interpolation mode built for
-    ``img_size`` (default: 800 for inputs with a side >= 800, else 512, as the recipes)."""
-    from mmtransnext.models import TransNeXt
-    if img_size is None:
-        img_size = 800 if max(size) >= 800 else 512
-    return TransNeXt(arch, img_size=img_size, pretrain_size=224,
-                     is_extrapolation=mode == 'extrapolation', **impl)
-
-
-def _build_transxnet(arch: str, size: Size2d, mode: str, impl: dict, img_size=None) -> nn.Module:
-    """TransXNet with the ImageNet (224) tables, resized to the input as officially."""
-    from mmtransnext.models import TransXNet
-    return TransXNet(arch, pretrain_size=224, **impl)
+        archs = tuple(backbone.arch_presets)
+        return cls(name=backbone.__name__, archs=archs,
+                   default_archs=tuple(backbone.main_archs) or archs,
+                   modes=tuple(backbone.size_modes), impls=dict(backbone.implementations),
+                   default_impl=backbone.default_implementation, build=build,
+                   gpu_impls=tuple(backbone.gpu_implementations))
 
 
-FAMILIES: Dict[str, Family] = {
-    'transnext': Family(
-        name='TransNeXt',
-        archs=('micro', 'tiny', 'small', 'base', 'micro_aaaa'),
-        default_archs=('micro', 'tiny', 'small', 'base'),
-        modes=('interpolation', 'extrapolation'),
-        impls={
-            'reference': dict(attention_mode='reference', attn_impl='torch'),
-            'fast': dict(attention_mode='fast', attn_impl='auto'),
-            'fast-torch': dict(attention_mode='fast', attn_impl='torch'),
-            'triton': dict(attention_mode='fast', attn_impl='triton'),
-        },
-        default_impl='fast',
-        build=_build_transnext,
-        gpu_impls=('triton', )),
-    'transxnet': Family(
-        name='TransXNet',
-        archs=('tiny', 'small', 'base'),
-        default_archs=('tiny', 'small', 'base'),
-        modes=('interpolation', ),
-        impls={'default': {}},
-        default_impl='default',
-        build=_build_transxnet),
-}
+def _registered() -> Dict[str, Family]:
+    from mmtransnext.models.backbones import families
+    return {name.lower(): Family.of(backbone) for name, backbone in families().items()}
+
+
+#: Every registered family by lower-case class name.
+FAMILIES: Dict[str, Family] = _registered()
 
 
 def family(name: str) -> Family:

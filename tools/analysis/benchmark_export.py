@@ -3,9 +3,10 @@
     python tools/analysis/benchmark_export.py                       # Tiny, 512x512 and 800x1216
     python tools/analysis/benchmark_export.py --family transxnet --sizes 512x512 --repeat 5
 
-For each family's backbone (random weights, eval mode, the default ``attn_impl='auto'`` in
-eager) and each size: the ONNX export (TransNeXt once per size, its position tables baked;
-TransXNet once with free height and width), then ``--repeat`` timed runs of each after one
+For each registered family's backbone (random weights, eval mode, the family's default
+implementation, built as for 512x512 inputs) and each size: the ONNX export (once with free
+height and width where the family allows it, as TransXNet; else once per size, as TransNeXt,
+whose position tables are baked), then ``--repeat`` timed runs of each after one
 warm-up run, the median printed, with the largest relative difference of the outputs. It
 prints; it asserts nothing.
 """
@@ -22,13 +23,22 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import cli_common as common  # noqa: E402
 
-FAMILIES = ('transnext', 'transxnet')
+
+
+def _families() -> Tuple[str, ...]:
+    from mmtransnext.models.backbones import families
+    return tuple(name.lower() for name in families())
+
+
+#: Every registered backbone family, by lower-case class name.
+FAMILIES = _families()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--family', choices=FAMILIES + ('both',), default='both')
+    parser.add_argument('--family', choices=FAMILIES + ('both',), default='both',
+                        help="one family, or 'both' (every registered family)")
     parser.add_argument('--arch', default='tiny', help='arch of both families (default tiny)')
     parser.add_argument('--sizes', type=common.image_size, nargs='+',
                         default=[(512, 512), (800, 1216)], metavar='HxW')
@@ -51,10 +61,22 @@ def median_time(run: Callable[[], object], repeat: int) -> float:
 
 
 def build_backbone(family: str, arch: str) -> torch.nn.Module:
-    from mmtransnext.models import TransNeXt, TransXNet
-    if family == 'transnext':
-        return TransNeXt(arch=arch, img_size=512).eval()
-    return TransXNet(arch=arch).eval()
+    """``family``'s ``arch`` as its recipes build it for 512x512 inputs, in eval mode."""
+    from mmtransnext.models.backbones import families
+    backbone = {name.lower(): cls for name, cls in families().items()}[family]
+    return backbone.for_input_size(arch, (512, 512), backbone.size_modes[0],
+                                   **backbone.implementations[backbone.default_implementation]
+                                   ).eval()
+
+
+def exports_dynamic(model: torch.nn.Module) -> bool:
+    """Whether ``model`` exports with free height and width."""
+    from mmtransnext import deployment
+    try:
+        deployment.check_exportable(model, dynamic=True)
+    except deployment.ExportError:
+        return False
+    return True
 
 
 def benchmark(family: str, arch: str, sizes: List[Tuple[int, int]], repeat: int,
@@ -62,7 +84,7 @@ def benchmark(family: str, arch: str, sizes: List[Tuple[int, int]], repeat: int,
     import onnxruntime
     from mmtransnext import deployment
     model = build_backbone(family, arch)
-    dynamic = family == 'transxnet'
+    dynamic = exports_dynamic(model)
     path = None
     export_s = 0.
     for height, width in sizes:

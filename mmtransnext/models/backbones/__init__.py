@@ -1,9 +1,6 @@
-from ...registry import register_backbone
-from .base import MultiStageBackbone
+from .base import MultiStageBackbone, families, family_of, register_family
 from .transnext import ARCH_SETTINGS, TransNeXt
 from .transxnet import TransXNet
 
-register_backbone(TransNeXt)
-register_backbone(TransXNet)
-
-__all__ = ['ARCH_SETTINGS', 'MultiStageBackbone', 'TransNeXt', 'TransXNet']
+__all__ = ['ARCH_SETTINGS', 'MultiStageBackbone', 'TransNeXt', 'TransXNet', 'families',
+           'family_of', 'register_family']

@@ -3,20 +3,24 @@
 wrong type, a ValueError out of range, both naming the argument, the value and what is
 allowed), stage options, freezing, pretrained loading, input checks and ``feature_info``.
 
-A family subclasses :class:`MultiStageBackbone`, calls :meth:`~MultiStageBackbone.setup_stages`
-in its ``__init__`` and says which of its parts make up the stem and each stage
-(:meth:`~MultiStageBackbone.stem_parts`, :meth:`~MultiStageBackbone.stage_parts`); the rest
-(``out_indices`` / ``frozen_stages`` / ``norm_eval`` handling, ``init_cfg=dict(type='Pretrained',
-...)`` through :func:`mmtransnext.checkpoint.load_pretrained`) comes from here.
+A family subclasses :class:`MultiStageBackbone` and fulfils its *family contract* (listed
+in the class docstring): arch presets, the parts of the stem and of each stage, its token
+mixers, the layout of its official checkpoints; it registers with :func:`register_family`.
+The rest (``out_indices`` / ``frozen_stages`` / ``norm_eval`` handling,
+``init_cfg=dict(type='Pretrained', ...)`` through :func:`mmtransnext.checkpoint.load_pretrained`,
+input checks, ``feature_info``) comes from here. The analysis tools, the attention-map API and
+the shared backbone tests find every family through :func:`families`.
 """
 import copy
 import math
 import numbers
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...registry import register_backbone
 
 def _is_int(value: object) -> bool:
     # bool is an int subclass, but True as a channel count or stage index is always a mistake
@@ -155,7 +159,34 @@ class MultiStageBackbone(BaseModule):
 
     then build their modules, and finish with ``self.finish_setup(channels, output_modules)``.
 
+    The family contract, what a subclass provides (:func:`register_family` checks it):
+
+    - **arch presets**: :attr:`arch_presets`; the constructor takes ``arch`` (a preset name or
+      a dict) and ``depths`` (per-stage block counts overriding the preset), besides
+      ``in_channels``, ``out_indices``, ``frozen_stages``, ``with_cp`` and ``init_cfg``;
+    - **stages**: :meth:`stem_parts` and :meth:`stage_parts` (what ``frozen_stages`` freezes);
+    - **token mixers**: :meth:`token_mixers`, per stage and block the module whose softmax
+      attention :mod:`mmtransnext.analysis.attention_maps` reads (the attention-map hook);
+    - **checkpoint layout**: module and parameter names are those of the official
+      checkpoints, which :func:`mmtransnext.checkpoint.load_pretrained` loads unchanged;
+      :attr:`pretrained_optional_keys` are what those files lack (kept at their
+      initialisation), :attr:`pretrained_weights` says where they are published;
+    - **size-dependent state**: :meth:`clear_caches` drops what forwards built lazily;
+    - **for the tools** (optional): :attr:`implementations`, :attr:`default_implementation`,
+      :attr:`gpu_implementations`, :attr:`size_modes`, :attr:`main_archs` and
+      :meth:`for_input_size`.
+
     Attributes:
+        arch_presets: named variants (smallest first), each a dict of per-stage lists holding
+            at least ``depths``.
+        main_archs: the presets the tools show by default (empty: all).
+        implementations: named implementations the tools compare, name -> constructor
+            keywords; the one called 'reference' (if any) is what speed-ups are measured
+            against.
+        default_implementation: the one a config gets.
+        gpu_implementations: those whose kernels run only on a GPU.
+        size_modes: how position biases follow an input size other than the pretraining one
+            (names the tools take as ``--mode``).
         pretrained_weights: where the official pretrained weights are published (named by the
             tools when a configured checkpoint is missing).
         pretrained_optional_keys: state-dict key prefixes a pretraining file may lack (e.g.
@@ -163,6 +194,12 @@ class MultiStageBackbone(BaseModule):
             fail strict loading.
     """
 
+    arch_presets: ClassVar[Mapping[str, dict]] = {}
+    main_archs: ClassVar[Tuple[str, ...]] = ()
+    implementations: ClassVar[Mapping[str, dict]] = {'default': {}}
+    default_implementation: ClassVar[str] = 'default'
+    gpu_implementations: ClassVar[Tuple[str, ...]] = ()
+    size_modes: ClassVar[Tuple[str, ...]] = ('interpolation', )
     pretrained_weights: str = ''
     pretrained_optional_keys: Tuple[str, ...] = ()
 
@@ -207,6 +244,24 @@ class MultiStageBackbone(BaseModule):
         """Parts of ``stage`` (0-based) frozen with it: its blocks, the downsampling into it
         (not the stem) and its output norm."""
         raise NotImplementedError
+
+    def token_mixers(self) -> List[List[nn.Module]]:
+        """The token mixer of every block, ``[stage][block]``: the module whose inputs
+        :func:`mmtransnext.analysis.attention_map` records."""
+        raise NotImplementedError
+
+    def clear_caches(self) -> None:
+        """Drop the size-dependent state built lazily by forward passes (none here)."""
+
+    @classmethod
+    def for_input_size(cls, arch: str, size: Tuple[int, int], mode: str,
+                       img_size: Optional[Union[int, Tuple[int, int]]] = None,
+                       **kwargs) -> 'MultiStageBackbone':
+        """The ``arch`` backbone as a recipe builds it for ``size`` inputs in position-bias
+        ``mode`` (one of :attr:`size_modes`; ``img_size``: a training size the mode may need,
+        None for the family's default), with the constructor ``kwargs``. Here: ``cls(arch,
+        **kwargs)``."""
+        return cls(arch, **kwargs)
 
     def frozen_parts(self) -> List[Part]:
         """Everything ``frozen_stages`` freezes."""
@@ -276,3 +331,61 @@ class MultiStageBackbone(BaseModule):
             raise ValueError(f'{name} got an empty input of shape {tuple(x.shape)}')
         if not x.is_floating_point():
             raise ValueError(f'{name} expects a floating-point input, got {x.dtype}')
+
+
+# --------------------------------------------------------------------------------- families
+_FAMILIES: Dict[str, Type[MultiStageBackbone]] = {}
+
+
+def _contract_problems(cls: Type[MultiStageBackbone]) -> List[str]:
+    problems = []
+    if not cls.arch_presets:
+        problems.append('arch_presets is empty')
+    problems += [f'arch preset {name!r} has no depths' for name, preset in
+                 cls.arch_presets.items() if 'depths' not in preset]
+    problems += [f'{method}() is not implemented' for method in
+                 ('stem_parts', 'stage_parts', 'token_mixers')
+                 if getattr(cls, method) is getattr(MultiStageBackbone, method)]
+    if cls.default_implementation not in cls.implementations:
+        problems.append(f'default_implementation {cls.default_implementation!r} is not one of '
+                        f'implementations {list(cls.implementations)}')
+    for label, names, known in (('gpu_implementations', cls.gpu_implementations,
+                                 cls.implementations),
+                                ('main_archs', cls.main_archs, cls.arch_presets)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            problems.append(f'{label} {unknown} are not among {list(known)}')
+    if not cls.size_modes:
+        problems.append('size_modes is empty')
+    return problems
+
+
+def register_family(cls: Type[MultiStageBackbone]) -> Type[MultiStageBackbone]:
+    """Class decorator of a backbone family: checks the family contract of
+    :class:`MultiStageBackbone` (a TypeError listing what is missing), registers the class in
+    the OpenMMLab ``MODELS`` registries (:func:`mmtransnext.registry.register_backbone`) and
+    lists it in :func:`families`."""
+    if not (isinstance(cls, type) and issubclass(cls, MultiStageBackbone)):
+        raise TypeError(f'a backbone family must subclass MultiStageBackbone, got {cls!r}')
+    problems = _contract_problems(cls)
+    if problems:
+        raise TypeError(f'{cls.__name__} does not fulfil the backbone family contract: '
+                        f'{"; ".join(problems)}')
+    register_backbone(cls)
+    _FAMILIES[cls.__name__] = cls
+    return cls
+
+
+def families() -> Dict[str, Type[MultiStageBackbone]]:
+    """The registered backbone families by class name, in registration order (importing
+    :mod:`mmtransnext` registers the package's own)."""
+    return dict(_FAMILIES)
+
+
+def family_of(model: nn.Module) -> Optional[Type[MultiStageBackbone]]:
+    """The registered family ``model`` is an instance of (the nearest in its class hierarchy),
+    or None."""
+    for cls in type(model).__mro__:
+        if _FAMILIES.get(cls.__name__) is cls:
+            return cls
+    return None

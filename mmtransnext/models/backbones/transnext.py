@@ -9,18 +9,19 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
 from ...ops.sliding_window import window_lengths, window_padding_mask
 from ..layers.attention import AggregatedAttention, FullAttention, StageGeometry
+from ..layers.checkpointing import maybe_checkpoint
 from ..layers.conv_glu import ConvGLU
-from ..layers.position_bias import (DEFAULT_CACHE_ENTRIES, PositionTableCache,
+from ..layers.position_bias import (DEFAULT_CACHE_ENTRIES, cached_position_table,
                                     official_position_table)
+from ..layers.size_cache import SizeKeyedCache
 from .base import (MultiStageBackbone, Part, check_flag, check_int, check_rate,
-                   resolve_stage_settings, to_pair)
+                   register_family, resolve_stage_settings, to_pair)
 
 Size2d = Tuple[int, int]
 
@@ -128,11 +129,10 @@ class TransNeXtBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x), geometry.size))
 
     def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
-        if self.with_cp and x.requires_grad and torch.is_grad_enabled():
-            return cp.checkpoint(self._forward, x, geometry, use_reentrant=False)
-        return self._forward(x, geometry)
+        return maybe_checkpoint(self._forward, x, geometry, enabled=self.with_cp)
 
 
+@register_family
 class TransNeXt(MultiStageBackbone):
     """TransNeXt backbone returning multi-scale NCHW features at strides 4, 8, 16, 32.
 
@@ -178,6 +178,17 @@ class TransNeXt(MultiStageBackbone):
             mmdet/mmseg checkpoint (see :func:`mmtransnext.checkpoint.load_pretrained`).
     """
 
+    arch_presets = ARCH_SETTINGS
+    main_archs = ('micro', 'tiny', 'small', 'base')
+    implementations = {
+        'reference': dict(attention_mode='reference', attn_impl='torch'),
+        'fast': dict(attention_mode='fast', attn_impl='auto'),
+        'fast-torch': dict(attention_mode='fast', attn_impl='torch'),
+        'triton': dict(attention_mode='fast', attn_impl='triton'),
+    }
+    default_implementation = 'fast'
+    gpu_implementations = ('triton', )
+    size_modes = ('interpolation', 'extrapolation')
     pretrained_weights = ('ImageNet-1K: https://huggingface.co/DaiShiResearch, e.g. '
                           'transnext-tiny-224-1k')
 
@@ -228,7 +239,7 @@ class TransNeXt(MultiStageBackbone):
                                      'pretrain_size')
         self._fixed_pool_size = check_fixed_pool_size(fixed_pool_size)
         self._check_sizes()
-        self.position_tables = PositionTableCache(position_cache_size)
+        self.position_tables = SizeKeyedCache(position_cache_size)
 
         dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         cur = 0
@@ -320,6 +331,22 @@ class TransNeXt(MultiStageBackbone):
             parts.append(getattr(self, f'patch_embed{stage + 1}'))
         return parts
 
+    def token_mixers(self) -> List[List[nn.Module]]:
+        return [[block.attn for block in getattr(self, f'block{i + 1}')]
+                for i in range(self.num_stages)]
+
+    @classmethod
+    def for_input_size(cls, arch: str, size: Size2d, mode: str,
+                       img_size: Optional[Union[int, Sequence[int]]] = None,
+                       **kwargs) -> 'TransNeXt':
+        """TransNeXt with ImageNet (224) position tables, in extrapolation or interpolation
+        ``mode``; in interpolation mode built for ``img_size`` (default: 800 for inputs with a
+        side >= 800, else 512, as the recipes)."""
+        if img_size is None:
+            img_size = 800 if max(size) >= 800 else 512
+        return cls(arch, img_size=img_size, pretrain_size=224,
+                   is_extrapolation=mode == 'extrapolation', **kwargs)
+
     def clear_caches(self) -> None:
         """Drop the size-dependent state built lazily by forward passes: position tables and
         their taps, and the CPB grids kept for inference. The next forward rebuilds what it
@@ -364,7 +391,7 @@ class TransNeXt(MultiStageBackbone):
             official_source = functools.partial(
                 self.position_tables.get, ('official', *table_sizes, pretrain, str(device)),
                 functools.partial(official_position_table, *table_sizes, pretrain, device))
-        table = self.position_tables.table(*table_sizes, pretrain, device)
+        table = cached_position_table(self.position_tables, *table_sizes, pretrain, device)
         num_pool = pool_size[0] * pool_size[1]
         if window is None:
             scale, mask = math.log(num_pool), None

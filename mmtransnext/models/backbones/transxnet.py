@@ -21,12 +21,12 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers.position_bias import PositionTableCache
+from ..layers.size_cache import SizeKeyedCache
 from ..layers.transxnet_layers import (BLOCK_NORM, BN, PatchEmbed, TransXNetBlock,
                                        check_norm_cfg)
 from ..layers.weight_cache import WeightKeyed, worth_keeping
 from .base import (MultiStageBackbone, Part, check_flag, check_int, check_rate, check_real,
-                   resolve_stage_settings, to_pair)
+                   register_family, resolve_stage_settings, to_pair)
 
 Size2d = Tuple[int, int]
 
@@ -88,6 +88,7 @@ def reduced_size(size: Size2d, sr_ratio: int) -> Size2d:
     return tuple((s + 2 * p - k) // sr_ratio + 1 for s in size)
 
 
+@register_family
 class TransXNet(MultiStageBackbone):
     """TransXNet backbone returning multi-scale NCHW features at strides 4, 8, 16, 32.
 
@@ -122,6 +123,7 @@ class TransXNet(MultiStageBackbone):
             initialisation.
     """
 
+    arch_presets = ARCH_SETTINGS
     pretrained_optional_keys = ('norm0.', 'norm2.', 'norm4.', 'norm6.')
     pretrained_weights = ('ImageNet-1K: the v1.0 release assets of '
                           'https://github.com/LMMMEng/TransXNet, transx-t/s/b.pth.tar')
@@ -165,7 +167,7 @@ class TransXNet(MultiStageBackbone):
         norm_cfg = dict(BN) if norm_cfg is None else norm_cfg
         check_norm_cfg(norm_cfg, self.embed_dims[0])
         self.pretrain_size = to_pair(pretrain_size, 'pretrain_size')
-        self.position_tables = PositionTableCache(position_cache_size)
+        self.position_tables = SizeKeyedCache(position_cache_size)
 
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims[0], 7, 4, 3, norm_cfg)
         total = sum(self.depths)
@@ -227,6 +229,12 @@ class TransXNet(MultiStageBackbone):
         if hasattr(self, f'norm{2 * stage}'):
             parts.append(getattr(self, f'norm{2 * stage}'))
         return parts
+
+    def token_mixers(self) -> List[List[nn.Module]]:
+        """The attention half of each D-Mixer, OSRA (the other half, IDConv, is a dynamic
+        convolution)."""
+        return [[block.token_mixer.global_unit for block in self.network[2 * i]]
+                for i in range(self.num_stages)]
 
     def clear_caches(self) -> None:
         """Drop the resized position tables kept for inference."""

@@ -8,10 +8,11 @@ unique 1-D offsets, in the same sorted order ``torch.unique(dim=0)`` returns, an
 (query, key) pair is found with two small per-axis index maps. Same numbers, kilobytes instead of
 gigabytes.
 
-Tables depend only on sizes, never on weights, so :class:`PositionTableCache` keeps them in a
-bounded LRU keyed by (query size, key size, pretrain size, device). They and their taps are built
-on the host (everything data-dependent, such as ``torch.unique`` or which taps are needed, is
-decided there) and copied to the device once, so a forward on a GPU never waits for the device.
+Tables depend only on sizes, never on weights, so :func:`cached_position_table` keeps them in a
+backbone's bounded :class:`~.size_cache.SizeKeyedCache`, keyed by (query size, key size,
+pretrain size, device). They and their taps are built on the host (everything data-dependent,
+such as ``torch.unique`` or which taps are needed, is decided there) and copied to the device
+once, so a forward on a GPU never waits for the device.
 
 :func:`official_position_table` and :func:`official_position_bias` are the reference path's
 bias, the official computation step by step (the MLP over every unique coordinate of all
@@ -19,17 +20,16 @@ bias, the official computation step by step (the MLP over every unique coordinat
 path above, so that a mistake there cannot hide from the tests that compare the two.
 """
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, List, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops.amp import autocast_off
-from ...ops.bias_ops import expand_columns, expand_columns_compiled
 from ...ops.budget import element_budget
+from .size_cache import SizeKeyedCache
 
 Size2d = Tuple[int, int]
 
@@ -88,8 +88,8 @@ class PositionTable:
     pretrain_size: Size2d
     host_index: Tuple[Tensor, Tensor] = field(repr=False, compare=False)
     coords: Tensor = field(repr=False, compare=False)
-    _taps: 'PositionTableCache' = field(
-        default_factory=lambda: PositionTableCache(TAPS_PER_TABLE), init=False, repr=False,
+    _taps: SizeKeyedCache = field(
+        default_factory=lambda: SizeKeyedCache(TAPS_PER_TABLE), init=False, repr=False,
         compare=False)
 
     def taps(self, query_size: Size2d, key_size: Size2d) -> 'BiasTaps':
@@ -99,14 +99,6 @@ class PositionTable:
         return self._taps.get(
             (tuple(query_size), tuple(key_size)),
             lambda: BiasTaps.build(self, query_size, key_size).to(self.index_h.device))
-
-    def grid(self, table_values: Tensor) -> Tensor:
-        """``(T, heads)`` per-coordinate values as a ``(heads, |values_h|, |values_w|)`` grid."""
-        return table_values.t().reshape(-1, self.values_h.numel(), self.values_w.numel())
-
-    def gather(self, table_values: Tensor) -> Tensor:
-        """Expand ``(T, heads)`` per-coordinate values to a ``(heads, Nq, Nk)`` bias."""
-        return expand_bias(self.grid(table_values), self, self.query_size, self.key_size)
 
 
 #: Elements of one chunk of the CPB MLP's hidden layer in :func:`cpb_grid` on CPU (4 MB in
@@ -177,9 +169,9 @@ class _CPBGrid(torch.autograd.Function):
 
 def cpb_grid(fc1: nn.Linear, fc2: nn.Linear, table: PositionTable) -> Tensor:
     """The CPB MLP (``fc2(relu(fc1(coords)))``) over every coordinate of ``table``, as a
-    ``(heads, |values_h|, |values_w|)`` grid (same numbers as :meth:`PositionTable.grid` of
-    the MLP over :attr:`PositionTable.coords`); the hidden layer is formed chunk by chunk and
-    never saved for backward."""
+    ``(heads, |values_h|, |values_w|)`` grid (the MLP over :attr:`PositionTable.coords`, whose
+    row ``i`` is entry ``[:, i // |values_w|, i % |values_w|]``); the hidden layer is formed
+    chunk by chunk and never saved for backward."""
     dtype, device_type = fc1.weight.dtype, fc1.weight.device.type
     # In the parameters' dtype even under autocast: a small MLP whose output is a bias.
     with autocast_off(device_type):
@@ -287,47 +279,6 @@ def fold_rows(grid: Tensor, table: PositionTable, query_size: Size2d,
     return folded, taps.rows_w, taps.weights_w
 
 
-def expand_bias(grid: Tensor, table: PositionTable, query_size: Size2d, key_size: Size2d,
-                impl: str = 'auto') -> Tensor:
-    """``(heads, Hq*Wq, Hk*Wk)`` bias from the CPB ``grid`` (see :meth:`PositionTable.grid`):
-    the fast path's steps run on the whole map at once (the fast path itself expands the bias
-    chunk by chunk), for tools and tests.
-
-    Without resizing this is a pure gather. When ``query_size``/``key_size`` differ from the
-    table's grids, the result equals :func:`resize_bias` of the gathered table (the official
-    interpolation mode): bilinear resizing is separable, so along each axis a (query, key) pair
-    mixes at most two table entries. Rows are mixed on the small grid (:func:`fold_rows`), then
-    columns while the full-size output is written
-    (:func:`mmtransnext.ops.bias_ops.expand_columns`, ``impl`` as there).
-    """
-    resized = tuple(table.index_h.shape) != (query_size[0], key_size[0]) or \
-        tuple(table.index_w.shape) != (query_size[1], key_size[1])
-    if resized and not expand_columns_compiled(grid, impl):
-        # Without the compiled kernel, PyTorch's resizing beats one full-size pass per tap.
-        bias = expand_bias(grid, table, table.query_size, table.key_size, impl)
-        return resize_bias(bias, table.query_size, table.key_size, query_size, key_size)
-    out = expand_columns(*fold_rows(grid, table, query_size, key_size), impl)
-    return out.reshape(grid.shape[0], query_size[0] * query_size[1], key_size[0] * key_size[1])
-
-
-def resize_bias(bias: Tensor, table_query: Size2d, table_key: Size2d, query_size: Size2d,
-                key_size: Size2d) -> Tensor:
-    """Bilinearly resize a ``(heads, Nq', Nk')`` bias built for the training grid to new grids.
-
-    Keys are resized first, then queries, both with ``align_corners=False``; this is the
-    interpolation mode of the official release (resizing to the same size is exact).
-    """
-    heads = bias.shape[0]
-    nq_t = table_query[0] * table_query[1]
-    nk = key_size[0] * key_size[1]
-    nq = query_size[0] * query_size[1]
-    bias = bias.reshape(heads, nq_t, *table_key)
-    bias = F.interpolate(bias, key_size, mode='bilinear', align_corners=False)
-    bias = bias.reshape(heads, nq_t, nk).transpose(-1, -2).reshape(heads, nk, *table_query)
-    bias = F.interpolate(bias, query_size, mode='bilinear', align_corners=False)
-    return bias.reshape(heads, nk, nq).transpose(-1, -2)
-
-
 class OfficialTable(NamedTuple):
     """The official relative position table (reference path).
 
@@ -389,55 +340,10 @@ def official_position_bias(fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, table
     return bias.reshape(heads, nk, nq).transpose(-1, -2)
 
 
-class PositionTableCache:
-    """Bounded LRU cache of size-dependent, weight-independent tensors.
-
-    Args:
-        max_entries: the most entries kept; the least recently used is dropped beyond it.
-    """
-
-    def __init__(self, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
-        if max_entries < 1:
-            raise ValueError(f'max_entries must be >= 1, got {max_entries}')
-        self.max_entries = max_entries
-        self._entries: 'OrderedDict[Hashable, object]' = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def keys(self) -> List[Hashable]:
-        """The keys held, least recently used first."""
-        return list(self._entries)
-
-    def get(self, key: Hashable, factory: Callable[[], object],
-            valid: Optional[Callable[[object], bool]] = None) -> object:
-        """Return the entry for ``key``, building it with ``factory()`` on a miss, or when
-        ``valid`` (if given) says the entry held is stale (counted as a miss)."""
-        if key in self._entries and (valid is None or valid(self._entries[key])):
-            # A compiled forward leaves the bookkeeping alone: torch.compile guards on these
-            # attributes, so changing them in every call would recompile every call.
-            if not torch.compiler.is_compiling():
-                self.hits += 1
-                self._entries.move_to_end(key)
-            return self._entries[key]
-        self._entries.pop(key, None)
-        self.misses += 1
-        value = factory()
-        self._entries[key] = value
-        if len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return value
-
-    def table(self, query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
-              device: torch.device) -> PositionTable:
-        """The cached :class:`PositionTable` for these sizes on ``device``."""
-        key = ('table', tuple(query_size), tuple(key_size), tuple(pretrain_size), str(device))
-        return self.get(key, lambda: build_position_table(query_size, key_size, pretrain_size,
-                                                          device))
-
-    def clear(self) -> None:
-        """Drop every entry and reset the hit/miss counters."""
-        self._entries.clear()
-        self.hits = self.misses = 0
+def cached_position_table(cache: SizeKeyedCache, query_size: Size2d, key_size: Size2d,
+                          pretrain_size: Size2d, device: torch.device) -> PositionTable:
+    """The :class:`PositionTable` for these sizes on ``device``, from ``cache`` or built (and
+    kept there) on a miss."""
+    key = ('table', tuple(query_size), tuple(key_size), tuple(pretrain_size), str(device))
+    return cache.get(key, lambda: build_position_table(query_size, key_size, pretrain_size,
+                                                       device))

@@ -15,7 +15,6 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath, build_activation_layer, build_norm_layer
 from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 
 from ...ops.dispatch import exporting
 from ...ops.pooling import adaptive_avg_pool2d
+from .checkpointing import maybe_checkpoint
 
 GELU = dict(type='GELU')
 #: Norm of the blocks and of the backbone's output maps (LayerNorm over C, H, W).
@@ -380,6 +380,4 @@ class TransXNetBlock(nn.Module):
         return x + self.drop_path(self.layer_scale_2(self.mlp(self.norm2(x))))
 
     def forward(self, x: Tensor, pos_bias: Optional[Tensor] = None) -> Tensor:
-        if self.with_cp and x.requires_grad and torch.is_grad_enabled():
-            return cp.checkpoint(self._forward, x, pos_bias, use_reentrant=False)
-        return self._forward(x, pos_bias)
+        return maybe_checkpoint(self._forward, x, pos_bias, enabled=self.with_cp)

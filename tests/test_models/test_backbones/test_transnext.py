@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mmtransnext.models import ARCH_SETTINGS, TransNeXt
+from mmtransnext.models import TransNeXt
 from mmtransnext.models.layers import conv_glu, position_bias
 from mmtransnext.ops import pooled_attention
 from reference import perturb_, reference_backbone
@@ -17,25 +17,6 @@ OFFICIAL_PARAMS = {
 }
 
 SMALL = dict(arch='tiny', depths=[1, 1, 2, 1])
-
-
-def _expected_shapes(model, h, w):
-    shapes = []
-    for i, dim in enumerate(model.embed_dims):
-        h, w = (h + 3) // 4 if i == 0 else (h + 1) // 2, (w + 3) // 4 if i == 0 else (w + 1) // 2
-        if i in model.out_indices:
-            shapes.append((1, dim, h, w))
-    return shapes
-
-
-@pytest.mark.parametrize('arch', sorted(ARCH_SETTINGS))
-def test_every_arch_at_odd_sizes(arch):
-    model = TransNeXt(arch, img_size=256 if arch == 'micro_aaaa' else 224).eval()
-    for h, w in [(33, 33), (97, 123), (1, 1)]:
-        with torch.no_grad():
-            outs = model(torch.randn(1, 3, h, w))
-        assert [tuple(o.shape) for o in outs] == _expected_shapes(model, h, w)
-        assert all(torch.isfinite(o).all() for o in outs)
 
 
 @pytest.mark.parametrize('arch', sorted(OFFICIAL_PARAMS))
@@ -114,61 +95,6 @@ def test_fast_path_in_many_chunks_equals_reference(monkeypatch, extrapolation):
         assert error <= 1e-4 * grad.abs().max().item() + 1e-6, (name, error)
 
 
-def test_out_indices_and_feature_info():
-    model = TransNeXt(**SMALL, out_indices=(1, 3)).eval()
-    outs = model(torch.randn(1, 3, 64, 96))
-    assert [o.shape[1] for o in outs] == [144, 576]
-    assert [f['reduction'] for f in model.feature_info] == [4, 8, 16, 32]
-
-
-def test_gradients_reach_every_parameter():
-    model = perturb_(TransNeXt(**SMALL, drop_path_rate=0.1)).train()
-    outs = model(torch.randn(2, 3, 70, 52))
-    sum(o.square().mean() for o in outs).backward()
-    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
-    assert not dead
-
-
-def test_frozen_stages_stay_frozen():
-    model = TransNeXt(**SMALL, frozen_stages=2)
-    model.train()
-    for name, param in model.named_parameters():
-        stage = int(name.split('.')[0][-1])
-        assert param.requires_grad == (stage > 2), name
-    assert not model.block2.training and not model.norm1.training and not model.patch_embed2.training
-    assert model.block3.training
-    stem_only = TransNeXt(**SMALL, frozen_stages=0).train()
-    assert not stem_only.patch_embed1.proj.weight.requires_grad
-    assert stem_only.block1[0].attn.q.weight.requires_grad
-
-
-def test_with_cp_gives_same_outputs_and_gradients():
-    torch.manual_seed(1)
-    plain = perturb_(TransNeXt(**SMALL)).train()
-    ckpt = TransNeXt(**SMALL, with_cp=True).train()
-    ckpt.load_state_dict(plain.state_dict())
-    x = torch.randn(1, 3, 48, 40)
-    grads = []
-    for model in (plain, ckpt):
-        outs = model(x)
-        sum(o.sum() for o in outs).backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize('bad,match', [
-    (torch.randn(3, 32, 32), '4-D'),
-    (torch.randn(1, 4, 32, 32), '3 input channels'),
-    (torch.randn(0, 3, 32, 32), 'empty'),
-    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), 'floating-point'),
-])
-def test_bad_inputs_raise_clear_errors(bad, match):
-    model = TransNeXt(**SMALL)
-    with pytest.raises(ValueError, match=match):
-        model(bad)
-
-
 @pytest.mark.parametrize('kwargs,match', [
     (dict(arch='huge'), 'unknown TransNeXt arch'),
     (dict(arch=dict(embed_dims=[8], num_heads=[1], depths=[1], colour=[1])), 'colour'),
@@ -226,14 +152,3 @@ def test_interpolation_mode_builds_one_table_per_stage():
             model(torch.randn(1, 3, side, side))
     tables = [key for key in model.position_tables.keys() if key[0] == 'table']
     assert len(tables) == model.num_stages
-
-
-def test_bf16_autocast_forward_and_backward_are_finite():
-    model = TransNeXt(**SMALL).train()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        outs = model(x)
-        loss = sum(o.float().square().mean() for o in outs)
-    loss.backward()
-    assert all(torch.isfinite(o).all() for o in outs)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

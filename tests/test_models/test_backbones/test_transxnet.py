@@ -6,7 +6,7 @@ from mmtransnext.models import TransXNet
 from mmtransnext.models.backbones import transxnet
 from mmtransnext.models.layers import transxnet_layers
 from reference import perturb_
-from reference_transxnet import ceil_grid, reference_transxnet
+from reference_transxnet import reference_transxnet
 
 # Backbone parameter counts of the official detection/segmentation TransXNet (fork_feat, with the
 # four output GroupNorms), measured by building the official code (shared/reference §6).
@@ -28,20 +28,10 @@ def _perturbed(model: TransXNet) -> TransXNet:
     return model
 
 
-def _expected_shapes(model, h, w, batch=1):
-    return [(batch, model.embed_dims[i], ceil_grid(h, i), ceil_grid(w, i))
-            for i in model.out_indices]
-
-
 @pytest.mark.parametrize('arch', sorted(OFFICIAL_PARAMS))
-def test_every_arch_at_odd_sizes_and_official_parameter_count(arch):
-    model = TransXNet(arch).eval()
+def test_official_parameter_count(arch):
+    model = TransXNet(arch)
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[arch]
-    for h, w in [(33, 47), (1, 1)]:
-        with torch.no_grad():
-            outs = model(torch.randn(1, 3, h, w))
-        assert [tuple(o.shape) for o in outs] == _expected_shapes(model, h, w)
-        assert all(torch.isfinite(o).all() for o in outs)
 
 
 def test_official_short_names():
@@ -50,94 +40,34 @@ def test_official_short_names():
     assert TransXNet('b', depths=[1, 1, 1, 1]).embed_dims == [76, 152, 336, 672]
 
 
+def _assert_matches_oracle(model: TransXNet, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        outs = model(x)
+        expected = reference_transxnet(model.state_dict(), x, model.depths, model.num_heads,
+                                       model.arch_settings['num_groups'])
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('size', [(56, 56), (224 // 4 * 4, 224), (75, 101), (33, 47), (1, 1)])
 def test_matches_the_official_computation(size):
     """Against the functional oracle: tables used as is (56x56 input: the 224-size grids of
     pretrain_size 56) and resized bicubically (other sizes), BatchNorm in eval mode."""
     model = _perturbed(TransXNet(**SMALL, pretrain_size=56)).eval()
-    x = torch.randn(2, 3, *size)
-    with torch.no_grad():
-        outs = model(x)
-        expected = reference_transxnet(model.state_dict(), x, model.depths, model.num_heads,
-                                       model.arch_settings['num_groups'])
-    for out, ref in zip(outs, expected):
-        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    _assert_matches_oracle(model, torch.randn(2, 3, *size))
 
 
 def test_attention_in_query_chunks_matches_the_official_computation(monkeypatch):
     monkeypatch.setattr(transxnet_layers, 'CHUNK_ELEMENTS', 1000)  # ragged chunks everywhere
-    model = _perturbed(TransXNet(**SMALL)).eval()
-    x = torch.randn(2, 3, 75, 101)
-    with torch.no_grad():
-        outs = model(x)
-        expected = reference_transxnet(model.state_dict(), x, model.depths, model.num_heads,
-                                       model.arch_settings['num_groups'])
-    for out, ref in zip(outs, expected):
-        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    _assert_matches_oracle(_perturbed(TransXNet(**SMALL)).eval(), torch.randn(2, 3, 75, 101))
 
 
-def test_out_indices_feature_info_and_output_norms():
-    model = TransXNet(**SMALL, out_indices=(1, 3)).eval()
-    outs = model(torch.randn(1, 3, 64, 96))
-    assert [o.shape[1] for o in outs] == [96, 448]
+def test_output_norms_only_for_out_indices_and_feature_info_names_them():
+    model = TransXNet(**SMALL, out_indices=(1, 3))
     assert hasattr(model, 'norm2') and hasattr(model, 'norm6') and not hasattr(model, 'norm0')
-    assert [f['reduction'] for f in model.feature_info] == [4, 8, 16, 32]
-    assert [f['num_chs'] for f in model.feature_info] == [48, 96, 224, 448]
-    # every named module exists: the output norm where there is one, else the stage's blocks
-    modules = dict(model.named_modules())
+    # the output norm where there is one, else the stage's blocks
     assert [f['module'] for f in model.feature_info] == ['network.0', 'norm2', 'network.4',
                                                          'norm6']
-    assert all(f['module'] in modules for f in model.feature_info)
-
-
-def test_gradients_reach_every_parameter():
-    model = _perturbed(TransXNet(**SMALL, drop_path_rate=0.1)).train()
-    outs = model(torch.randn(2, 3, 70, 52))  # tables resized: they must still learn
-    sum(o.square().mean() for o in outs).backward()
-    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
-    assert not dead
-
-
-def test_frozen_stages_and_norm_eval_survive_train():
-    model = TransXNet(**SMALL, frozen_stages=2, norm_eval=True)
-    model.train()
-    frozen = ('patch_embed.', 'network.0.', 'network.1.', 'network.2.', 'relative_pos_enc.0',
-              'relative_pos_enc.1', 'norm0.', 'norm2.')
-    for name, param in model.named_parameters():
-        assert param.requires_grad == (not name.startswith(frozen)), name
-    assert not model.network[2].training and not model.network[1].training
-    assert model.network[4].training and model.norm4.training
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and not any(m.training for m in bns)
-    plain = TransXNet(**SMALL).train()
-    assert all(m.training for m in plain.modules())
-    stem_only = TransXNet(**SMALL, frozen_stages=0).train()
-    assert not stem_only.patch_embed.proj.conv.weight.requires_grad
-    assert stem_only.relative_pos_enc[0].requires_grad and not stem_only.patch_embed.training
-
-
-def test_frozen_stage_statistics_do_not_change_in_training():
-    model = TransXNet(**SMALL, frozen_stages=1).train()
-    before = model.network[0][0].mlp.norm.running_mean.clone()
-    model(torch.randn(2, 3, 64, 64))
-    torch.testing.assert_close(model.network[0][0].mlp.norm.running_mean, before)
-    assert model.network[2][0].mlp.norm.num_batches_tracked == 1
-
-
-def test_with_cp_gives_same_outputs_and_gradients():
-    plain = _perturbed(TransXNet(**SMALL)).train()
-    ckpt = TransXNet(**SMALL, with_cp=True).train()
-    ckpt.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 48, 40)
-    results = []
-    for model in (plain, ckpt):
-        outs = model(x)
-        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
-        results.append((outs, {n: p.grad.clone() for n, p in model.named_parameters()}))
-    for a, b in zip(results[0][0], results[1][0]):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    for name, grad in results[0][1].items():
-        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-5, atol=1e-6)
 
 
 def test_resized_tables_are_cached_without_grad_only_and_bounded():
@@ -189,30 +119,6 @@ def test_sync_bn_is_chosen_by_config_only():
     syncs = [n for n, m in model.named_modules() if isinstance(m, nn.SyncBatchNorm)]
     assert 'patch_embed.proj.bn' in syncs and 'network.0.0.mlp.norm' in syncs
     assert set(model.state_dict()) == set(TransXNet(**SMALL).state_dict())
-
-
-def test_bf16_autocast_forward_and_backward_are_finite():
-    model = _perturbed(TransXNet(**SMALL)).train()
-    x = torch.randn(2, 3, 64, 48)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        outs = model(x)
-        loss = sum(o.float().square().mean() for o in outs)
-    loss.backward()
-    assert all(torch.isfinite(o).all() for o in outs)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-@pytest.mark.parametrize('bad,match', [
-    (torch.randn(3, 32, 32), '4-D'),
-    (torch.randn(1, 4, 32, 32), '3 input channels'),
-    (torch.randn(0, 3, 32, 32), 'empty'),
-    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), 'floating-point'),
-    ('image', 'tensor'),
-])
-def test_bad_inputs_raise_clear_errors(bad, match):
-    model = TransXNet(**SMALL).eval()
-    with pytest.raises(ValueError, match=match):
-        model(bad)
 
 
 def test_single_image_training_batch_is_refused_clearly():

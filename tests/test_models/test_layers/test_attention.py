@@ -118,8 +118,7 @@ def test_reference_mode_runs_none_of_the_fast_paths_code(monkeypatch, interp):
 
     for module, name in [(attention_module, 'fold_rows'), (attention_module, 'cpb_grid'),
                          (attention_module, 'pooled_attention'),
-                         (position_bias, 'expand_bias'), (position_bias, 'expand_columns'),
-                         (position_bias, 'resize_bias'), (position_bias.BiasTaps, 'build'),
+                         (position_bias, 'fold_rows'), (position_bias.BiasTaps, 'build'),
                          (bias_ops, 'expand_columns'), (bias_ops, 'expand_columns_torch'),
                          (bias_ops, '_op_available'), (extension, 'load_extension'),
                          (dispatch, 'sliding_window_qk_ext'),

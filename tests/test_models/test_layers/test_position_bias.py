@@ -1,10 +1,12 @@
 import pytest
 import torch
 
+from bias_helpers import gather_bias, table_grid
 from mmtransnext.models.layers import position_bias
-from mmtransnext.models.layers.position_bias import (PositionTableCache, build_position_table,
+from mmtransnext.models.layers.position_bias import (build_position_table, cached_position_table,
                                                      official_position_bias,
-                                                     official_position_table, resize_bias)
+                                                     official_position_table)
+from mmtransnext.models.layers.size_cache import SizeKeyedCache
 from reference import brute_force_table, gather_and_resize
 
 
@@ -22,7 +24,7 @@ def test_separable_table_equals_brute_force_unique(query, key, pretrain):
     # The separable gather must pick the same row for every (query, key) pair.
     values = torch.randn(coords.shape[0], 3)
     expected = values.t()[:, index]
-    torch.testing.assert_close(table.gather(values), expected, rtol=0, atol=0)
+    torch.testing.assert_close(gather_bias(table, values), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('built,size', [
@@ -48,30 +50,30 @@ def test_small_pretrain_grid_is_rejected():
         build_position_table((4, 4), (2, 2), (1, 7), torch.device('cpu'))
 
 
-def test_resize_to_same_size_is_identity():
-    bias = torch.randn(2, 6 * 5, 3 * 2)
-    out = resize_bias(bias, (6, 5), (3, 2), (6, 5), (3, 2))
-    torch.testing.assert_close(out, bias, rtol=0, atol=0)
-
-
-def test_resize_shapes():
-    bias = torch.randn(2, 6 * 5, 3 * 2)
-    assert resize_bias(bias, (6, 5), (3, 2), (9, 4), (1, 1)).shape == (2, 36, 1)
-
-
 def test_cache_hits_and_bound():
-    cache = PositionTableCache(max_entries=3)
+    cache = SizeKeyedCache(max_entries=3)
     cpu = torch.device('cpu')
-    first = cache.table((8, 8), (2, 2), (56, 56), cpu)
-    assert cache.table((8, 8), (2, 2), (56, 56), cpu) is first
+    first = cached_position_table(cache, (8, 8), (2, 2), (56, 56), cpu)
+    assert cached_position_table(cache, (8, 8), (2, 2), (56, 56), cpu) is first
     assert (cache.hits, cache.misses) == (1, 1)
     for n in range(4, 10):
-        cache.table((n, n), (1, 1), (56, 56), cpu)
+        cached_position_table(cache, (n, n), (1, 1), (56, 56), cpu)
     assert len(cache) == 3
     # the first entry was least recently used: it is rebuilt
     misses = cache.misses
-    cache.table((8, 8), (2, 2), (56, 56), cpu)
+    cached_position_table(cache, (8, 8), (2, 2), (56, 56), cpu)
     assert cache.misses == misses + 1
+
+
+def test_cache_rebuilds_an_entry_its_check_calls_stale():
+    cache = SizeKeyedCache(max_entries=2)
+    first = cache.get('k', lambda: [1])
+    assert cache.get('k', lambda: [2], lambda entry: entry == [1]) is first
+    assert cache.get('k', lambda: [2], lambda entry: entry == [1]) is first
+    assert cache.get('k', lambda: [2], lambda entry: False) == [2]
+    assert (cache.hits, cache.misses) == (2, 2)
+    cache.clear()
+    assert len(cache) == 0 and (cache.hits, cache.misses) == (0, 0)
 
 
 def test_bias_taps_are_built_once_per_size_pair_and_bounded(monkeypatch):
@@ -89,8 +91,8 @@ def test_bias_taps_are_built_once_per_size_pair_and_bounded(monkeypatch):
 
 
 def test_cache_rejects_zero_size():
-    with pytest.raises(ValueError):
-        PositionTableCache(0)
+    with pytest.raises(ValueError, match='max_entries'):
+        SizeKeyedCache(0)
 
 
 @pytest.mark.parametrize('chunk', [1 << 22, 700])  # one chunk; many chunks with a ragged end
@@ -113,7 +115,7 @@ def test_cpb_grid_equals_mlp_over_coords(monkeypatch, chunk, bias, autocast):
     fast_grads = [p.grad.clone() for p in params]
     for p in params:
         p.grad = None
-    expected = table.grid(fc2(torch.relu(fc1(table.coords))))
+    expected = table_grid(table, fc2(torch.relu(fc1(table.coords))))
     (expected * weights).sum().backward()
     torch.testing.assert_close(grid, expected, rtol=1e-5, atol=1e-6)
     for fast, p in zip(fast_grads, params):
