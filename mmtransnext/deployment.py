@@ -361,12 +361,24 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def onnx_session(path: str):
-    """An onnxruntime session on the CPU provider (no custom-op libraries)."""
+def onnx_session(path: str, threads: Optional[int] = None, fold_constants: bool = False):
+    """An onnxruntime session on the CPU provider (no custom-op libraries).
+
+    ``fold_constants`` False (default) turns off onnxruntime's constant folding: in a TransNeXt
+    graph the position bias of every block depends on weights and baked tables only, so
+    folding precomputes all of them into ``(heads, N, P)`` constants when the session is made.
+    That is faster at small sizes but grows with the square of the pixel count: TransNeXt-Tiny
+    at 800x1216 ran out of 24 GB while the session was being made (measured; without folding
+    it loads in 0.24 GB and runs in 15.5 GB).
+    """
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    disabled = [] if fold_constants else ['ConstantFolding']
+    return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'],
+                                        disabled_optimizers=disabled)
 
 
 def run_onnx(session, x: Tensor) -> List[Tensor]:

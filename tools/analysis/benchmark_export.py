@@ -81,7 +81,6 @@ def exports_dynamic(model: torch.nn.Module) -> bool:
 
 def benchmark(family: str, arch: str, sizes: List[Tuple[int, int]], repeat: int,
               threads: int, folder: str) -> None:
-    import onnxruntime
     from mmtransnext import deployment
     model = build_backbone(family, arch)
     dynamic = exports_dynamic(model)
@@ -93,11 +92,7 @@ def benchmark(family: str, arch: str, sizes: List[Tuple[int, int]], repeat: int,
             start = time.perf_counter()
             deployment.export(model, path, (height, width), part='backbone', dynamic=dynamic)
             export_s = time.perf_counter() - start
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        session = onnxruntime.InferenceSession(path, options,
-                                               providers=['CPUExecutionProvider'])
+        session = deployment.onnx_session(path, threads)
         x = torch.randn(1, 3, height, width)
         with torch.no_grad():
             expected = model(x)
