@@ -16,7 +16,16 @@ project does through ``custom_imports``) keeps ``OptimWrapper.update_params`` ou
 (``torch.compiler.disable``): under ``compile=True`` the preprocessing, the forward and the
 losses are compiled (their backward by AOTAutograd), backward runs that compiled graph, and the
 gradient clipping and optimizer step run eagerly -- what the official TransNeXt scripts compile
-(``torch.compile(model)``). Without dynamo the wrapper changes nothing.
+(``torch.compile(model)``). Without dynamo the wrapper changes nothing. The same holds for every
+task: classification (mmpretrain), detection (mmdet) and segmentation (mmseg) configs.
+
+Graph breaks that remain in a compiled ``train_step`` (each splits the step into more graphs,
+none changes the numbers): mmengine's ``stack_batch`` in the data preprocessors; the detection
+heads' target assignment and sampling and mmseg's accuracy in the losses (data-dependent
+shapes); the first call of a TransNeXt at a new input
+size, which builds its position tables on the host (``torch.unique``). The backbones themselves
+trace to one graph once their tables exist, with gradients too, on every attention backend
+(tests/test_models/test_backbones/test_compile.py).
 """
 import torch
 
