@@ -86,6 +86,30 @@ def expand_columns_torch(folded: Tensor, rows: Tensor, weights: Optional[Tensor]
     return out.view(heads, height, width, kh, kw)
 
 
+def expand_columns_torch_backward(grad: Tensor, rows: Tensor, weights: Optional[Tensor],
+                                  columns: int) -> Tensor:
+    """Gradient of :func:`expand_columns_torch` with respect to ``folded`` (one ``index_add_``
+    per tap), written out so that callers need no ``torch.autograd.grad`` (which
+    ``torch.compile`` cannot trace inside an ``autograd.Function``'s backward).
+
+    Args:
+        grad: ``(heads, H, W, h, w)`` gradient of the expanded bias.
+        rows, weights: as in :func:`expand_columns`.
+        columns: the width of ``folded``'s last axis.
+    """
+    heads, height, width, kh, kw = grad.shape
+    flat_grad = grad.reshape(heads * height, width, kh, kw)
+    offsets = (torch.arange(kh, device=rows.device) * columns)[None, :, None]
+    out = grad.new_zeros(heads * height, kh * columns)
+    for s in range(rows.shape[-1]):
+        index = (offsets + rows[:, None, :, s]).reshape(-1)
+        term = flat_grad
+        if weights is not None:
+            term = term * weights[:, None, :, s].to(term.dtype)
+        out.index_add_(1, index, term.reshape(heads * height, -1))
+    return out.view(heads, height, kh, columns)
+
+
 def expand_columns_compiled(tensor: Tensor, impl: Union[str, 'Backend'] = 'auto') -> bool:
     """Whether :func:`expand_columns` runs the compiled kernel for tensors like ``tensor``
     under ``impl`` (a :class:`.dispatch.Backend`, or an ``attn_impl`` decided for ``tensor``):

@@ -25,7 +25,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .bias_ops import expand_columns
+from .bias_ops import expand_columns, expand_columns_torch_backward
 from .budget import element_budget
 from .dispatch import Backend, backend_for, report_failure
 
@@ -133,16 +133,12 @@ def _folded_grad(grad_bias: Tensor, folded: Tensor, rows_w: Tensor, w_w: Optiona
     part = folded[:, y0:y1]
     heads, rows, kh, columns = part.shape
     width, kw = rows_w.shape[:2]
+    grad = grad_bias.to(part.dtype).reshape(heads, rows, width, kh, kw)
     if backend.bias == 'compiled':
-        grad = grad_bias.to(part.dtype).reshape(heads, rows, width, kh, kw)
         if w_w is None:
             w_w = torch.ones(rows_w.shape, device=rows_w.device)
         return torch.ops.mmtransnext.expand_bias_backward(grad, rows_w, w_w, columns)
-    with torch.enable_grad():
-        leaf = part.detach().requires_grad_()
-        bias = expand_columns(leaf, rows_w, w_w, backend).reshape(heads, rows * width,
-                                                                  kh * kw)
-        return torch.autograd.grad(bias, leaf, grad_bias.to(bias.dtype))[0]
+    return expand_columns_torch_backward(grad, rows_w, w_w, columns)
 
 
 class _PooledAttention(torch.autograd.Function):

@@ -80,3 +80,17 @@ def test_bad_rows_are_rejected():
         torch.ops.mmtransnext.expand_bias(torch.randn(1, 2, 2, 3),
                                           torch.zeros(2, 2, 1, dtype=torch.long),
                                           torch.ones(2, 2, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('with_weights', [True, False])
+def test_torch_backward_is_the_gradient_of_the_torch_path(with_weights):
+    """The written-out adjoint (used inside the pooled attention's backward) equals autograd
+    through the PyTorch expansion, repeated columns included."""
+    rows = torch.randint(0, 5, (6, 3, 4 if with_weights else 1))
+    weights = torch.rand(6, 3, 4) if with_weights else None
+    folded = torch.randn(2, 3, 2, 5, dtype=torch.float64, requires_grad=True)
+    out = bias_ops.expand_columns_torch(folded, rows, weights)
+    grad = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, folded, grad)
+    got = bias_ops.expand_columns_torch_backward(grad, rows, weights, folded.shape[-1])
+    torch.testing.assert_close(got, expected)
