@@ -32,17 +32,6 @@ def test_imagenet_file_loads_and_head_is_ignored(tmp_path):
         torch.testing.assert_close(value, state[key])
 
 
-def test_downstream_file_with_backbone_prefix_loads(tmp_path):
-    source = TransNeXt(**ARCH)
-    state = {f'backbone.{k}': v + 1 for k, v in source.state_dict().items()}
-    state['neck.lateral_convs.0.conv.weight'] = torch.randn(4, 4)
-    path = tmp_path / 'mask_rcnn.pth'
-    torch.save({'state_dict': state, 'meta': {'epoch': 12}}, path)
-    model = _pretrained(path)
-    model.init_weights()
-    torch.testing.assert_close(model.norm4.weight, source.norm4.weight + 1)
-
-
 def test_mismatched_arch_fails_naming_the_key(tmp_path):
     path, _ = _official_imagenet_file(tmp_path, TransNeXt('tiny', depths=[1, 1, 1, 1]))
     with pytest.raises(CheckpointError, match='shape mismatch'):
@@ -170,18 +159,6 @@ def test_transxnet_imagenet_file_loads_and_output_norms_keep_init(tmp_path, key)
                                        else torch.zeros_like(value))
         else:
             torch.testing.assert_close(value, state[name])
-
-
-def test_transxnet_downstream_file_with_backbone_prefix_loads(tmp_path):
-    source = TransXNet(**XNET)
-    state = {f'backbone.{k}': v + 1 for k, v in source.state_dict().items()}
-    state['neck.lateral_convs.0.conv.weight'] = torch.randn(4, 4)
-    path = tmp_path / 'mask_rcnn_transx_t.pth'
-    torch.save({'state_dict': state, 'meta': {'epoch': 12}}, path)
-    model = _xnet(path)
-    model.init_weights()
-    torch.testing.assert_close(model.norm6.weight, source.norm6.weight + 1)
-    torch.testing.assert_close(model.relative_pos_enc[2], source.relative_pos_enc[2] + 1)
 
 
 def test_transxnet_missing_block_key_still_fails_strict_loading(tmp_path):

@@ -228,6 +228,21 @@ def test_official_layout_checkpoint_loads(tmp_path, cls):
 
 
 @pytest.mark.parametrize('cls', FAMILIES)
+def test_downstream_checkpoint_with_backbone_prefix_loads(tmp_path, cls):
+    """An mmdet / mmseg checkpoint (the backbone's keys under ``backbone.``, a neck's beside
+    them, training metadata) gives the backbone every one of its weights."""
+    state = {f'backbone.{k}': v + (0.5 if v.is_floating_point() else 1)
+             for k, v in quick(cls).state_dict().items()}
+    state['neck.lateral_convs.0.conv.weight'] = torch.randn(4, 4)
+    path = tmp_path / 'downstream.pth'
+    torch.save({'state_dict': state, 'meta': {'epoch': 12}}, path)
+    model = quick(cls, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[f'backbone.{key}'], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('cls', FAMILIES)
 def test_checkpoint_of_another_arch_fails_naming_the_mismatch(tmp_path, cls):
     first, last = list(cls.arch_presets)[0], list(cls.arch_presets)[-1]
     largest = quick(cls, last)
