@@ -167,8 +167,8 @@ def grid_gradient_atomics(launch: Launch) -> int:
     """Float atomic adds (one per active lane of a ``tl.atomic_add``, what the memory system
     serves) into the folded CPB grid's gradient by ``launch``: 0 but for
     ``_attention_bwd_query``, which adds one per tap of the unfolded axis (:func:`bias_taps`)
-    of every (query, pooled key) pair of its ``programs / query tiles`` (batch x head) slices
-    (masked lanes add nothing)."""
+    of every (query, pooled key) pair of its ``programs / query tiles`` slices, each a head of
+    a pair of batch items (their gradients summed before the add; masked lanes add nothing)."""
     if launch.spec.kernel != '_attention_bwd_query':
         return 0
     args = dict(launch.integers)

@@ -40,6 +40,12 @@ OP_BACKWARD = 'mmtransnext::triton_attention_backward'
 BLOCK_CONFIGS = {torch.float32: {'window': (64, 32, 8), 'full': (32, 32, 8)},
                  torch.float16: {'window': (64, 32, 8), 'full': (32, 32, 4)},
                  torch.bfloat16: {'window': (64, 32, 8), 'full': (32, 32, 4)}}
+#: Batch items per program of the query backward (``_attention_bwd_query``), on query tiles of
+#: ``BLOCK_M / QUERY_ITEMS`` (so as many programs as one item per tile of ``BLOCK_M``): the
+#: position bias depends on the head and positions only, so the items share its gathers and
+#: its gradient's atomic adds, half as many of each as with one item per program (the kernel
+#: is written for pairs: the last pair of an odd batch has one item).
+QUERY_ITEMS = 2
 #: Software-pipelining depth of the key and query loops (``num_stages``): the next tile's
 #: loads (``cp.async`` on sm_80+) are issued while the current one is multiplied.
 NUM_STAGES = 2
@@ -226,12 +232,17 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
         k = v = tok = rpb = dk = dv = dtok = drpb = q
     align = row_alignment(q, k, v, kp, vp, out, grad_out)
     with _on_device(q):
-        kernels._attention_bwd_query[(_cdiv(length, meta['BLOCK_M']) * bh,)](
+        # Query tiles of QUERY_ITEMS batch items, each BLOCK_M / QUERY_ITEMS queries: as many
+        # programs as tiles of BLOCK_M queries of one item, the bias shared by the items.
+        query_meta = dict(meta, BLOCK_M=meta['BLOCK_M'] // QUERY_ITEMS)
+        kernels._attention_bwd_query[(_cdiv(length, query_meta['BLOCK_M']) * heads *
+                                      _cdiv(batch, QUERY_ITEMS),)](
             q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
             out, grad_out, lse, delta, dq, dtok, dfolded,
             *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
             *_strides(kp, align), *_strides(vp, align), *_strides(out, align),
-            *_strides(grad_out, align), *sizes, WINDOW=window, ALIGN=align, **meta)
+            *_strides(grad_out, align), batch, *sizes, WINDOW=window, ALIGN=align,
+            **query_meta)
         # Pooled-key tiles (times their runs) first, then window-key tiles.
         window_programs = _cdiv(length, meta['BLOCK_M']) * bh if window else 0
         kernels._attention_bwd_keys[(pooled * splits + window_programs,)](

@@ -26,8 +26,9 @@ float32 registers (:func:`_queries`), so the scaled queries are never stored.
 
 ``WINDOW == 0`` gives full attention (stage 4): pooled keys are then all tokens.
 The forward writes the output and the log-sum-exp. Backward recomputes the logits
-(FlashAttention-2 style): :func:`_attention_bwd_query` per query tile (``dq`` of the scaled
-queries, ``dtok``, ``dfolded`` by atomic adds, and ``delta = dO . O_softmax``), then
+(FlashAttention-2 style): :func:`_attention_bwd_query` per query tile of two batch items
+(``dq`` of the scaled queries, ``dtok``, ``delta = dO . O_softmax``, and ``dfolded`` by atomic
+adds, the bias gathered and its gradient added once for both items), then
 :func:`_attention_bwd_keys` per tile of pooled keys and run of query tiles (their ``dk``/``dv``,
 float32 partial sums added up in PyTorch) and per tile of window keys (their ``dk``/``dv``
 gathered from the queries whose windows hold them, and ``drpb``): no ``dk``/``dv`` atomics.
@@ -49,8 +50,8 @@ from .triton_attention import MAX_TAPS_PER_PAIR
 #: boundary whatever the size. (Before, the row strides were specialised on divisibility by
 #: 16, but the unspecialised batch and head strides had already taken every base's alignment:
 #: rows loaded 2 bytes at a time.)
-UNSPECIALISED = ('heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'fold_n', 'taps',
-                 'transposed', 'splits', 'pooled_programs', 'weighted',
+UNSPECIALISED = ('batch', 'heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'fold_n',
+                 'taps', 'transposed', 'splits', 'pooled_programs', 'weighted',
                  *(f's{t}_{axis}' for t in ('q', 'k', 'v', 't', 'kp', 'vp', 'o', 'do')
                    for axis in 'bhn'))
 
@@ -259,42 +260,33 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OUT, LSE
     tl.store(LSE + bh * length + offs_m, m_i + tl.log(l_i), mask=mask_m)
 
 
-@triton.jit(do_not_specialize=UNSPECIALISED)
-def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OUT, DO, LSE,
-                         DELTA, DQ, DTOK, DFOLD,
-                         sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
-                         st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
-                         sdo_b, sdo_h, sdo_n,
-                         heads, height, width, num_keys, key_h, key_w, fold_n, taps, transposed,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
-                         PRECISION: tl.constexpr, ALIGN: tl.constexpr):
-    """Per query tile: ``delta`` (stored for :func:`_attention_bwd_keys`), ``dq``, ``dtok``, and
-    the folded grid's gradient by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)``
-    contiguous, the gradient of the scaled queries (the op's backward turns it into those of
-    ``q_norm``, ``qe`` and ``f``: computed here, the extra registers made ptxas spill),
-    ``DTOK`` ``(B, heads, N, L)``."""
+@triton.jit
+def _query_item(Q, QE, HS, QS, K, V, TOK, RPB, OUT, DO, LSE, DELTA, DTOK, b, h, heads,
+                sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
+                so_b, so_h, so_n, sdo_b, sdo_h, sdo_n, height, width, offs_m, mask_m, offs_d,
+                mask_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                WINDOW: tl.constexpr, ALIGN: tl.constexpr):
+    """The query backward's work on one batch item ``b`` of a query tile before its pooled-key
+    loop: ``delta`` (stored), ``dtok`` (stored), the window part of ``dq``. Returns the scaled
+    queries and their output gradient in the input dtype, ``lse``, ``delta``, ``dq`` (float32)
+    and the item's first row in the ``(B, heads, N)`` buffers (int64)."""
     length = height * width
-    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
-                                                        BLOCK_D, HEAD_DIM)
     mask_md = mask_m[:, None] & mask_d[None, :]
-    k_base, v_base = _slice(K, b, h, sk_b, sk_h, ALIGN), _slice(V, b, h, sv_b, sv_h, ALIGN)
-    tok_base = _slice(TOK, b, h, st_b, st_h, 1)
-    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h, ALIGN), _slice(VP, b, h, svp_b, svp_h, ALIGN)
     qf, f = _queries(_slice(Q, b, h, sq_b, sq_h, ALIGN), QE, HS, QS, h, sq_n, offs_m, offs_d,
                      mask_m, mask_d, HEAD_DIM, ALIGN)
     qf = qf * f[:, None]
-    q = qf.to(Q.dtype.element_ty)
     do = _tile(_slice(DO, b, h, sdo_b, sdo_h, ALIGN), sdo_n, offs_m, offs_d, mask_md,
                ALIGN).to(tl.float32)
     out = _tile(_slice(OUT, b, h, so_b, so_h, ALIGN), so_n, offs_m, offs_d, mask_md,
                 ALIGN).to(tl.float32)
-    row0 = bh * length  # int64: first row of this (batch, head) in the (B, heads, N) buffers
+    row0 = (b.to(tl.int64) * heads + h) * length
     lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
     # delta = dO . (softmax part of the output) = dO . out - sum_l tok_l (dO . v_l).
     delta = tl.sum(do * out, 1)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if WINDOW > 0:
+        k_base, v_base = _slice(K, b, h, sk_b, sk_h, ALIGN), _slice(V, b, h, sv_b, sv_h, ALIGN)
+        tok_base = _slice(TOK, b, h, st_b, st_h, 1)
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             value = _tile(v_base, sv_n, nb, offs_d, inside[:, None] & mask_d[None, :], ALIGN).to(
@@ -315,7 +307,61 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OU
             ds = p * (dp - delta)
             dq += ds[:, None] * key
     tl.store(DELTA + row0 + offs_m, delta, mask=mask_m)
-    do_in = do.to(q.dtype)
+    q = qf.to(Q.dtype.element_ty)
+    return q, do.to(q.dtype), lse, delta, dq, row0
+
+
+@triton.jit
+def _pooled_query_step(KP, VP, b, h, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, q, do, lse,
+                       delta, bias, dq, offs_n, offs_d, mask_mn, mask_kd,
+                       PRECISION: tl.constexpr, ALIGN: tl.constexpr):
+    """One item's share of a (query tile, pooled-key tile) step of the query backward, the
+    position ``bias`` given: the logits' gradient ``ds`` and ``dq`` updated."""
+    k_tile = _tile(_slice(KP, b, h, skp_b, skp_h, ALIGN), skp_n, offs_n, offs_d, mask_kd, ALIGN)
+    v_tile = _tile(_slice(VP, b, h, svp_b, svp_h, ALIGN), svp_n, offs_n, offs_d, mask_kd, ALIGN)
+    scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION) + bias
+    p = tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
+    dp = tl.dot(do, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(q.dtype), k_tile, input_precision=PRECISION)
+    return ds, dq
+
+
+@triton.jit(do_not_specialize=UNSPECIALISED)
+def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OUT, DO, LSE,
+                         DELTA, DQ, DTOK, DFOLD,
+                         sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
+                         st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
+                         sdo_b, sdo_h, sdo_n, batch,
+                         heads, height, width, num_keys, key_h, key_w, fold_n, taps, transposed,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
+                         PRECISION: tl.constexpr, ALIGN: tl.constexpr):
+    """Per query tile of two batch items (``2 * pair`` and the next, where the batch has it):
+    ``delta`` (stored for :func:`_attention_bwd_keys`), ``dq``, ``dtok``, and the folded grid's
+    gradient by float32 atomic adds. The position bias depends on the head only, so each
+    (query, pooled key) pair's bias is gathered once for both items and its gradient, the two
+    items' summed, added once: half the gathers and atomic adds of one item per program.
+    ``DQ`` is ``(B, heads, N, d)`` contiguous, the gradient of the scaled queries (the op's
+    backward turns it into those of ``q_norm``, ``qe`` and ``f``: computed here, the extra
+    registers made ptxas spill), ``DTOK`` ``(B, heads, N, L)``. Programs: ``pid = (pair *
+    heads + head) * tiles + tile``."""
+    length = height * width
+    group, pair, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length,
+                                                             BLOCK_M, BLOCK_D, HEAD_DIM)
+    b0 = pair * 2
+    second = b0 + 1 < batch  # uniform: the last pair of an odd batch has one item
+    q0, do0, lse0, delta0, dq0, row0 = _query_item(
+        Q, QE, HS, QS, K, V, TOK, RPB, OUT, DO, LSE, DELTA, DTOK, b0, h, heads, sq_b, sq_h,
+        sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n, so_b, so_h, so_n, sdo_b,
+        sdo_h, sdo_n, height, width, offs_m, mask_m, offs_d, mask_d, HEAD_DIM, BLOCK_D, BLOCK_M,
+        WINDOW, ALIGN)
+    mask_m1 = mask_m & second
+    q1, do1, lse1, delta1, dq1, row1 = _query_item(
+        Q, QE, HS, QS, K, V, TOK, RPB, OUT, DO, LSE, DELTA, DTOK, b0 + 1, h, heads, sq_b, sq_h,
+        sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n, so_b, so_h, so_n, sdo_b,
+        sdo_h, sdo_n, height, width, offs_m, mask_m1, offs_d, mask_d, HEAD_DIM, BLOCK_D, BLOCK_M,
+        WINDOW, ALIGN)
     # Runtime tap loops, so this key loop is not pipelined: unrolled (and pipelined), ptxas
     # spilled 24-250 bytes in every dtype on sm_80 or sm_90 (tools/check_triton_build.py).
     for start in range(0, num_keys, BLOCK_N):
@@ -323,18 +369,22 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OU
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd, ALIGN)
-        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd, ALIGN)
-        p_tile = _pooled_probs(q, k_tile, lse, FOLD, RT, WT, h, offs_m, offs_n, mask_mn, height,
-                               width, key_h, key_w, fold_n, taps, transposed, weighted, BLOCK_M,
-                               BLOCK_N, PRECISION, False)
-        dp_tile = tl.dot(do_in, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
-        ds_tile = p_tile * (dp_tile - delta[:, None])
-        dq += tl.dot(ds_tile.to(q.dtype), k_tile, input_precision=PRECISION)
-        _cpb_bias_grad(DFOLD, RT, WT, h, offs_m, offs_n, mask_mn, ds_tile, height, width, key_h,
+        bias = _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask_mn, height, width, key_h, key_w,
+                         fold_n, taps, transposed, weighted, BLOCK_M, BLOCK_N, False)
+        ds, dq0 = _pooled_query_step(KP, VP, b0, h, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
+                                     q0, do0, lse0, delta0, bias, dq0, offs_n, offs_d, mask_mn,
+                                     mask_kd, PRECISION, ALIGN)
+        if second:
+            ds1, dq1 = _pooled_query_step(KP, VP, b0 + 1, h, skp_b, skp_h, skp_n, svp_b, svp_h,
+                                          svp_n, q1, do1, lse1, delta1, bias, dq1, offs_n,
+                                          offs_d, mask_mn, mask_kd, PRECISION, ALIGN)
+            ds += ds1
+        _cpb_bias_grad(DFOLD, RT, WT, h, offs_m, offs_n, mask_mn, ds, height, width, key_h,
                        key_w, fold_n, taps, transposed, weighted)
-    tl.store(DQ + row0 * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=mask_md)
+    at = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    tl.store(DQ + row0 * HEAD_DIM + at, dq0.to(DQ.dtype.element_ty), mask=mask_md)
+    tl.store(DQ + row1 * HEAD_DIM + at, dq1.to(DQ.dtype.element_ty), mask=mask_md & second)
 
 
 @triton.jit

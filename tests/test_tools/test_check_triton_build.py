@@ -365,7 +365,8 @@ def test_every_kernel_of_a_tiny_512_step_launches_two_waves():
              for launch in recorder.launches if launch.waves() < 2}
     assert waves == {}
     full = [launch for launch in recorder.launches if launch.spec.constants['WINDOW'] == 0]
-    assert all(launch.spec.constants['BLOCK_M'] == 32 for launch in full)
+    # the query backward: tiles of 16 queries of both batch items, as many programs
+    assert [launch.spec.constants['BLOCK_M'] for launch in full] == [32, 16, 32]
     assert sorted(launch.programs for launch in full) == [384, 384, 384]
 
 
@@ -384,10 +385,11 @@ def test_launches_count_the_grid_gradient_atomics(steps):
     # Micro stage 1 at 64x96: a 16x24 map, 2 heads, pooled keys 25x25 / 8 -> 2x3 (img_size 800
     # tables resized: 4 column taps), batch 2.
     assert (args['height'], args['width'], args['heads']) == (16, 24, 2)
-    assert args['taps'] in (1, 2, 4) and args['BLOCK_M'] == 64
+    # query tiles of 32 of both batch items (one pair): one atomic add per pair of items
+    assert args['taps'] in (1, 2, 4) and args['BLOCK_M'] == 32 and args['batch'] == 2
     assert grid_gradient_atomics(stage1) == \
-        2 * 2 * 16 * 24 * args['num_keys'] * args['taps']
-    assert stage1.programs == 2 * 2 * -(-16 * 24 // 64)
+        1 * 2 * 16 * 24 * args['num_keys'] * args['taps']
+    assert stage1.programs == 1 * 2 * -(-16 * 24 // 32)
 
 
 def test_launches_fold_the_axis_with_more_taps(steps):
@@ -400,7 +402,7 @@ def test_launches_fold_the_axis_with_more_taps(steps):
     stage1 = [launch for launch in launches if launch.spec.kernel == '_attention_bwd_query'][-1]
     args = dict(stage1.integers)
     assert (args['height'], args['width'], args['num_keys']) == (40, 24, 15)
-    assert grid_gradient_atomics(stage1) == 2 * 2 * 40 * 24 * 15
+    assert grid_gradient_atomics(stage1) == 1 * 2 * 40 * 24 * 15  # one pair of items
     assert {bias_taps(launch)[1] for launch in steps['tf32']} == {'rows'}
     # which axis is folded is a runtime argument: the binaries of the float32 rows-folded step
     assert {launch.spec for launch in launches} == \
