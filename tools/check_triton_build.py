@@ -305,9 +305,11 @@ def launch_report(archs: Sequence[str], precisions: Sequence[str],
                   sizes: Sequence[Tuple[int, int]], multiprocessors: int = 132) -> int:
     """Print, per training step at batch 2 (every block, interpolation mode), each kernel's
     launches with their programs and waves on ``multiprocessors`` SMs, and the float atomic adds
-    into the CPB grid gradient (:func:`grid_gradient_atomics`); returns the launches with fewer
-    than two waves."""
-    from mmtransnext.analysis.triton_launches import grid_gradient_atomics
+    into the CPB grid gradient (:func:`grid_gradient_atomics`), and per launch the bias taps
+    (gathers per pooled logit, and atomic adds per logit in the query backward) and which axis
+    of the CPB grid is folded (:func:`bias_taps`); returns the launches with fewer than two
+    waves."""
+    from mmtransnext.analysis.triton_launches import bias_taps, grid_gradient_atomics
     short = 0
     with TrainingStepRecorder(one_block_per_stage=False) as recorder:
         for arch in archs:
@@ -327,11 +329,13 @@ def launch_report(archs: Sequence[str], precisions: Sequence[str],
                     for (kernel, _, window), (launch, count) in seen.items():
                         waves = launch.waves(multiprocessors)
                         short += count * (waves < 2)
+                        taps = bias_taps(launch)
                         print(f'  {kernel:21s} x{count:<3d} {launch.programs:6d} programs '
                               f'{waves:6.2f} waves  WINDOW={window} '
                               f'BLOCK_M={launch.spec.constants["BLOCK_M"]} '
                               f'warps={launch.spec.num_warps} stages={launch.spec.num_stages}'
-                              f'{"  BELOW 2 WAVES" if waves < 2 else ""}')
+                              + (f' taps={taps[0]} ({taps[1]} folded)' if taps else '')
+                              + ('  BELOW 2 WAVES' if waves < 2 else ''))
     return short
 
 

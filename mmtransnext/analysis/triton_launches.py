@@ -153,17 +153,28 @@ class Launch:
         return self.programs / multiprocessors
 
 
+def bias_taps(launch: Launch) -> Optional[Tuple[int, str]]:
+    """``(taps, folded axis)`` of a launch that reads the folded CPB grid: the gathers per
+    pooled logit (forward, and each recomputation in backward) and the atomic adds per
+    pooled logit's gradient (query backward) are one per tap; None for other kernels."""
+    args = dict(launch.integers)
+    if 'taps' not in args:
+        return None
+    return args['taps'], 'columns' if args.get('transposed') else 'rows'
+
+
 def grid_gradient_atomics(launch: Launch) -> int:
     """Float atomic adds (one per active lane of a ``tl.atomic_add``, what the memory system
     serves) into the folded CPB grid's gradient by ``launch``: 0 but for
-    ``_attention_bwd_query``, which adds one per column tap of every (query, pooled key) pair
-    of its ``programs / query tiles`` (batch x head) slices (masked lanes add nothing)."""
+    ``_attention_bwd_query``, which adds one per tap of the unfolded axis (:func:`bias_taps`)
+    of every (query, pooled key) pair of its ``programs / query tiles`` slices, each a head of
+    a pair of batch items (their gradients summed before the add; masked lanes add nothing)."""
     if launch.spec.kernel != '_attention_bwd_query':
         return 0
     args = dict(launch.integers)
     length = args['height'] * args['width']
     slices = launch.programs // -(-length // args['BLOCK_M'])
-    return slices * length * args['num_keys'] * args['taps_w']
+    return slices * length * args['num_keys'] * args['taps']
 
 
 def _as_jit_function(kernel):

@@ -40,6 +40,12 @@ OP_BACKWARD = 'mmtransnext::triton_attention_backward'
 BLOCK_CONFIGS = {torch.float32: {'window': (64, 32, 8), 'full': (32, 32, 8)},
                  torch.float16: {'window': (64, 32, 8), 'full': (32, 32, 4)},
                  torch.bfloat16: {'window': (64, 32, 8), 'full': (32, 32, 4)}}
+#: Batch items per program of the query backward (``_attention_bwd_query``), on query tiles of
+#: ``BLOCK_M / QUERY_ITEMS`` (so as many programs as one item per tile of ``BLOCK_M``): the
+#: position bias depends on the head and positions only, so the items share its gathers and
+#: its gradient's atomic adds, half as many of each as with one item per program (the kernel
+#: is written for pairs: the last pair of an odd batch has one item).
+QUERY_ITEMS = 2
 #: Software-pipelining depth of the key and query loops (``num_stages``): the next tile's
 #: loads (``cp.async`` on sm_80+) are issued while the current one is multiplied.
 NUM_STAGES = 2
@@ -61,9 +67,13 @@ def register_cap(precision: str) -> dict:
     return {'maxnreg': MAX_REGISTERS[precision]} if precision in MAX_REGISTERS else {}
 
 
-#: Most column taps per (query, pooled key) pair the kernels read (their ``MAX_TAPS``): two
-#: query by two key columns, bilinear resizing's most.
-MAX_COLUMN_TAPS = 4
+#: Most taps of the unfolded axis per (query, pooled key) pair the kernels read (their
+#: ``MAX_TAPS``): two query by two key positions, bilinear resizing's most.
+MAX_TAPS_PER_PAIR = 4
+#: Which axis of the CPB grid the ``folded`` argument has resolved (see
+#: :func:`mmtransnext.models.layers.position_bias.fold_bias`); the kernels gather one entry per
+#: tap of the other.
+FOLD_AXES = ('rows', 'columns')
 #: Streaming multiprocessors assumed where the device cannot be asked (CPU tensors under the
 #: interpreter, launch counting): an H100's.
 DEFAULT_SMS = 132
@@ -134,11 +144,14 @@ def _on_device(t: Tensor):
 
 def _common(q: Tensor, kp: Tensor, height: int, width: int, key_h: int, key_w: int,
             folded: Tensor, rows_w: Tensor, weights_w: Optional[Tensor], tf32: bool,
-            window: int):
+            window: int, columns_folded: bool = False):
     """Launch grid and the arguments both kernels of a query tile share."""
     batch, heads, length, dim = q.shape
     block_m, block_n, warps = block_config(q.dtype, window)
-    sizes = (heads, height, width, kp.shape[2], key_h, key_w, folded.shape[-1], rows_w.shape[-1])
+    # fold_n: the table values along the folded grid's value axis (see _bias_offsets).
+    fold_n = folded.shape[1] if columns_folded else folded.shape[-1]
+    sizes = (heads, height, width, kp.shape[2], key_h, key_w, fold_n, rows_w.shape[-1],
+             int(columns_folded))
     precision = _precision(q.dtype, tf32)
     meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
                 weighted=int(weights_w is not None), PRECISION=precision, num_warps=warps,
@@ -147,7 +160,7 @@ def _common(q: Tensor, kp: Tensor, height: int, width: int, key_h: int, key_w: i
 
 
 def _weight_args(folded: Tensor, weights_w: Optional[Tensor]) -> Tensor:
-    """Column tap weights as a kernel argument: absent (one tap of weight 1, ``weighted`` 0)
+    """Tap weights as a kernel argument: absent (one tap of weight 1, ``weighted`` 0)
     they are never read, so ``folded`` stands in for the pointer."""
     return folded if weights_w is None else weights_w
 
@@ -157,14 +170,14 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
                k: Optional[Tensor], v: Optional[Tensor], tok: Optional[Tensor],
                rpb: Optional[Tensor], kp: Tensor, vp: Tensor, folded: Tensor, rows_w: Tensor,
                weights_w: Optional[Tensor], height: int, width: int, window: int, key_h: int,
-               key_w: int, tf32: bool) -> Tuple[Tensor, Tensor]:
+               key_w: int, tf32: bool, columns_folded: bool) -> Tuple[Tensor, Tensor]:
     from . import triton_kernels as kernels
     batch, heads, length, dim = q.shape
     # Output in (B, N, heads, d) memory, the layout the output projection reads.
     out = q.new_empty(batch, length, heads, dim).transpose(1, 2)
     lse = q.new_empty(batch, heads, length, dtype=torch.float32)
     bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32,
-                              window)
+                              window, columns_folded)
     weights_w = _weight_args(folded, weights_w)
     k, v, tok, rpb = (q, q, q, q) if window == 0 else (k, v, tok, rpb)
     # One grid axis (tiles fastest within each batch * head): no 65535 limit on batch * heads.
@@ -181,7 +194,7 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
 
 @_attention.register_fake
 def _attention_fake(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
-                    weights_w, height, width, window, key_h, key_w, tf32):
+                    weights_w, height, width, window, key_h, key_w, tf32, columns_folded):
     batch, heads, length, dim = q.shape
     return (q.new_empty(batch, length, heads, dim).transpose(1, 2),
             q.new_empty(batch, heads, length, dtype=torch.float32))
@@ -193,14 +206,14 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
                         tok: Optional[Tensor], rpb: Optional[Tensor], kp: Tensor, vp: Tensor,
                         folded: Tensor, rows_w: Tensor, weights_w: Optional[Tensor], out: Tensor,
                         lse: Tensor, height: int, width: int, window: int, key_h: int,
-                        key_w: int, tf32: bool) -> List[Tensor]:
+                        key_w: int, tf32: bool, columns_folded: bool) -> List[Tensor]:
     # Returns dq (of the scaled queries, as the kernels form them from q), dk, dv, dtok, drpb
     # (empty for full attention), dk_pool, dv_pool, dfolded.
     from . import triton_kernels as kernels
     batch, heads, length, dim = q.shape
     f32 = torch.float32
     bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32,
-                              window)
+                              window, columns_folded)
     weights_w = _weight_args(folded, weights_w)
     delta = q.new_empty(batch, heads, length, dtype=f32)
     dq = torch.empty(batch, heads, length, dim, dtype=q.dtype, device=q.device)
@@ -219,12 +232,17 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
         k = v = tok = rpb = dk = dv = dtok = drpb = q
     align = row_alignment(q, k, v, kp, vp, out, grad_out)
     with _on_device(q):
-        kernels._attention_bwd_query[(_cdiv(length, meta['BLOCK_M']) * bh,)](
+        # Query tiles of QUERY_ITEMS batch items, each BLOCK_M / QUERY_ITEMS queries: as many
+        # programs as tiles of BLOCK_M queries of one item, the bias shared by the items.
+        query_meta = dict(meta, BLOCK_M=meta['BLOCK_M'] // QUERY_ITEMS)
+        kernels._attention_bwd_query[(_cdiv(length, query_meta['BLOCK_M']) * heads *
+                                      _cdiv(batch, QUERY_ITEMS),)](
             q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
             out, grad_out, lse, delta, dq, dtok, dfolded,
             *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
             *_strides(kp, align), *_strides(vp, align), *_strides(out, align),
-            *_strides(grad_out, align), *sizes, WINDOW=window, ALIGN=align, **meta)
+            *_strides(grad_out, align), batch, *sizes, WINDOW=window, ALIGN=align,
+            **query_meta)
         # Pooled-key tiles (times their runs) first, then window-key tiles.
         window_programs = _cdiv(length, meta['BLOCK_M']) * bh if window else 0
         kernels._attention_bwd_keys[(pooled * splits + window_programs,)](
@@ -244,7 +262,7 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
 @_attention_backward.register_fake
 def _attention_backward_fake(grad_out, q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp,
                              folded, rows_w, weights_w, out, lse, height, width, window, key_h,
-                             key_w, tf32):
+                             key_w, tf32, columns_folded):
     dfolded = folded.new_empty(folded.shape)
     if window:
         local = (k.new_empty(k.shape), v.new_empty(v.shape), tok.new_empty(tok.shape),
@@ -257,11 +275,11 @@ def _attention_backward_fake(grad_out, q, qe, head_scale, query_scale, k, v, tok
 
 def _setup_context(ctx, inputs, output):
     (q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w, height,
-     width, window, key_h, key_w, tf32) = inputs
+     width, window, key_h, key_w, tf32, columns_folded) = inputs
     out, lse = output
     ctx.save_for_backward(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
                           weights_w, out, lse)
-    ctx.config = (height, width, window, key_h, key_w, tf32)
+    ctx.config = (height, width, window, key_h, key_w, tf32, columns_folded)
 
 
 def _backward(ctx, grad_out, grad_lse):
@@ -272,14 +290,14 @@ def _backward(ctx, grad_out, grad_lse):
     # tests see what a GPU does.
     alert_not_deterministic(OP_BACKWARD)
     saved = ctx.saved_tensors
-    height, width, window, key_h, key_w, tf32 = ctx.config
     grad_out = _rows(grad_out.to(saved[-2].dtype))  # e.g. the stride-0 gradient of a sum
     dq_scaled, dk, dv, dtok, drpb, dkp, dvp, dfolded = _attention_backward(
-        grad_out, *saved, height, width, window, key_h, key_w, tf32)
+        grad_out, *saved, *ctx.config)
+    window = ctx.config[2]
     with autocast_off(dq_scaled.device.type):  # float32 sums, whatever the caller's autocast
         dq, dqe, dhead, dquery = _query_grads(dq_scaled, *saved[:4], ctx.needs_input_grad[1:4])
     local = (dk, dv, dtok, drpb) if window else (None,) * 4
-    return (dq, dqe, dhead, dquery, *local, dkp, dvp, dfolded) + (None,) * 8
+    return (dq, dqe, dhead, dquery, *local, dkp, dvp, dfolded) + (None,) * 9
 
 
 def _query_grads(dq_scaled: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
@@ -310,7 +328,8 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
                      local_bias: Optional[Tensor] = None,
                      query_embedding: Optional[Tensor] = None,
                      head_scale: Optional[Tensor] = None,
-                     query_scale: Union[Tensor, float, None] = None) -> Tensor:
+                     query_scale: Union[Tensor, float, None] = None,
+                     fold_axis: str = 'rows') -> Tensor:
     """Aggregated attention (window + pooled keys, one softmax) or, without the window
     arguments, full attention with a CPB bias, in fused Triton kernels.
 
@@ -324,11 +343,12 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
             arguments.
         k_pool, v_pool: ``(B, heads, P, d)`` pooled keys and values, ``P = Hk * Wk``
             (``pool_size``).
-        folded, rows_w, weights_w: the CPB grid with its row taps applied, ``(heads, H, H',
-            GW)``, and the column taps that finish the bias, ``(W, W', taps)`` (weights None
-            for one tap of weight 1): what
-            :func:`mmtransnext.models.layers.position_bias.fold_rows` returns. ``folded``
-            takes a gradient.
+        folded, rows_w, weights_w: the CPB grid with one axis's taps applied and the other
+            axis's taps that finish the bias (weights None for one tap of weight 1), as
+            :func:`mmtransnext.models.layers.position_bias.fold_bias` returns them: with
+            ``fold_axis`` 'rows' (what ``fold_rows`` returns), ``(heads, H, H', |values_w|)``
+            and column taps ``(W, W', taps)``; with 'columns', ``(heads, |values_h|, W, W')``
+            and row taps ``(H, H', taps)``. ``folded`` takes a gradient.
         k_local, v_local: ``(B, heads, H*W, d)`` keys and values of the sliding window.
         token_weights: ``(B, heads, H*W, window**2)`` weights added to the window probabilities.
         local_bias: ``(heads, window**2)`` local position bias.
@@ -336,6 +356,9 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
         head_scale: ``(heads,)`` per-head factor, e.g. ``softplus(temperature)`` (default one).
         query_scale: ``(H*W,)`` per-query factor, e.g. TransNeXt's length scale, or one value
             (a number or a one-element tensor) for every query (default one).
+        fold_axis: the axis ``folded`` has resolved, 'rows' or 'columns' (see above): a
+            pooled logit costs one gather (and in backward one atomic add) per tap of the
+            other axis.
 
     Returns:
         ``(B, heads, H*W, d)`` attention output, stored as ``(B, H*W, heads, d)``.
@@ -350,15 +373,23 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
         raise ValueError(f'pooled keys/values of shapes {tuple(k_pool.shape)}, '
                          f'{tuple(v_pool.shape)} do not match {key_h}x{key_w} keys of queries '
                          f'{tuple(q.shape)}')
-    if tuple(folded.shape[:3]) != (heads, height, key_h) or folded.dim() != 4 or \
-            tuple(rows_w.shape[:2]) != (width, key_w) or \
+    if fold_axis not in FOLD_AXES:
+        raise ValueError(f'fold_axis must be one of {FOLD_AXES}, got {fold_axis!r}')
+    columns_folded = fold_axis == 'columns'
+    folded_pairs, tap_pairs = ((folded.shape[2:], (height, key_h)) if columns_folded else
+                               (folded.shape[1:3], (width, key_w)))
+    if folded.dim() != 4 or folded.shape[0] != heads or \
+            tuple(folded_pairs) != ((width, key_w) if columns_folded else (height, key_h)) or \
+            tuple(rows_w.shape[:2]) != tap_pairs or \
             (weights_w is not None and weights_w.shape != rows_w.shape):
-        raise ValueError(f'folded bias grid {tuple(folded.shape)} and column taps '
-                         f'{tuple(rows_w.shape)} do not map {size} queries to {pool_size} keys '
-                         f'of {heads} heads')
-    if not 1 <= rows_w.shape[-1] <= MAX_COLUMN_TAPS:
-        raise ValueError(f'column taps of shape {tuple(rows_w.shape)}: the kernels take 1 to '
-                         f'{MAX_COLUMN_TAPS} taps per (query, key) pair, not {rows_w.shape[-1]}')
+        other = 'row' if columns_folded else 'column'
+        raise ValueError(f'folded bias grid {tuple(folded.shape)} ({fold_axis} folded) and '
+                         f'{other} taps {tuple(rows_w.shape)} do not map {size} queries to '
+                         f'{pool_size} keys of {heads} heads')
+    if not 1 <= rows_w.shape[-1] <= MAX_TAPS_PER_PAIR:
+        raise ValueError(f'taps of shape {tuple(rows_w.shape)}: the kernels take 1 to '
+                         f'{MAX_TAPS_PER_PAIR} taps per (query, key) pair, not '
+                         f'{rows_w.shape[-1]}')
     if any(t is None for t in local) != all(t is None for t in local):
         raise ValueError('k_local, v_local, token_weights and local_bias go together')
     window = 0
@@ -392,7 +423,7 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
     out, _ = _attention(q, *query_args, k_local, v_local, token_weights, local_bias, k_pool, v_pool,
                         folded.float().contiguous(), rows_w.contiguous(),
                         None if weights_w is None else weights_w.float().contiguous(), height,
-                        width, window, key_h, key_w, tf32)
+                        width, window, key_h, key_w, tf32, columns_folded)
     return out
 
 

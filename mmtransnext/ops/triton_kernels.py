@@ -9,12 +9,14 @@ Per ``(batch, head)`` and tile of ``BLOCK_M`` queries of an ``height x width`` m
   ``tl.dot``: 9 keys are too few for a matrix unit), plus the local bias ``rpb[head, l]``,
   out-of-map neighbours masked;
 - pooled keys: ``BLOCK_N`` keys at a time with ``tl.dot``, plus the continuous position bias
-  gathered from the row-folded CPB grid ``folded (heads, H, Hk, GW)`` (the row taps already
-  applied in PyTorch by :func:`mmtransnext.models.layers.position_bias.fold_rows`) and the column
-  taps (:func:`_cpb_bias`): for query ``(yq, xq)`` and key ``(yk, xk)`` it is ``sum_t
-  ww[xq,xk,t] folded[head, yq, yk, rw[xq,xk,t]]``, one gather per column tap (one tap of weight
-  1, ``weighted`` 0, in extrapolation mode; up to four, two query by two key columns, with
-  bilinear resizing);
+  gathered from the folded CPB grid (one axis's taps already applied on the small grid in
+  PyTorch by :func:`mmtransnext.models.layers.position_bias.fold_bias`, the axis with more
+  taps) and the other axis's taps (:func:`_cpb_bias`): for query ``(yq, xq)`` and key ``(yk,
+  xk)``, with the rows folded, ``folded (heads, H, Hk, |values_w|)``, it is ``sum_t
+  wt[xq,xk,t] folded[head, yq, yk, rt[xq,xk,t]]``; with the columns folded (``transposed``),
+  ``folded (heads, |values_h|, W, Wk)``, ``sum_t wt[yq,yk,t] folded[head, rt[yq,yk,t], xq,
+  xk]``: one gather per tap (one tap of weight 1, ``weighted`` 0, in extrapolation mode; up to
+  four, two query by two key positions, with bilinear resizing);
 - one online softmax over both key sets (fp32 running max and sum); the learnable-token weights
   ``tok[b, head, n, l]`` are added to the window probabilities (they are not normalised).
 
@@ -24,8 +26,9 @@ float32 registers (:func:`_queries`), so the scaled queries are never stored.
 
 ``WINDOW == 0`` gives full attention (stage 4): pooled keys are then all tokens.
 The forward writes the output and the log-sum-exp. Backward recomputes the logits
-(FlashAttention-2 style): :func:`_attention_bwd_query` per query tile (``dq`` of the scaled
-queries, ``dtok``, ``dfolded`` by atomic adds, and ``delta = dO . O_softmax``), then
+(FlashAttention-2 style): :func:`_attention_bwd_query` per query tile of two batch items
+(``dq`` of the scaled queries, ``dtok``, ``delta = dO . O_softmax``, and ``dfolded`` by atomic
+adds, the bias gathered and its gradient added once for both items), then
 :func:`_attention_bwd_keys` per tile of pooled keys and run of query tiles (their ``dk``/``dv``,
 float32 partial sums added up in PyTorch) and per tile of window keys (their ``dk``/``dv``
 gathered from the queries whose windows hold them, and ``drpb``): no ``dk``/``dv`` atomics.
@@ -33,11 +36,12 @@ gathered from the queries whose windows hold them, and ``drpb``): no ``dk``/``dv
 import triton
 import triton.language as tl
 
-from .triton_attention import MAX_COLUMN_TAPS
+from .triton_attention import MAX_TAPS_PER_PAIR
 
 #: Arguments no kernel specialises on (``do_not_specialize``; names absent from a kernel are
-#: ignored): the sizes, every stride and ``weighted`` (whether the column taps have weights:
-#: in interpolation mode not at the sizes whose width matches the table's). Triton otherwise
+#: ignored): the sizes, every stride, ``transposed`` (which axis is folded) and ``weighted``
+#: (whether the taps have weights: in interpolation mode not at the sizes whose unfolded axis
+#: matches the table's). Triton otherwise
 #: compiles a variant per value class (equal to 1, divisible by 16) of each, i.e. several per
 #: stage and input size in a multi-scale schedule. Row alignment, what vectorised row loads
 #: need, comes from the constexpr ``ALIGN`` instead: the strides of the row tensors (queries,
@@ -46,72 +50,86 @@ from .triton_attention import MAX_COLUMN_TAPS
 #: boundary whatever the size. (Before, the row strides were specialised on divisibility by
 #: 16, but the unspecialised batch and head strides had already taken every base's alignment:
 #: rows loaded 2 bytes at a time.)
-UNSPECIALISED = ('heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'fold_w', 'taps_w',
-                 'splits', 'pooled_programs', 'weighted',
+UNSPECIALISED = ('batch', 'heads', 'height', 'width', 'num_keys', 'key_h', 'key_w', 'fold_n',
+                 'taps', 'transposed', 'splits', 'pooled_programs', 'weighted',
                  *(f's{t}_{axis}' for t in ('q', 'k', 'v', 't', 'kp', 'vp', 'o', 'do')
                    for axis in 'bhn'))
 
 
 @triton.jit
-def _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w):
-    """Per (query, pooled key): the start of its row in the folded grid, ``folded[h, yq, yk]``
-    (flat), and its column pair ``(xq, xk)`` in the column taps' flat layout."""
-    row = ((h * height + offs_m // width)[:, None] * key_h + (offs_n // key_w)[None, :]) * fold_w
-    pair_w = (offs_m % width)[:, None] * key_w + (offs_n % key_w)[None, :]
-    return row, pair_w
+def _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_n, transposed):
+    """Per (query, pooled key) pair: where its entries start in the folded grid (flat), the
+    step between its table values there, and its pair of the other axis in the taps' flat
+    layout. Rows folded (``transposed`` 0): ``folded[h, yq, yk, :]`` (step 1), taps of ``(xq,
+    xk)``; columns folded (1): ``folded[h, :, xq, xk]`` (step ``W * W'``), taps of ``(yq,
+    yk)``: the pairs of a tile, whose queries and keys mostly share their rows, read
+    neighbouring entries either way. A runtime branch, uniform over the launch: no variant per
+    folded axis."""
+    yq, xq = offs_m // width, offs_m % width
+    yk, xk = offs_n // key_w, offs_n % key_w
+    if transposed != 0:
+        row = ((h * fold_n * width + xq) * key_w)[:, None] + xk[None, :]
+        pair = (yq * key_h)[:, None] + yk[None, :]
+    else:
+        row = ((h * height + yq) * key_h * fold_n)[:, None] + (yk * fold_n)[None, :]
+        pair = (xq * key_w)[:, None] + xk[None, :]
+    return row, tl.where(transposed != 0, width * key_w, 1), pair
 
 
-#: Most column taps of a (query, pooled key) pair (checked by the op). The tap loops run this
-#: many times, unrolled, the taps past ``taps_w`` masked off: a runtime loop nested in the key
-#: loops kept Triton's software pipeliner off them (it pipelines innermost loops only), i.e. no
-#: ``cp.async`` prefetch of the next key tile.
-MAX_TAPS = tl.constexpr(MAX_COLUMN_TAPS)
+#: Most taps of the unfolded axis per (query, pooled key) pair (checked by the op). The tap
+#: loops run this many times, unrolled, the taps past ``taps`` masked off: a runtime loop
+#: nested in the key loops kept Triton's software pipeliner off them (it pipelines innermost
+#: loops only), i.e. no ``cp.async`` prefetch of the next key tile.
+MAX_TAPS = tl.constexpr(MAX_TAPS_PER_PAIR)
 
 
 @triton.jit
-def _tap(RW, WW, pair_w, t, mask, taps_w, weighted):
-    """Folded-grid column and weight of column tap ``t`` of every (query, pooled key) pair
-    (weight 0 and no load where ``t >= taps_w``)."""
-    mask = mask & (t < taps_w)
-    col = tl.load(RW + pair_w * taps_w + t, mask=mask, other=0).to(tl.int32)
+def _tap(RT, WT, pair, t, mask, taps, weighted):
+    """Table value (index along the folded grid's value axis) and weight of tap ``t`` of every
+    (query, pooled key) pair (weight 0 and no load where ``t >= taps``)."""
+    mask = mask & (t < taps)
+    value = tl.load(RT + pair * taps + t, mask=mask, other=0).to(tl.int32)
     if weighted != 0:  # a runtime branch, uniform over the launch: no variant per bias mode
-        weight = tl.load(WW + pair_w * taps_w + t, mask=mask, other=0.)
-    else:  # one column tap of weight 1
+        weight = tl.load(WT + pair * taps + t, mask=mask, other=0.)
+    else:  # one tap of weight 1
         weight = mask.to(tl.float32)
-    return col, weight, mask
+    return value, weight, mask
 
 
 @triton.jit
-def _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask, height, width, key_h, key_w, fold_w,
-              taps_w, weighted, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask, height, width, key_h, key_w, fold_n,
+              taps, transposed, weighted, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               UNROLL: tl.constexpr):
-    """``(BLOCK_M, BLOCK_N)`` float32 position bias: ``sum_t ww[xq, xk, t] *
-    folded[h, yq, yk, rw[xq, xk, t]]``, one gather per column tap. ``UNROLL``: the tap loop
-    unrolled to :data:`MAX_TAPS` (masked), so that a key loop around it can be pipelined;
-    else a runtime loop over ``taps_w`` (fewer registers, where the key loop is not pipelined
-    anyway)."""
-    row, pair_w = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w)
+    """``(BLOCK_M, BLOCK_N)`` float32 position bias, one gather per tap of the unfolded axis
+    (see :func:`_bias_offsets`): ``sum_t wt[xq, xk, t] * folded[h, yq, yk, rt[xq, xk, t]]``
+    with the rows folded, ``sum_t wt[yq, yk, t] * folded[h, rt[yq, yk, t], xq, xk]`` with the
+    columns folded. ``UNROLL``: the tap loop unrolled to :data:`MAX_TAPS` (masked), so that a
+    key loop around it can be pipelined; else a runtime loop over ``taps`` (fewer registers,
+    where the key loop is not pipelined anyway)."""
+    row, step, pair = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_n,
+                                    transposed)
     bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if UNROLL:
         for t in tl.static_range(MAX_TAPS):
-            col, weight, tap_mask = _tap(RW, WW, pair_w, t, mask, taps_w, weighted)
-            bias += weight * tl.load(FOLD + row + col, mask=tap_mask, other=0.)
+            value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
+            bias += weight * tl.load(FOLD + row + value * step, mask=tap_mask, other=0.)
     else:
-        for t in range(taps_w):
-            col, weight, tap_mask = _tap(RW, WW, pair_w, t, mask, taps_w, weighted)
-            bias += weight * tl.load(FOLD + row + col, mask=tap_mask, other=0.)
+        for t in range(taps):
+            value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
+            bias += weight * tl.load(FOLD + row + value * step, mask=tap_mask, other=0.)
     return bias
 
 
 @triton.jit
-def _cpb_bias_grad(DFOLD, RW, WW, h, offs_m, offs_n, mask, grad, height, width, key_h, key_w,
-                   fold_w, taps_w, weighted):
+def _cpb_bias_grad(DFOLD, RT, WT, h, offs_m, offs_n, mask, grad, height, width, key_h, key_w,
+                   fold_n, taps, transposed, weighted):
     """Scatter-add the bias gradient ``grad (BLOCK_M, BLOCK_N)`` into the float32 gradient of
-    the folded grid: one relaxed atomic add per column tap."""
-    row, pair_w = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_w)
-    for t in range(taps_w):
-        col, weight, tap_mask = _tap(RW, WW, pair_w, t, mask, taps_w, weighted)
-        tl.atomic_add(DFOLD + row + col, grad * weight, mask=tap_mask, sem='relaxed')
+    the folded grid: one relaxed atomic add per tap of the unfolded axis."""
+    row, step, pair = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_n,
+                                    transposed)
+    for t in range(taps):
+        value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
+        tl.atomic_add(DFOLD + row + value * step, grad * weight, mask=tap_mask, sem='relaxed')
 
 
 @triton.jit
@@ -159,13 +177,13 @@ def _program(pid, heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 
 
 @triton.jit
-def _pooled_probs(q, k_tile, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width,
-                  key_h, key_w, fold_w, taps_w, weighted, BLOCK_M: tl.constexpr,
+def _pooled_probs(q, k_tile, lse, FOLD, RT, WT, h, offs_m, offs_n, mask_mn, height, width,
+                  key_h, key_w, fold_n, taps, transposed, weighted, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, UNROLL: tl.constexpr):
     """Recomputed softmax probabilities of a (query tile, pooled-key tile) pair (backward)."""
     scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
-    scores += _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width, key_h, key_w,
-                        fold_w, taps_w, weighted, BLOCK_M, BLOCK_N, UNROLL)
+    scores += _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask_mn, height, width, key_h, key_w,
+                        fold_n, taps, transposed, weighted, BLOCK_M, BLOCK_N, UNROLL)
     return tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
 
 
@@ -180,10 +198,10 @@ def _neighbour(offs_m, mask_m, height, width, l, WINDOW: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=UNSPECIALISED)
-def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE,
+def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OUT, LSE,
                    sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
                    skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
-                   heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
+                   heads, height, width, num_keys, key_h, key_w, fold_n, taps, transposed,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
                    PRECISION: tl.constexpr, ALIGN: tl.constexpr):
@@ -223,9 +241,9 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
         mask_kd = mask_n[:, None] & mask_d[None, :]
         k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd, ALIGN)
         scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
-        scores += _cpb_bias(FOLD, RW, WW, h, offs_m, offs_n, mask_m[:, None] & mask_n[None, :],
-                            height, width, key_h, key_w, fold_w, taps_w, weighted, BLOCK_M,
-                            BLOCK_N, True)
+        scores += _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask_m[:, None] & mask_n[None, :],
+                            height, width, key_h, key_w, fold_n, taps, transposed, weighted,
+                            BLOCK_M, BLOCK_N, True)
         scores = tl.where(mask_n[None, :], scores, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp(m_i - m_new)
@@ -242,42 +260,33 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, LSE
     tl.store(LSE + bh * length + offs_m, m_i + tl.log(l_i), mask=mask_m)
 
 
-@triton.jit(do_not_specialize=UNSPECIALISED)
-def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OUT, DO, LSE,
-                         DELTA, DQ, DTOK, DFOLD,
-                         sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
-                         st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
-                         sdo_b, sdo_h, sdo_n,
-                         heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
-                         PRECISION: tl.constexpr, ALIGN: tl.constexpr):
-    """Per query tile: ``delta`` (stored for :func:`_attention_bwd_keys`), ``dq``, ``dtok``, and
-    the folded grid's gradient by float32 atomic adds. ``DQ`` is ``(B, heads, N, d)``
-    contiguous, the gradient of the scaled queries (the op's backward turns it into those of
-    ``q_norm``, ``qe`` and ``f``: computed here, the extra registers made ptxas spill),
-    ``DTOK`` ``(B, heads, N, L)``."""
+@triton.jit
+def _query_item(Q, QE, HS, QS, K, V, TOK, RPB, OUT, DO, LSE, DELTA, DTOK, b, h, heads,
+                sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n,
+                so_b, so_h, so_n, sdo_b, sdo_h, sdo_n, height, width, offs_m, mask_m, offs_d,
+                mask_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                WINDOW: tl.constexpr, ALIGN: tl.constexpr):
+    """The query backward's work on one batch item ``b`` of a query tile before its pooled-key
+    loop: ``delta`` (stored), ``dtok`` (stored), the window part of ``dq``. Returns the scaled
+    queries and their output gradient in the input dtype, ``lse``, ``delta``, ``dq`` (float32)
+    and the item's first row in the ``(B, heads, N)`` buffers (int64)."""
     length = height * width
-    bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
-                                                        BLOCK_D, HEAD_DIM)
     mask_md = mask_m[:, None] & mask_d[None, :]
-    k_base, v_base = _slice(K, b, h, sk_b, sk_h, ALIGN), _slice(V, b, h, sv_b, sv_h, ALIGN)
-    tok_base = _slice(TOK, b, h, st_b, st_h, 1)
-    kp_base, vp_base = _slice(KP, b, h, skp_b, skp_h, ALIGN), _slice(VP, b, h, svp_b, svp_h, ALIGN)
     qf, f = _queries(_slice(Q, b, h, sq_b, sq_h, ALIGN), QE, HS, QS, h, sq_n, offs_m, offs_d,
                      mask_m, mask_d, HEAD_DIM, ALIGN)
     qf = qf * f[:, None]
-    q = qf.to(Q.dtype.element_ty)
     do = _tile(_slice(DO, b, h, sdo_b, sdo_h, ALIGN), sdo_n, offs_m, offs_d, mask_md,
                ALIGN).to(tl.float32)
     out = _tile(_slice(OUT, b, h, so_b, so_h, ALIGN), so_n, offs_m, offs_d, mask_md,
                 ALIGN).to(tl.float32)
-    row0 = bh * length  # int64: first row of this (batch, head) in the (B, heads, N) buffers
+    row0 = (b.to(tl.int64) * heads + h) * length
     lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
     # delta = dO . (softmax part of the output) = dO . out - sum_l tok_l (dO . v_l).
     delta = tl.sum(do * out, 1)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if WINDOW > 0:
+        k_base, v_base = _slice(K, b, h, sk_b, sk_h, ALIGN), _slice(V, b, h, sv_b, sv_h, ALIGN)
+        tok_base = _slice(TOK, b, h, st_b, st_h, 1)
         for l in range(WINDOW * WINDOW):
             nb, inside = _neighbour(offs_m, mask_m, height, width, l, WINDOW)
             value = _tile(v_base, sv_n, nb, offs_d, inside[:, None] & mask_d[None, :], ALIGN).to(
@@ -298,7 +307,61 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
             ds = p * (dp - delta)
             dq += ds[:, None] * key
     tl.store(DELTA + row0 + offs_m, delta, mask=mask_m)
-    do_in = do.to(q.dtype)
+    q = qf.to(Q.dtype.element_ty)
+    return q, do.to(q.dtype), lse, delta, dq, row0
+
+
+@triton.jit
+def _pooled_query_step(KP, VP, b, h, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, q, do, lse,
+                       delta, bias, dq, offs_n, offs_d, mask_mn, mask_kd,
+                       PRECISION: tl.constexpr, ALIGN: tl.constexpr):
+    """One item's share of a (query tile, pooled-key tile) step of the query backward, the
+    position ``bias`` given: the logits' gradient ``ds`` and ``dq`` updated."""
+    k_tile = _tile(_slice(KP, b, h, skp_b, skp_h, ALIGN), skp_n, offs_n, offs_d, mask_kd, ALIGN)
+    v_tile = _tile(_slice(VP, b, h, svp_b, svp_h, ALIGN), svp_n, offs_n, offs_d, mask_kd, ALIGN)
+    scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION) + bias
+    p = tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
+    dp = tl.dot(do, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(q.dtype), k_tile, input_precision=PRECISION)
+    return ds, dq
+
+
+@triton.jit(do_not_specialize=UNSPECIALISED)
+def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OUT, DO, LSE,
+                         DELTA, DQ, DTOK, DFOLD,
+                         sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
+                         st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, so_b, so_h, so_n,
+                         sdo_b, sdo_h, sdo_n, batch,
+                         heads, height, width, num_keys, key_h, key_w, fold_n, taps, transposed,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
+                         PRECISION: tl.constexpr, ALIGN: tl.constexpr):
+    """Per query tile of two batch items (``2 * pair`` and the next, where the batch has it):
+    ``delta`` (stored for :func:`_attention_bwd_keys`), ``dq``, ``dtok``, and the folded grid's
+    gradient by float32 atomic adds. The position bias depends on the head only, so each
+    (query, pooled key) pair's bias is gathered once for both items and its gradient, the two
+    items' summed, added once: half the gathers and atomic adds of one item per program.
+    ``DQ`` is ``(B, heads, N, d)`` contiguous, the gradient of the scaled queries (the op's
+    backward turns it into those of ``q_norm``, ``qe`` and ``f``: computed here, the extra
+    registers made ptxas spill), ``DTOK`` ``(B, heads, N, L)``. Programs: ``pid = (pair *
+    heads + head) * tiles + tile``."""
+    length = height * width
+    group, pair, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length,
+                                                             BLOCK_M, BLOCK_D, HEAD_DIM)
+    b0 = pair * 2
+    second = b0 + 1 < batch  # uniform: the last pair of an odd batch has one item
+    q0, do0, lse0, delta0, dq0, row0 = _query_item(
+        Q, QE, HS, QS, K, V, TOK, RPB, OUT, DO, LSE, DELTA, DTOK, b0, h, heads, sq_b, sq_h,
+        sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n, so_b, so_h, so_n, sdo_b,
+        sdo_h, sdo_n, height, width, offs_m, mask_m, offs_d, mask_d, HEAD_DIM, BLOCK_D, BLOCK_M,
+        WINDOW, ALIGN)
+    mask_m1 = mask_m & second
+    q1, do1, lse1, delta1, dq1, row1 = _query_item(
+        Q, QE, HS, QS, K, V, TOK, RPB, OUT, DO, LSE, DELTA, DTOK, b0 + 1, h, heads, sq_b, sq_h,
+        sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n, so_b, so_h, so_n, sdo_b,
+        sdo_h, sdo_n, height, width, offs_m, mask_m1, offs_d, mask_d, HEAD_DIM, BLOCK_D, BLOCK_M,
+        WINDOW, ALIGN)
     # Runtime tap loops, so this key loop is not pipelined: unrolled (and pipelined), ptxas
     # spilled 24-250 bytes in every dtype on sm_80 or sm_90 (tools/check_triton_build.py).
     for start in range(0, num_keys, BLOCK_N):
@@ -306,25 +369,29 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, OU
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
-        k_tile = _tile(kp_base, skp_n, offs_n, offs_d, mask_kd, ALIGN)
-        v_tile = _tile(vp_base, svp_n, offs_n, offs_d, mask_kd, ALIGN)
-        p_tile = _pooled_probs(q, k_tile, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height,
-                               width, key_h, key_w, fold_w, taps_w, weighted, BLOCK_M, BLOCK_N,
-                               PRECISION, False)
-        dp_tile = tl.dot(do_in, tl.trans(v_tile.to(q.dtype)), input_precision=PRECISION)
-        ds_tile = p_tile * (dp_tile - delta[:, None])
-        dq += tl.dot(ds_tile.to(q.dtype), k_tile, input_precision=PRECISION)
-        _cpb_bias_grad(DFOLD, RW, WW, h, offs_m, offs_n, mask_mn, ds_tile, height, width, key_h,
-                       key_w, fold_w, taps_w, weighted)
-    tl.store(DQ + row0 * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=mask_md)
+        bias = _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask_mn, height, width, key_h, key_w,
+                         fold_n, taps, transposed, weighted, BLOCK_M, BLOCK_N, False)
+        ds, dq0 = _pooled_query_step(KP, VP, b0, h, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
+                                     q0, do0, lse0, delta0, bias, dq0, offs_n, offs_d, mask_mn,
+                                     mask_kd, PRECISION, ALIGN)
+        if second:
+            ds1, dq1 = _pooled_query_step(KP, VP, b0 + 1, h, skp_b, skp_h, skp_n, svp_b, svp_h,
+                                          svp_n, q1, do1, lse1, delta1, bias, dq1, offs_n,
+                                          offs_d, mask_mn, mask_kd, PRECISION, ALIGN)
+            ds += ds1
+        _cpb_bias_grad(DFOLD, RT, WT, h, offs_m, offs_n, mask_mn, ds, height, width, key_h,
+                       key_w, fold_n, taps, transposed, weighted)
+    at = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    tl.store(DQ + row0 * HEAD_DIM + at, dq0.to(DQ.dtype.element_ty), mask=mask_md)
+    tl.store(DQ + row1 * HEAD_DIM + at, dq1.to(DQ.dtype.element_ty), mask=mask_md & second)
 
 
 @triton.jit
-def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
+def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RT, WT, DO, LSE, DELTA, DKP, DVP,
                       sq_b, sq_h, sq_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, sdo_b,
-                      sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w, fold_w, taps_w,
-                      splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                      sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w, fold_n, taps,
+                      transposed, splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, weighted,
                       PRECISION: tl.constexpr, ALIGN: tl.constexpr, UNROLL: tl.constexpr):
     """Partial ``dk``/``dv`` of a tile of pooled keys over one of ``splits`` runs of query
@@ -360,9 +427,9 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, 
         do = _tile(do_base, sdo_n, offs_m, offs_d, mask_md, ALIGN).to(q.dtype)
         lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=0.)
         delta = tl.load(DELTA + row0 + offs_m, mask=mask_m, other=0.)
-        p = _pooled_probs(q, key, lse, FOLD, RW, WW, h, offs_m, offs_n, mask_mn, height, width,
-                          key_h, key_w, fold_w, taps_w, weighted, BLOCK_M, BLOCK_N, PRECISION,
-                          UNROLL)
+        p = _pooled_probs(q, key, lse, FOLD, RT, WT, h, offs_m, offs_n, mask_mn, height, width,
+                          key_h, key_w, fold_n, taps, transposed, weighted, BLOCK_M, BLOCK_N,
+                          PRECISION, UNROLL)
         dv += tl.dot(tl.trans(p.to(q.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
@@ -419,12 +486,12 @@ def _window_key_grads(pid, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA, DK, DV
 
 
 @triton.jit(do_not_specialize=UNSPECIALISED)
-def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DK,
+def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, DO, LSE, DELTA, DK,
                         DV, DRPB, DKP, DVP,
                         sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h,
                         st_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n, sdo_b, sdo_h, sdo_n,
-                        heads, height, width, num_keys, key_h, key_w, fold_w, taps_w, splits,
-                        pooled_programs, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        heads, height, width, num_keys, key_h, key_w, fold_n, taps, transposed,
+                        splits, pooled_programs, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
                         weighted, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
                         UNROLL: tl.constexpr):
@@ -436,11 +503,11 @@ def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RW, WW, DO,
     off for float32 inputs, where ptxas then spilled on sm_90."""
     pid = tl.program_id(0)
     if pid < pooled_programs:
-        _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RW, WW, DO, LSE, DELTA, DKP, DVP,
+        _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RT, WT, DO, LSE, DELTA, DKP, DVP,
                           sq_b, sq_h, sq_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                           sdo_b, sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w,
-                          fold_w, taps_w, splits, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, weighted,
-                          PRECISION, ALIGN, UNROLL)
+                          fold_n, taps, transposed, splits, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+                          weighted, PRECISION, ALIGN, UNROLL)
     elif WINDOW > 0:
         _window_key_grads(pid - pooled_programs, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA,
                           DK, DV, DRPB, sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h,

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from mmtransnext import TransNeXt
 from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention, StageGeometry
-from mmtransnext.models.layers.position_bias import build_position_table, cpb_grid, fold_rows
+from mmtransnext.models.layers.position_bias import (build_position_table, cpb_grid, fold_bias,
+                                                     fold_rows)
 from mmtransnext.ops.sliding_window import window_lengths
 from mmtransnext.ops.triton_attention import triton_attention
 from reference import (assert_cast_model_close, perturb_, reference_aggregated_attention,
@@ -89,6 +90,13 @@ CASES = [
     # Shrunk from a larger table: up to four row taps (two query rows x two key rows) folded.
     ((9, 11), (3, 4), ((16, 16), (5, 5)), 2, 3),
 ]
+#: Cases whose columns have more taps than their rows, so the columns are folded (as at
+#: 800x1216 from an 800x800 table: 1 row tap, 4 column taps); the same kind in miniature, and
+#: 2 row taps against 4.
+COLUMN_CASES = [
+    ((8, 11), (4, 5), ((8, 8), (4, 4)), 2, 3),
+    ((9, 7), (4, 3), ((8, 8), (4, 4)), 1, 3),
+]
 
 
 def _case_inputs(size, pool, trained, batch, window, heads=2, dim=24, full=False):
@@ -117,8 +125,10 @@ def _query_transform(heads, dim, length, query_scale):
 
 
 def _run_case(size, pool, trained, batch, window, dtype, full=False, transform=None,
-              autocast_backward=False):
+              autocast_backward=False, fold_axis=None):
     """Kernel output and gradients next to the oracle's (float32, on the unrounded inputs).
+    The CPB grid is folded along ``fold_axis`` (default: as the layers fold it, the axis with
+    more taps).
 
     With ``transform`` (see :func:`_query_transform`) the kernels get normalised queries and the
     transform; the oracle gets ``(q + embedding) * head_scale * query_scale`` made in PyTorch,
@@ -144,8 +154,8 @@ def _run_case(size, pool, trained, batch, window, dtype, full=False, transform=N
                        for t in transform]
         local.update(query_embedding=scaling[0], head_scale=scaling[1], query_scale=scaling[2])
         params = params + [t for t in scaling if isinstance(t, torch.Tensor)]
-    folded = fold_rows(cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table), table, size, pool)
-    out = triton_attention(*inputs[:3], *folded, size, pool, **local)
+    bias = fold_bias(cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table), table, size, pool, fold_axis)
+    out = triton_attention(*inputs[:3], *bias[:3], size, pool, **local, fold_axis=bias.axis)
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast_backward):
         got = [out] + list(torch.autograd.grad(out, inputs + params, grad_out.to(out.dtype)))
 
@@ -219,6 +229,93 @@ def test_row_taps_of_the_cases():
     assert {1, 2} <= counts and max(counts) > 2, counts
 
 
+def _taps(size, pool, trained):
+    table_q, table_k = trained if trained else (size, pool)
+    return build_position_table(table_q, table_k, PRETRAIN, CPU).taps(size, pool)
+
+
+def test_the_axis_with_more_taps_is_folded():
+    """The rows are folded unless the columns have more taps: both kinds among the cases, and
+    COLUMN_CASES leave one and two row taps per logit instead of four column taps."""
+    axes = {}
+    for size, pool, trained, _, _ in CASES + COLUMN_CASES:
+        taps = _taps(size, pool, trained)
+        counts = (taps.rows_h.shape[-1], taps.rows_w.shape[-1])
+        axes[size] = taps.fold_axis
+        assert taps.fold_axis == ('columns' if counts[1] > counts[0] else 'rows'), (size, counts)
+    assert axes[(7, 9)] == axes[(9, 11)] == 'rows' and axes[(37, 53)] == 'columns'
+    assert [(_taps(*case[:3]).rows_h.shape[-1], _taps(*case[:3]).rows_w.shape[-1])
+            for case in COLUMN_CASES] == [(1, 4), (2, 4)]
+
+
+@pytest.mark.parametrize('axis', ['rows', 'columns'])
+@pytest.mark.parametrize('size,pool,trained', [(c[:3]) for c in COLUMN_CASES] + [CASES[3][:3]])
+def test_folded_grid_and_taps_give_the_oracles_bias(size, pool, trained, axis):
+    """Either axis folded, the folded grid read at each (query, key) pair's taps, by plain
+    indexing as the kernels do, is the oracle's bias (brute-force table, F.interpolate)."""
+    attn, table, *_ = _case_inputs(size, pool, trained, 1, 3)
+    with torch.no_grad():
+        bias = fold_bias(cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table), table, size, pool, axis)
+        expected = reference_bias(attn, size, pool, PRETRAIN, trained)
+    (hq, wq), (hk, wk) = size, pool
+    yq, xq = torch.meshgrid(torch.arange(hq), torch.arange(wq), indexing='ij')
+    yk, xk = torch.meshgrid(torch.arange(hk), torch.arange(wk), indexing='ij')
+    yq, xq, yk, xk = (t.reshape(-1) for t in (yq, xq, yk, xk))
+    got = torch.zeros(expected.shape)
+    for t in range(bias.taps.shape[-1]):
+        if axis == 'rows':  # folded[h, yq, yk, taps[xq, xk, t]]
+            pair = (xq[:, None], xk[None, :])
+            entry = bias.folded[:, yq[:, None], yk[None, :], bias.taps[pair + (t,)]]
+        else:  # folded[h, taps[yq, yk, t], xq, xk]
+            pair = (yq[:, None], yk[None, :])
+            entry = bias.folded[:, bias.taps[pair + (t,)], xq[:, None], xk[None, :]]
+        got += entry * (1. if bias.weights is None else bias.weights[pair + (t,)])
+    assert bias.axis == axis
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_bias_refuses_an_unknown_axis():
+    attn, table, *_ = _case_inputs((7, 9), (3, 4), None, 1, 3)
+    with pytest.raises(ValueError, match="axis must be one of \\('rows', 'columns'\\)"):
+        fold_bias(cpb_grid(attn.cpb_fc1, attn.cpb_fc2, table), table, (7, 9), (3, 4), 'both')
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('axis', ['rows', 'columns'])
+@pytest.mark.parametrize('size,pool,trained,batch,window', COLUMN_CASES + [CASES[3]])
+def test_either_folded_axis_matches_the_oracle(size, pool, trained, batch, window, axis,
+                                               dtype):
+    """Forward and every gradient (the CPB MLP's through the folded grid's, exact in either
+    layout) with the rows or the columns folded, whichever has more taps."""
+    got, want = _run_case(size, pool, trained, batch, window, dtype, fold_axis=axis)
+    _assert_all_close(got, want, dtype)
+
+
+@pytest.mark.parametrize('full,dtype', [(False, torch.float32), (False, torch.bfloat16),
+                                        (True, torch.float32)])
+def test_query_backward_pairs_batch_items_odd_batch(full, dtype):
+    """The query backward takes two batch items per program (the bias and its gradient
+    shared): with three items, the second program's pair has one, its other half masked off.
+    (Full attention in float32 only: its fc2-bias gradient, zero in exact arithmetic, is 16-bit
+    rounding noise summed over the batch, ~0.2 at three items, as before the pairing.)"""
+    if full:  # the map of test_full_attention_kernels_match_the_oracle's bfloat16 case
+        size, pool, trained = (5, 6), (5, 6), ((6, 6), (6, 6))
+    else:
+        size, pool, trained = (9, 7), (4, 3), ((8, 8), (4, 4))
+    got, want = _run_case(size, pool, trained, 3, 3, dtype, full=full)
+    _assert_all_close(got, want, dtype)
+
+
+@pytest.mark.parametrize('size,dtype', [((6, 9), torch.float32), ((6, 5), torch.bfloat16)])
+def test_full_attention_with_the_columns_folded(size, dtype):
+    """One row tap, four column taps (a 6x6 table widened, or narrowed to the 30 queries of
+    the bfloat16 full-attention case above, whose fc2-bias tolerance fits that map size)."""
+    trained = ((6, 6), (6, 6))
+    assert _taps(size, size, trained).fold_axis == 'columns'
+    got, want = _run_case(size, size, trained, 2, 3, dtype, full=True)
+    _assert_all_close(got, want, dtype)
+
+
 @pytest.mark.parametrize('size,pool,trained,batch,window', CASES[:4])
 def test_aggregated_kernels_match_the_oracle_bf16(size, pool, trained, batch, window):
     got, want = _run_case(size, pool, trained, batch, window, torch.bfloat16)
@@ -281,16 +378,27 @@ def _geometry(size, pool, window, trained=None):
     return StageGeometry(size, pool, scale, table, trained is not None)
 
 
-@pytest.mark.parametrize('full', [False, True])
-def test_layers_with_triton_match_the_paper_equations(full):
-    size, pool, trained = (7, 9), (3, 4), ((8, 8), (4, 4))
+@pytest.mark.parametrize('full,size,pool,axis', [(False, (7, 9), (3, 4), 'rows'),
+                                                  (False, (9, 7), (4, 3), 'columns'),
+                                                  (True, (7, 9), (7, 9), 'rows')])
+def test_layers_with_triton_match_the_paper_equations(monkeypatch, full, size, pool, axis):
+    """The layers fold the axis with more taps (``axis`` here) and match the oracle."""
+    from mmtransnext.models.layers import attention as attention_module
+    trained = ((8, 8), (4, 4))
+    folded_axes = []
+
+    def spy(*args, fold_axis, **kwargs):
+        folded_axes.append(fold_axis)
+        return triton_attention(*args, fold_axis=fold_axis, **kwargs)
+
+    monkeypatch.setattr(attention_module, 'triton_attention', spy)
     if full:
-        pool = size
         attn = perturb_(FullAttention(48, 2, attn_impl='triton'))
     else:
         attn = perturb_(AggregatedAttention(48, 2, 3, 2, attn_impl='triton'))
     x = torch.randn(2, 63, 48, requires_grad=True)
     out = attn(x, _geometry(size, pool, None if full else 3, trained))
+    assert folded_axes == [axis]
     bias = reference_bias(attn, size, pool, PRETRAIN, trained)
     if full:
         expected = reference_full_attention(attn, x, bias)
@@ -379,6 +487,14 @@ def test_bad_inputs_raise_value_errors():
         triton_attention(*args, head_scale=torch.ones(2, 1, 1))
     with pytest.raises(ValueError, match=r'query_scale of shape \(11,\).*\(12,\) or one value'):
         triton_attention(*args, query_scale=torch.ones(11))
+    with pytest.raises(ValueError, match="fold_axis must be one of \\('rows', 'columns'\\)"):
+        triton_attention(*args, fold_axis='row')
+    # a row-folded grid and column taps passed as column-folded, and the other way round
+    with pytest.raises(ValueError, match=r'\(columns folded\) and row taps .* do not map'):
+        triton_attention(*args, fold_axis='columns')
+    by_columns = (torch.zeros(2, 5, 4, 2), torch.zeros(3, 2, 1, dtype=torch.long), None)
+    with pytest.raises(ValueError, match=r'\(rows folded\) and column taps .* do not map'):
+        triton_attention(q, kp, kp, *by_columns, (3, 4), (2, 2))
 
 
 def test_op_traces_under_torch_compile():

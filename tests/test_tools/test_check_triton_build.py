@@ -139,6 +139,9 @@ STEPS = {
     'tf32': TrainingCase('micro', 'tf32', False, (64, 96)),
     'extrapolation': TrainingCase('micro', 'fp32', True, (64, 64)),
     'extrapolation wider': TrainingCase('micro', 'fp32', True, (64, 80)),
+    # stage 1 a 40x24 map: its rows scale the 800x800 table's 200 rows by 1/5 (one tap), its
+    # columns by 3/25 (four taps): the columns are folded
+    'columns': TrainingCase('micro', 'fp32', False, (160, 96)),
 }
 
 
@@ -176,7 +179,7 @@ def test_training_steps_record_the_precision_and_bias_mode(steps):
     # extrapolation: one column tap without weights (rows are folded into the grid); the tap
     # count and whether the taps have weights are arguments, not specialised (interpolation
     # mode has weights at some sizes only)
-    assert not {'taps_w', 'weighted', 'HAS_WW'} & set(spec.constants)
+    assert not {'taps', 'transposed', 'weighted', 'HAS_WW'} & set(spec.constants)
     assert 'HAS_WH' not in spec.constants and 'taps_h' not in spec.constants
 
 
@@ -362,13 +365,15 @@ def test_every_kernel_of_a_tiny_512_step_launches_two_waves():
              for launch in recorder.launches if launch.waves() < 2}
     assert waves == {}
     full = [launch for launch in recorder.launches if launch.spec.constants['WINDOW'] == 0]
-    assert all(launch.spec.constants['BLOCK_M'] == 32 for launch in full)
+    # the query backward: tiles of 16 queries of both batch items, as many programs
+    assert [launch.spec.constants['BLOCK_M'] for launch in full] == [32, 16, 32]
     assert sorted(launch.programs for launch in full) == [384, 384, 384]
 
 
 def test_launches_count_the_grid_gradient_atomics(steps):
-    """One float atomic add per column tap of every (query, pooled key) pair of every batch x
-    head slice, by the query backward only; launches keep their integer arguments."""
+    """One float atomic add per tap of the unfolded axis of every (query, pooled key) pair of
+    every batch x head slice, by the query backward only; launches keep their integer
+    arguments."""
     from mmtransnext.analysis.triton_launches import grid_gradient_atomics
     by_kernel = {}
     for launch in steps['tf32']:
@@ -380,8 +385,26 @@ def test_launches_count_the_grid_gradient_atomics(steps):
     # Micro stage 1 at 64x96: a 16x24 map, 2 heads, pooled keys 25x25 / 8 -> 2x3 (img_size 800
     # tables resized: 4 column taps), batch 2.
     assert (args['height'], args['width'], args['heads']) == (16, 24, 2)
-    assert args['taps_w'] in (1, 2, 4) and args['BLOCK_M'] == 64
+    # query tiles of 32 of both batch items (one pair): one atomic add per pair of items
+    assert args['taps'] in (1, 2, 4) and args['BLOCK_M'] == 32 and args['batch'] == 2
     assert grid_gradient_atomics(stage1) == \
-        2 * 2 * 16 * 24 * args['num_keys'] * args['taps_w']
-    assert stage1.programs == 2 * 2 * -(-16 * 24 // 64)
+        1 * 2 * 16 * 24 * args['num_keys'] * args['taps']
+    assert stage1.programs == 1 * 2 * -(-16 * 24 // 32)
+
+
+def test_launches_fold_the_axis_with_more_taps(steps):
+    """A 160x96 Micro step (stage 1: 40x24 queries, 5x3 pooled keys; one row tap, four column
+    taps): every launch reading the bias has the columns folded and one tap per pooled logit,
+    one atomic add per pair; the 64x96 step (four taps on either axis) keeps the rows folded."""
+    from mmtransnext.analysis.triton_launches import bias_taps, grid_gradient_atomics
+    launches = steps['columns']
+    assert all(bias_taps(launch) == (1, 'columns') for launch in launches)
+    stage1 = [launch for launch in launches if launch.spec.kernel == '_attention_bwd_query'][-1]
+    args = dict(stage1.integers)
+    assert (args['height'], args['width'], args['num_keys']) == (40, 24, 15)
+    assert grid_gradient_atomics(stage1) == 1 * 2 * 40 * 24 * 15  # one pair of items
+    assert {bias_taps(launch)[1] for launch in steps['tf32']} == {'rows'}
+    # which axis is folded is a runtime argument: the binaries of the float32 rows-folded step
+    assert {launch.spec for launch in launches} == \
+        {launch.spec for launch in steps['extrapolation']}
 

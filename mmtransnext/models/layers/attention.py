@@ -25,7 +25,7 @@ from mmengine.model.weight_init import trunc_normal_
 from ...ops.dispatch import Backend, backend_for, check_impl, window_av, window_qk
 from ...ops.pooled_attention import pooled_attention
 from ...ops.triton_attention import triton_attention
-from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_rows,
+from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_bias, fold_rows,
                             official_position_bias, official_position_table)
 from .weight_cache import WeightKeyed, reuse_or_build, worth_keeping
 
@@ -215,17 +215,19 @@ class _CosineAttentionBase(nn.Module):
                       **local: Tensor) -> Tensor:
         """GPU path: attention of the normalised queries over ``k``/``v``, with the query
         embedding and length-scaled temperature applied (as :meth:`scale_queries` does) and the
-        position bias gathered from the row-folded CPB grid (:meth:`folded_bias`: its rows
-        mixed on the small grid in PyTorch, differentiably) and its column taps inside the fused
-        Triton kernels; ``local`` holds the window inputs of aggregated attention (see
-        :func:`mmtransnext.ops.triton_attention.triton_attention`)."""
+        position bias gathered from the folded CPB grid (:func:`fold_bias`: the taps of the axis
+        with more of them mixed on the small grid in PyTorch, differentiably) and the other
+        axis's taps inside the fused Triton kernels; ``local`` holds the window inputs of
+        aggregated attention (see :func:`mmtransnext.ops.triton_attention.triton_attention`)."""
         scale = geometry.seq_length_scale
+        bias = fold_bias(self._cpb_grid(geometry.table, keep=False), geometry.table,
+                         geometry.size, geometry.pool_size)
         return triton_attention(
-            q_norm, k, v, *self.folded_bias(geometry, keep=False), geometry.size, geometry.pool_size,
-            **local,
+            q_norm, k, v, *bias[:3], geometry.size, geometry.pool_size, **local,
             query_embedding=self.query_embedding.view(self.num_heads, self.head_dim),
             head_scale=F.softplus(self.temperature).view(self.num_heads),
-            query_scale=scale.reshape(-1) if isinstance(scale, Tensor) else scale)
+            query_scale=scale.reshape(-1) if isinstance(scale, Tensor) else scale,
+            fold_axis=bias.axis)
 
     def scale_queries(self, q_norm: Tensor, geometry: StageGeometry) -> Tensor:
         """Add the query embedding and apply the length-scaled temperature."""

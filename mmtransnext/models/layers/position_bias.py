@@ -232,7 +232,7 @@ TAPS_PER_TABLE = 64
 @dataclass(frozen=True)
 class BiasTaps:
     """Per-axis table rows and weights that turn a table's grid into the bias of a
-    ``query_size`` x ``key_size`` pair of grids (see :func:`fold_rows`).
+    ``query_size`` x ``key_size`` pair of grids (see :func:`fold_bias`).
 
     Attributes:
         rows_h, weights_h: ``(Hq, Hk, taps)`` rows of ``values_h`` mixed per (query, key) row
@@ -251,6 +251,15 @@ class BiasTaps:
         return cls(*_axis_taps(index_h, query_size[0], key_size[0]),
                    *_axis_taps(index_w, query_size[1], key_size[1]))
 
+    @property
+    def fold_axis(self) -> str:
+        """The axis worth folding on the small grid, so that a (query, key) pair reads one
+        grid entry per tap of the other axis: ``'columns'`` where they have more taps than the
+        rows (interpolation mode at a new width only, e.g. 800x1216 from an 800x800 table: 1
+        row tap, 4 column taps), else ``'rows'``. Read from the tap counts, known on the host
+        once per size pair."""
+        return 'columns' if self.rows_w.shape[-1] > self.rows_h.shape[-1] else 'rows'
+
     def to(self, device: torch.device) -> 'BiasTaps':
         """A copy on ``device`` (self when already there)."""
         def move(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -259,24 +268,77 @@ class BiasTaps:
                         move(self.weights_w))
 
 
+#: Axes :func:`fold_bias` can fold.
+FOLD_AXES = ('rows', 'columns')
+
+
+class FoldedBias(NamedTuple):
+    """The CPB grid with one axis resolved on the small grid, and the taps of the other axis
+    that finish the bias (see :func:`fold_bias`).
+
+    Attributes:
+        folded: ``axis`` 'rows': ``(heads, Hq, Hk, |values_w|)``; 'columns': ``(heads,
+            |values_h|, Wq, Wk)`` (the table axis first, so that the pairs of a row-major
+            query tile and key tile, which share their rows, read neighbouring entries).
+        taps, weights: ``(Q, K, taps)`` rows of the other axis's values per (query, key) pair
+            of that axis (``Q, K`` = ``Wq, Wk`` for 'rows', ``Hq, Hk`` for 'columns') and their
+            float32 weights (None for one tap of weight 1).
+        axis: the folded axis, 'rows' or 'columns'.
+    """
+    folded: Tensor
+    taps: Tensor
+    weights: Optional[Tensor]
+    axis: str
+
+
+def _fold(grid: Tensor, dim: int, rows: Tensor, weights: Optional[Tensor]) -> Tensor:
+    """``sum_t weights[..., t] * grid`` indexed along ``dim`` (1: rows, 2: columns of the
+    ``(heads, |values_h|, |values_w|)`` grid) by ``rows[..., t]`` ``(Q, K, taps)``: the index
+    dim replaced by ``(Q, K)``."""
+    folded = None
+    for t in range(rows.shape[-1]):
+        term = grid[:, rows[..., t]] if dim == 1 else grid[:, :, rows[..., t]]
+        if weights is not None:
+            weight = weights[..., t].to(term.dtype)
+            term = term * (weight[..., None] if dim == 1 else weight)
+        folded = term if folded is None else folded + term
+    return folded
+
+
+def fold_bias(grid: Tensor, table: PositionTable, query_size: Size2d, key_size: Size2d,
+              axis: Optional[str] = None) -> FoldedBias:
+    """The CPB ``grid`` ``(heads, |values_h|, |values_w|)`` with ``axis`` (default
+    :attr:`BiasTaps.fold_axis`: the one with more taps) resolved on the small grid,
+    differentiably, plus the other axis's taps. With resizing (interpolation mode at a new
+    size) a (query, key) pair mixes up to two table entries per axis, as bilinear resizing
+    does: the folded axis's mixing costs ``taps x`` the folded grid here, once per call, and
+    each pooled logit then reads one entry per tap of the other axis.
+
+    The bias of query ``(yq, xq)`` and key ``(yk, xk)`` is ``sum_t weights[xq, xk, t] *
+    folded[h, yq, yk, taps[xq, xk, t]]`` ('rows') or ``sum_t weights[yq, yk, t] *
+    folded[h, taps[yq, yk, t], xq, xk]`` ('columns').
+    """
+    taps = table.taps(query_size, key_size)
+    axis = taps.fold_axis if axis is None else axis
+    if axis == 'rows':
+        return FoldedBias(_fold(grid, 1, taps.rows_h, taps.weights_h), taps.rows_w,
+                          taps.weights_w, axis)
+    if axis == 'columns':
+        return FoldedBias(_fold(grid, 2, taps.rows_w, taps.weights_w), taps.rows_h,
+                          taps.weights_h, axis)
+    raise ValueError(f'axis must be one of {FOLD_AXES} or None, got {axis!r}')
+
+
 def fold_rows(grid: Tensor, table: PositionTable, query_size: Size2d,
-              key_size: Size2d) -> Tuple[Tensor, Tensor, Tensor]:
+              key_size: Size2d) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """The CPB ``grid`` with the row axis resolved, plus the column taps that finish the bias.
 
     Returns ``folded (heads, Hq, Hk, |values_w|)``, ``rows_w (Wq, Wk, taps)`` and ``w_w``
     (float32, same shape, or None for one tap of weight 1) such that
-    ``expand_columns(folded, rows_w, w_w)`` is the ``(heads, Hq, Wq, Hk, Wk)`` bias. With
-    resizing (interpolation mode at a new size) a (query, key) pair mixes up to two table
-    entries per axis, as bilinear resizing does.
+    ``expand_columns(folded, rows_w, w_w)`` is the ``(heads, Hq, Wq, Hk, Wk)`` bias
+    (:func:`fold_bias` with ``axis='rows'``, the layout the CPU paths expand).
     """
-    taps = table.taps(query_size, key_size)
-    folded = None
-    for t in range(taps.rows_h.shape[-1]):
-        term = grid[:, taps.rows_h[..., t]]  # (heads, Hq, Hk, |values_w|)
-        if taps.weights_h is not None:
-            term = term * taps.weights_h[..., t, None].to(term.dtype)
-        folded = term if folded is None else folded + term
-    return folded, taps.rows_w, taps.weights_w
+    return fold_bias(grid, table, query_size, key_size, 'rows')[:3]
 
 
 class OfficialTable(NamedTuple):
