@@ -242,7 +242,7 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
             *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
             *_strides(kp, align), *_strides(vp, align), *_strides(out, align),
             *_strides(grad_out, align), batch, *sizes, WINDOW=window, ALIGN=align,
-            **query_meta)
+            UNROLL=q.dtype != torch.float32 and not window, **query_meta)
         # Pooled-key tiles (times their runs) first, then window-key tiles.
         window_programs = _cdiv(length, meta['BLOCK_M']) * bh if window else 0
         kernels._attention_bwd_keys[(pooled * splits + window_programs,)](

@@ -122,14 +122,22 @@ def _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask, height, width, key_h, key_w
 
 @triton.jit
 def _cpb_bias_grad(DFOLD, RT, WT, h, offs_m, offs_n, mask, grad, height, width, key_h, key_w,
-                   fold_n, taps, transposed, weighted):
+                   fold_n, taps, transposed, weighted, UNROLL: tl.constexpr):
     """Scatter-add the bias gradient ``grad (BLOCK_M, BLOCK_N)`` into the float32 gradient of
-    the folded grid: one relaxed atomic add per tap of the unfolded axis."""
+    the folded grid: one relaxed atomic add per tap of the unfolded axis (``UNROLL``: as in
+    :func:`_cpb_bias`)."""
     row, step, pair = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_n,
                                     transposed)
-    for t in range(taps):
-        value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
-        tl.atomic_add(DFOLD + row + value * step, grad * weight, mask=tap_mask, sem='relaxed')
+    if UNROLL:
+        for t in tl.static_range(MAX_TAPS):
+            value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
+            tl.atomic_add(DFOLD + row + value * step, grad * weight, mask=tap_mask,
+                          sem='relaxed')
+    else:
+        for t in range(taps):
+            value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
+            tl.atomic_add(DFOLD + row + value * step, grad * weight, mask=tap_mask,
+                          sem='relaxed')
 
 
 @triton.jit
@@ -336,7 +344,7 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OU
                          heads, height, width, num_keys, key_h, key_w, fold_n, taps, transposed,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
-                         PRECISION: tl.constexpr, ALIGN: tl.constexpr):
+                         PRECISION: tl.constexpr, ALIGN: tl.constexpr, UNROLL: tl.constexpr):
     """Per query tile of two batch items (``2 * pair`` and the next, where the batch has it):
     ``delta`` (stored for :func:`_attention_bwd_keys`), ``dq``, ``dtok``, and the folded grid's
     gradient by float32 atomic adds. The position bias depends on the head only, so each
@@ -362,15 +370,16 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OU
         sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n, so_b, so_h, so_n, sdo_b,
         sdo_h, sdo_n, height, width, offs_m, mask_m1, offs_d, mask_d, HEAD_DIM, BLOCK_D, BLOCK_M,
         WINDOW, ALIGN)
-    # Runtime tap loops, so this key loop is not pipelined: unrolled (and pipelined), ptxas
-    # spilled 24-250 bytes in every dtype on sm_80 or sm_90 (tools/check_triton_build.py).
+    # ``UNROLL`` (16-bit full attention): tap loops unrolled, so this key loop is pipelined
+    # (cp.async). Windowed or float32, runtime tap loops and no pipelining: unrolled, ptxas
+    # spilled on sm_90 (12 bytes windowed bf16; tools/check_triton_build.py).
     for start in range(0, num_keys, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
         bias = _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask_mn, height, width, key_h, key_w,
-                         fold_n, taps, transposed, weighted, BLOCK_M, BLOCK_N, False)
+                         fold_n, taps, transposed, weighted, BLOCK_M, BLOCK_N, UNROLL)
         ds, dq0 = _pooled_query_step(KP, VP, b0, h, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                                      q0, do0, lse0, delta0, bias, dq0, offs_n, offs_d, mask_mn,
                                      mask_kd, PRECISION, ALIGN)
@@ -380,7 +389,7 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OU
                                           offs_d, mask_mn, mask_kd, PRECISION, ALIGN)
             ds += ds1
         _cpb_bias_grad(DFOLD, RT, WT, h, offs_m, offs_n, mask_mn, ds, height, width, key_h,
-                       key_w, fold_n, taps, transposed, weighted)
+                       key_w, fold_n, taps, transposed, weighted, UNROLL)
     at = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
     mask_md = mask_m[:, None] & mask_d[None, :]
     tl.store(DQ + row0 * HEAD_DIM + at, dq0.to(DQ.dtype.element_ty), mask=mask_md)
