@@ -59,6 +59,12 @@ def load_export_tool():
     return module
 
 
+def shallow_demo_model(config: str):
+    """The demo config's model (one block per stage, random weights) as the tool builds it."""
+    return load_export_tool().build_model(osp.join(ROOT, 'configs', 'demo', config),
+                                          cfg_options={'model.backbone.depths': [1, 1, 1, 1]})
+
+
 # ------------------------------------------------------------------------------- backbones
 @pytest.mark.parametrize('is_extrapolation', [
     False, pytest.param(True, marks=pytest.mark.slow)], ids=['interpolation', 'extrapolation'])
@@ -121,10 +127,7 @@ def test_segmentor_onnx_through_the_tool(tmp_path, capsys):
 @pytest.mark.slow
 def test_detector_tensor_forward_onnx(tmp_path):
     """RetinaNet (TransXNet): class scores and box deltas of every level before decoding."""
-    tool = load_export_tool()
-    model = tool.build_model(
-        osp.join(ROOT, 'configs', 'demo', 'retinanet_transxnet-tiny_fpn_shapes-128.py'),
-        cfg_options={'model.backbone.depths': [1, 1, 1, 1]})
+    model = shallow_demo_model('retinanet_transxnet-tiny_fpn_shapes-128.py')
     path = str(tmp_path / 'retinanet.onnx')
     result = deployment.export(model, path, (72, 104), part='model', optimize=False)
     assert len(result.output_names) == 10  # 5 levels x (scores, deltas)
@@ -136,10 +139,7 @@ def test_detector_tensor_forward_onnx(tmp_path):
 def test_two_stage_detector_features_onnx(tmp_path):
     """Mask R-CNN (TransNeXt, interpolation mode), whose tensor forward cannot export: its
     backbone and FPN outputs (part='features'), checked in onnxruntime."""
-    tool = load_export_tool()
-    model = tool.build_model(
-        osp.join(ROOT, 'configs', 'demo', 'mask-rcnn_transnext-micro_fpn_shapes-128.py'),
-        cfg_options={'model.backbone.depths': [1, 1, 1, 1]})
+    model = shallow_demo_model('mask-rcnn_transnext-micro_fpn_shapes-128.py')
     path = str(tmp_path / 'mask_rcnn_features.onnx')
     result = deployment.export(model, path, (72, 104), part='features', optimize=False)
     with torch.no_grad():
@@ -179,20 +179,16 @@ def test_dynamic_transnext_is_refused(tmp_path):
 def test_untraceable_tensor_forwards_are_refused_up_front(tmp_path, config, why):
     """Models whose tensor forward torch.export cannot trace get the reason and the parts that
     do export, before any tracing starts."""
-    tool = load_export_tool()
-    model = tool.build_model(osp.join(ROOT, 'configs', 'demo', config),
-                             cfg_options={'model.backbone.depths': [1, 1, 1, 1]})
+    model = shallow_demo_model(config)
     assert deployment.tensor_forward_refusal(model) is not None
     with pytest.raises(deployment.ExportError, match=f"{why}.*part='features'"):
         deployment.export(model, str(tmp_path / 'x.onnx'), (64, 64), part='model')
 
 
 def test_exportable_tensor_forwards_are_not_refused():
-    tool = load_export_tool()
     for config in ('retinanet_transxnet-tiny_fpn_shapes-128.py',
                    'upernet_transnext-micro_shapes-128.py'):
-        model = tool.build_model(osp.join(ROOT, 'configs', 'demo', config),
-                                 cfg_options={'model.backbone.depths': [1, 1, 1, 1]})
+        model = shallow_demo_model(config)
         assert deployment.tensor_forward_refusal(model) is None, config
 
 
