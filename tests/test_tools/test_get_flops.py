@@ -7,6 +7,7 @@ from torch import nn
 from tool_helpers import MASK_RCNN_DEMO, ROOT, load_tool
 
 from mmtransnext.models import TransNeXt, TransXNet
+from mmtransnext.models.layers.transxnet_layers import IDConv
 
 
 @pytest.fixture(scope='module')
@@ -81,8 +82,10 @@ def _module_hook_flops(model: nn.Module, inputs: torch.Tensor) -> Dict[str, int]
     def pool(m, args, out):
         counts['pool'] += args[0].numel()
 
-    rules = {nn.Conv2d: conv, nn.BatchNorm2d: norm, nn.GroupNorm: norm,
-             nn.AdaptiveAvgPool2d: pool}
+    # The official IDConv pools with an nn.AdaptiveAvgPool2d module (counted once per input
+    # element); ours calls the functional pooling (exportable, mmtransnext/ops/pooling.py), so
+    # the rule hooks IDConv, whose input is what that module received.
+    rules = {nn.Conv2d: conv, nn.BatchNorm2d: norm, nn.GroupNorm: norm, IDConv: pool}
     handles = [m.register_forward_hook(rules[type(m)]) for m in model.modules()
                if type(m) in rules]
     with torch.no_grad():

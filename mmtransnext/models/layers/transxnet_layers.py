@@ -150,7 +150,6 @@ class IDConv(nn.Module):
         self.kernel_size = kernel_size
         self.weight = nn.Parameter(torch.empty(num_groups, dim, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(num_groups, dim))
-        self.pool = nn.AdaptiveAvgPool2d(kernel_size)
         self.proj = nn.Sequential(
             conv_bn(dim, dim // reduction_ratio, 1, bn_cfg=bn_cfg, act_cfg=GELU),
             nn.Conv2d(dim // reduction_ratio, dim * num_groups, 1))
