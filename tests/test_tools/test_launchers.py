@@ -150,17 +150,22 @@ def test_first_slurm_node_without_scontrol(monkeypatch):
 
 
 def test_slurm_environment(monkeypatch):
+    # slurm_environment writes os.environ itself: the whole environment is restored after, or
+    # MASTER_ADDR=gpu03 and RANK=5 would reach later tests' torchrun (which then hangs).
+    monkeypatch.setattr(os, 'environ', os.environ.copy())
     for key in ('MASTER_ADDR', 'MASTER_PORT', 'RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv('PATH', '/nonexistent')
-    monkeypatch.setenv('SLURM_PROCID', '5')
-    monkeypatch.setenv('SLURM_NTASKS', '16')
-    monkeypatch.setenv('SLURM_LOCALID', '1')
-    monkeypatch.setenv('SLURM_NODELIST', 'gpu[03-04]')
+        os.environ.pop(key, None)
+    os.environ.update(PATH='/nonexistent', SLURM_PROCID='5', SLURM_NTASKS='16',
+                      SLURM_LOCALID='1', SLURM_NODELIST='gpu[03-04]')
     slurm_environment()
     assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK']) == \
         ('5', '16', '1')
     assert (os.environ['MASTER_ADDR'], os.environ['MASTER_PORT']) == ('gpu03', '29500')
+
+
+def test_slurm_environment_left_no_trace():
+    """Runs after the test above (file order): the variables it set are gone."""
+    assert os.environ.get('MASTER_ADDR') != 'gpu03' and os.environ.get('RANK') != '5'
 
 
 def test_slurm_launcher_outside_slurm_is_refused(monkeypatch):
