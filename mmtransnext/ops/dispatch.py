@@ -132,9 +132,9 @@ def triton_unsupported_reason(device_type: str,
     if not (device_type == 'cuda' or (device_type == 'cpu' and interpreting())):
         return (f'the Triton kernels run on CUDA tensors (on CPU only under '
                 f'TRITON_INTERPRET=1), not on {device_type}')
-    from .triton_attention import BLOCK_CONFIGS
-    if dtype is not None and dtype not in BLOCK_CONFIGS:
-        return f'the Triton kernels support {tuple(BLOCK_CONFIGS)}, not {dtype}'
+    from .triton_attention import KERNEL_CONFIGS
+    if dtype is not None and dtype not in KERNEL_CONFIGS:
+        return f'the Triton kernels support {tuple(KERNEL_CONFIGS)}, not {dtype}'
     return None
 
 

@@ -16,7 +16,7 @@ first time this path runs in a process: set it before. Whether this path runs is
 """
 import contextlib
 import functools
-from typing import List, Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -31,20 +31,48 @@ from .dispatch import triton_unsupported_reason as unsupported_reason  # noqa: F
 OP = 'mmtransnext::triton_attention'
 OP_BACKWARD = 'mmtransnext::triton_attention_backward'
 
-#: ``(BLOCK_M, BLOCK_N, num_warps)`` per input dtype, for windowed (aggregated) and full
-#: attention: query tile, pooled-key tile, warps. Full attention (stage 4) has few queries, 256
-#: per head at 512x512: tiles of 32 give it two waves of programs on 132 multiprocessors
-#: (Tiny, batch 2: 384 programs, 192 with tiles of 64); 16-bit with 4 warps (at most 255
-#: registers per thread: two blocks per multiprocessor), float32 with 8 (4 made ptxas spill
-#: with full-precision products, tools/check_triton_build.py reports it).
-BLOCK_CONFIGS = {torch.float32: {'window': (64, 32, 8), 'full': (32, 32, 8)},
-                 torch.float16: {'window': (64, 32, 8), 'full': (32, 32, 4)},
-                 torch.bfloat16: {'window': (64, 32, 8), 'full': (32, 32, 4)}}
-#: Batch items per program of the query backward (``_attention_bwd_query``), on query tiles of
-#: ``BLOCK_M / QUERY_ITEMS`` (so as many programs as one item per tile of ``BLOCK_M``): the
-#: position bias depends on the head and positions only, so the items share its gathers and
-#: its gradient's atomic adds, half as many of each as with one item per program (the kernel
-#: is written for pairs: the last pair of an odd batch has one item).
+
+class KernelConfig(NamedTuple):
+    """Launch configuration of one kernel: ``block_m`` queries per tile (per batch item in the
+    query backward, whose programs take :data:`QUERY_ITEMS` items; also the window keys per tile
+    of the key backward's window programs), ``block_n`` pooled keys per tile, ``warps``, and
+    ``unroll``: the tap loops of the position bias unrolled to ``MAX_TAPS`` (masked), which lets
+    Triton software-pipeline the key (or query) loop around them (it pipelines innermost loops
+    only), at the cost of registers."""
+    block_m: int
+    block_n: int
+    warps: int
+    unroll: bool
+
+
+#: :class:`KernelConfig` per input dtype, attention kind (``'window'``: aggregated attention,
+#: stages 1-3; ``'full'``: stage 4) and kernel (``'forward'``, ``'query'`` and ``'keys'``
+#: backward), chosen from what ``tools/check_triton_build.py`` reads in the sm_80/sm_90 builds
+#: and its ``--launch-report`` (waves on 132 multiprocessors, Tiny 512x512 batch 2): every key
+#: and query loop software-pipelined (``unroll``), no spill, at least two waves, and, with
+#: tensor-core products (16-bit, TF32), room for two blocks per multiprocessor: at most 128
+#: registers per thread at 8 warps, 255 at 4. Query tiles of 32 (16 per item in the query
+#: backward, which holds two items' queries, gradients and accumulators): tiles of 64 needed
+#: 156-238 registers at 8 warps (one block per multiprocessor), and pipelining the windowed
+#: query backward spilled there. Float32 with full-precision products (FMA dots, no tensor
+#: cores) needs 145-255 registers at 8 warps (one block; 4 warps spilled) and is not the
+#: training precision the configs use. README "Triton kernels" lists what each compiles to.
+_SIXTEEN_BIT = {
+    'window': {'forward': KernelConfig(32, 32, 8, True),
+               'query': KernelConfig(16, 32, 8, True),
+               'keys': KernelConfig(32, 32, 4, True)},
+    'full': {'forward': KernelConfig(32, 32, 4, True),
+             'query': KernelConfig(16, 32, 4, True),
+             'keys': KernelConfig(32, 32, 4, True)}}
+_FLOAT32 = {kind: {'forward': KernelConfig(32, 32, 8, True),
+                   'query': KernelConfig(16, 32, 8, True),
+                   'keys': KernelConfig(32, 32, 8, True)} for kind in ('window', 'full')}
+KERNEL_CONFIGS = {torch.float32: _FLOAT32, torch.float16: _SIXTEEN_BIT,
+                  torch.bfloat16: _SIXTEEN_BIT}
+#: Batch items per program of the query backward (``_attention_bwd_query``): the position bias
+#: depends on the head and positions only, so the items share its gathers and its gradient's
+#: atomic adds, half as many of each as with one item per program (the kernel is written for
+#: pairs: the last pair of an odd batch has one item).
 QUERY_ITEMS = 2
 #: Software-pipelining depth of the key and query loops (``num_stages``): the next tile's
 #: loads (``cp.async`` on sm_80+) are issued while the current one is multiplied.
@@ -56,10 +84,10 @@ NUM_STAGES = 2
 MAX_REGISTERS = {'ieee': 255}
 
 
-def block_config(dtype: torch.dtype, window: int) -> Tuple[int, int, int]:
-    """``(BLOCK_M, BLOCK_N, num_warps)`` of the kernels for ``dtype`` inputs and a window of
-    ``window`` (0: full attention); see :data:`BLOCK_CONFIGS`."""
-    return BLOCK_CONFIGS[dtype]['window' if window else 'full']
+def kernel_config(dtype: torch.dtype, window: int, kernel: str) -> KernelConfig:
+    """:class:`KernelConfig` of ``kernel`` (``'forward'``, ``'query'``, ``'keys'``) for ``dtype``
+    inputs and a window of ``window`` (0: full attention); see :data:`KERNEL_CONFIGS`."""
+    return KERNEL_CONFIGS[dtype]['window' if window else 'full'][kernel]
 
 
 def register_cap(precision: str) -> dict:
@@ -145,18 +173,23 @@ def _on_device(t: Tensor):
 def _common(q: Tensor, kp: Tensor, height: int, width: int, key_h: int, key_w: int,
             folded: Tensor, rows_w: Tensor, weights_w: Optional[Tensor], tf32: bool,
             window: int, columns_folded: bool = False):
-    """Launch grid and the arguments both kernels of a query tile share."""
+    """``batch * heads``, the size arguments and the meta-parameters every kernel shares."""
     batch, heads, length, dim = q.shape
-    block_m, block_n, warps = block_config(q.dtype, window)
     # fold_n: the table values along the folded grid's value axis (see _bias_offsets).
     fold_n = folded.shape[1] if columns_folded else folded.shape[-1]
     sizes = (heads, height, width, kp.shape[2], key_h, key_w, fold_n, rows_w.shape[-1],
              int(columns_folded))
     precision = _precision(q.dtype, tf32)
-    meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), BLOCK_M=block_m, BLOCK_N=block_n,
-                weighted=int(weights_w is not None), PRECISION=precision, num_warps=warps,
-                num_stages=NUM_STAGES, **register_cap(precision))
+    meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), weighted=int(weights_w is not None),
+                PRECISION=precision, num_stages=NUM_STAGES, **register_cap(precision))
     return batch * heads, sizes, meta
+
+
+def _kernel_meta(meta: dict, dtype: torch.dtype, window: int, kernel: str) -> dict:
+    """``meta`` plus ``kernel``'s tiles, warps and ``UNROLL`` (see :data:`KERNEL_CONFIGS`)."""
+    config = kernel_config(dtype, window, kernel)
+    return dict(meta, BLOCK_M=config.block_m, BLOCK_N=config.block_n, num_warps=config.warps,
+                UNROLL=config.unroll)
 
 
 def _weight_args(folded: Tensor, weights_w: Optional[Tensor]) -> Tensor:
@@ -178,6 +211,7 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
     lse = q.new_empty(batch, heads, length, dtype=torch.float32)
     bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32,
                               window, columns_folded)
+    meta = _kernel_meta(meta, q.dtype, window, 'forward')
     weights_w = _weight_args(folded, weights_w)
     k, v, tok, rpb = (q, q, q, q) if window == 0 else (k, v, tok, rpb)
     # One grid axis (tiles fastest within each batch * head): no 65535 limit on batch * heads.
@@ -217,8 +251,10 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
     weights_w = _weight_args(folded, weights_w)
     delta = q.new_empty(batch, heads, length, dtype=f32)
     dq = torch.empty(batch, heads, length, dim, dtype=q.dtype, device=q.device)
-    pooled = _cdiv(kp.shape[2], meta['BLOCK_N']) * bh
-    splits = key_splits(pooled, _cdiv(length, meta['BLOCK_M']), q.device)
+    query_meta = _kernel_meta(meta, q.dtype, window, 'query')
+    keys_meta = _kernel_meta(meta, q.dtype, window, 'keys')
+    pooled = _cdiv(kp.shape[2], keys_meta['BLOCK_N']) * bh
+    splits = key_splits(pooled, _cdiv(length, keys_meta['BLOCK_M']), q.device)
     # float32 partial sums of the pooled keys' gradients per run of query tiles (no atomics).
     dkvp = torch.empty(2, batch, heads, splits, kp.shape[2], dim, dtype=f32, device=q.device)
     dfolded = torch.zeros(folded.shape, dtype=f32, device=q.device)
@@ -232,25 +268,22 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
         k = v = tok = rpb = dk = dv = dtok = drpb = q
     align = row_alignment(q, k, v, kp, vp, out, grad_out)
     with _on_device(q):
-        # Query tiles of QUERY_ITEMS batch items, each BLOCK_M / QUERY_ITEMS queries: as many
-        # programs as tiles of BLOCK_M queries of one item, the bias shared by the items.
-        query_meta = dict(meta, BLOCK_M=meta['BLOCK_M'] // QUERY_ITEMS)
+        # Query tiles of BLOCK_M queries of QUERY_ITEMS batch items, the bias shared by the items.
         kernels._attention_bwd_query[(_cdiv(length, query_meta['BLOCK_M']) * heads *
                                       _cdiv(batch, QUERY_ITEMS),)](
             q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
             out, grad_out, lse, delta, dq, dtok, dfolded,
             *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
             *_strides(kp, align), *_strides(vp, align), *_strides(out, align),
-            *_strides(grad_out, align), batch, *sizes, WINDOW=window, ALIGN=align,
-            UNROLL=q.dtype != torch.float32 and not window, **query_meta)
+            *_strides(grad_out, align), batch, *sizes, WINDOW=window, ALIGN=align, **query_meta)
         # Pooled-key tiles (times their runs) first, then window-key tiles.
-        window_programs = _cdiv(length, meta['BLOCK_M']) * bh if window else 0
+        window_programs = _cdiv(length, keys_meta['BLOCK_M']) * bh if window else 0
         kernels._attention_bwd_keys[(pooled * splits + window_programs,)](
             q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
             grad_out, lse, delta, dk, dv, drpb, dkvp[0], dkvp[1], *_strides(q, align),
             *_strides(k, align), *_strides(v, align), *_strides(tok), *_strides(kp, align),
             *_strides(vp, align), *_strides(grad_out, align), *sizes, splits, pooled * splits,
-            WINDOW=window, ALIGN=align, UNROLL=q.dtype != torch.float32, **meta)
+            WINDOW=window, ALIGN=align, **keys_meta)
     dkp = torch.sum(dkvp[0], 2, out=torch.empty(kp.shape, dtype=kp.dtype, device=q.device))
     dvp = torch.sum(dkvp[1], 2, out=torch.empty(vp.shape, dtype=vp.dtype, device=q.device))
     if not window:
@@ -413,8 +446,8 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
     query_args = _query_args(q, query_embedding, head_scale, query_scale)
     tensors = [q, k_pool, v_pool] + ([k_local, v_local, token_weights] if window else [])
     dtype = _kernel_dtype(q.device.type, tensors)
-    if dtype not in BLOCK_CONFIGS:
-        raise ValueError(f'the Triton attention supports {tuple(BLOCK_CONFIGS)}, got {dtype}')
+    if dtype not in KERNEL_CONFIGS:
+        raise ValueError(f'the Triton attention supports {tuple(KERNEL_CONFIGS)}, got {dtype}')
     q, k_pool, v_pool = (_rows(t.to(dtype)) for t in (q, k_pool, v_pool))
     if window:
         k_local, v_local, token_weights = (_rows(t.to(dtype)) for t in local[:3])

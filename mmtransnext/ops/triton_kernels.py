@@ -212,7 +212,7 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OUT, LSE
                    heads, height, width, num_keys, key_h, key_w, fold_n, taps, transposed,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
-                   PRECISION: tl.constexpr, ALIGN: tl.constexpr):
+                   PRECISION: tl.constexpr, ALIGN: tl.constexpr, UNROLL: tl.constexpr):
     length = height * width
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
                                                         BLOCK_D, HEAD_DIM)
@@ -251,7 +251,7 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OUT, LSE
         scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
         scores += _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask_m[:, None] & mask_n[None, :],
                             height, width, key_h, key_w, fold_n, taps, transposed, weighted,
-                            BLOCK_M, BLOCK_N, True)
+                            BLOCK_M, BLOCK_N, UNROLL)
         scores = tl.where(mask_n[None, :], scores, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp(m_i - m_new)
@@ -370,9 +370,8 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OU
         sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n, so_b, so_h, so_n, sdo_b,
         sdo_h, sdo_n, height, width, offs_m, mask_m1, offs_d, mask_d, HEAD_DIM, BLOCK_D, BLOCK_M,
         WINDOW, ALIGN)
-    # ``UNROLL`` (16-bit full attention): tap loops unrolled, so this key loop is pipelined
-    # (cp.async). Windowed or float32, runtime tap loops and no pipelining: unrolled, ptxas
-    # spilled on sm_90 (12 bytes windowed bf16; tools/check_triton_build.py).
+    # ``UNROLL``: tap loops unrolled, so this key loop is pipelined (cp.async). Query tiles of
+    # 16 per item: with 32, windowed bf16 unrolled spilled on sm_90 (tools/check_triton_build.py).
     for start in range(0, num_keys, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
@@ -508,8 +507,7 @@ def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, DO,
     ``pooled_programs`` take a tile of pooled keys and a run of query tiles each
     (:func:`_pooled_key_grads`, ``DKP``/``DVP`` float32 ``(B, heads, splits, P, d)``), the others
     a tile of ``BLOCK_M`` window keys (:func:`_window_key_grads`, ``DK``/``DV`` ``(B, heads, N,
-    d)`` contiguous). ``UNROLL``: the pooled-key query loop pipelined (see :func:`_cpb_bias`);
-    off for float32 inputs, where ptxas then spilled on sm_90."""
+    d)`` contiguous). ``UNROLL``: the pooled-key query loop pipelined (see :func:`_cpb_bias`)."""
     pid = tl.program_id(0)
     if pid < pooled_programs:
         _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RT, WT, DO, LSE, DELTA, DKP, DVP,

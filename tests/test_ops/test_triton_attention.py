@@ -620,14 +620,22 @@ def test_registers_are_capped_only_for_full_precision_float32():
         assert meta['num_stages'] >= 2  # key and query loops software-pipelined
 
 
-def test_full_attention_uses_query_tiles_of_32():
-    """Full attention (few queries) launches query tiles of 32, windowed attention of 64; 16-bit
-    full attention with 4 warps (two blocks per multiprocessor at up to 255 registers)."""
-    from mmtransnext.ops.triton_attention import block_config
+def test_kernel_configs_pipeline_every_loop_and_leave_room_for_two_blocks():
+    """Every kernel's key (query) loop is pipelined (tap loops unrolled); 16-bit kernels at 4
+    warps, or 8 with tiles small enough for 128 registers (two blocks per multiprocessor, read in
+    the builds by tools/check_triton_build.py); query tiles of 32, 16 per batch item in the
+    query backward; 32 pooled keys per tile."""
+    from mmtransnext.ops.triton_attention import QUERY_ITEMS, kernel_config
+    assert QUERY_ITEMS == 2
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        assert block_config(dtype, 3)[:2] == (64, 32)
-        assert block_config(dtype, 0)[:2] == (32, 32)
-    assert block_config(torch.bfloat16, 0)[2] == block_config(torch.float16, 0)[2] == 4
+        for window in (0, 3):
+            configs = {k: kernel_config(dtype, window, k) for k in ('forward', 'query', 'keys')}
+            assert all(c.unroll and c.block_n == 32 for c in configs.values())
+            assert configs['forward'].block_m == configs['keys'].block_m == 32
+            assert configs['query'].block_m == 16
+    assert kernel_config(torch.bfloat16, 3, 'keys').warps == 4
+    assert kernel_config(torch.bfloat16, 0, 'forward').warps == 4
+    assert kernel_config(torch.float16, 0, 'query') == kernel_config(torch.bfloat16, 0, 'query')
 
 
 def test_more_than_four_column_taps_raise():

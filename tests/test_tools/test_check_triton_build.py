@@ -167,8 +167,8 @@ def test_training_step_records_every_kernel_of_every_block(steps):
     forward = [launch for launch in launches if launch.spec.kernel == '_attention_fwd']
     assert [launch.spec.constants['WINDOW'] for launch in forward] == [3, 3, 3, 0]
     assert all(launch.spec.constants['PRECISION'] == 'tf32' for launch in launches)
-    # the grid of stage 1: query tiles of 64 over a 16x24 map, batch 2 x 2 heads
-    assert forward[0].grid == (6 * 4,)  # one axis: tiles x (batch x heads)
+    # the grid of stage 1: query tiles of 32 over a 16x24 map, batch 2 x 2 heads
+    assert forward[0].grid == (12 * 4,)  # one axis: tiles x (batch x heads)
     assert forward[0].context == 'micro tf32 interpolation@800 64x96 b2'
     assert all(launch.spec.num_warps == 8 for launch in launches)
 
@@ -385,11 +385,11 @@ def test_launches_count_the_grid_gradient_atomics(steps):
     # Micro stage 1 at 64x96: a 16x24 map, 2 heads, pooled keys 25x25 / 8 -> 2x3 (img_size 800
     # tables resized: 4 column taps), batch 2.
     assert (args['height'], args['width'], args['heads']) == (16, 24, 2)
-    # query tiles of 32 of both batch items (one pair): one atomic add per pair of items
-    assert args['taps'] in (1, 2, 4) and args['BLOCK_M'] == 32 and args['batch'] == 2
+    # query tiles of 16 of both batch items (one pair): one atomic add per pair of items
+    assert args['taps'] in (1, 2, 4) and args['BLOCK_M'] == 16 and args['batch'] == 2
     assert grid_gradient_atomics(stage1) == \
         1 * 2 * 16 * 24 * args['num_keys'] * args['taps']
-    assert stage1.programs == 1 * 2 * -(-16 * 24 // 32)
+    assert stage1.programs == 1 * 2 * -(-16 * 24 // 16)
 
 
 def test_launches_fold_the_axis_with_more_taps(steps):
