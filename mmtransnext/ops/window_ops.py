@@ -35,12 +35,24 @@ def _common_dtype(*tensors: Tensor) -> torch.dtype:
 
 def sliding_window_qk_ext(q: Tensor, k: Tensor, rpb: Tensor, size: Size2d,
                           window_size: int) -> Tensor:
-    """Compiled :func:`.sliding_window.sliding_window_qk` (same arguments and result)."""
-    # The op takes one dtype; the bias is a float32 parameter even when q/k are half, and
-    # autograd casts the gradients back.
+    """Compiled :func:`.sliding_window.sliding_window_qk` (same arguments and result, dtype
+    included).
+
+    The op computes in one dtype, the dot products' (autocast's, or the promotion of ``q`` and
+    ``k``). A bias of another dtype is added outside it, after the rounding of the dot
+    products, as the reference adds it after its matmul: under autocast the float32 bias gives
+    float32 logits, so the softmax and its backward run in float32. (Rounding the logits to
+    bfloat16 with the bias inside made the temperature gradient of a 37x53 layer 33% off,
+    against 1.5-2.4% for the reference and the PyTorch path.)
+    """
     dtype = _common_dtype(q, k)
-    return torch.ops.mmtransnext.sliding_window_qk(q.to(dtype), k.to(dtype), rpb.to(dtype),
-                                                   size[0], size[1], window_size)
+    if rpb.dtype == dtype:
+        return torch.ops.mmtransnext.sliding_window_qk(q.to(dtype), k.to(dtype), rpb, size[0],
+                                                       size[1], window_size)
+    logits = torch.ops.mmtransnext.sliding_window_qk(
+        q.to(dtype), k.to(dtype), torch.zeros(rpb.shape, dtype=dtype, device=rpb.device),
+        size[0], size[1], window_size)
+    return logits + rpb.unsqueeze(1)
 
 
 def sliding_window_av_ext(attn: Tensor, v: Tensor, size: Size2d, window_size: int) -> Tensor:
