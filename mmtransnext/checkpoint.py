@@ -182,7 +182,8 @@ def check_finite(state: Dict[str, torch.Tensor], filename: str,
     raise CheckpointError(
         f'{summary}. Such weights make every output NaN (a diverged run or a broken file?). '
         f'To load it anyway pass allow_non_finite=True (read_checkpoint / load_pretrained / '
-        f'the backbone\'s init_cfg) or set {NON_FINITE_ENV}=1.')
+        f'the backbone\'s init_cfg), --allow-non-finite to tools/train.py or tools/test.py, '
+        f'or set {NON_FINITE_ENV}=1.')
 
 
 def _local_loader(filename: str, map_location=None):

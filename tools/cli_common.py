@@ -8,6 +8,7 @@ instead of by a traceback from deep inside the Runner. Generated datasets
 (:mod:`mmtransnext.datasets`) are written on first use. On a machine without CUDA, training
 falls back from AMP to fp32 and distributed runs use gloo with a CPU model wrapper.
 """
+import argparse
 import importlib
 import os
 import os.path as osp
@@ -393,6 +394,22 @@ def check_output_file(path: str, what: str) -> None:
         raise ToolError(f'{what} {path}: cannot write there, {blocker} is a file')
 
 
+def add_non_finite_flag(parser: argparse.ArgumentParser) -> None:
+    """``--allow-non-finite`` (tools/train.py and tools/test.py): see :func:`allow_non_finite`."""
+    parser.add_argument('--allow-non-finite', action='store_true',
+                        help='load checkpoints whose weights hold NaN or inf (each reported as '
+                        'a warning) instead of refusing them')
+
+
+def allow_non_finite(enabled: bool) -> None:
+    """With ``enabled``, every checkpoint this process reads (the tool's own checks, and what
+    mmengine loads: ``load_from``, ``--resume``, init_cfg) may hold non-finite weights: the
+    switch mmengine's loaders see is the environment variable, set here."""
+    if enabled:
+        from mmtransnext.checkpoint import NON_FINITE_ENV
+        os.environ[NON_FINITE_ENV] = '1'
+
+
 def read_checkpoint_arg(path: str, what: str) -> dict:
     """A checkpoint named by an option, read (without executing it) and checked to hold finite
     weights before anything is written; errors name ``what``."""
@@ -405,6 +422,22 @@ def read_checkpoint_arg(path: str, what: str) -> dict:
     if not isinstance(checkpoint, dict):
         raise ToolError(f'{what} {path} holds a {type(checkpoint).__name__}, not a checkpoint')
     return checkpoint
+
+
+def key_value(text: str) -> str:
+    """An argparse type: a ``KEY=VALUE`` config override, kept as text (to be handed on to
+    another tool's ``--cfg-options``; :func:`cfg_options_dict` parses it)."""
+    if '=' not in text or text.startswith('='):
+        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
+    return text
+
+
+def cfg_options_dict(items: Sequence[str]) -> dict:
+    """``KEY=VALUE`` overrides as ``--cfg-options`` parses them (mmengine's ``DictAction``)."""
+    from mmengine.config import DictAction
+    namespace = argparse.Namespace()
+    DictAction(option_strings=['--cfg-options'], dest='options')(None, namespace, list(items))
+    return getattr(namespace, 'options', None) or {}
 
 
 def positive_int(text: str) -> int:

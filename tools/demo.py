@@ -69,6 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--min-top1', type=float, default=80.0,
                         help='--classification: top-1 (%%) each classifier must reach (default: '
                         '80; chance is 33.3)')
+    parser.add_argument('--cfg-options', nargs='+', type=common.key_value, default=[],
+                        metavar='KEY=VALUE',
+                        help='override entries of the demo config(s), as for tools/train.py, '
+                        'e.g. model.backbone.attn_impl=torch (the demo\'s own settings, '
+                        '--iters, --data-root and no validation while training, apply after)')
     parser.add_argument('--threads', type=common.positive_int, default=None,
                         help="torch CPU threads (default: torch's choice, one per core); on a "
                         'machine busy with other work, 1 avoids threads waiting on each other')
@@ -95,7 +100,7 @@ def classify(args: argparse.Namespace) -> Dict[str, float]:
     results, lines = {}, []
     for config in ([args.config] if args.config else CLASSIFICATION_CONFIGS):
         start = time.perf_counter()
-        cfg = common.load_config(config, None)
+        cfg = common.load_config(config, common.cfg_options_dict(args.cfg_options))
         name = osp.splitext(osp.basename(config))[0]
         cfg.work_dir = osp.join(args.work_dir, name)
         for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -139,7 +144,7 @@ def main(argv=None) -> Dict[str, float]:
         return classify(args)
     args.config = args.config or DEMO_CONFIG
     start = time.perf_counter()
-    cfg = common.load_config(args.config, None)
+    cfg = common.load_config(args.config, common.cfg_options_dict(args.cfg_options))
     common.check_output_dir(args.work_dir, '--work-dir')
     if args.data_root:
         common.check_output_dir(args.data_root, '--data-root')
@@ -149,7 +154,7 @@ def main(argv=None) -> Dict[str, float]:
     print(f'[demo] dataset: {ensure_shapes_coco(data_root, **generator)}', flush=True)
 
     # No validation during training: the test below evaluates the final checkpoint.
-    train_options = _data_options(args.data_root, 'train') + [
+    train_options = args.cfg_options + _data_options(args.data_root, 'train') + [
         'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None']
     if args.iters:
         train_options += [f'train_cfg.max_iters={args.iters}',
@@ -165,8 +170,9 @@ def main(argv=None) -> Dict[str, float]:
     show_dir = osp.join(runner.work_dir, 'predictions')
     test_start = time.perf_counter()
     test_argv = [args.config, checkpoint, '--work-dir', args.work_dir, '--show-dir', show_dir]
-    if args.data_root:
-        test_argv += ['--cfg-options', *_data_options(args.data_root, 'test')]
+    test_options = args.cfg_options + _data_options(args.data_root, 'test')
+    if test_options:
+        test_argv += ['--cfg-options', *test_options]
     metrics = _tool('test').main(test_argv)
     test_time = time.perf_counter() - test_start
 

@@ -35,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, e.g. train_cfg.max_epochs=1')
     add_fixed_pool_size_flag(parser)
+    common.add_non_finite_flag(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -116,6 +117,7 @@ def setup_train_config(args: argparse.Namespace):
 def main(argv=None):
     """Train; returns the Runner (for tools/demo.py and the tests)."""
     args = parse_args(argv)
+    common.allow_non_finite(args.allow_non_finite)
     cfg, notes = setup_train_config(args)
     common.init_distributed(args.launcher, cfg)
     runner = common.build_runner(cfg)

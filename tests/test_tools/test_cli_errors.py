@@ -100,6 +100,24 @@ def test_test_refuses(capsys, files, argv, named):
     _refused(capsys, files, 'test', argv, *named)
 
 
+def test_allow_non_finite_lets_a_nan_checkpoint_through(capsys, files, monkeypatch):
+    """``--allow-non-finite``: the NaN file is read (with a warning), so the next check speaks:
+    its keys do not fit the model. The switch mmengine's loaders see is the environment."""
+    from mmtransnext.checkpoint import NON_FINITE_ENV
+    monkeypatch.setattr(os, 'environ', os.environ.copy())
+    module = load_tool('test')
+    _log_to_this_capture()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: module.main([MASK_RCNN_DEMO, 'nan.pth', '--allow-non-finite',
+                                      '--work-dir', 'out']))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1, err
+    (line,) = [line for line in err.splitlines() if 'error:' in line]
+    assert 'checkpoint nan.pth does not fit the model' in line and 'non-finite' not in line
+    assert os.environ[NON_FINITE_ENV] == '1'
+
+
 def test_test_refuses_a_file_as_show_dir(capsys, files):
     """The checkpoint is read before --show-dir is looked at: give it a finite one."""
     torch.save({'state_dict': {'w': torch.zeros(2)}}, files / 'ok.pth')
