@@ -49,14 +49,14 @@ class KernelConfig(NamedTuple):
 #: stages 1-3; ``'full'``: stage 4) and kernel (``'forward'``, ``'query'`` and ``'keys'``
 #: backward), chosen from what ``tools/check_triton_build.py`` reads in the sm_80/sm_90 builds
 #: and its ``--launch-report`` (waves on 132 multiprocessors, Tiny 512x512 batch 2): every key
-#: and query loop software-pipelined (``unroll``), no spill, at least two waves, and, with
-#: tensor-core products (16-bit, TF32), room for two blocks per multiprocessor: at most 128
-#: registers per thread at 8 warps, 255 at 4. Query tiles of 32 (16 per item in the query
-#: backward, which holds two items' queries, gradients and accumulators): tiles of 64 needed
-#: 156-238 registers at 8 warps (one block per multiprocessor), and pipelining the windowed
-#: query backward spilled there. Float32 with full-precision products (FMA dots, no tensor
-#: cores) needs 145-255 registers at 8 warps (one block; 4 warps spilled) and is not the
-#: training precision the configs use. README "Triton kernels" lists what each compiles to.
+#: and query loop software-pipelined (``unroll``), no spill, at least two waves, and, for
+#: 16-bit inputs (the AMP the configs train with), room for two blocks per multiprocessor: at
+#: most 128 registers per thread at 8 warps, 255 at 4. Query tiles of 32 (16 per item in the
+#: query backward, which holds two items' queries, gradients and accumulators): tiles of 64
+#: needed 156-238 registers at 8 warps (one block per multiprocessor), and pipelining the
+#: windowed query backward spilled there. Float32 inputs run 8 warps: 106-255 registers with
+#: full-precision products (FMA dots; 4 warps spilled), 128-236 with TF32, so the backward
+#: kernels fit one block per multiprocessor. README "Triton path" lists what each compiles to.
 _SIXTEEN_BIT = {
     'window': {'forward': KernelConfig(32, 32, 8, True),
                'query': KernelConfig(16, 32, 8, True),
