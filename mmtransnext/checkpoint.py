@@ -1,9 +1,13 @@
 """Checkpoint reading and loading: the one place the package touches ``torch.load``.
 
-Every local checkpoint, whoever asks for it, is read by :func:`read_checkpoint`; importing
-:mod:`mmtransnext` registers it as mmengine's local-file loader, so ``load_from``, ``--resume``,
-``init_cfg=dict(type='Pretrained')``, ``mmdet.apis.init_detector`` / ``DetInferencer`` and
-``mmseg.apis.init_model`` / ``MMSegInferencer`` all go through it. Nothing in a file is executed:
+Every checkpoint, whoever asks for it, is read by :func:`read_checkpoint`: a local path, or an
+``http://`` / ``https://`` URL, downloaded once into torch hub's checkpoint folder
+(``torch.hub.get_dir()/checkpoints``, where mmengine and torchvision keep theirs) and then read
+like a local file. Importing :mod:`mmtransnext` registers it as mmengine's loader for local files
+and for those two schemes, so ``load_from``, ``--resume``, ``init_cfg=dict(type='Pretrained')``,
+``mmdet.apis.init_detector`` / ``DetInferencer`` and ``mmseg.apis.init_model`` /
+``MMSegInferencer`` all go through it; the other schemes mmengine knows (``open-mmlab://``,
+``torchvision://``, ``s3://``, ...) keep mmengine's loaders. Nothing in a file is executed:
 
 - a file of tensors only (official ImageNet / downstream weights) is read with
   ``torch.load(weights_only=True)``;
@@ -28,6 +32,11 @@ import contextvars
 import os
 import os.path as osp
 import pickle
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -39,6 +48,10 @@ from . import safe_pickle
 
 TRUSTED_ENV = 'MMTRANSNEXT_TRUSTED_CHECKPOINTS'
 NON_FINITE_ENV = 'MMTRANSNEXT_ALLOW_NON_FINITE_CHECKPOINTS'
+#: URL schemes :func:`read_checkpoint` downloads.
+URL_PREFIXES = ('http://', 'https://')
+#: Seconds a download may wait for the server before it is given up.
+DOWNLOAD_TIMEOUT = 60
 _TRUSTED = contextvars.ContextVar('mmtransnext_trusted_checkpoints', default=False)
 
 #: Keys of an ImageNet classifier that a backbone never has; dropped silently but reported
@@ -84,7 +97,7 @@ def read_checkpoint(filename: str, map_location='cpu', allow_pickle: Optional[bo
     and check that its model weights are finite (:func:`check_finite`).
 
     Args:
-        filename: path of the file.
+        filename: path of the file, or an ``http(s)://`` URL (see :func:`cached_download`).
         map_location: as for :func:`torch.load`.
         allow_pickle: whether a file that the restricted unpickler refuses may be unpickled in
             full. None decides from :func:`trusted_checkpoints` and
@@ -95,43 +108,95 @@ def read_checkpoint(filename: str, map_location='cpu', allow_pickle: Optional[bo
     Raises:
         FileNotFoundError: no such file.
         IsADirectoryError: ``filename`` is a directory.
-        CheckpointError: not a checkpoint, (untrusted) it needs a global that is refused, or
-            a weight is not finite.
+        CheckpointError: not a checkpoint, (untrusted) it needs a global that is refused, a
+            weight is not finite, or a URL could not be downloaded.
     """
-    checkpoint = _read(filename, map_location, allow_pickle)
+    name = str(filename)
+    if is_url(filename):
+        filename = cached_download(filename)
+        name = f'{name} (downloaded to {filename})'
+    checkpoint = _read(filename, map_location, allow_pickle, name)
     if isinstance(checkpoint, dict):
-        check_finite(extract_state_dict(checkpoint, prefix=''), filename, allow_non_finite)
+        check_finite(extract_state_dict(checkpoint, prefix=''), name, allow_non_finite)
     return checkpoint
 
 
-def _read(filename: str, map_location, allow_pickle: Optional[bool]):
+def is_url(filename) -> bool:
+    """Whether :func:`read_checkpoint` downloads ``filename`` (an ``http(s)://`` URL)."""
+    return isinstance(filename, str) and filename.startswith(URL_PREFIXES)
+
+
+def cached_download(url: str, cache_dir: Optional[str] = None) -> str:
+    """The local copy of the file at ``url``, downloaded the first time it is asked for.
+
+    The copy is ``cache_dir/<the URL path's last part>`` (a query such as ``?download=true`` is
+    not part of the name); ``cache_dir`` defaults to ``torch.hub.get_dir()/checkpoints``, where
+    mmengine's and torch's own downloads go, so a file either of them fetched is reused. The
+    download goes to a temporary file first: an interrupted one leaves nothing behind.
+
+    Raises:
+        CheckpointError: one line naming the URL and the HTTP status or network error, and how
+            to use a local copy instead.
+    """
+    name = osp.basename(urllib.parse.urlparse(url).path)
+    if not name:
+        raise CheckpointError(f'{url} names no file (the URL path ends with "/")')
+    folder = cache_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    path = osp.join(folder, name)
+    if osp.isfile(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    alternative = ('download it where the network allows and pass the local file in its place '
+                   '(e.g. --cfg-options model.backbone.init_cfg.checkpoint=PATH), or put it at '
+                   f'{path}')
+    print_log(f'downloading {url} to {path}', logger='current')
+    partial = tempfile.NamedTemporaryFile(dir=folder, prefix=f'.{name}.', delete=False)
+    try:
+        with partial, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+            shutil.copyfileobj(response, partial)
+        os.replace(partial.name, path)
+    except urllib.error.HTTPError as err:
+        raise CheckpointError(f'cannot download {url}: HTTP {err.code} {err.reason}; '
+                              f'{alternative}') from err
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, 'reason', err)
+        raise CheckpointError(f'cannot download {url}: {reason} (no network?); '
+                              f'{alternative}') from err
+    finally:
+        if osp.exists(partial.name):
+            os.unlink(partial.name)
+    return path
+
+
+def _read(filename: str, map_location, allow_pickle: Optional[bool], name: str):
+    """Read the local file ``filename``; messages call it ``name``."""
     path = osp.expanduser(str(filename))
     if osp.isdir(path):
-        raise IsADirectoryError(f'checkpoint path is a directory, not a file: {filename}')
+        raise IsADirectoryError(f'checkpoint path is a directory, not a file: {name}')
     if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint file not found: {filename}')
+        raise FileNotFoundError(f'checkpoint file not found: {name}')
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         pass  # more than tensors: the restricted unpickler below reads what it can
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise CheckpointError(f'{filename} is not a readable PyTorch checkpoint: {err}') from err
+        raise CheckpointError(f'{name} is not a readable PyTorch checkpoint: {err}') from err
     try:
         return torch.load(path, map_location=map_location, weights_only=False,
                           pickle_module=safe_pickle)
     except safe_pickle.RefusedGlobal as err:
         refused = err
     except Exception as err:
-        raise CheckpointError(f'{filename} is not a readable PyTorch checkpoint: {err}') from err
+        raise CheckpointError(f'{name} is not a readable PyTorch checkpoint: {err}') from err
     if not (_trusted() if allow_pickle is None else allow_pickle):
         raise CheckpointError(
-            f'{filename} was not loaded: it needs {refused}. Checkpoints are read without '
+            f'{name} was not loaded: it needs {refused}. Checkpoints are read without '
             f'running code from them, which admits tensors, Python containers and numbers, numpy '
             f'numeric arrays and mmengine\'s plain-data classes; anything else could run code when '
             f'unpickled (or is a class this version does not know). If you trust this file, '
             f'load it inside mmtransnext.checkpoint.trusted_checkpoints() or set {TRUSTED_ENV}=1.'
         ) from refused
-    print_log(f'{filename}: unpickled in full (trusted) because it needs {refused.name}',
+    print_log(f'{name}: unpickled in full (trusted) because it needs {refused.name}',
               logger='current', level=30)
     return torch.load(path, map_location=map_location, weights_only=False)
 
@@ -186,15 +251,18 @@ def check_finite(state: Dict[str, torch.Tensor], filename: str,
         f'or set {NON_FINITE_ENV}=1.')
 
 
-def _local_loader(filename: str, map_location=None):
-    """mmengine ``CheckpointLoader`` backend for local files."""
+def load_from_mmtransnext(filename: str, map_location=None, logger=None):
+    """mmengine ``CheckpointLoader`` backend for local files and ``http(s)://`` URLs (mmengine
+    hands its URL loaders a ``logger`` too; its log names the backend after ``load_from_``)."""
     return read_checkpoint(filename, map_location)
 
 
 def install_mmengine_loader() -> None:
-    """Make mmengine read local checkpoints through :func:`read_checkpoint` (idempotent)."""
+    """Make mmengine read local checkpoints and ``http(s)://`` URLs through
+    :func:`read_checkpoint` (idempotent)."""
     from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=_local_loader, force=True)
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_mmtransnext, force=True)
+    CheckpointLoader.register_scheme(prefixes=URL_PREFIXES, loader=load_from_mmtransnext, force=True)
 
 
 def extract_state_dict(checkpoint, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:

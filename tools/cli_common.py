@@ -19,9 +19,10 @@ import torch
 
 #: Libraries a config can belong to (its ``default_scope``).
 LIBRARIES = ('mmdet', 'mmseg', 'mmpretrain')
-#: Checkpoint locations mmengine resolves itself (not local files).
-REMOTE_PREFIXES = ('http://', 'https://', 'torchvision://', 'open-mmlab://', 'mmcls://',
-                   'pavi://', 's3://', 'openmmlab://', 'modelzoo://')
+#: Checkpoint locations that mmengine's own loaders resolve (local files and ``http(s)://`` URLs
+#: are read by :func:`mmtransnext.checkpoint.read_checkpoint`).
+MMENGINE_PREFIXES = ('torchvision://', 'open-mmlab://', 'mmcls://', 'pavi://', 's3://',
+                     'openmmlab://', 'modelzoo://')
 #: Dataset paths relative to ``data_root`` (besides ``ann_file``).
 PATH_KEYS = ('img', 'img_path', 'seg_map_path', 'seg', 'ann')
 
@@ -339,9 +340,18 @@ def _weights_hint(module_type: Optional[str]) -> str:
 
 
 def check_pretrained(cfg, config_path: str) -> None:
-    """Raise if a local ``init_cfg`` / ``pretrained`` checkpoint of the model is missing."""
+    """Raise if a local ``init_cfg`` / ``pretrained`` checkpoint of the model is missing, or a
+    URL one cannot be downloaded (it is downloaded here, once: the model's initialisation then
+    reads the local copy)."""
+    from mmtransnext.checkpoint import CheckpointError, cached_download, is_url
     for where, path, owner in _pretrained_paths(cfg.model, 'model'):
-        if path.startswith(REMOTE_PREFIXES) or osp.isfile(path):
+        if is_url(path):
+            try:
+                cached_download(path)
+            except CheckpointError as err:
+                raise ToolError(f'{where} of {config_path}: {err}') from err
+            continue
+        if path.startswith(MMENGINE_PREFIXES) or osp.isfile(path):
             continue
         option = where.rsplit('.', 1)[0]
         hint = _weights_hint(owner)
@@ -413,8 +423,9 @@ def allow_non_finite(enabled: bool) -> None:
 def read_checkpoint_arg(path: str, what: str) -> dict:
     """A checkpoint named by an option, read (without executing it) and checked to hold finite
     weights before anything is written; errors name ``what``."""
-    from mmtransnext.checkpoint import CheckpointError, read_checkpoint
-    check_file(path, what)
+    from mmtransnext.checkpoint import CheckpointError, is_url, read_checkpoint
+    if not is_url(path):
+        check_file(path, what)
     try:
         checkpoint = read_checkpoint(path)
     except CheckpointError as err:
@@ -595,7 +606,7 @@ def build_backbone(cfg, config_path: str, checkpoint: Optional[str] = None,
     """
     import copy
     from mmengine.registry import MODELS
-    from mmtransnext.checkpoint import CheckpointError, load_pretrained
+    from mmtransnext.checkpoint import CheckpointError, is_url, load_pretrained
     backbone_cfg = copy.deepcopy(dict(backbone_config(cfg, config_path)))
     backbone_cfg.pop('init_cfg', None)  # weights come from `checkpoint` or stay random
     backbone_cfg.pop('pretrained', None)
@@ -616,7 +627,8 @@ def build_backbone(cfg, config_path: str, checkpoint: Optional[str] = None,
         raise ToolError(f'{option}{config_path}: cannot build its backbone '
                         f'{backbone_cfg.get("type")!r}: {_one_line(err)}') from err
     if checkpoint:
-        check_file(checkpoint, 'checkpoint file')
+        if not is_url(checkpoint):
+            check_file(checkpoint, 'checkpoint file')
         try:
             load_pretrained(backbone, checkpoint,
                             optional=getattr(backbone, 'pretrained_optional_keys', ()))

@@ -101,7 +101,7 @@ def setup_train_config(args: argparse.Namespace):
         common.read_checkpoint_arg(args.resume, '--resume checkpoint')
         cfg.resume = True
         cfg.load_from = args.resume
-    elif cfg.get('load_from') and not str(cfg.load_from).startswith(common.REMOTE_PREFIXES):
+    elif cfg.get('load_from') and not str(cfg.load_from).startswith(common.MMENGINE_PREFIXES):
         common.read_checkpoint_arg(cfg.load_from, 'load_from checkpoint')
 
     loaders = ['train_dataloader']

@@ -8,6 +8,7 @@
 #   reverts it to BN).
 # - pretrain_size 224: the relative-position tables of the ImageNet weights; they are resized
 #   bicubically to each input, as officially.
+checkpoint_file = 'https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-t.pth.tar'  # noqa: E501
 transxnet_backbone = dict(
     type='TransXNet',
     arch='tiny',
@@ -15,10 +16,9 @@ transxnet_backbone = dict(
     out_indices=(0, 1, 2, 3),
     drop_path_rate=0.1,
     norm_cfg=dict(type='SyncBN', requires_grad=True),
-    # Official ImageNet-1K weights (github.com/LMMMEng/TransXNet releases, transx-<t|s|b>.pth.tar);
-    # nothing is downloaded: put the file here or override with
-    # --cfg-options model.backbone.init_cfg.checkpoint=PATH
-    init_cfg=dict(type='Pretrained', checkpoint='checkpoints/transx-t.pth.tar'))
+    # Official ImageNet-1K weights (github.com/LMMMEng/TransXNet releases, transx-<t|s|b>.pth.tar), downloaded once into torch hub's
+    # cache; a local file: --cfg-options model.backbone.init_cfg.checkpoint=PATH
+    init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file))
 # Channels of the four stages per size (for necks and heads).
 transxnet_channels = dict(
     tiny=[48, 96, 224, 448], small=[64, 128, 320, 512], base=[76, 152, 336, 672])

@@ -7,4 +7,4 @@ model = dict(
     backbone=dict(arch='base', drop_path_rate=0.8),
     head=dict(in_channels=768))
 # The official 224 weights: huggingface.co/DaiShiResearch/transnext-base-224-1k
-load_from = 'checkpoints/transnext_base_224_1k.pth'
+load_from = 'https://huggingface.co/DaiShiResearch/transnext-base-224-1k/resolve/main/transnext_base_224_1k.pth?download=true'  # noqa: E501

@@ -7,4 +7,4 @@ model = dict(
     backbone=dict(arch='small', drop_path_rate=0.7),
     head=dict(in_channels=576))
 # The official 224 weights: huggingface.co/DaiShiResearch/transnext-small-224-1k
-load_from = 'checkpoints/transnext_small_224_1k.pth'
+load_from = 'https://huggingface.co/DaiShiResearch/transnext-small-224-1k/resolve/main/transnext_small_224_1k.pth?download=true'  # noqa: E501

@@ -1,10 +1,11 @@
 # Official: 53.0 mIoU single-scale (sliding window), 121M parameters. The ms configs evaluate
 # the checkpoint trained with this config.
 _base_ = './_base_/upernet_transnext_160k_ade20k-512x512.py'
+checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-base-224-1k/resolve/main/transnext_base_224_1k.pth?download=true'  # noqa: E501
 model = dict(
     backbone=dict(
         arch='base',
         drop_path_rate=0.7,
-        init_cfg=dict(checkpoint='checkpoints/transnext_base_224_1k.pth')),
+        init_cfg=dict(checkpoint=checkpoint_file)),
     decode_head=dict(in_channels=[96, 192, 384, 768]),
     auxiliary_head=dict(in_channels=384))

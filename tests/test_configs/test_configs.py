@@ -78,6 +78,47 @@ CHANNELS = dict(tiny=[72, 144, 288, 576], small=[72, 144, 288, 576], base=[96, 1
 DEPTHS = dict(tiny=[2, 2, 15, 2], small=[5, 5, 22, 5], base=[5, 5, 23, 5])
 
 
+def transnext_imagenet_url(size: str) -> str:
+    """The official TransNeXt ImageNet-1K file (its model card on huggingface.co)."""
+    return (f'https://huggingface.co/DaiShiResearch/transnext-{size}-224-1k/resolve/main/'
+            f'transnext_{size}_224_1k.pth?download=true')
+
+
+def transxnet_imagenet_url(size: str) -> str:
+    """The official TransXNet ImageNet-1K file (LMMMEng/TransXNet's v1.0 release)."""
+    return f'https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-{size[0]}.pth.tar'
+
+
+def _checkpoints(node, where='model'):
+    """``(where, checkpoint)`` of every ``init_cfg=dict(type='Pretrained')`` under ``node``."""
+    if isinstance(node, dict):
+        if node.get('type') == 'Pretrained':
+            yield where, node.get('checkpoint')
+        for key, value in node.items():
+            yield from _checkpoints(value, f'{where}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _checkpoints(value, f'{where}[{i}]')
+
+
+def test_no_shipped_config_names_a_local_pretrained_file():
+    """Every pretrained file a shipped config starts from (backbone init_cfg, load_from) is an
+    official release named by URL: on a networked machine nothing is to be put by hand."""
+    shipped = [p for p in glob.glob(osp.join(CONFIGS, '**', '*.py'), recursive=True)
+               if '_base_' not in p.split(osp.sep) and '/demo/' not in p]
+    named = {}
+    for path in shipped:
+        cfg = Config.fromfile(path)
+        for where, checkpoint in _checkpoints(cfg.model):
+            named[f'{osp.relpath(path, CONFIGS)}: {where}'] = checkpoint
+        if cfg.get('load_from'):
+            named[f'{osp.relpath(path, CONFIGS)}: load_from'] = cfg.load_from
+    assert len(named) == 24  # 22 detection/segmentation backbones, 2 classification fine-tunes
+    official = {transnext_imagenet_url(s) for s in ('tiny', 'small', 'base')} | \
+        {transxnet_imagenet_url(s) for s in ('tiny', 'small', 'base')}
+    assert {k: v for k, v in named.items() if v not in official} == {}
+
+
 def _all_configs():
     """Detection and segmentation configs (configs/classification: tests/test_classification)."""
     paths = glob.glob(osp.join(CONFIGS, '**', '*.py'), recursive=True)
@@ -122,8 +163,7 @@ def test_recipe_backbone(rel):
     assert backbone.type == 'TransNeXt' and backbone.arch == size
     assert backbone.pretrain_size == 224
     assert backbone.drop_path_rate == DROP_PATH[family][size]
-    assert backbone.init_cfg == dict(type='Pretrained',
-                                     checkpoint=f'checkpoints/transnext_{size}_224_1k.pth')
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=transnext_imagenet_url(size))
     extrapolation = rel.endswith('_ms-extrapolation.py')
     assert backbone.is_extrapolation == extrapolation
     expected_img_size = {'mask_rcnn': 800, 'dino': 800, 'mask2former': 512,
@@ -340,8 +380,7 @@ def test_transxnet_recipe_backbone_and_neck(rel):
     assert backbone.pretrain_size == 224
     assert backbone.drop_path_rate == dict(tiny=0.1, small=0.2, base=0.3)[size]
     assert backbone.norm_cfg == dict(type='SyncBN', requires_grad=True)
-    assert backbone.init_cfg == dict(type='Pretrained',
-                                     checkpoint=f'checkpoints/transx-{size[0]}.pth.tar')
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=transxnet_imagenet_url(size))
     channels = TRANSXNET_CHANNELS[size]
     neck = cfg.model.neck
     assert neck.type == 'FPN' and neck.out_channels == 256

@@ -43,3 +43,32 @@ def test_entry(config):
     assert isinstance(model['Metadata']['Parameters'], int)
     assert model['Results'] and all(r['Metrics'] for r in model['Results'])
     assert model['Weights'].startswith(OFFICIAL_HOSTS)
+
+
+#: What the released file of each config folder is called (the official names: huggingface.co
+#: DaiShiResearch model cards, LMMMEng/TransXNet v1.0 release assets).
+RELEASED_NAME = {'mask_rcnn': ('mask_rcnn_transnext_', 'maskrcnn_'), 'retinanet': ('retinanet_',),
+                 'sem_fpn': ('sfpn_transxnet_',), 'dino': ('dino_',), 'upernet': ('upernet_',),
+                 'mask2former': ('mask2former_',), 'classification': ('transnext_', 'transx-')}
+
+
+@pytest.mark.parametrize('config', _configs())
+def test_weights_are_the_released_file_of_that_task_and_size(config):
+    weights = osp.basename(_index()[config]['Weights'])
+    folder = config.split('/')[1]
+    assert weights.startswith(RELEASED_NAME[folder]), weights
+    size = next(s for s in ('micro', 'tiny', 'small', 'base') if f'-{s}' in config)
+    assert size in weights or f'transx-{size[0]}' in weights, weights
+
+
+def test_readme_model_zoo_links_each_release():
+    """The README's model zoo rows link the metafiles' ``Weights`` (the one source of truth)."""
+    with open(osp.join(ROOT, 'README.md')) as f:
+        rows = [line for line in f if line.startswith('|') and '.py`' in line]
+    for config, model in _index().items():
+        rel = config[len('configs/'):]
+        if rel.startswith('classification/'):
+            rel = rel[len('classification/'):]
+        row = [line for line in rows if f'`{rel}`' in line]
+        assert len(row) == 1, f'{rel}: {len(row)} README rows'
+        assert f'[weights]({model["Weights"]})' in row[0], rel

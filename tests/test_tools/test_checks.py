@@ -48,13 +48,16 @@ def test_missing_pretrained_checkpoint_is_named(train_tool, data_dir, tmp_path, 
                f'val_dataloader.dataset.data_root={root}',
                'val_dataloader.dataset.ann_file=annotations/instances_val.json',
                'val_dataloader.dataset.data_prefix.img=val/',
-               f'val_evaluator.ann_file={root}annotations/instances_val.json']
+               f'val_evaluator.ann_file={root}annotations/instances_val.json',
+               # the shipped configs name URLs: a local file that is not there
+               'model.backbone.init_cfg.checkpoint=checkpoints/transnext_tiny_224_1k.pth']
     with pytest.raises(ToolError, match=r'model\.backbone\.init_cfg\.checkpoint of .*: checkpoint '
                        r'file not found: checkpoints/transnext_tiny_224_1k\.pth\n.*DaiShiResearch'):
         train_tool.setup_train_config(
             train_tool.parse_args([MASK_RCNN_TINY, '--cfg-options', *options]))
     # The hint names where each family's weights are published.
     xnet = osp.join(ROOT, 'configs', 'mask_rcnn', 'mask-rcnn_transxnet-tiny_fpn_1x_coco.py')
+    options[-1] = 'model.backbone.init_cfg.checkpoint=checkpoints/transx-t.pth.tar'
     with pytest.raises(ToolError, match=r'transx-t\.pth\.tar\n.*LMMMEng/TransXNet'):
         train_tool.setup_train_config(train_tool.parse_args([xnet, '--cfg-options', *options]))
 

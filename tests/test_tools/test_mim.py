@@ -9,7 +9,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
+from loopback_http import serve
 from tool_helpers import ROOT, SHALLOW, ade_options
 
 pytestmark = pytest.mark.slow
@@ -80,3 +82,28 @@ def test_mim_train_and_test(installed, data_dir, tmp_path):
                       *options], env, str(tmp_path))
     assert code == 0, out[-4000:]
     assert 'mIoU' in out
+
+
+def test_mim_download_fetches_the_released_file_of_a_config(installed, tmp_path):
+    """``mim download`` reads the ``Weights`` URL of the installed model index. Here the index of
+    the installed copy points one config at a loopback server holding a stand-in file."""
+    env, site = installed
+    name = 'mask-rcnn_transnext-tiny_fpn_1x_coco'
+    released = 'mask_rcnn_transnext_tiny_fpn_1x_coco_in1k.pth'
+    metafile = site / 'mmtransnext' / '.mim' / 'configs' / 'mask_rcnn' / 'metafile.yml'
+    text = metafile.read_text()
+    official = re.search(rf"Weights: '(https://\S+/{released})'", text).group(1)
+    served_dir = tmp_path / 'served'
+    served_dir.mkdir()
+    with serve(str(served_dir)) as server:
+        url = server.put(released, {'state_dict': {'backbone.w': torch.arange(4.)}})
+        metafile.write_text(text.replace(official, url))
+        try:
+            code, out = _mim(['download', 'mmtransnext', '--config', name, '--dest',
+                              str(tmp_path / 'dest')], env, str(tmp_path))
+        finally:
+            metafile.write_text(text)
+    assert code == 0, out[-3000:]
+    assert server.requests == [f'/{released}']
+    assert (tmp_path / 'dest' / released).read_bytes() == (served_dir / released).read_bytes()
+    assert (tmp_path / 'dest' / f'{name}.py').is_file()  # the config, dumped whole

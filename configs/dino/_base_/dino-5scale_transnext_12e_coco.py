@@ -4,6 +4,7 @@
 # channels and the ImageNet checkpoint; the 4-scale config uses stages 2-4.
 # Batch: 8 GPUs x 1 image, 2-step gradient accumulation (16 images per update); fp16.
 _base_ = [
+checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
     'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
     '../../_base_/transnext_paramwise.py',
 ]
@@ -20,10 +21,9 @@ model = dict(
         is_extrapolation=False,
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.3,
-        # Official ImageNet-1K weights (huggingface.co/DaiShiResearch/transnext-<arch>-224-1k);
-        # nothing is downloaded: put the file here or override with
-        # --cfg-options model.backbone.init_cfg.checkpoint=PATH
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/transnext_tiny_224_1k.pth')),
+        # Official ImageNet-1K weights (huggingface.co/DaiShiResearch/transnext-<arch>-224-1k), downloaded once into torch hub's
+        # cache; a local file: --cfg-options model.backbone.init_cfg.checkpoint=PATH
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
     neck=dict(in_channels=[72, 144, 288, 576], num_outs=5),
     encoder=dict(layer_cfg=dict(self_attn_cfg=dict(num_levels=5))),
     decoder=dict(layer_cfg=dict(cross_attn_cfg=dict(num_levels=5))))

@@ -3,6 +3,7 @@
 # set arch, drop_path_rate, neck channels and the ImageNet checkpoint.
 # Batch: 8 GPUs x 2 images (auto_scale_lr base 16, from mmdet's schedule_1x).
 _base_ = [
+checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
     'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
     '../../_base_/transnext_paramwise.py',
 ]
@@ -18,10 +19,9 @@ model = dict(
         is_extrapolation=False,
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.4,
-        # Official ImageNet-1K weights (huggingface.co/DaiShiResearch/transnext-<arch>-224-1k);
-        # nothing is downloaded: put the file here or override with
-        # --cfg-options model.backbone.init_cfg.checkpoint=PATH
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/transnext_tiny_224_1k.pth')),
+        # Official ImageNet-1K weights (huggingface.co/DaiShiResearch/transnext-<arch>-224-1k), downloaded once into torch hub's
+        # cache; a local file: --cfg-options model.backbone.init_cfg.checkpoint=PATH
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
     neck=dict(in_channels=[72, 144, 288, 576]))
 
 # AdamW instead of mmdet's SGD; 12 epochs of 1333x800 single-scale + flip data as in the mmdet

@@ -3,6 +3,7 @@
 # configs set arch, drop_path_rate, head channels and the ImageNet checkpoint.
 # Batch: 8 GPUs x 2 images (auto_scale_lr base 16).
 _base_ = [
+checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
     'mmseg::_base_/models/upernet_r50.py',
     'mmseg::_base_/datasets/ade20k.py',
     'mmseg::_base_/default_runtime.py',
@@ -24,10 +25,9 @@ model = dict(
         is_extrapolation=False,
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.4,
-        # Official ImageNet-1K weights (huggingface.co/DaiShiResearch/transnext-<arch>-224-1k);
-        # nothing is downloaded: put the file here or override with
-        # --cfg-options model.backbone.init_cfg.checkpoint=PATH
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/transnext_tiny_224_1k.pth')),
+        # Official ImageNet-1K weights (huggingface.co/DaiShiResearch/transnext-<arch>-224-1k), downloaded once into torch hub's
+        # cache; a local file: --cfg-options model.backbone.init_cfg.checkpoint=PATH
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
     decode_head=dict(in_channels=[72, 144, 288, 576], num_classes=150),
     auxiliary_head=dict(in_channels=288, num_classes=150),
     # Single-scale evaluation: sliding 512x512 window, stride 341.
