@@ -28,6 +28,7 @@ import contextvars
 import os
 import os.path as osp
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -110,6 +111,9 @@ def _read(filename: str, map_location, allow_pickle: Optional[bool]):
         raise IsADirectoryError(f'checkpoint path is a directory, not a file: {filename}')
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {filename}')
+    if _is_torchscript_archive(path):
+        raise CheckpointError(f'{filename} is a TorchScript archive, not a checkpoint: load it '
+                              'with torch.jit.load if you trust it')
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -134,6 +138,16 @@ def _read(filename: str, map_location, allow_pickle: Optional[bool]):
     print_log(f'{filename}: unpickled in full (trusted) because it needs {refused.name}',
               logger='current', level=30)
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``constants.pkl``): torch 2.1's
+    ``torch.load`` hands one to ``torch.jit.load`` even with ``weights_only=True`` (newer torch
+    refuses it)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(osp.basename(name) == 'constants.pkl' for name in archive.namelist())
 
 
 def non_finite_tensors(state: Dict[str, torch.Tensor]) -> Dict[str, Tuple[int, int, int]]:
