@@ -213,7 +213,9 @@ def register_fake(name: str, fake: Callable) -> None:
     """``torch.library.register_fake`` (torch >= 2.4); nothing before, where torch.compile
     cannot trace the ops (:func:`check_traceable`)."""
     if HAS_CUSTOM_OP:
-        torch.library.register_fake(name, fake)
+        # Recorded as the caller's: PyTorch checks it against the module a C++ schema names
+        # (set_python_module).
+        torch.library.register_fake(name, fake, _stacklevel=2)
 
 
 def register_autograd(name: str, backward: Callable, setup_context: Callable) -> None:
