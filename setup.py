@@ -17,11 +17,19 @@ from setuptools import find_packages, setup
 HERE = osp.dirname(osp.abspath(__file__))
 
 
-def read_version() -> str:
+def read_version_file() -> dict:
+    """``mmtransnext/version.py``'s names: the version and the supported torch range."""
     scope: dict = {}
     with open(osp.join(HERE, 'mmtransnext', 'version.py')) as f:
         exec(f.read(), scope)
-    return scope['__version__']
+    return scope
+
+
+def torch_requirement(floor: str, tested: str) -> str:
+    """``torch>=FLOOR,<NEXT``: from the floor up to the minor release after the newest tested
+    (patch releases of the tested minor included)."""
+    major, minor = (int(part) for part in tested.split('.')[:2])
+    return f'torch>={floor},<{major}.{minor + 1}'
 
 
 def read_requirements(name: str) -> list:
@@ -108,9 +116,10 @@ def ops_extensions() -> dict:
 
 
 add_mim_extension()
+VERSION_FILE = read_version_file()
 setup(
     name='mmtransnext',
-    version=read_version(),
+    version=VERSION_FILE['__version__'],
     description='TransNeXt backbone (CVPR 2024) for MMDetection 3 and MMSegmentation 1',
     long_description=open(osp.join(HERE, 'README.md')).read() if osp.exists(
         osp.join(HERE, 'README.md')) else '',
@@ -120,9 +129,13 @@ setup(
     # the tools, configs and model index copied for mim (add_mim_extension)
     package_data={'mmtransnext': ['.mim/model-index.yml', '.mim/tools/**/*', '.mim/configs/**/*']},
     python_requires='>=3.9',
-    # torch and mmcv (built with ops) are installed by tools/install.sh, not here: pip would
-    # otherwise replace a user's CUDA torch or build mmcv silently without its ops.
-    install_requires=['mmengine>=0.10.0,<1.0'],
+    # The supported torch range (README "Supported versions"): an installed torch inside it,
+    # a CUDA build included, is kept as it is. mmcv (built with ops, or mmcv-lite for the
+    # backbones alone) is installed by tools/install.sh, not here: pip would otherwise build it
+    # silently without its ops.
+    install_requires=['mmengine>=0.10.0,<1.0',
+                      torch_requirement(VERSION_FILE['TORCH_FLOOR'],
+                                        VERSION_FILE['TORCH_TESTED'])],
     extras_require={
         'tests': read_requirements('tests.txt'),
         'classification': read_requirements('classification.txt'),
