@@ -19,6 +19,10 @@ stand-in, where it does not:
 
 Only torch and the standard library are imported here: every layer of the package may use it.
 """
+# Annotations unevaluated: the module must import on any torch, so that check_torch can name one
+# below the range.
+from __future__ import annotations
+
 import functools
 import re
 import warnings
