@@ -17,11 +17,12 @@ from setuptools import find_packages, setup
 HERE = osp.dirname(osp.abspath(__file__))
 
 
-def read_version() -> str:
+def read_version_file() -> dict:
+    """``mmtransnext/version.py``'s names: the version and the supported torch range."""
     scope: dict = {}
     with open(osp.join(HERE, 'mmtransnext', 'version.py')) as f:
         exec(f.read(), scope)
-    return scope['__version__']
+    return scope
 
 
 def read_requirements(name: str) -> list:
@@ -108,9 +109,10 @@ def ops_extensions() -> dict:
 
 
 add_mim_extension()
+VERSION_FILE = read_version_file()
 setup(
     name='mmtransnext',
-    version=read_version(),
+    version=VERSION_FILE['__version__'],
     description='TransNeXt backbone (CVPR 2024) for MMDetection 3 and MMSegmentation 1',
     long_description=open(osp.join(HERE, 'README.md')).read() if osp.exists(
         osp.join(HERE, 'README.md')) else '',
@@ -120,9 +122,13 @@ setup(
     # the tools, configs and model index copied for mim (add_mim_extension)
     package_data={'mmtransnext': ['.mim/model-index.yml', '.mim/tools/**/*', '.mim/configs/**/*']},
     python_requires='>=3.9',
-    # torch and mmcv (built with ops) are installed by tools/install.sh, not here: pip would
-    # otherwise replace a user's CUDA torch or build mmcv silently without its ops.
-    install_requires=['mmengine>=0.10.0,<1.0'],
+    # The supported torch floor (README "Supported versions"): an installed torch above it, a
+    # CUDA build included, is kept as it is; no upper cap, since pip would then downgrade a
+    # newer torch (only TORCH_TESTED and below are tested). mmcv (built with ops, or mmcv-lite for the
+    # backbones alone) is installed by tools/install.sh, not here: pip would otherwise build it
+    # silently without its ops.
+    install_requires=['mmengine>=0.10.0,<1.0',
+                      f"torch>={VERSION_FILE['TORCH_FLOOR']}"],
     extras_require={
         'tests': read_requirements('tests.txt'),
         'classification': read_requirements('classification.txt'),

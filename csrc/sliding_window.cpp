@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <sstream>
 #include <string>
@@ -129,8 +130,12 @@ Geometry check_av_backward(const at::Tensor& grad_out, const at::Tensor& attn,
 // TORCH_LIBRARY_FRAGMENT(mmtransnext, m) in their own file.
 TORCH_LIBRARY(mmtransnext, m) {
   // Loading the library without the Python package (torch.ops.load_library) still finds the
-  // fake kernels and autograd formulas there.
+  // fake kernels and autograd formulas there. Torch before 2.4 has no such API (nor
+  // torch.library.register_fake): the package registers the autograd formulas when it loads
+  // the library (mmtransnext/utils/compat.py).
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
   m.set_python_module("mmtransnext.ops.window_ops");
+#endif
   m.def("sliding_window_qk(Tensor q, Tensor k, Tensor rpb, int height, int width, int window)"
         " -> Tensor");
   m.def("sliding_window_qk_backward(Tensor grad_attn, Tensor q, Tensor k, int height, int width,"

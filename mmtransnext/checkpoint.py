@@ -37,6 +37,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -175,6 +176,9 @@ def _read(filename: str, map_location, allow_pickle: Optional[bool], name: str):
         raise IsADirectoryError(f'checkpoint path is a directory, not a file: {name}')
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {name}')
+    if _is_torchscript_archive(path):
+        raise CheckpointError(f'{name} is a TorchScript archive, not a checkpoint: load it '
+                              'with torch.jit.load if you trust it')
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -199,6 +203,16 @@ def _read(filename: str, map_location, allow_pickle: Optional[bool], name: str):
     print_log(f'{name}: unpickled in full (trusted) because it needs {refused.name}',
               logger='current', level=30)
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``constants.pkl``): torch 2.1's
+    ``torch.load`` hands one to ``torch.jit.load`` even with ``weights_only=True`` (newer torch
+    refuses it)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(osp.basename(name) == 'constants.pkl' for name in archive.namelist())
 
 
 def non_finite_tensors(state: Dict[str, torch.Tensor]) -> Dict[str, Tuple[int, int, int]]:

@@ -121,14 +121,16 @@ def _listed() -> Dict[str, Tuple[str, Any]]:
         'torch._utils._rebuild_tensor': (_CALL, _no_hooks(_utils._rebuild_tensor, storage, 9)),
         'torch._utils._rebuild_tensor_v2': (_CALL, _no_hooks(_utils._rebuild_tensor_v2,
                                                              storage, 5)),
-        'torch._utils._rebuild_tensor_v3': (_CALL, _no_hooks(_utils._rebuild_tensor_v3,
-                                                             storage, 5)),
         'torch._utils._rebuild_parameter': (_CALL, _no_hooks(_utils._rebuild_parameter,
                                                              torch.Tensor, 2)),
         'numpy.dtype': (_METHOD, '_dtype'),
         'numpy.ndarray': (_VALUE, np.ndarray),  # only as the class argument of _reconstruct
         'numpy.bool': (_VALUE, np.bool_),  # numpy 2 spelling
     }
+    # Newer torch writes _rebuild_tensor_v3 for some tensors; torch 2.1 has none.
+    if hasattr(_utils, '_rebuild_tensor_v3'):
+        listed['torch._utils._rebuild_tensor_v3'] = (
+            _CALL, _no_hooks(_utils._rebuild_tensor_v3, storage, 5))
     for path, methods in PLAIN_DATA_CLASSES.items():
         module, name = path.rsplit('.', 1)
         cls = getattr(importlib.import_module(module), name)

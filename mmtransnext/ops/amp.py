@@ -4,6 +4,8 @@ from typing import ContextManager, Optional
 
 import torch
 
+from ..utils import compat
+
 
 def autocast_off(device_type: str) -> ContextManager:
     """A context with autocast disabled for ``device_type`` (a no-op for device types without
@@ -17,11 +19,8 @@ def autocast_off(device_type: str) -> ContextManager:
 
 def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     """The dtype autocast casts to for ``device_type`` tensors, or None where autocast is off
-    (or does not exist, as for ``meta``). torch.compile folds both calls to constants."""
-    if not torch.amp.is_autocast_available(device_type) or \
-            not torch.is_autocast_enabled(device_type):
-        return None
-    return torch.get_autocast_dtype(device_type)
+    (or does not exist, as for ``meta``). torch.compile folds it to a constant."""
+    return compat.autocast_dtype(device_type)
 
 
 @torch.compiler.assume_constant_result

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Optional, Union
 import torch
 from torch import Tensor
 
+from ..utils import compat
+
 if TYPE_CHECKING:
     from .dispatch import Backend
 
@@ -46,15 +48,16 @@ def _op_available() -> bool:
 
 
 def _register() -> None:
-    @torch.library.register_fake(OP)
     def _fake(folded: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
         heads, height, kh, _ = folded.shape
         return folded.new_empty(heads, height, rows.shape[0], kh, rows.shape[1])
 
-    @torch.library.register_fake(OP_BACKWARD)
     def _fake_backward(grad: Tensor, rows: Tensor, weights: Tensor, columns: int) -> Tensor:
         heads, height, _, kh, _ = grad.shape
         return grad.new_empty(heads, height, kh, columns)
+
+    compat.register_fake(OP, _fake)
+    compat.register_fake(OP_BACKWARD, _fake_backward)
 
     def setup_context(ctx, inputs, output):
         folded, rows, weights = inputs
@@ -67,7 +70,7 @@ def _register() -> None:
                                                                  ctx.columns)
         return grad_folded, None, None
 
-    torch.library.register_autograd(OP, backward, setup_context=setup_context)
+    compat.register_autograd(OP, backward, setup_context=setup_context)
 
 
 def expand_columns_torch(folded: Tensor, rows: Tensor, weights: Optional[Tensor]) -> Tensor:
@@ -134,6 +137,7 @@ def expand_columns(folded: Tensor, rows: Tensor, weights: Optional[Tensor],
     if expand_columns_compiled(folded, impl):
         if not _op_available():  # registers its autograd formula on first use
             raise RuntimeError('the compiled expand_bias op is not available')
+        compat.check_traceable(OP)
         if weights is None:
             weights = torch.ones(rows.shape, device=rows.device)
         return torch.ops.mmtransnext.expand_bias(folded, rows, weights.float())

@@ -61,6 +61,7 @@ import torch
 from mmengine.logging import print_log
 from torch import Tensor
 
+from ..utils import compat
 from . import extension
 from .sliding_window import sliding_window_av, sliding_window_qk
 from .window_ops import sliding_window_av_ext, sliding_window_qk_ext
@@ -146,18 +147,16 @@ def self_test_enabled() -> bool:
 def compute_dtype(tensor: Tensor) -> torch.dtype:
     """The dtype the attention of ``tensor`` computes in: autocast's for its device when
     autocast is on there, else its own."""
-    device_type = tensor.device.type
-    if tensor.is_floating_point() and torch.amp.is_autocast_available(device_type) and \
-            torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return tensor.dtype
+    dtype = compat.autocast_dtype(tensor.device.type) if tensor.is_floating_point() else None
+    return tensor.dtype if dtype is None else dtype
 
 
 def exporting() -> bool:
     """Whether a model is being exported: traced by ``torch.export`` (also under
     ``torch.onnx.export(..., dynamo=True)``) or by the TorchScript-based ONNX exporter. Plain
-    ``torch.jit.trace`` and ``torch.compile`` are not exports (they keep the compiled ops)."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    ``torch.jit.trace`` and ``torch.compile`` are not exports (they keep the compiled ops).
+    ``torch.export`` is seen from torch 2.7 on (:func:`.compat.is_exporting`)."""
+    return compat.is_exporting()
 
 
 def export_backend(impl: str, device_type: str, device_index: Optional[int],

@@ -25,6 +25,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from ..utils import compat
 from .bias_ops import expand_columns, expand_columns_torch_backward
 from .budget import element_budget
 from .dispatch import Backend, backend_for, report_failure
@@ -77,7 +78,10 @@ def _chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
 
 def _flash_chunk_attention(q: Tensor, k: Tensor, v: Tensor,
                            bias: Tensor) -> Tuple[Tensor, Tensor]:
-    """:func:`_chunk_attention` with the flash SDPA kernel of CPU."""
+    """:func:`_chunk_attention` with the flash SDPA kernel of CPU (the math path on torch
+    whose CPU flash kernel takes no additive mask, :data:`.compat.HAS_CPU_FLASH_WITH_MASK`)."""
+    if not compat.HAS_CPU_FLASH_WITH_MASK:
+        return _math_chunk_attention(q, k, v, bias)
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q, k, v, attn_mask=bias.unsqueeze(0), scale=1.0)[:2]
     return out, lse.unsqueeze(-1).float()

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import alert_not_deterministic
 
+from ..utils import compat
 from .amp import autocast_dtype, autocast_off, cuda_matmul_allows_tf32
 # Whether this path can run, and for which tensors, is decided in one place: .dispatch (kept
 # importable from here for former callers).
@@ -198,7 +199,7 @@ def _weight_args(folded: Tensor, weights_w: Optional[Tensor]) -> Tensor:
     return folded if weights_w is None else weights_w
 
 
-@torch.library.custom_op(OP, mutates_args=())
+@compat.custom_op(OP, mutates_args=())
 def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
                k: Optional[Tensor], v: Optional[Tensor], tok: Optional[Tensor],
                rpb: Optional[Tensor], kp: Tensor, vp: Tensor, folded: Tensor, rows_w: Tensor,
@@ -234,7 +235,7 @@ def _attention_fake(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, fold
             q.new_empty(batch, heads, length, dtype=torch.float32))
 
 
-@torch.library.custom_op(OP_BACKWARD, mutates_args=())
+@compat.custom_op(OP_BACKWARD, mutates_args=())
 def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
                         query_scale: Tensor, k: Optional[Tensor], v: Optional[Tensor],
                         tok: Optional[Tensor], rpb: Optional[Tensor], kp: Tensor, vp: Tensor,
@@ -350,7 +351,7 @@ def _query_grads(dq_scaled: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
     return dq.to(dq_scaled.dtype), dqe, dhead, dquery
 
 
-torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
+compat.register_autograd(OP, _backward, setup_context=_setup_context)
 
 
 def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, rows_w: Tensor,

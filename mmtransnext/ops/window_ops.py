@@ -13,6 +13,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ..utils import compat
+
 Size2d = Tuple[int, int]
 
 QK = 'mmtransnext::sliding_window_qk'
@@ -24,9 +26,9 @@ AV_BACKWARD = 'mmtransnext::sliding_window_av_backward'
 def _common_dtype(*tensors: Tensor) -> torch.dtype:
     """The dtype the op computes in and returns: autocast's (as for the matmuls of the reference
     path), else the promotion of the inputs' (e.g. float32 queries with bfloat16 keys)."""
-    device_type = tensors[0].device.type
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
+    dtype = compat.autocast_dtype(tensors[0].device.type)
+    if dtype is not None:
+        return dtype
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
@@ -45,6 +47,7 @@ def sliding_window_qk_ext(q: Tensor, k: Tensor, rpb: Tensor, size: Size2d,
     bfloat16 with the bias inside made the temperature gradient of a 37x53 layer 33% off,
     against 1.5-2.4% for the reference and the PyTorch path.)
     """
+    compat.check_traceable(QK)
     dtype = _common_dtype(q, k)
     if rpb.dtype == dtype:
         return torch.ops.mmtransnext.sliding_window_qk(q.to(dtype), k.to(dtype), rpb, size[0],
@@ -57,6 +60,7 @@ def sliding_window_qk_ext(q: Tensor, k: Tensor, rpb: Tensor, size: Size2d,
 
 def sliding_window_av_ext(attn: Tensor, v: Tensor, size: Size2d, window_size: int) -> Tensor:
     """Compiled :func:`.sliding_window.sliding_window_av` (same arguments and result)."""
+    compat.check_traceable(AV)
     dtype = _common_dtype(attn, v)
     return torch.ops.mmtransnext.sliding_window_av(attn.to(dtype), v.to(dtype), size[0], size[1],
                                                    window_size)
@@ -142,9 +146,9 @@ def register() -> None:
     # From this module: PyTorch checks that it is the one the C++ schema names.
     for op, fake in ((QK, _qk_fake), (QK_BACKWARD, _qk_backward_fake), (AV, _av_fake),
                      (AV_BACKWARD, _av_backward_fake)):
-        torch.library.register_fake(op, fake)
-    torch.library.register_autograd(QK, _qk_backward, setup_context=_qk_setup_context)
-    torch.library.register_autograd(AV, _av_backward, setup_context=_av_setup_context)
+        compat.register_fake(op, fake)
+    compat.register_autograd(QK, _qk_backward, setup_context=_qk_setup_context)
+    compat.register_autograd(AV, _av_backward, setup_context=_av_setup_context)
     _registered = True
 
 

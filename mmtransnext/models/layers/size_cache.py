@@ -6,7 +6,7 @@ may declare an entry stale (e.g. one derived from weights that have changed sinc
 from collections import OrderedDict
 from typing import Callable, Hashable, List, Optional
 
-import torch
+from ...utils import compat
 
 
 class SizeKeyedCache:
@@ -38,7 +38,7 @@ class SizeKeyedCache:
         if key in self._entries and (valid is None or valid(self._entries[key])):
             # A compiled forward leaves the bookkeeping alone: torch.compile guards on these
             # attributes, so changing them in every call would recompile every call.
-            if not torch.compiler.is_compiling():
+            if not compat.is_compiling():
                 self.hits += 1
                 self._entries.move_to_end(key)
             return self._entries[key]

@@ -24,6 +24,8 @@ from typing import Callable, Generic, Optional, Sequence, Tuple, TypeVar
 import torch
 from torch import Tensor
 
+from ...utils import compat
+
 T = TypeVar('T')
 
 
@@ -65,7 +67,7 @@ def worth_keeping(weights: Sequence[Tensor]) -> bool:
     host memory, where checking them reads no device (see the module docstring), and not while
     being traced or compiled (a trace or graph recomputes it from the weights instead of
     holding a value and a check that reads tensor bytes)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if torch.jit.is_tracing() or compat.is_compiling():
         return False
     return all(w.device.type == 'cpu' for w in weights)
 
