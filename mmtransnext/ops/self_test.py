@@ -36,13 +36,16 @@ from torch import Tensor, nn
 from .amp import autocast_off, cuda_matmul_allows_tf32
 from .dispatch import Backend
 
-#: Largest relative error (see the module docstring) per dtype: a few times what the ``'torch'``
-#: path reaches in that dtype against float64 on the default case (:data:`CASE`).
+#: Largest relative error (see the module docstring) per dtype: about twice what the ``'torch'``
+#: path reaches in that dtype against float64 on the default case (:data:`CASE`; in 16 bits
+#: the largest errors are in the parameter gradients that are sums with cancellation: the
+#: temperature's, the CPB MLP's), more for float32 where the Triton kernels' float32 products
+#: may round in another order.
 TOLERANCES = {
     torch.float64: 1e-9,
     torch.float32: 1e-4,
-    torch.float16: 2e-2,
-    torch.bfloat16: 1e-1,
+    torch.float16: 8e-2,
+    torch.bfloat16: 4e-1,
 }
 #: float32 with TF32 products allowed (``torch.backends.cuda.matmul``): 10-bit mantissas, as
 #: float16's.
@@ -210,8 +213,8 @@ LAYERS = ('aggregated', 'full')
 
 def _layer_results(candidate: Backend, case: SelfTestCase):
     """Per layer of ``case`` (in :data:`LAYERS` order), its name, ``(tensor, candidate's,
-    oracle's)`` triples and the oracle's tensors by name; the random state, grad mode and autocast of the caller restored after
-    each."""
+    oracle's)`` triples and the oracle's tensors by name; the random state, grad mode and
+    autocast of the caller restored after each."""
     device, dtype = torch.device(candidate.device), candidate.dtype
     dim = case.heads * case.head_dim
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False):

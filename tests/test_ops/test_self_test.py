@@ -21,6 +21,8 @@ import torch
 from mmtransnext.models.layers.position_bias import build_position_table
 from mmtransnext.ops import dispatch, load_extension, self_test, self_test_process
 from mmtransnext.ops import triton_attention as triton_module
+# The interpreter's bfloat16 tl.dot mended (autouse; this process only, the children run float32).
+from test_triton_attention import _interpreted_kernels  # noqa: F401
 
 F32 = torch.float32
 #: The case the chooser ran before (5x7 map, 2x3 pooled keys, both axes of the bias resized,
@@ -88,14 +90,17 @@ def _perturb_gradients(monkeypatch):
     monkeypatch.setattr(triton_module, '_attention', wrong)
 
 
-def test_correct_kernels_pass_the_full_case():
-    case = self_test.SelfTestCase()  # what the chooser runs on a GPU
+def test_correct_kernels_pass():
+    """On the default case's odd batch and column-folded bias (the whole default case, 3-5 min
+    in the interpreter, passes too: max relative error 6.2e-6 for 'triton' in float32)."""
     for name in ('triton', 'ext'):
-        result = self_test.run_self_test(_backend(name), case)
+        result = self_test.run_self_test(_backend(name), MID)
         assert result.passed, result.summary()
-        assert result.error is None and 0 < result.max_error < 1e-4
+        assert result.error is None and 0 < result.max_error < 1e-5
+    result = self_test.run_self_test(_backend('triton', dtype=torch.bfloat16), MID)
+    assert result.passed and result.max_error > 1e-3, result.summary()
     # the oracle against itself: nothing to see
-    result = self_test.run_self_test(self_test.oracle_backend(_backend('torch')), case)
+    result = self_test.run_self_test(self_test.oracle_backend(_backend('torch')), MID)
     assert result.passed and result.max_error == 0
 
 
@@ -237,22 +242,16 @@ def test_the_default_case_reaches_what_the_old_one_missed():
     assert case.layers == ('aggregated', 'full')
 
 
-#: Index of each batched argument of the backward op (``_attention_backward``): the gradient of
-#: the output, q, the window's k, v and token weights, the pooled k and v, the output, the lse.
-_BATCHED = (0, 1, 5, 6, 7, 9, 10, 14, 15)
-
-
-def _lose_the_last_items_bias_gradient(monkeypatch):
-    """The Triton backward as if it dropped the last batch item's share of the position-bias
-    gradients (the folded CPB grid's and the local bias's), everything else right: what a
-    kernel that skipped the half-filled last pair of batch items would give."""
+def _lose_the_lone_last_item(monkeypatch):
+    """The Triton backward as if the query kernel skipped the lone item of an odd batch's last
+    pair (its query gradient left zero), right for even batches."""
     backward = triton_module._attention_backward
 
-    def lossy(*args):
-        grads = backward(*args)
-        last = backward(*(a[-1:] if i in _BATCHED and a is not None else a
-                          for i, a in enumerate(args)))
-        grads[4], grads[7] = grads[4] - last[4], grads[7] - last[7]
+    def lossy(grad_out, *args):
+        grads = backward(grad_out, *args)
+        if grad_out.shape[0] % triton_module.QUERY_ITEMS:
+            grads[0] = grads[0].clone()
+            grads[0][-1] = 0
         return grads
 
     monkeypatch.setattr(triton_module, '_attention_backward', lossy)
@@ -264,16 +263,13 @@ def _old_check(candidate, case):
                for _, got, want in self_test.compare(candidate, case))
 
 
-def test_a_lost_share_of_the_bias_gradient_fails_it_and_passed_the_old_check(monkeypatch):
-    bf16 = _backend('triton', dtype=torch.bfloat16)
-    _lose_the_last_items_bias_gradient(monkeypatch)
-    old = _old_check(bf16, OLD)
-    result = self_test.run_self_test(bf16, MID)
-    print(old, result.summary(), sorted(result.errors.items(), key=lambda kv: -kv[1])[:5])
-    assert old <= 5e-2  # the former case and check (bf16 tolerance): passed
+def test_a_kernel_wrong_on_an_odd_batch_fails_it_and_passed_the_old_case(monkeypatch):
+    _lose_the_lone_last_item(monkeypatch)
+    assert _old_check(_backend('triton'), OLD) <= 2e-3  # the former case and float32 check
+    result = self_test.run_self_test(_backend('triton'), MID)
     assert not result.passed and result.error is None, result.summary()
-    assert 'cpb_fc' in result.worst or 'relative_pos_bias_local' in result.worst
-    assert result.max_error > 2 * result.tolerance
+    assert result.errors['aggregated: grad of the input'] > 0.1
+    assert result.errors['aggregated: output'] < 1e-5  # the forward is right
 
 
 def test_in_a_child_process_it_gives_the_numbers_of_this_process(monkeypatch):
@@ -285,7 +281,7 @@ def test_in_a_child_process_it_gives_the_numbers_of_this_process(monkeypatch):
     here = self_test.run_self_test(_backend('triton'), SMALL)
     child = self_test_process.run_in_child(_backend('triton'), SMALL, child_setup=probe)
     assert child.passed and child.process == 'child process', child.summary()
-    assert child.errors == here.errors and len(here.errors) == 13
+    assert child.errors == here.errors and len(here.errors) == 21  # output, 20 gradients
     assert (child.max_error, child.worst) == (here.max_error, here.worst)
 
 
