@@ -50,12 +50,15 @@ def _request(candidate: Backend, case: SelfTestCase, child_setup: str) -> str:
 
 
 def _child_env() -> dict:
-    """This process's environment, this package's directory first on ``PYTHONPATH`` (the
-    child imports the same code whatever its working directory)."""
+    """This process's environment, with the folder this package was imported from first on
+    ``PYTHONPATH`` (the child imports the same code whatever its working directory), unless
+    that folder is a site-packages one, which the child finds anyway and which must not come
+    before the standard library."""
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    paths = [root] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
-    env['PYTHONPATH'] = os.pathsep.join(paths)
+    if os.path.basename(root) not in ('site-packages', 'dist-packages'):
+        paths = [root] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
+        env['PYTHONPATH'] = os.pathsep.join(paths)
     return env
 
 
