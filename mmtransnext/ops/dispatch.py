@@ -27,12 +27,15 @@ again). Each decision is logged once with its reason through mmengine's ``print_
 WARNING, also issued as a ``RuntimeWarning``, when ``'auto'`` fell back or a self-test failed).
 
 Self-test. The first time a process would run the Triton kernels or the compiled window ops on
-a CUDA device and dtype, :mod:`.self_test` runs a small case through that backend and through
-``'torch'`` and compares them at the dtype's tolerance; a failure (an error, or outputs or
-gradients too far apart) is reported with the maximum error and the device and dtype move on to
-the next backend (``'auto'``; an explicitly requested backend raises instead). It does not run
-on CPU tensors or in Triton's interpreter unless asked for (``choose_backend(...,
-self_test=True)``, for tests).
+a CUDA device and dtype, :mod:`.self_test` runs a case through that backend and through
+``'torch'`` and compares each output and gradient relative to its own scale at the dtype's
+tolerance; on CUDA it runs in a child process (:mod:`.self_test_process`), so a kernel that
+faults there leaves this process's CUDA context working. A failure (an error, outputs or
+gradients too far apart, or a child that crashed or hung) is reported with the maximum error or
+how the child ended, and the device and dtype move on to the next backend (``'auto'``; an
+explicitly requested backend raises instead). It does not run on CPU tensors or in Triton's
+interpreter unless asked for (``choose_backend(..., self_test=True)``, for tests; in this
+process there).
 
 Environment variable (read when a decision is made, here only):
 
@@ -328,7 +331,7 @@ def _self_test(name: str, device_type: str, device_index: Optional[int], dtype: 
     if passed is not None:
         return None, passed
     candidate = _make(name, device_type, device_index, dtype, failed, 'self-test candidate')
-    result = self_test.run_self_test(candidate)
+    result = self_test.verdict(candidate)  # in a child process on CUDA
     with _lock:
         if result.passed:
             note = f' (self-test passed: {result.summary()})'
