@@ -171,8 +171,8 @@ summarize() { "$SPY" "$HERE/summarize.py" "$OUT" --mode "$MODE" --junit-dir "$WO
 left() { echo $(( BUDGET - (SECONDS - T0) )); }
 
 # step NAME LIMIT COMMAND...: run a step under `timeout` (its limit cut to what is left of the
-# budget; not started with less than 5 s left), output to the log, its result to steps.tsv,
-# then the summary. NOTE (a variable) is recorded with it.
+# budget; not started with less than 5 s of the budget or a limit under 1 s left), output to
+# the log, its result to steps.tsv, then the summary. NOTE (a variable) is recorded with it.
 STEP_NOTE=''
 step() {
   local name=$1 limit=$2
@@ -180,11 +180,13 @@ step() {
   local start=$SECONDS rc status remaining
   remaining=$(left)
   [ "$remaining" -lt "$limit" ] && limit=$remaining
-  if [ "$limit" -lt 5 ]; then
-    record "$name" 'not reached' 0 0 "the check's ${BUDGET} s budget was spent"
+  if [ "$remaining" -lt 5 ] || [ "$limit" -lt 1 ]; then
+    local why="the check's ${BUDGET} s budget was spent"
+    [ "$remaining" -lt 5 ] || why="the time of its group (sanitizer, tests) was spent"
+    record "$name" 'not reached' 0 0 "$why"
     STEP_NOTE=''
     summarize >> "$LOG" 2>&1
-    echo "[gpu_check] $name: not reached (budget spent)"
+    echo "[gpu_check] $name: not reached ($why)"
     return 1
   fi
   echo "===== $name (limit ${limit}s): $*" >> "$LOG"
@@ -278,7 +280,9 @@ EOF
     printf 'build\tplanned\t0\t%s\t\n' "$l_build"
     printf 'sanitizer:memcheck\tplanned\t0\t%s\t\n' "$l_sanitizer"
     printf 'sanitizer:racecheck\tplanned\t0\t%s\t\n' "$l_sanitizer"
-    for f in $files; do printf 'tests:%s\tplanned\t0\t%s\t\n' "$(basename "$f" .py)" "$l_tests"; done
+    for f in $files; do
+      printf 'tests:%s\tplanned\t0\t%s\t\n' "$(basename "$f" .py)" "$l_tests"
+    done
     printf 'benchmark\tplanned\t0\t%s\t\n' "$l_bench"
     printf 'profile\tplanned\t0\t%s\t\n' "$l_profile"
   } > "$OUT/steps.tsv"
@@ -300,7 +304,8 @@ EOF
   if [ "${GPU_CHECK_BUILD:-1}" = 0 ]; then
     skip build 'GPU_CHECK_BUILD=0: the compiled ops are not built, their tests skip'
   elif [ $(( $(left) - l_sanitizer - l_tests )) -lt "$l_build" ]; then
-    skip build "its ${l_build} s do not fit the budget before the sanitizer and the tests: the compiled ops are not built, their tests skip"
+    local why="its ${l_build} s do not fit the budget before the sanitizer and the tests"
+    skip build "$why: the compiled ops are not built, their tests skip"
   else
     STEP_NOTE="TORCH_CUDA_ARCH_LIST=$arch"
     step build "$l_build" env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" \
@@ -333,10 +338,12 @@ EOF
       --confcutdir tests/gpu -p no:cacheprovider -q -rs --junitxml "$WORK/junit/$name.xml"
   done
 
+  # The benchmark stops starting cases at 3/4 of its limit, so that it ends by itself.
   local bench_limit=$l_bench
   [ "$(left)" -lt "$bench_limit" ] && bench_limit=$(left)
+  [ "$bench_limit" -ge 4 ] || bench_limit=4
   step benchmark "$l_bench" "$vpy" tools/analysis/gpu_benchmark.py \
-    --out "$OUT/benchmark.json" --time-limit $(( bench_limit * 3 / 4 > 1 ? bench_limit * 3 / 4 : 1 ))
+    --out "$OUT/benchmark.json" --time-limit $(( bench_limit * 3 / 4 ))
 
   local ncu
   ncu=$(find_tool ncu)
