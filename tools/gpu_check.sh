@@ -237,7 +237,19 @@ sanitize() {
     return 87
   fi
   grep -q '^sanitize_ops: done' "$log" || { [ "$rc" -ne 0 ] || rc=1; }
-  grep '^========= ERROR SUMMARY' "$log" >&2
+  return "$rc"
+}
+
+# sanitizer_step TOOL LIMIT SANITIZER VPY: the step sanitizer:TOOL, its error count and first
+# reports (kernel and access) in its note.
+sanitizer_step() {
+  local tool=$1 limit=$2 sanitizer=$3 vpy=$4 rc
+  STEP_NOTE="$sanitizer --tool $tool"
+  step "sanitizer:$tool" "$limit" bash "${BASH_SOURCE[0]}" --sanitize "$tool" "$sanitizer" \
+    "$vpy" "$WORK"
+  rc=$?
+  findings "sanitizer:$tool" '^========= \(ERROR SUMMARY\|Invalid\|Race\|Error\|Program hit\)' \
+    's/^========= //'
   return "$rc"
 }
 
@@ -324,9 +336,7 @@ EOF
     elif [ -z "$sanitizer" ]; then
       skip "sanitizer:$tool" 'no compute-sanitizer on this machine'
     else
-      STEP_NOTE="$sanitizer --tool $tool"
-      step "sanitizer:$tool" $(( l_sanitizer - (SECONDS - sanitizer_start) )) \
-        bash "${BASH_SOURCE[0]}" --sanitize "$tool" "$sanitizer" "$vpy" "$WORK"
+      sanitizer_step "$tool" $(( l_sanitizer - (SECONDS - sanitizer_start) )) "$sanitizer" "$vpy"
     fi
   done
 
@@ -378,12 +388,13 @@ test_files() {
 STANDIN_PYTHON=${GPU_CHECK_STANDIN_BASE:-/root/.pyenv/versions/3.12.1/bin/python3.12}
 STANDIN_PACKAGES=(torch==2.11.0 triton==3.6.0 numpy==2.5.2 opencv-python-headless==4.13.0.92)
 
-# findings NAME: the step's result again, its note now the build check's FAILED lines (a spill,
-# a fence, a compile error), without their launch context.
+# findings NAME PATTERN [SED]: the step's result recorded again (the last line of a name wins),
+# its note now the step's log lines that match PATTERN (at most 8, edited by SED): what a build
+# check or the sanitizer found.
 findings() {
   local found
-  found=$(sed -n "/^===== $1 (limit/,\$p" "$LOG" | grep '^FAILED v' | \
-          sed 's/^FAILED //; s/; launched by [^)]*)/)/' | head -8 | paste -sd';' -)
+  found=$(sed -n "/^===== $1 (limit/,\$p" "$LOG" | grep -e "$2" | sed "${3:-p;d}" | \
+          head -8 | paste -sd';' -)
   [ -n "$found" ] || return 0
   tail -1 "$OUT/steps.tsv" | awk -F'\t' -v OFS='\t' -v f="$found" '{ $5 = f; print }' \
     >> "$OUT/steps.tsv"
@@ -441,7 +452,8 @@ print("imports: mmtransnext", mmtransnext.__file__, "mmengine", mmengine.__versi
       -p no:cacheprovider -q --collect-only && "$1" tools/gpu_check/sanitize_ops.py --help \
       > /dev/null && "$1" tools/analysis/gpu_benchmark.py --help > /dev/null' _ "$vpy"
   STEP_NOTE='tools/check_triton_build.py --arch 90 with the stand-in triton'
-  step triton-sm90 1200 "$vpy" tools/check_triton_build.py --arch 90 || findings triton-sm90
+  step triton-sm90 1200 "$vpy" tools/check_triton_build.py --arch 90 || \
+    findings triton-sm90 '^FAILED v' 's/^FAILED //; s/; launched by [^)]*)/)/'
   STEP_NOTE='tools/check_cuda_build.sh, TORCH_CUDA_ARCH_LIST=9.0, the stand-in torch'
   step cuda-build-sm90 1200 env MMTRANSNEXT_VENV="$WORK/venv" TORCH_CUDA_ARCH_LIST=9.0 \
     MMTRANSNEXT_CUDA_CACHE="$WORK/cuda-cache" bash tools/check_cuda_build.sh

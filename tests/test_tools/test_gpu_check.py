@@ -453,8 +453,9 @@ def test_the_sanitizer_step_fails_on_a_report_and_skips_a_refusal(tmp_path):
                     '  refused) echo "========= Error: Device not supported"; exit 1;;\n'
                     'esac\n')
     fake.chmod(0o755)
-    script = ''.join(f'SANITIZER_MODE={mode} step sanitizer:{mode} 30 bash "$0" --sanitize '
-                     f'memcheck "{fake}" python3 "$WORK"; ' for mode in ('ok', 'error', 'refused'))
+    modes = dict(memcheck='ok', racecheck='error', synccheck='refused')
+    script = ''.join(f'SANITIZER_MODE={mode} sanitizer_step {tool} 30 "{fake}" python3; '
+                     for tool, mode in modes.items())
     result = subprocess.run(['bash', '-c', f'source "{SCRIPT}" --functions; ' +
                              f'OUT="{tmp_path}"; WORK="{tmp_path}"; LOG="{tmp_path}/log.txt"; '
                              f'mkdir -p "$WORK/junit"; MODE=run; BUDGET=100; T0=$SECONDS; '
@@ -462,10 +463,12 @@ def test_the_sanitizer_step_fails_on_a_report_and_skips_a_refusal(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     steps = {s['name']: s for s in json.loads((tmp_path / 'results.json').read_text())['steps']}
-    assert steps['sanitizer:ok']['status'] == 'passed'
-    assert steps['sanitizer:error']['status'] == 'failed'
-    assert steps['sanitizer:refused']['status'] == 'skipped'
-    assert 'refused this machine' in steps['sanitizer:refused']['note']
+    assert steps['sanitizer:memcheck']['status'] == 'passed'
+    assert steps['sanitizer:memcheck']['note'] == 'ERROR SUMMARY: 0 errors'
+    assert steps['sanitizer:racecheck']['status'] == 'failed'
+    assert steps['sanitizer:racecheck']['note'] == 'Invalid __global__ read'
+    assert steps['sanitizer:synccheck']['status'] == 'skipped'
+    assert steps['sanitizer:synccheck']['note'].startswith('Error: Device not supported')
 
 
 # ----------------------------------------------------------------------------- interpreter
