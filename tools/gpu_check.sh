@@ -455,8 +455,11 @@ print("imports: mmtransnext", mmtransnext.__file__, "mmengine", mmengine.__versi
   step triton-sm90 1200 "$vpy" tools/check_triton_build.py --arch 90 || \
     findings triton-sm90 '^FAILED v' 's/^FAILED //; s/; launched by [^)]*)/)/'
   STEP_NOTE='tools/check_cuda_build.sh, TORCH_CUDA_ARCH_LIST=9.0, the stand-in torch'
+  # Its own cache (the build is redone when sources, flags, torch or nvcc change), apart from
+  # the test suite's sm_80 build.
   step cuda-build-sm90 1200 env MMTRANSNEXT_VENV="$WORK/venv" TORCH_CUDA_ARCH_LIST=9.0 \
-    MMTRANSNEXT_CUDA_CACHE="$WORK/cuda-cache" bash tools/check_cuda_build.sh
+    MMTRANSNEXT_CUDA_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/mmtransnext/gpu-rehearsal" \
+    bash tools/check_cuda_build.sh
   cat <<'EOF'
 [gpu_check] the rehearsal cannot reach (no GPU here):
   - the gpu step: the device's driver, its torch.cuda, the GPU's compute capability;
