@@ -53,7 +53,8 @@
 # 140 for all files, BENCHMARK 40, PROFILE 20), GPU_CHECK_BUILD=0 (skip the build),
 # GPU_CHECK_SANITIZER=0 (skip the sanitizer), MAX_JOBS (default: the CPU count),
 # TRITON_CACHE_DIR (default /tmp/mmtransnext-gpu-check-triton: the sanitizer's compiles serve
-# the tests).
+# the tests); --rehearse: GPU_CHECK_STANDIN_BASE (the stand-in's Python 3.12, default
+# /root/.pyenv/versions/3.12.1/bin/python3.12).
 #
 # Through the device tool (the wheel folder travels as an ignored path named in `carry`):
 #   echo /.gpu_wheels/ >> "$(git rev-parse --git-path info/exclude)"
