@@ -70,6 +70,14 @@ def autocast(dtype: torch.dtype, device_type: str = 'cuda'):
     return torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)
 
 
+def differing_bits(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many values of ``a`` and ``b`` (same dtype and shape) differ in their raw bits (so
+    NaN payloads and signed zeros count): 0 for two runs of a deterministic kernel."""
+    assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, b.dtype, a.shape, b.shape)
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return (a.contiguous().view(-1).view(ints) != b.contiguous().view(-1).view(ints)).sum().item()
+
+
 def max_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return (got.detach().double().cpu() - want.detach().double().cpu()).abs().max().item()
 

@@ -1,6 +1,8 @@
 """TransNeXt's attention layers on CUDA, every backend, against the paper-equation oracle of
 tests/reference.py run in float64 on the CPU: output and the gradients of the input and of every
-parameter, odd map sizes, both position-bias modes, float32 and bfloat16/float16 autocast.
+parameter, odd map sizes, odd batches (3, and 5 for the Triton path: the query backward's
+last pair of batch items half-filled), both position-bias modes, float32 and bfloat16/float16
+autocast.
 
 In 16 bits the bound is also at least a few times the error of the official computation
 (attention_mode='reference') in the same dtype on the same GPU: what rounding costs any
@@ -20,7 +22,13 @@ from reference import (brute_force_table, gather_and_resize, perturb_,
 pytestmark = pytest.mark.gpu
 
 PRETRAIN = (6, 6)
-DIM, HEADS, WINDOW, BATCH = 48, 2, 3, 2  # head dim 24, as in every TransNeXt arch but base
+DIM, HEADS, WINDOW = 48, 2, 3  # head dim 24, as in every TransNeXt arch but base
+#: Batch of every backend; the Triton path also runs :data:`SECOND_PAIR_BATCH`. The Triton query
+#: backward takes two batch items per program: 3 leaves the second pair half-filled, 5 adds a
+#: full second pair before a half-filled third.
+BATCH, SECOND_PAIR_BATCH = 3, 5
+#: (backend, batch) pairs of the parametrisation.
+RUNS = [(backend, BATCH) for backend in BACKENDS] + [('triton', SECOND_PAIR_BATCH)]
 
 # name -> (kind, map size, pooled size, trained (query, key) grids: interpolation; None:
 # extrapolation). One size per kind is what the Triton kernels compile for once.
@@ -51,23 +59,23 @@ def build_layer(kind: str, backend: str) -> torch.nn.Module:
     return layer
 
 
-def case_inputs(case: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def case_inputs(case: str, batch: int = BATCH) -> Tuple[torch.Tensor, torch.Tensor]:
     """Tokens and the upstream gradient of a case (float32, CPU)."""
     _, size, _, _ = CASES[case]
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(BATCH, size[0] * size[1], DIM, generator=gen)
+    x = torch.randn(batch, size[0] * size[1], DIM, generator=gen)
     return x, torch.randn(x.shape, generator=gen)
 
 
-_oracles: Dict[str, list] = {}
+_oracles: Dict[Tuple[str, int], list] = {}
 
 
-def oracle(case: str) -> list:
+def oracle(case: str, batch: int = BATCH) -> list:
     """Output and gradients (input, then parameters in order) of the float64 oracle."""
-    if case not in _oracles:
+    if (case, batch) not in _oracles:
         kind, size, pool, trained = CASES[case]
         layer = build_layer(kind, 'reference').to(CPU, torch.float64)
-        x, grad_out = case_inputs(case)
+        x, grad_out = case_inputs(case, batch)
         x = x.double().requires_grad_()
         built = trained if trained else (size, pool)
         index, coords = brute_force_table(*built, PRETRAIN)
@@ -77,17 +85,18 @@ def oracle(case: str) -> list:
             out = reference_full_attention(layer, x, bias)
         else:
             out = reference_aggregated_attention(layer, x, size, pool, bias)
-        _oracles[case] = [out] + gradients(out, [x] + list(layer.parameters()), grad_out.double())
-    return _oracles[case]
+        _oracles[case, batch] = [out] + gradients(out, [x] + list(layer.parameters()),
+                                                  grad_out.double())
+    return _oracles[case, batch]
 
 
 def run_layer(case: str, backend: str, dtype: torch.dtype,
-              device: torch.device = torch.device('cuda')) -> list:
+              device: torch.device = torch.device('cuda'), batch: int = BATCH) -> list:
     """Output and gradients of the layer with ``backend`` on ``device`` (autocast to ``dtype``
     for 16-bit dtypes; backward outside autocast, as a training loop runs it)."""
     kind, size, pool, trained = CASES[case]
     layer = build_layer(kind, backend).to(device)
-    x, grad_out = case_inputs(case)
+    x, grad_out = case_inputs(case, batch)
     x = x.to(device).requires_grad_()
     geometry = layer_geometry(size, pool, None if kind == 'full' else WINDOW, trained, PRETRAIN,
                               device)
@@ -98,16 +107,16 @@ def run_layer(case: str, backend: str, dtype: torch.dtype,
     return [out] + gradients(out, [x] + list(layer.parameters()), grad_out)
 
 
-_baselines: Dict[Tuple[str, torch.dtype], list] = {}
+_baselines: Dict[Tuple[str, torch.dtype, int], list] = {}
 
 
-def baseline_errors(case: str, dtype: torch.dtype) -> list:
+def baseline_errors(case: str, dtype: torch.dtype, batch: int = BATCH) -> list:
     """Errors of the official computation in ``dtype`` on the GPU, per compared quantity."""
-    key = (case, dtype)
+    key = (case, dtype, batch)
     if key not in _baselines:
-        got = run_layer(case, 'reference', dtype)
+        got = run_layer(case, 'reference', dtype, batch=batch)
         _baselines[key] = [0.0 if w is None or g is None else max_error(g, w)
-                           for g, w in zip(got, oracle(case))]
+                           for g, w in zip(got, oracle(case, batch))]
     return _baselines[key]
 
 
@@ -116,16 +125,16 @@ def names(kind: str) -> list:
 
 
 @pytest.mark.parametrize('dtype', list(DTYPES), ids=list(DTYPES))
-@pytest.mark.parametrize('backend', list(BACKENDS))
+@pytest.mark.parametrize('backend,batch', RUNS, ids=[f'{b}-b{n}' for b, n in RUNS])
 @pytest.mark.parametrize('case', list(CASES))
-def test_layer_matches_the_oracle(case, backend, dtype):
+def test_layer_matches_the_oracle(case, backend, batch, dtype):
     skip_unavailable(backend)
     dtype = DTYPES[dtype]
     kind = CASES[case][0]
-    got = run_layer(case, backend, dtype)
-    want = oracle(case)
+    got = run_layer(case, backend, dtype, batch=batch)
+    want = oracle(case, batch)
     compare(kind, got, want, dtype,
-            baseline_errors(case, dtype) if dtype != torch.float32 else None)
+            baseline_errors(case, dtype, batch) if dtype != torch.float32 else None)
 
 
 #: Gradients that sum cancelling terms over the whole map (see :func:`compare`).

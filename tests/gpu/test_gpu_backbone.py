@@ -1,7 +1,7 @@
 """A small TransNeXt on CUDA, every backend, against ``reference_backbone`` of tests/reference.py
 (every attention replaced by the paper-equation oracle) run in float32 on the CPU: the four
-output maps and the gradients of the image and of every parameter, at an odd input size, in
-both position-bias modes, in float32 and under bfloat16 autocast."""
+output maps and the gradients of the image and of every parameter, at an odd input size and
+batch, in both position-bias modes, in float32 and under bfloat16 autocast."""
 from typing import Dict
 
 import pytest
@@ -15,7 +15,9 @@ pytestmark = pytest.mark.gpu
 
 # Head dim 24 in every stage (as TransNeXt-Tiny): the kernels compiled for the layer tests.
 ARCH = dict(embed_dims=[24, 48, 48, 48], num_heads=[1, 2, 2, 2], depths=[1, 1, 1, 1])
-IMAGE = (1, 3, 45, 70)  # stage maps 12x18, 6x9, 3x5, 2x3
+# Stage maps 12x18, 6x9, 3x5, 2x3; batch 3: the Triton query backward's second pair of batch
+# items half-filled in every stage.
+IMAGE = (3, 3, 45, 70)
 MODES = {'interpolation': False, 'extrapolation': True}
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 

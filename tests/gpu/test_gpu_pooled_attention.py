@@ -2,7 +2,7 @@
 chunk runs the memory-efficient ``scaled_dot_product_attention`` kernel, against one softmax
 over the whole map with the oracle's position bias (brute-force table, gather,
 ``F.interpolate``) in float64 on the CPU: output, the extra set's share and every gradient, in
-many chunks and in one, float32/bfloat16/float16."""
+many chunks and in one, at an odd batch, float32/bfloat16/float16."""
 import warnings
 
 import pytest
@@ -33,7 +33,7 @@ def _ids(case):
     return f'{size[0]}x{size[1]}-{mode}-chunk{chunk}'
 
 
-def _inputs(size, pool, trained, heads=3, dim=24, batch=2):
+def _inputs(size, pool, trained, heads=3, dim=24, batch=3):
     gen = torch.Generator().manual_seed(5)
     table = build_position_table(*(trained or (size, pool)), PRETRAIN, CPU)
     grid = torch.randn(heads, table.values_h.numel(), table.values_w.numel(), generator=gen)

@@ -1,11 +1,13 @@
 """The compiled sliding-window ops (csrc/, CUDA kernels) against the pure-PyTorch reference of
 mmtransnext/ops/sliding_window.py run in float64 on the same GPU: forward and every gradient,
-odd map sizes, windows wider than the map, the non-contiguous q/k/v an attention block passes,
-float64/float32/bfloat16/float16, and the dtype autocast hands the op."""
+odd map sizes and batches, windows wider than the map, the non-contiguous q/k/v an attention
+block passes, float64/float32/bfloat16/float16, and the dtype autocast hands the op; and every
+kernel run twice on the same inputs with the same bits (no atomics: each output element is
+written by one thread, the bias gradient reduced by one block in a fixed order)."""
 import pytest
 import torch
 
-from gpu_helpers import DTYPES, check_close, ext_reason
+from gpu_helpers import DTYPES, check_close, differing_bits, ext_reason
 from mmtransnext.ops.dispatch import window_av, window_qk
 from mmtransnext.ops.sliding_window import (sliding_window_av, sliding_window_qk,
                                             window_padding_mask)
@@ -22,9 +24,9 @@ TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2,
 CASES = [
     (2, 2, (1, 1), 3, 24),
     (1, 3, (1, 7), 5, 8),
-    (2, 2, (7, 9), 3, 24),
+    (3, 2, (7, 9), 3, 24),
     (1, 2, (7, 9), 7, 12),
-    (2, 3, (37, 53), 3, 24),
+    (5, 3, (37, 53), 3, 24),
     (1, 2, (37, 53), 5, 7),
 ]
 
@@ -111,3 +113,22 @@ def test_ops_compute_in_the_autocast_dtype(dtype):
     out.float().sum().backward()
     assert q.grad.dtype == rpb.grad.dtype == torch.float32
     assert torch.isfinite(q.grad).all() and torch.isfinite(rpb.grad).all()
+
+
+@pytest.mark.parametrize('dtype', list(WINDOW_DTYPES))
+@pytest.mark.parametrize('case', [CASES[2], CASES[4]], ids=_ids)
+def test_every_kernel_gives_the_same_bits_twice(case, dtype):
+    dtype = WINDOW_DTYPES[dtype]
+    batch, heads, size, window, dim = case
+    q, k, v = projections(batch, heads, size, dim, dtype, 3)
+    rpb = torch.randn(heads, window ** 2, device=CUDA, dtype=dtype, requires_grad=True)
+    grad = torch.randn(batch, heads, size[0] * size[1], dim, device=CUDA, dtype=dtype)
+    runs = []
+    for _ in range(2):
+        logits = sliding_window_qk_ext(q, k, rpb, size, window)
+        weights = logits.float().softmax(-1).to(dtype)
+        out = sliding_window_av_ext(weights, v, size, window)
+        runs.append([logits, out] + list(torch.autograd.grad(out, (q, k, v, rpb), grad)))
+    for name, a, b in zip(('logits', 'out', 'dq', 'dk', 'dv', 'drpb'), *runs):
+        differ = differing_bits(a, b)
+        assert differ == 0, f'{name}: {differ} of {a.numel()} values differ between two runs'

@@ -1,7 +1,10 @@
 """tools/gpu_check.sh and its helpers where there is no GPU (CI): arguments, the one-line refusal
 of ``--run``, what ``--prepare`` would download (without downloading), that the wheel list
-covers what the check imports, the offline installer's plan, the gpu tier's collection and
-skips, the benchmark's results on a tiny model on the CPU, and the summary and verdict."""
+covers what the check imports, the offline installer's plan, the steps' time limits and
+budget, the sanitizer script and the gpu tier's kernel helpers in Triton's interpreter, the
+gpu tier's collection and skips, the benchmark's results on a tiny model on the CPU, the
+summary and verdict, and the rehearsal (``--rehearse``: every step but the GPU's, against a
+stand-in for the device image; ``cuda_build``)."""
 import importlib.metadata
 import json
 import os
@@ -39,13 +42,13 @@ def gpu_check_module(name):
 def test_help_describes_both_modes():
     result = gpu_check('--help')
     assert result.returncode == 0, result.stderr
-    for text in ('--prepare DIR', '--run DIR OUT', '--dry-run', '--full', 'carry',
-                 'results.md', 'junit.xml'):
+    for text in ('--prepare DIR', '--run DIR OUT', '--rehearse', '--dry-run', '--full', 'carry',
+                 'results.md', 'junit.xml', 'not reached', 'INCOMPLETE'):
         assert text in result.stdout, text
 
 
 @pytest.mark.parametrize('args', [(), ('--run', 'wheels'), ('--prepare',), ('--bogus',),
-                                  ('--prepare', 'a', 'b')])
+                                  ('--prepare', 'a', 'b'), ('--rehearse', 'a', 'b')])
 def test_bad_arguments_are_refused(args):
     result = gpu_check(*args)
     assert result.returncode == 2
@@ -325,9 +328,10 @@ def _summarize(out, final=True):
 
 
 def test_summary_fails_on_a_failed_step_and_failed_tests(tmp_path):
-    steps = [('gpu', 'ok', 0, 0, 'NVIDIA H100, 9.0'), ('install', 'ok', 9, 45, ''),
+    steps = [('gpu', 'passed', 0, 0, 'NVIDIA H100, 9.0'), ('install', 'passed', 9, 45, ''),
              ('build', 'failed', 30, 100, 'TORCH_CUDA_ARCH_LIST=9.0'),
-             ('tests', 'failed', 80, 160, ''), ('benchmark', 'ok', 60, 110, ''),
+             ('tests:test_a', 'passed', 80, 160, ''), ('tests:test_b', 'failed', 80, 160, ''),
+             ('benchmark', 'timed out', 60, 110, ''),
              ('profile', 'failed', 5, 40, '/usr/local/cuda/bin/ncu')]
     out = _out(tmp_path, steps, ncu=True)
     result = _summarize(out)
@@ -336,7 +340,8 @@ def test_summary_fails_on_a_failed_step_and_failed_tests(tmp_path):
     assert data['verdict']['state'] == 'FAIL'
     problems = '\n'.join(data['verdict']['problems'])
     assert 'build: failed (TORCH_CUDA_ARCH_LIST=9.0)' in problems
-    assert 'tests: 1 failed, 0 errors' in problems and 'profile' not in problems
+    assert 'tests: 1 failed, 0 errors' in problems and 'tests:test_b: failed' in problems
+    assert 'profile' not in problems and 'benchmark' not in problems  # informative steps
     assert data['tests']['skip_reasons'] == {'one CUDA device here': 1}
     assert data['tests']['total'] == 3  # not the nameless stub of an interrupted test
     md = (out / 'results.md').read_text()
@@ -350,15 +355,23 @@ def test_summary_passes_and_reports_progress(tmp_path):
     junit = JUNIT.replace('failures="1"', 'failures="0"')
     junit = re.sub(r'<testcase\s+classname="tests.gpu.test_b".*?</testcase>', '', junit,
                    flags=re.S)
-    steps = [('gpu', 'ok', 0, 0, ''), ('install', 'ok', 9, 45, '')]
-    out = _out(tmp_path, steps, junit=False)
+    plan = [('gpu', 'passed', 0, 0, '')] + [(name, 'planned', 0, 100, '') for name in (
+        'install', 'build', 'tests:test_a', 'benchmark', 'profile')]
+    out = _out(tmp_path, plan + [('install', 'passed', 9, 45, '')], junit=False)
     assert _summarize(out, final=False).returncode == 0
-    assert json.loads((out / 'results.json').read_text())['verdict']['state'] == 'RUNNING'
+    data = json.loads((out / 'results.json').read_text())
+    assert data['verdict']['state'] == 'RUNNING'
+    assert [(s['name'], s['status']) for s in data['steps']] == [
+        ('gpu', 'passed'), ('install', 'passed'), ('build', 'not reached'),
+        ('tests:test_a', 'not reached'), ('benchmark', 'not reached'),
+        ('profile', 'not reached')]
     result = _summarize(out)  # killed after the install: the rest did not run
-    assert result.returncode == 1 and 'build: not run' in result.stdout
+    assert result.returncode == 1 and 'INCOMPLETE' in result.stdout
+    assert 'build: not reached' in result.stdout and 'benchmark' not in result.stdout
     with open(out / 'steps.tsv', 'a') as f:
-        for name in ('build', 'tests', 'benchmark'):
-            f.write(f'{name}\tok\t1\t100\t\n')
+        for name in ('build', 'tests:test_a'):
+            f.write(f'{name}\tpassed\t1\t100\t\n')
+        f.write('benchmark\ttimed out\t40\t40\t\n')  # informative: no effect on the verdict
         f.write('profile\tskipped\t0\t0\tno ncu on this machine\n')
     (out / 'junit.xml').write_text(junit)
     (out / 'benchmark.json').write_text(json.dumps(dict(
@@ -370,3 +383,172 @@ def test_summary_passes_and_reports_progress(tmp_path):
     assert result.returncode == 0, result.stdout
     md = (out / 'results.md').read_text()
     assert '**Verdict: PASS**' in md and '| 512x512 | infer | 1 | bf16 | triton |' in md
+
+
+def test_summary_merges_the_junit_of_each_test_file(tmp_path):
+    """One JUnit file per test file (each its own process) merged into junit.xml; a file whose
+    process died without one shows as its failed step."""
+    out = _out(tmp_path, [('gpu', 'passed', 0, 0, ''), ('install', 'passed', 1, 30, ''),
+                          ('build', 'skipped', 0, 0, 'GPU_CHECK_BUILD=0'),
+                          ('tests:test_a', 'passed', 3, 140, ''),
+                          ('tests:test_b', 'failed', 1, 137, 'killed by signal 11')],
+               junit=False)
+    junit = tmp_path / 'junit'
+    junit.mkdir()
+    (junit / 'test_a.xml').write_text(JUNIT.replace('failures="1"', 'failures="0"').replace(
+        '<failure', '<skipped').replace('</failure>', '</skipped>'))
+    (junit / 'broken.xml').write_text('<testsuites><testsuite')  # cut off mid-write
+    result = subprocess.run([sys.executable, osp.join(TOOLS, 'gpu_check', 'summarize.py'),
+                             str(out), '--final', '--junit-dir', str(junit)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    data = json.loads((out / 'results.json').read_text())
+    assert data['verdict']['state'] == 'FAIL'
+    assert data['verdict']['problems'] == ['tests:test_b: failed (killed by signal 11)']
+    assert data['tests']['total'] == 3 and data['tests']['passed'] == 1
+    merged = (out / 'junit.xml').read_text()
+    assert 'name="test_a"' in merged and 'broken' not in merged
+
+
+# ----------------------------------------------------------------------------- steps
+def _steps(tmp_path, script: str, budget: int) -> subprocess.CompletedProcess:
+    """The check's step functions, sourced, run ``script`` with a budget of ``budget`` s."""
+    out, work = tmp_path / 'out', tmp_path / 'work'
+    out.mkdir()
+    (work / 'junit').mkdir(parents=True)
+    prologue = (f'source "{SCRIPT}" --functions; OUT="{out}"; WORK="{work}"; '
+                f'LOG="{out}/log.txt"; MODE=run; BUDGET={budget}; T0=$SECONDS; ')
+    return subprocess.run(['bash', '-c', prologue + script], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_a_step_cut_by_its_limit_keeps_what_ran_before(tmp_path):
+    """A step past its limit is recorded as timed out, the results of the steps before it
+    stay, a step that no longer fits the budget is not reached, and results.md says so after
+    each step."""
+    plan = ''.join(f"printf '{n}\\tplanned\\t0\\t9\\t\\n' >> $OUT/steps.tsv; "
+                   for n in ('gpu', 'install', 'build', 'tests:test_a'))
+    result = _steps(tmp_path, plan + 'step gpu 5 true; step install 1 sleep 20; '
+                    'step build 60 sleep 4; step tests:test_a 60 true; summarize --final', 8)
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = json.loads((tmp_path / 'out' / 'results.json').read_text())
+    steps = {s['name']: s for s in data['steps']}
+    assert steps['gpu']['status'] == 'passed'
+    assert steps['install']['status'] == 'timed out' and steps['install']['limit_s'] == 1
+    assert steps['build']['status'] in ('passed', 'timed out') and steps['build']['limit_s'] <= 7
+    assert steps['tests:test_a']['status'] == 'not reached'
+    assert 'budget was spent' in steps['tests:test_a']['note']
+    assert data['verdict']['state'] == 'INCOMPLETE'
+    md = (tmp_path / 'out' / 'results.md').read_text()
+    assert '| install |' in md and 'timed out' in md and '| tests:test_a |' in md
+
+
+def test_the_sanitizer_step_fails_on_a_report_and_skips_a_refusal(tmp_path):
+    """compute-sanitizer's exit on an error (or the script not finishing) fails the step; its
+    refusal of the device (gVisor) is a skip, said in the note."""
+    fake = tmp_path / 'compute-sanitizer'
+    fake.write_text('#!/bin/sh\ncase "$SANITIZER_MODE" in\n'
+                    '  ok) echo "sanitize_ops: done"; echo "========= ERROR SUMMARY: 0 errors";;\n'
+                    '  error) echo "========= Invalid __global__ read"; exit 86;;\n'
+                    '  refused) echo "========= Error: Device not supported"; exit 1;;\n'
+                    'esac\n')
+    fake.chmod(0o755)
+    modes = dict(memcheck='ok', racecheck='error', synccheck='refused')
+    script = ''.join(f'SANITIZER_MODE={mode} sanitizer_step {tool} 30 "{fake}" python3; '
+                     for tool, mode in modes.items())
+    result = subprocess.run(['bash', '-c', f'source "{SCRIPT}" --functions; ' +
+                             f'OUT="{tmp_path}"; WORK="{tmp_path}"; LOG="{tmp_path}/log.txt"; '
+                             f'mkdir -p "$WORK/junit"; MODE=run; BUDGET=100; T0=$SECONDS; '
+                             + script + 'true', SCRIPT],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    steps = {s['name']: s for s in json.loads((tmp_path / 'results.json').read_text())['steps']}
+    assert steps['sanitizer:memcheck']['status'] == 'passed'
+    assert steps['sanitizer:memcheck']['note'] == 'ERROR SUMMARY: 0 errors'
+    assert steps['sanitizer:racecheck']['status'] == 'failed'
+    assert steps['sanitizer:racecheck']['note'] == 'Invalid __global__ read'
+    assert steps['sanitizer:synccheck']['status'] == 'skipped'
+    assert steps['sanitizer:synccheck']['note'].startswith('Error: Device not supported')
+
+
+# ----------------------------------------------------------------------------- interpreter
+def test_sanitizer_script_runs_every_kernel_in_the_interpreter():
+    """tools/gpu_check/sanitize_ops.py's calls, on the CPU with the Triton kernels interpreted
+    (tests/conftest.py sets TRITON_INTERPRET=1) and the compiled window ops' CPU kernels."""
+    result = subprocess.run(
+        [sys.executable, osp.join(TOOLS, 'gpu_check', 'sanitize_ops.py'), '--device', 'cpu',
+         '--dtypes', 'fp32', '--batch', '1', '--aggregated-size', '8x9', '--full-size', '2x3',
+         '--window-size', '3x4'], capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore'))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[-1] == 'sanitize_ops: done'
+    assert sum('triton' in line and 'forward and backward' in line for line in lines) == 2
+    assert any(line.startswith('sanitize_ops: compiled window ops') for line in lines)
+
+
+@pytest.fixture
+def kernel_tests(monkeypatch):
+    """tests/gpu/test_gpu_triton_kernels.py as a module, its cases shrunk for the interpreter
+    (float32 only: Triton's interpreter multiplies bfloat16 as integers)."""
+    import importlib
+    monkeypatch.syspath_prepend(osp.join(ROOT, 'tests'))
+    monkeypatch.syspath_prepend(osp.join(ROOT, 'tests', 'gpu'))
+    module = importlib.import_module('test_gpu_triton_kernels')
+    module.cases_cover_pairs_tiles_and_both_folds()  # on the real cases
+    monkeypatch.setattr(module, 'CASES', {
+        'aggregated-columns': ('aggregated', (3, 5), (2, 2), ((8, 8), (4, 4)), 'columns')})
+    return module
+
+
+def test_gpu_kernel_helpers_in_the_interpreter(kernel_tests):
+    """The run-twice and items-alone checks of the gpu tier pass on the interpreted kernels
+    (which run in order: same bits), and fail on a changed bit or a wrong item."""
+    cpu, case = torch.device('cpu'), 'aggregated-columns'
+    inputs = kernel_tests.case_inputs(case, 3)
+    first = kernel_tests.run_kernels(case, inputs, torch.float32, cpu)
+    second = kernel_tests.run_kernels(case, inputs, torch.float32, cpu)
+    assert set(first) >= {'out', 'dq', 'dk_pool', 'dv_pool', 'dfolded', 'dembedding'}
+    kernel_tests.assert_same_bits(first, second)
+    second['dq'] = second['dq'].clone()
+    second['dq'].view(-1)[7] = torch.nextafter(second['dq'].view(-1)[7], torch.tensor(1e9))
+    with pytest.raises(AssertionError, match='dq: 1 of'):
+        kernel_tests.assert_same_bits(first, second)
+    kernel_tests.assert_items_match_alone(case, 3, torch.float32, cpu)
+
+
+# ----------------------------------------------------------------------------- rehearsal
+CUDA_HOME = os.environ.get('CUDA_HOME', '/usr/local/cuda')
+#: The stand-in's Python (tools/gpu_check.sh: GPU_CHECK_STANDIN_BASE).
+PYTHON_312 = os.environ.get('GPU_CHECK_STANDIN_BASE',
+                            '/root/.pyenv/versions/3.12.1/bin/python3.12')
+GPU_STEPS = ('gpu', 'build', 'sanitizer', 'tests', 'benchmark', 'profile')
+
+
+@pytest.mark.slow
+@pytest.mark.cuda_build
+@pytest.mark.skipif(not osp.exists(osp.join(CUDA_HOME, 'bin', 'nvcc')),
+                    reason=f'needs the CUDA toolkit (nvcc) in CUDA_HOME={CUDA_HOME}')
+@pytest.mark.skipif(not osp.exists(PYTHON_312), reason=f'needs Python 3.12 at {PYTHON_312}')
+def test_rehearsal_runs_every_step_that_needs_no_gpu(tmp_path):
+    """``--rehearse``: a stand-in for the device image (torch 2.11, triton 3.6, numpy 2.5; made
+    once per machine, a few GB, ~100 s cold), the wheel folder, the offline install, imports
+    under numpy 2, the tier's collection, the Triton kernels for sm_90 with triton 3.6 (no
+    spill) and the CUDA ops for sm_90; the GPU's steps "not reached: no GPU". About 6 minutes
+    cold on 2 cores, 4 with the stand-in made."""
+    work = tmp_path / 'rehearsal'
+    env = {k: v for k, v in os.environ.items() if k not in ('TRITON_INTERPRET', 'PYTHONPATH')}
+    result = subprocess.run(['bash', SCRIPT, '--rehearse', str(work)], capture_output=True,
+                            text=True, cwd=ROOT, env=env, timeout=3600)
+    md = (work / 'out' / 'results.md').read_text()
+    data = json.loads((work / 'out' / 'results.json').read_text())
+    steps = {s['name']: s for s in data['steps']}
+    for name in GPU_STEPS:
+        assert (steps[name]['status'], steps[name]['note']) == ('not reached', 'no GPU'), name
+    assert 'the rehearsal cannot reach (no GPU here)' in result.stdout
+    assert result.returncode == 0 and data['verdict']['state'] == 'PASS', md
+    log = (work / 'out' / 'log.txt').read_text()
+    assert re.search(r'imports: mmtransnext .* numpy 2\.5\.2 torch 2\.11\.0\S* triton 3\.6\.0',
+                     log), log[-3000:]
+    assert re.search(r'\b\d{3} tests collected', log)
+    assert 'CPU kernels of the CUDA build match the reference' in log

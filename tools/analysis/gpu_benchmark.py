@@ -38,7 +38,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # backbone_families
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # cli_common
-import cli_common as common  # noqa: E402
+# cli_common (which imports torch) is imported where it is used: tools/gpu_check/summarize.py
+# imports format_table from here with the standard library alone.
 
 Size2d = Tuple[int, int]
 
@@ -51,6 +52,7 @@ DRY_RUN_ARCH = dict(embed_dims=[24, 48, 48, 48], num_heads=[1, 2, 2, 2], depths=
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    import cli_common as common
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--arch', default='tiny')
@@ -275,6 +277,7 @@ def plan(args) -> List[dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import cli_common as common
     args = parse_args(argv)
     if args.out:
         common.check_output_file(args.out, '--out')
@@ -314,4 +317,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(common.run_main(main))
+    import cli_common
+    sys.exit(cli_common.run_main(main))

@@ -3,14 +3,19 @@ in the output folder. Standard library only: it runs with any ``python3``, also 
 own environment could not be made. tools/gpu_check.sh calls it after every step, so a later
 step that fails or is killed leaves the results so far.
 
-Reads (each optional): ``steps.tsv`` (one line per finished step: name, status, seconds, time
-limit, note), ``junit.xml`` (the gpu test tier), ``benchmark.json``
-(tools/analysis/gpu_benchmark.py), ``ncu.csv`` (Nsight Compute, ``--csv --page details``).
+Reads (each optional): ``steps.tsv`` (one line per step: name, status, seconds, time limit,
+note; status ``planned`` for a step still to come, which is "not reached" if no result
+follows), the JUnit XML of each test file (``--junit-dir``, merged into ``junit.xml``; else
+``junit.xml``), ``benchmark.json`` (tools/analysis/gpu_benchmark.py), ``ncu.csv`` (Nsight
+Compute, ``--csv --page details``).
 
-    python3 tools/gpu_check/summarize.py OUT [--final]
+    python3 tools/gpu_check/summarize.py OUT [--final] [--mode run|rehearse] [--junit-dir DIR]
 
-Exit status with ``--final``: 0 when every required step passed and the tier ran tests without
-a failure, else 1.
+The verdict (``--mode run``) is decided by the correctness steps (:data:`DECIDING`): FAIL when
+one failed or a test failed, INCOMPLETE when none failed but one timed out or was not reached
+(RUNNING before ``--final``), else PASS. A rehearsal (``--mode rehearse``) passes when each of
+its steps passed (the GPU's are "not reached: no GPU"). Exit status with ``--final``: 0 on PASS,
+else 1.
 """
 import argparse
 import csv
@@ -25,16 +30,29 @@ from typing import Dict, List, Optional
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'analysis'))
 from gpu_benchmark import format_table  # noqa: E402  (standard library only at import)
 
-#: Steps in the order they run; all but the profile decide the verdict.
+#: What each step (or group of steps, ``group:part``) is, in the order they run.
 STEPS = OrderedDict([
     ('gpu', 'a CUDA GPU and torch'),
     ('install', 'offline install into a fresh venv'),
     ('build', 'csrc CUDA ops built with nvcc'),
-    ('tests', 'gpu test tier (pytest -m gpu)'),
-    ('benchmark', 'TransNeXt-Tiny benchmark'),
+    ('sanitizer', 'compute-sanitizer on a small forward and backward of every kernel'),
+    ('tests', 'gpu test tier, one process per file'),
+    ('benchmark', 'TransNeXt-Tiny benchmark (informative)'),
     ('profile', 'Nsight Compute, one stage-1 Triton call (informative)'),
+    # --rehearse
+    ('standin', 'stand-in for the device image (cached venv)'),
+    ('prepare', 'the wheel folder (--prepare)'),
+    ('imports', 'mmtransnext, mmengine, mmcv-lite under numpy 2'),
+    ('collect', 'collection of the gpu tier, the check\'s scripts load'),
+    ('triton-sm90', 'Triton kernels compiled for sm_90 with the stand-in triton'),
+    ('cuda-build-sm90', 'CUDA ops built for sm_90 with the stand-in torch'),
 ])
-OPTIONAL_STEPS = ('profile',)
+#: Steps whose outcome decides a ``run``'s verdict (the others are informative).
+DECIDING = ('gpu', 'install', 'build', 'sanitizer', 'tests')
+#: Steps a rehearsal runs (the GPU's are recorded "not reached: no GPU").
+REHEARSAL = ('standin', 'prepare', 'install', 'imports', 'collect', 'triton-sm90',
+             'cuda-build-sm90')
+STATUSES = ('passed', 'failed', 'timed out', 'skipped', 'not reached')
 
 #: Nsight Compute metrics shown per kernel (Metric Name as ncu prints it).
 NCU_METRICS = ('Duration', 'Compute (SM) Throughput', 'Memory Throughput', 'DRAM Throughput',
@@ -43,7 +61,9 @@ NCU_METRICS = ('Duration', 'Compute (SM) Throughput', 'Memory Throughput', 'DRAM
 
 
 def read_steps(out: str) -> List[dict]:
-    steps = []
+    """One entry per step of ``steps.tsv``, in plan order: the last line of a name wins, and a
+    step planned but without a result is "not reached"."""
+    steps: Dict[str, dict] = OrderedDict()
     path = osp.join(out, 'steps.tsv')
     if osp.exists(path):
         with open(path) as f:
@@ -52,11 +72,35 @@ def read_steps(out: str) -> List[dict]:
                 if len(fields) < 4 or not fields[0]:
                     continue
                 name, status, seconds, limit = fields[:4]
-                steps.append(dict(name=name, status=status, seconds=float(seconds or 0),
-                                  limit_s=float(limit or 0),
-                                  note=fields[4] if len(fields) > 4 else '',
-                                  required=name not in OPTIONAL_STEPS))
-    return steps
+                note = fields[4] if len(fields) > 4 else ''
+                if status == 'planned':
+                    status, note = 'not reached', note
+                steps[name] = dict(name=name, status=status, seconds=float(seconds or 0),
+                                   limit_s=float(limit or 0), note=note,
+                                   group=name.split(':')[0])
+    return list(steps.values())
+
+
+def merge_junit(junit_dir: str, out: str) -> None:
+    """The JUnit XML of each test file (``junit_dir/*.xml``) as one ``out/junit.xml``: one
+    ``testsuite`` per file, named after it (unreadable files are left out, and said so by
+    :func:`read_junit`'s counts)."""
+    files = sorted(f for f in os.listdir(junit_dir) if f.endswith('.xml')) \
+        if osp.isdir(junit_dir) else []
+    if not files:
+        return
+    root = ET.Element('testsuites')
+    for name in files:
+        try:
+            tree = ET.parse(osp.join(junit_dir, name)).getroot()
+        except ET.ParseError:
+            continue
+        for suite in ([tree] if tree.tag == 'testsuite' else tree.iter('testsuite')):
+            suite.set('name', name[:-len('.xml')])
+            root.append(suite)
+    tmp = osp.join(out, '.junit.xml.tmp')
+    ET.ElementTree(root).write(tmp, encoding='utf-8', xml_declaration=True)
+    os.replace(tmp, osp.join(out, 'junit.xml'))
 
 
 def read_junit(out: str) -> Optional[dict]:
@@ -123,29 +167,37 @@ def read_ncu(out: str) -> Optional[List[dict]]:
     return list(kernels.values())
 
 
-def verdict(steps: List[dict], tests: Optional[dict], final: bool) -> Dict[str, object]:
-    """``PASS``/``FAIL`` (``RUNNING`` before ``final`` while required steps are missing) and why."""
-    problems = []
-    done = {s['name']: s for s in steps}
-    for name in STEPS:
-        if name in OPTIONAL_STEPS:
+def verdict(steps: List[dict], tests: Optional[dict], final: bool,
+            mode: str = 'run') -> Dict[str, object]:
+    """The state (PASS, FAIL, INCOMPLETE; RUNNING before ``final``) and why."""
+    deciding = DECIDING if mode == 'run' else REHEARSAL
+    problems, missing, failed = [], [], False
+    for step in steps:
+        if step['group'] not in deciding:
             continue
-        step = done.get(name)
-        if step is None:
-            if final:
-                problems.append(f'{name}: not run')
-        elif step['status'] != 'ok':
-            problems.append(f"{name}: {step['status']}" + (f" ({step['note']})"
-                                                             if step['note'] else ''))
-    if tests is not None and 'error' not in tests:
+        status = step['status']
+        if status in ('passed', 'skipped'):
+            continue
+        if status == 'not reached':
+            missing.append(step['name'])
+            continue
+        failed = failed or status == 'failed'
+        problems.append(f"{step['name']}: {status}" + (f" ({step['note']})"
+                                                      if step['note'] else ''))
+    if mode == 'run' and tests is not None and 'error' not in tests:
         if tests['failed'] or tests['errors']:
+            failed = True
             problems.append(f"tests: {tests['failed']} failed, {tests['errors']} errors")
-        if not tests['passed'] and 'tests' in done:
+        ran = any(s['group'] == 'tests' and s['status'] != 'not reached' for s in steps)
+        if ran and not tests['passed']:
             problems.append('tests: none passed')
-    missing = [n for n in STEPS if n not in done and n not in OPTIONAL_STEPS]
-    if problems:
+    if final:
+        problems += [f'{name}: not reached' for name in missing]
+    if failed:
         state = 'FAIL'
-    elif missing and not final:
+    elif problems or (missing and final):
+        state = 'INCOMPLETE'
+    elif missing:
         state = 'RUNNING'
     else:
         state = 'PASS'
@@ -153,18 +205,20 @@ def verdict(steps: List[dict], tests: Optional[dict], final: bool) -> Dict[str, 
 
 
 def render(result: dict) -> str:
-    lines = ['# GPU check', '', f"**Verdict: {result['verdict']['state']}**", '']
+    title = 'GPU check' if result.get('mode', 'run') == 'run' else \
+        'GPU check rehearsal (no GPU: the GPU steps are not reached)'
+    lines = [f'# {title}', '', f"**Verdict: {result['verdict']['state']}**", '']
     for problem in result['verdict']['problems']:
         lines.append(f'- {problem}')
     lines += ['', '## Steps', '', '| step | what | status | seconds | limit s | note |',
               '|---|---|---|---|---|---|']
     for step in result['steps']:
-        lines.append(f"| {step['name']} | {STEPS.get(step['name'], '')} | {step['status']} | "
+        lines.append(f"| {step['name']} | {STEPS.get(step['group'], '')} | {step['status']} | "
                      f"{step['seconds']:.0f} | {step['limit_s']:.0f} | {step['note']} |")
     tests = result.get('tests')
     lines += ['', '## gpu test tier', '']
     if tests is None:
-        lines.append('No junit.xml: the tier did not run.')
+        lines.append('No JUnit XML: no test file ran.')
     elif 'error' in tests:
         lines.append(tests['error'])
     else:
@@ -208,12 +262,15 @@ def render(result: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def summarize(out: str, final: bool = False) -> dict:
+def summarize(out: str, final: bool = False, mode: str = 'run',
+              junit_dir: Optional[str] = None) -> dict:
+    if junit_dir:
+        merge_junit(junit_dir, out)
     steps = read_steps(out)
     tests = read_junit(out)
-    result = dict(steps=steps, tests=tests, benchmark=read_benchmark(out),
+    result = dict(mode=mode, steps=steps, tests=tests, benchmark=read_benchmark(out),
                   profile=read_ncu(out))
-    result['verdict'] = verdict(steps, tests, final)
+    result['verdict'] = verdict(steps, tests, final, mode)
     for name, text in (('results.json', json.dumps(result, indent=1)),
                        ('results.md', render(result))):
         tmp = osp.join(out, f'.{name}.tmp')
@@ -228,8 +285,10 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('out')
     parser.add_argument('--final', action='store_true')
+    parser.add_argument('--mode', choices=['run', 'rehearse'], default='run')
+    parser.add_argument('--junit-dir', help='JUnit XML of each test file, merged into junit.xml')
     args = parser.parse_args()
-    result = summarize(args.out, args.final)
+    result = summarize(args.out, args.final, args.mode, args.junit_dir)
     if args.final:
         print(f"gpu_check: {result['verdict']['state']}"
               + ''.join(f"\n  - {p}" for p in result['verdict']['problems']))
