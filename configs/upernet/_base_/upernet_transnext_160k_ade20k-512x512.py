@@ -2,8 +2,8 @@
 # (DaiShiResearch/TransNeXt segmentation/upernet, mmseg 0.x) in mmseg 1.x form. Size-specific
 # configs set arch, drop_path_rate, head channels and the ImageNet checkpoint.
 # Batch: 8 GPUs x 2 images (auto_scale_lr base 16).
-_base_ = [
 checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
+_base_ = [
     'mmseg::_base_/models/upernet_r50.py',
     'mmseg::_base_/datasets/ade20k.py',
     'mmseg::_base_/default_runtime.py',
