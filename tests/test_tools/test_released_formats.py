@@ -9,8 +9,10 @@ of its ``meta`` become the model's ``dataset_meta``.
 The state-dict keys of the heads, necks and detectors of those stacks equal mmdet 3.3's / mmseg
 1.2's (compared in their sources: FPN, RPNHead, StandardRoIHead and its bbox / mask heads,
 RetinaHead, UperHead, FPNHead, FCNHead, DINO and Mask2Former, mmcv 2.0 -> 2.1 attention), and the
-backbones' keys are the official ones (tests/test_checkpoint.py, test_official_classifier.py), so
-the files here keep this package's keys; what differs is the envelope around them.
+backbones' keys and shapes equal those of the official detection backbone classes (TransNeXt
+``transnext_*``, TransXNet ``transxnet_*`` with ``fork_feat``, built from the official
+repositories for that comparison), so the files here keep this package's keys; what differs is
+the envelope around them.
 """
 import copy
 import glob
