@@ -8,7 +8,7 @@
 #   reverts it to BN).
 # - pretrain_size 224: the relative-position tables of the ImageNet weights; they are resized
 #   bicubically to each input, as officially.
-checkpoint_file = 'https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-t.pth.tar'  # noqa: E501
+transxnet_checkpoint = 'https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-t.pth.tar'  # noqa: E501
 transxnet_backbone = dict(
     type='TransXNet',
     arch='tiny',
@@ -18,7 +18,7 @@ transxnet_backbone = dict(
     norm_cfg=dict(type='SyncBN', requires_grad=True),
     # Official ImageNet-1K weights (github.com/LMMMEng/TransXNet releases, transx-<t|s|b>.pth.tar), downloaded once into torch hub's
     # cache; a local file: --cfg-options model.backbone.init_cfg.checkpoint=PATH
-    init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file))
+    init_cfg=dict(type='Pretrained', checkpoint=transxnet_checkpoint))
 # Channels of the four stages per size (for necks and heads).
 transxnet_channels = dict(
     tiny=[48, 96, 224, 448], small=[64, 128, 320, 512], base=[76, 152, 336, 672])

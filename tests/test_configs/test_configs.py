@@ -113,7 +113,9 @@ def test_no_shipped_config_names_a_local_pretrained_file():
             named[f'{osp.relpath(path, CONFIGS)}: {where}'] = checkpoint
         if cfg.get('load_from'):
             named[f'{osp.relpath(path, CONFIGS)}: load_from'] = cfg.load_from
-    assert len(named) == 30  # 28 detection/segmentation backbones, 2 classification fine-tunes
+    # 28 detection/segmentation backbones (UperNet: 3 sizes x ss, ms, ms-extrapolation), 2
+    # classification fine-tunes
+    assert len(named) == 30
     official = {transnext_imagenet_url(s) for s in ('tiny', 'small', 'base')} | \
         {transxnet_imagenet_url(s) for s in ('tiny', 'small', 'base')}
     assert {k: v for k, v in named.items() if v not in official} == {}

@@ -3,11 +3,11 @@
 # feature levels (stages 1-4 + one extra). Size-specific configs set arch, drop_path_rate, neck
 # channels and the ImageNet checkpoint; the 4-scale config uses stages 2-4.
 # Batch: 8 GPUs x 1 image, 2-step gradient accumulation (16 images per update); fp16.
+checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
 _base_ = [
     'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
     '../../_base_/transnext_paramwise.py',
 ]
-checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
 custom_imports = dict(imports=['mmtransnext'], allow_failed_imports=False)
 
 model = dict(

@@ -3,11 +3,11 @@
 # (AdamW 1e-4, eps 1e-8, wd 0.05, grad clip 0.01, poly 0.9 to 0, validation every 5000 iters).
 # Size-specific configs set arch, drop_path_rate, head channels and the ImageNet checkpoint.
 # Batch: 8 GPUs x 2 images (auto_scale_lr base 16).
+checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
 _base_ = [
     'mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py',
     '../../_base_/transnext_paramwise.py',
 ]
-checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
 # mmseg's Mask2Former head is mmdet's: both packages are imported.
 custom_imports = dict(imports=['mmtransnext', 'mmdet.models'], allow_failed_imports=False)
 

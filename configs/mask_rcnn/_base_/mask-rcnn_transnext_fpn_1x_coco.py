@@ -2,11 +2,11 @@
 # recipe (DaiShiResearch/TransNeXt detection/maskrcnn), in mmdet 3 form. Size-specific configs
 # set arch, drop_path_rate, neck channels and the ImageNet checkpoint.
 # Batch: 8 GPUs x 2 images (auto_scale_lr base 16, from mmdet's schedule_1x).
+checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
 _base_ = [
     'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
     '../../_base_/transnext_paramwise.py',
 ]
-checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
 custom_imports = dict(imports=['mmtransnext'], allow_failed_imports=False)
 
 model = dict(

@@ -2,6 +2,7 @@
 # (DaiShiResearch/TransNeXt segmentation/upernet, mmseg 0.x) in mmseg 1.x form. Size-specific
 # configs set arch, drop_path_rate, head channels and the ImageNet checkpoint.
 # Batch: 8 GPUs x 2 images (auto_scale_lr base 16).
+checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py',
     'mmseg::_base_/datasets/ade20k.py',
@@ -9,7 +10,6 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_160k.py',
     '../../_base_/transnext_paramwise.py',
 ]
-checkpoint_file = 'https://huggingface.co/DaiShiResearch/transnext-tiny-224-1k/resolve/main/transnext_tiny_224_1k.pth?download=true'  # noqa: E501
 custom_imports = dict(imports=['mmtransnext'], allow_failed_imports=False)
 
 crop_size = (512, 512)
