@@ -16,8 +16,9 @@ transxnet_backbone = dict(
     out_indices=(0, 1, 2, 3),
     drop_path_rate=0.1,
     norm_cfg=dict(type='SyncBN', requires_grad=True),
-    # Official ImageNet-1K weights (github.com/LMMMEng/TransXNet releases, transx-<t|s|b>.pth.tar), downloaded once into torch hub's
-    # cache; a local file: --cfg-options model.backbone.init_cfg.checkpoint=PATH
+    # Official ImageNet-1K weights (github.com/LMMMEng/TransXNet releases, transx-<t|s|b>.pth.tar),
+    # downloaded once into torch hub's cache; a local file instead:
+    # --cfg-options model.backbone.init_cfg.checkpoint=PATH
     init_cfg=dict(type='Pretrained', checkpoint=transxnet_checkpoint))
 # Channels of the four stages per size (for necks and heads).
 transxnet_channels = dict(

@@ -21,8 +21,9 @@ model = dict(
         is_extrapolation=False,
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.3,
-        # Official ImageNet-1K weights (huggingface.co/DaiShiResearch/transnext-<arch>-224-1k), downloaded once into torch hub's
-        # cache; a local file: --cfg-options model.backbone.init_cfg.checkpoint=PATH
+        # Official ImageNet-1K weights (huggingface.co/DaiShiResearch/transnext-<arch>-224-1k),
+        # downloaded once into torch hub's cache; a local file instead:
+        # --cfg-options model.backbone.init_cfg.checkpoint=PATH
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
     decode_head=dict(in_channels=[72, 144, 288, 576]))
 
