@@ -7,7 +7,8 @@ Python loop over chunks and no host-device synchronisation. The query transform 
 (query embedding, temperature, length scale) is applied inside the kernels, so the scaled
 queries are never stored in the forward; the backward kernel returns their gradient, turned
 into those of the normalised queries and the transform by a few PyTorch ops. Saved for
-backward: the output and the float32 log-sum-exp of each query; the logits are recomputed.
+backward: the output (kept in float32, see :func:`_output`) and the float32 log-sum-exp of
+each query; the logits are recomputed.
 
 The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's
 interpreter, used by the tests). That variable is read when the kernels are decorated, i.e. the
@@ -192,6 +193,20 @@ def _kernel_meta(meta: dict, dtype: torch.dtype, window: int, kernel: str) -> di
                 UNROLL=config.unroll)
 
 
+def _output(q: Tensor, device: Optional[torch.device] = None) -> Tensor:
+    """The op's uninitialised float32 attention output for queries ``q`` ``(B, heads, N, d)``,
+    on ``device`` (default ``q``'s): a ``(B, heads, N, d)`` view of ``(B, N, heads, d)`` memory,
+    the layout the output projection reads (one (batch, head) slice spans up to ``heads`` times
+    ``q``'s). Float32 whatever ``q``'s dtype, because the backward's ``delta = dO . O`` cancels
+    against each query's probability-weighted logit gradients: from a 16-bit output its rounding
+    made the temperature gradient (a sum of logit gradients times logits over the map) four
+    times as far off as the PyTorch path's. :func:`triton_attention` returns it in ``q``'s
+    dtype."""
+    batch, heads, length, dim = q.shape
+    return q.new_empty(batch, length, heads, dim, device=device,
+                       dtype=torch.float32).transpose(1, 2)
+
+
 def _weight_args(folded: Tensor, weights_w: Optional[Tensor]) -> Tensor:
     """Tap weights as a kernel argument: absent (one tap of weight 1, ``weighted`` 0)
     they are never read, so ``folded`` stands in for the pointer."""
@@ -206,8 +221,7 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
                key_w: int, tf32: bool, columns_folded: bool) -> Tuple[Tensor, Tensor]:
     from . import triton_kernels as kernels
     batch, heads, length, dim = q.shape
-    # Output in (B, N, heads, d) memory, the layout the output projection reads.
-    out = q.new_empty(batch, length, heads, dim).transpose(1, 2)
+    out = _output(q)
     lse = q.new_empty(batch, heads, length, dtype=torch.float32)
     bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32,
                               window, columns_folded)
@@ -230,8 +244,7 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
 def _attention_fake(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
                     weights_w, height, width, window, key_h, key_w, tf32, columns_folded):
     batch, heads, length, dim = q.shape
-    return (q.new_empty(batch, length, heads, dim).transpose(1, 2),
-            q.new_empty(batch, heads, length, dtype=torch.float32))
+    return _output(q), q.new_empty(batch, heads, length, dtype=torch.float32)
 
 
 @torch.library.custom_op(OP_BACKWARD, mutates_args=())
@@ -241,8 +254,9 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
                         folded: Tensor, rows_w: Tensor, weights_w: Optional[Tensor], out: Tensor,
                         lse: Tensor, height: int, width: int, window: int, key_h: int,
                         key_w: int, tf32: bool, columns_folded: bool) -> List[Tensor]:
-    # Returns dq (of the scaled queries, as the kernels form them from q), dk, dv, dtok, drpb
-    # (empty for full attention), dk_pool, dv_pool, dfolded.
+    # Returns dq (of the scaled queries, as the kernels form them from q; float32: the query
+    # transform's gradients are sums of it over the map, which a 16-bit dq would round first),
+    # dk, dv, dtok, drpb (empty for full attention), dk_pool, dv_pool, dfolded.
     from . import triton_kernels as kernels
     batch, heads, length, dim = q.shape
     f32 = torch.float32
@@ -250,7 +264,7 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
                               window, columns_folded)
     weights_w = _weight_args(folded, weights_w)
     delta = q.new_empty(batch, heads, length, dtype=f32)
-    dq = torch.empty(batch, heads, length, dim, dtype=q.dtype, device=q.device)
+    dq = torch.empty(batch, heads, length, dim, dtype=f32, device=q.device)
     query_meta = _kernel_meta(meta, q.dtype, window, 'query')
     keys_meta = _kernel_meta(meta, q.dtype, window, 'keys')
     pooled = _cdiv(kp.shape[2], keys_meta['BLOCK_N']) * bh
@@ -302,8 +316,8 @@ def _attention_backward_fake(grad_out, q, qe, head_scale, query_scale, k, v, tok
                  rpb.new_empty(rpb.shape))
     else:
         local = tuple(q.new_empty(0) for _ in range(4))
-    return [q.new_empty(q.shape), *local, kp.new_empty(kp.shape), vp.new_empty(vp.shape),
-            dfolded]
+    return [q.new_empty(q.shape, dtype=torch.float32), *local, kp.new_empty(kp.shape),
+            vp.new_empty(vp.shape), dfolded]
 
 
 def _setup_context(ctx, inputs, output):
@@ -323,7 +337,7 @@ def _backward(ctx, grad_out, grad_lse):
     # tests see what a GPU does.
     alert_not_deterministic(OP_BACKWARD)
     saved = ctx.saved_tensors
-    grad_out = _rows(grad_out.to(saved[-2].dtype))  # e.g. the stride-0 gradient of a sum
+    grad_out = _rows(grad_out.to(saved[0].dtype))  # e.g. the stride-0 gradient of a sum
     dq_scaled, dk, dv, dtok, drpb, dkp, dvp, dfolded = _attention_backward(
         grad_out, *saved, *ctx.config)
     window = ctx.config[2]
@@ -336,8 +350,9 @@ def _backward(ctx, grad_out, grad_lse):
 def _query_grads(dq_scaled: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
                  query_scale: Tensor, needs: Tuple[bool, bool, bool]) -> Tuple:
     """Gradients of ``q``, ``qe``, ``head_scale``, ``query_scale`` (None where not needed) from
-    that of the scaled queries ``(q + qe[h]) * f[h, n]``, ``f = head_scale[h] *
-    query_scale[n]``. In PyTorch rather than in the backward kernel: the extra registers made
+    the float32 one of the scaled queries ``(q + qe[h]) * f[h, n]``, ``f = head_scale[h] *
+    query_scale[n]``: the parameter sums are taken in float32 and only ``q``'s gradient is cast
+    to ``q.dtype``. In PyTorch rather than in the backward kernel: the extra registers made
     ptxas spill in the float32 configurations already at their limit."""
     dq = dq_scaled * (head_scale[:, None] * query_scale)[..., None]  # float32
     dqe = dq.sum((0, 2)) if needs[0] else None
@@ -347,7 +362,7 @@ def _query_grads(dq_scaled: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
         df = (dq_scaled * (q + qe[:, None])).sum((0, 3))
         dhead = df @ query_scale if needs[1] else None
         dquery = head_scale @ df if needs[2] else None
-    return dq.to(dq_scaled.dtype), dqe, dhead, dquery
+    return dq.to(q.dtype), dqe, dhead, dquery
 
 
 torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
@@ -457,7 +472,7 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
                         folded.float().contiguous(), rows_w.contiguous(),
                         None if weights_w is None else weights_w.float().contiguous(), height,
                         width, window, key_h, key_w, tf32, columns_folded)
-    return out
+    return out.to(q.dtype)  # the float32 output (see _output) in the dtype computed in
 
 
 def _kernel_dtype(device_type: str, tensors: List[Tensor]) -> torch.dtype:

@@ -3,7 +3,7 @@ forward and every gradient (queries, window and pooled keys/values, token weight
 CPB MLP through its grid), odd sizes, both position-bias modes, fp32 and bf16; the layers and a
 small backbone end to end with ``attn_impl='triton'``; the op on meta tensors (no host sync)."""
 import copy
-
+import dataclasses
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from mmtransnext import TransNeXt
 from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention, StageGeometry
 from mmtransnext.models.layers.position_bias import (build_position_table, cpb_grid, fold_bias,
                                                      fold_rows)
-from mmtransnext.ops.sliding_window import window_lengths
+from mmtransnext.ops.sliding_window import window_lengths, window_padding_mask
 from mmtransnext.ops.triton_attention import triton_attention
 from reference import (assert_cast_model_close, perturb_, reference_aggregated_attention,
                        reference_backbone, reference_bias, reference_full_attention)
@@ -414,6 +414,48 @@ def test_layers_with_triton_match_the_paper_equations(monkeypatch, full, size, p
             assert g is None or not g.abs().any()
         else:
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_autocast_gradients_are_as_accurate_as_the_pytorch_path():
+    """A layer under CPU bf16 autocast (the kernels' bfloat16 products exact, as a GPU's MMA
+    computes them): every gradient within twice the PyTorch path's error (``attn_impl='torch'``
+    under the same autocast), both against the official computation in float64. The
+    temperature's gradient sums logit gradients times logits over the map; with a bfloat16
+    output in ``delta = dO . O`` (and a bfloat16 query gradient) it failed this bound several
+    times over."""
+    torch.manual_seed(1)
+    size, pool = (7, 9), (3, 4)
+    layer = perturb_(AggregatedAttention(48, 2, 3, 2))
+    with torch.no_grad():  # make the small-init terms matter
+        for name, p in layer.named_parameters():
+            if name in ('relative_pos_bias_local', 'learnable_bias', 'query_embedding'):
+                p.add_(torch.randn_like(p) * 0.3)
+    # The reference path reads the window's padding mask.
+    geometry = dataclasses.replace(_geometry(size, pool, 3),
+                                   padding_mask=window_padding_mask(size, 3, CPU))
+    x, grad_out = torch.randn(2, 2, 63, 48).unbind(0)
+
+    def gradients(impl, dtype):
+        """Input and parameter gradients; ``impl`` None: the official computation."""
+        model = copy.deepcopy(layer).to(dtype)
+        model.attn_impl, model.attention_mode = (impl, 'fast') if impl else ('torch', 'reference')
+        inputs = x.to(dtype).detach().clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.float32):
+            out = model(inputs, geometry)
+        params = dict(model.named_parameters())
+        grads = torch.autograd.grad(out, [inputs, *params.values()], grad_out.to(out.dtype),
+                                    allow_unused=True)
+        return {name: g for name, g in zip(['dx', *params], grads) if g is not None}
+
+    want = gradients(None, torch.float64)
+    errors = {impl: {n: (g.double() - want[n]).abs().max().item()
+                     for n, g in gradients(impl, torch.float32).items()}
+              for impl in ('torch', 'triton')}
+    assert errors['triton'].keys() == errors['torch'].keys()
+    for name, error in errors['triton'].items():
+        scale = want[name].abs().max().item()
+        assert error <= max(2 * errors['torch'][name], 1e-3 * scale), \
+            (name, error, errors['torch'][name], scale)
 
 
 def test_backbone_with_triton_matches_the_reference():
