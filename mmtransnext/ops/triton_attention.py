@@ -125,7 +125,10 @@ def _multiprocessors(device: torch.device) -> int:
 def key_splits(programs: int, query_tiles: int, device: torch.device) -> int:
     """Runs of query tiles the pooled-key backward splits its loop into: enough that its
     ``programs * splits`` programs fill two waves of the device's multiprocessors, none shorter
-    than :data:`MIN_TILES_PER_SPLIT` tiles (and none empty)."""
+    than :data:`MIN_TILES_PER_SPLIT` tiles (and none empty); 1 where there is nothing to split
+    (no programs or no query tiles: an empty batch or map)."""
+    if programs <= 0 or query_tiles <= 0:
+        return 1
     splits = max(1, min(_cdiv(2 * _multiprocessors(device), programs),
                         query_tiles // MIN_TILES_PER_SPLIT))
     return _cdiv(query_tiles, _cdiv(query_tiles, splits))
@@ -223,6 +226,8 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
     batch, heads, length, dim = q.shape
     out = _output(q)
     lse = q.new_empty(batch, heads, length, dtype=torch.float32)
+    if out.numel() == 0:  # an empty batch or map: nothing to launch (a grid of 0 programs)
+        return out, lse
     bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32,
                               window, columns_folded)
     meta = _kernel_meta(meta, q.dtype, window, 'forward')
@@ -281,23 +286,28 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
     else:
         k = v = tok = rpb = dk = dv = dtok = drpb = q
     align = row_alignment(q, k, v, kp, vp, out, grad_out)
-    with _on_device(q):
-        # Query tiles of BLOCK_M queries of QUERY_ITEMS batch items, the bias shared by the items.
-        kernels._attention_bwd_query[(_cdiv(length, query_meta['BLOCK_M']) * heads *
-                                      _cdiv(batch, QUERY_ITEMS),)](
-            q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
-            out, grad_out, lse, delta, dq, dtok, dfolded,
-            *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
-            *_strides(kp, align), *_strides(vp, align), *_strides(out, align),
-            *_strides(grad_out, align), batch, *sizes, WINDOW=window, ALIGN=align, **query_meta)
-        # Pooled-key tiles (times their runs) first, then window-key tiles.
-        window_programs = _cdiv(length, keys_meta['BLOCK_M']) * bh if window else 0
-        kernels._attention_bwd_keys[(pooled * splits + window_programs,)](
-            q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
-            grad_out, lse, delta, dk, dv, drpb, dkvp[0], dkvp[1], *_strides(q, align),
-            *_strides(k, align), *_strides(v, align), *_strides(tok), *_strides(kp, align),
-            *_strides(vp, align), *_strides(grad_out, align), *sizes, splits, pooled * splits,
-            WINDOW=window, ALIGN=align, **keys_meta)
+    if q.numel() == 0:  # an empty batch or map: no launch (the pooled keys' gradients are 0)
+        dkvp.zero_()
+    else:
+        with _on_device(q):
+            # Query tiles of BLOCK_M queries of QUERY_ITEMS batch items, the bias shared by the
+            # items.
+            kernels._attention_bwd_query[(_cdiv(length, query_meta['BLOCK_M']) * heads *
+                                          _cdiv(batch, QUERY_ITEMS),)](
+                q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
+                weights_w, out, grad_out, lse, delta, dq, dtok, dfolded,
+                *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
+                *_strides(kp, align), *_strides(vp, align), *_strides(out, align),
+                *_strides(grad_out, align), batch, *sizes, WINDOW=window, ALIGN=align,
+                **query_meta)
+            # Pooled-key tiles (times their runs) first, then window-key tiles.
+            window_programs = _cdiv(length, keys_meta['BLOCK_M']) * bh if window else 0
+            kernels._attention_bwd_keys[(pooled * splits + window_programs,)](
+                q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
+                weights_w, grad_out, lse, delta, dk, dv, drpb, dkvp[0], dkvp[1],
+                *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
+                *_strides(kp, align), *_strides(vp, align), *_strides(grad_out, align), *sizes,
+                splits, pooled * splits, WINDOW=window, ALIGN=align, **keys_meta)
     dkp = torch.sum(dkvp[0], 2, out=torch.empty(kp.shape, dtype=kp.dtype, device=q.device))
     dvp = torch.sum(dkvp[1], 2, out=torch.empty(vp.shape, dtype=vp.dtype, device=q.device))
     if not window:
@@ -338,6 +348,8 @@ def _backward(ctx, grad_out, grad_lse):
     alert_not_deterministic(OP_BACKWARD)
     saved = ctx.saved_tensors
     grad_out = _rows(grad_out.to(saved[0].dtype))  # e.g. the stride-0 gradient of a sum
+    if _slice_reach(grad_out) >= OFFSET_LIMIT:  # a view wider than the output checked forward
+        grad_out = grad_out.contiguous()
     dq_scaled, dk, dv, dtok, drpb, dkp, dvp, dfolded = _attention_backward(
         grad_out, *saved, *ctx.config)
     window = ctx.config[2]
@@ -455,9 +467,11 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
                    v_local=v_local, token_weights=token_weights, local_bias=local_bias,
                    query_embedding=query_embedding, head_scale=head_scale,
                    query_scale=query_scale)
-    # q also stands for the output and the backward's gradient buffers of its shape.
-    _check_offsets(q=q, k_pool=k_pool, v_pool=v_pool, k_local=k_local, v_local=v_local,
-                   token_weights=token_weights, folded=folded, rows_w=rows_w)
+    # q also stands for the backward's gradient buffers of its shape; the output's layout (a
+    # meta tensor: no memory) spans up to heads times more per slice.
+    _check_offsets(q=q, out=_output(q, torch.device('meta')), k_pool=k_pool, v_pool=v_pool,
+                   k_local=k_local, v_local=v_local, token_weights=token_weights, folded=folded,
+                   rows_w=rows_w)
     query_args = _query_args(q, query_embedding, head_scale, query_scale)
     tensors = [q, k_pool, v_pool] + ([k_local, v_local, token_weights] if window else [])
     dtype = _kernel_dtype(q.device.type, tensors)
@@ -514,6 +528,14 @@ def _check_devices(q: Tensor, **tensors: Union[Tensor, float, None]) -> None:
 OFFSET_LIMIT = 2 ** 31
 
 
+def _slice_reach(t: Tensor, inner: int = 2) -> int:
+    """Elements one slice of ``t`` spans, from its first to its last (its dims from ``inner``
+    on; 0 for an empty tensor)."""
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((n - 1) * s for n, s in zip(t.shape[inner:], t.stride()[inner:]))
+
+
 def _check_offsets(**tensors: Optional[Tensor]) -> None:
     """Raise a ValueError if a tensor of ``tensors`` (None ones skipped) spans ``OFFSET_LIMIT``
     elements or more within one ``(batch, head)`` slice (its dims after the first two; for the
@@ -523,7 +545,7 @@ def _check_offsets(**tensors: Optional[Tensor]) -> None:
         if t is None or t.numel() == 0:
             continue
         inner = 2 if name not in ('folded', 'rows_w') else 0
-        reach = 1 + sum((n - 1) * s for n, s in zip(t.shape[inner:], t.stride()[inner:]))
+        reach = _slice_reach(t, inner)
         if reach >= OFFSET_LIMIT:
             where = 'one (batch, head) slice of ' if inner else ''
             raise ValueError(

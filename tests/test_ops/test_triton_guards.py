@@ -14,6 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmtransnext import TransNeXt
+from mmtransnext.analysis.triton_launches import LaunchRecorder
 from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention
 from mmtransnext.models.layers.position_bias import cpb_grid, fold_rows
 from mmtransnext.ops import budget, dispatch
@@ -480,6 +481,45 @@ def test_int32_offset_overflow_raises():
     # Just under the limit within a slice: accepted (the fake implementation runs, no memory).
     out = _overflow_call((1, 1, 2 ** 26 - 1, 32), window=0)
     assert out.shape == (1, 1, 2 ** 26 - 1, 32)
+
+
+def test_the_output_layout_is_checked_against_int32_offsets():
+    """The output is stored as ``(B, N, heads, d)``: one (batch, head) slice of it spans about
+    ``heads`` times a slice of ``q``, so 4 heads of queries within the limit can overflow it."""
+    with pytest.raises(ValueError, match=r'out of shape \(1, 4, 16777216, 64\).*int32 offsets'):
+        _overflow_call((1, 4, 2 ** 24, 64), window=0)
+    out = _overflow_call((1, 1, 2 ** 24, 64), window=0)  # one head: the layouts coincide
+    assert out.shape == (1, 1, 2 ** 24, 64)
+
+
+@pytest.mark.parametrize('full', [False, True])
+@pytest.mark.parametrize('transform', [False, True])
+def test_an_empty_batch_launches_nothing_and_gives_zero_gradients(full, transform):
+    """A batch of 0: no kernel launch (a grid of 0 programs, and no key splits to divide by),
+    an empty output, and gradients of the batch's shape (empty) or zero (the CPB grid, the
+    local bias, the query transform)."""
+    args, local = _small_attention(full=full)
+    q, kp, vp, folded, rows_w, weights_w, size, pool = args
+    empty = [t[:0].clone().requires_grad_() for t in (q, kp, vp)]
+    local = {name: (t[:0].clone().requires_grad_() if name != 'local_bias' else
+                    t.clone().requires_grad_()) for name, t in local.items()}
+    folded = folded.clone().requires_grad_()
+    extra = {}
+    if transform:
+        extra = dict(query_embedding=torch.randn(2, 24, requires_grad=True),
+                     head_scale=torch.rand(2, requires_grad=True),
+                     query_scale=torch.rand(12, requires_grad=True))
+    with LaunchRecorder() as recorder:  # a launch would be recorded (and not run)
+        out = triton_attention(*empty, folded, rows_w, weights_w, size, pool, **local, **extra)
+        assert out.shape == (0, 2, 12, 24) and out.dtype == q.dtype
+        leaves = empty + [folded] + list(local.values()) + list(extra.values())
+        grads = torch.autograd.grad(out.sum(), leaves)
+    assert recorder.launches == []
+    for leaf, grad in zip(leaves, grads):
+        assert grad.shape == leaf.shape
+        assert not grad.abs().any()
+    cpu = torch.device('cpu')
+    assert ta.key_splits(0, 5, cpu) == ta.key_splits(4, 0, cpu) == 1
 
 
 def test_large_batches_are_not_limited_by_int32_offsets():
