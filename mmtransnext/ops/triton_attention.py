@@ -17,6 +17,7 @@ first time this path runs in a process: set it before. Whether this path runs is
 """
 import contextlib
 import functools
+import re
 from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -39,35 +40,43 @@ class KernelConfig(NamedTuple):
     of the key backward's window programs), ``block_n`` pooled keys per tile, ``warps``, and
     ``unroll``: the tap loops of the position bias unrolled to ``MAX_TAPS`` (masked), which lets
     Triton software-pipeline the key (or query) loop around them (it pipelines innermost loops
-    only), at the cost of registers."""
+    only), at the cost of registers; ``max_registers``: ptxas' register cap (``maxnreg``), None
+    to leave it to ptxas, which may pick fewer registers than it needs (two blocks per
+    multiprocessor) and spill."""
     block_m: int
     block_n: int
     warps: int
     unroll: bool
+    max_registers: Optional[int] = None
 
 
 #: :class:`KernelConfig` per input dtype, attention kind (``'window'``: aggregated attention,
 #: stages 1-3; ``'full'``: stage 4) and kernel (``'forward'``, ``'query'`` and ``'keys'``
 #: backward), chosen from what ``tools/check_triton_build.py`` reads in the sm_80/sm_90 builds
 #: and its ``--launch-report`` (waves on 132 multiprocessors, Tiny 512x512 batch 2): every key
-#: and query loop software-pipelined (``unroll``), no spill, at least two waves, and, for
-#: 16-bit inputs (the AMP the configs train with), room for two blocks per multiprocessor: at
+#: and query loop software-pipelined (``unroll``), no spill with any triton release from
+#: :data:`TRITON_FLOOR` on (``--triton``), at least two waves, and, for 16-bit inputs (the AMP
+#: the configs train with), room for two blocks per multiprocessor where the tiles allow: at
 #: most 128 registers per thread at 8 warps, 255 at 4. Query tiles of 32 (16 per item in the
 #: query backward, which holds two items' queries, gradients and accumulators): tiles of 64
-#: needed 156-238 registers at 8 warps (one block per multiprocessor), and pipelining the
-#: windowed query backward spilled there. Float32 inputs run 8 warps: 106-255 registers with
-#: full-precision products (FMA dots; 4 warps spilled), 128-236 with TF32, so the backward
-#: kernels fit one block per multiprocessor. README "Triton path" lists what each compiles to.
+#: needed more registers than two blocks leave at 8 warps, and pipelining the windowed query
+#: backward spilled there. The 16-bit full-attention query backward runs 8 warps with up to 255
+#: registers, one block per multiprocessor (triton 3.6 spilled it at 4 warps on sm_80, and at
+#: 8 on sm_90 where ptxas held it to 128 registers). Float32 inputs run 8 warps (4 spilled the
+#: forward) with up to 255 registers (ptxas' own choice, 128, spilled full attention, TF32
+#: included under triton 3.6), the key backward on query tiles of 16 (32 spilled with
+#: full-precision products under triton 3.6): the backward kernels fit one block per
+#: multiprocessor. README "Triton path" lists what each compiles to.
 _SIXTEEN_BIT = {
     'window': {'forward': KernelConfig(32, 32, 8, True),
                'query': KernelConfig(16, 32, 8, True),
                'keys': KernelConfig(32, 32, 4, True)},
     'full': {'forward': KernelConfig(32, 32, 4, True),
-             'query': KernelConfig(16, 32, 4, True),
+             'query': KernelConfig(16, 32, 8, True, 255),
              'keys': KernelConfig(32, 32, 4, True)}}
-_FLOAT32 = {kind: {'forward': KernelConfig(32, 32, 8, True),
-                   'query': KernelConfig(16, 32, 8, True),
-                   'keys': KernelConfig(32, 32, 8, True)} for kind in ('window', 'full')}
+_FLOAT32 = {kind: {'forward': KernelConfig(32, 32, 8, True, 255),
+                   'query': KernelConfig(16, 32, 8, True, 255),
+                   'keys': KernelConfig(16, 32, 8, True, 255)} for kind in ('window', 'full')}
 KERNEL_CONFIGS = {torch.float32: _FLOAT32, torch.float16: _SIXTEEN_BIT,
                   torch.bfloat16: _SIXTEEN_BIT}
 #: Batch items per program of the query backward (``_attention_bwd_query``): the position bias
@@ -78,22 +87,30 @@ QUERY_ITEMS = 2
 #: Software-pipelining depth of the key and query loops (``num_stages``): the next tile's
 #: loads (``cp.async`` on sm_80+) are issued while the current one is multiplied.
 NUM_STAGES = 2
-#: ptxas register cap (``maxnreg``) per product precision where ptxas' own choice spills: with
-#: float32 full-precision products (FMA dots) it settles on 128 registers (two 256-thread blocks
-#: per SM) and spills 40-80 bytes in full attention; allowed 255 it spills nothing (one block
-#: per SM, as every float32 configuration ran before, at 172-250 registers).
-MAX_REGISTERS = {'ieee': 255}
+
+
+#: Oldest triton release that builds the kernels (torch 2.7's): from it on,
+#: ``tools/check_triton_build.py --triton VERSION`` compiles every specialisation for sm_80 and
+#: sm_90 without a spill. Older compilers crash on some (triton 3.0 segfaults on the query
+#: backward, killing the process that compiles) or spill (3.2, the windowed 16-bit query
+#: backward on sm_90); :func:`.dispatch.triton_unsupported_reason` never lets them compile.
+TRITON_FLOOR = (3, 3)
+
+
+def triton_release_reason(version: str) -> Optional[str]:
+    """Why triton ``version`` (``triton.__version__``) cannot build the kernels (a release below
+    :data:`TRITON_FLOOR`), or None."""
+    match = re.match(r'(\d+)\.(\d+)', version)
+    if match and tuple(map(int, match.groups())) >= TRITON_FLOOR:
+        return None
+    return (f'the Triton kernels need triton >= {".".join(map(str, TRITON_FLOOR))}, but '
+            f'triton {version} is installed (older compilers crash on them or spill)')
 
 
 def kernel_config(dtype: torch.dtype, window: int, kernel: str) -> KernelConfig:
     """:class:`KernelConfig` of ``kernel`` (``'forward'``, ``'query'``, ``'keys'``) for ``dtype``
     inputs and a window of ``window`` (0: full attention); see :data:`KERNEL_CONFIGS`."""
     return KERNEL_CONFIGS[dtype]['window' if window else 'full'][kernel]
-
-
-def register_cap(precision: str) -> dict:
-    """Launch option capping registers for kernels of ``precision`` (empty: ptxas chooses)."""
-    return {'maxnreg': MAX_REGISTERS[precision]} if precision in MAX_REGISTERS else {}
 
 
 #: Most taps of the unfolded axis per (query, pooled key) pair the kernels read (their
@@ -185,15 +202,16 @@ def _common(q: Tensor, kp: Tensor, height: int, width: int, key_h: int, key_w: i
              int(columns_folded))
     precision = _precision(q.dtype, tf32)
     meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), weighted=int(weights_w is not None),
-                PRECISION=precision, num_stages=NUM_STAGES, **register_cap(precision))
+                PRECISION=precision, num_stages=NUM_STAGES)
     return batch * heads, sizes, meta
 
 
 def _kernel_meta(meta: dict, dtype: torch.dtype, window: int, kernel: str) -> dict:
     """``meta`` plus ``kernel``'s tiles, warps and ``UNROLL`` (see :data:`KERNEL_CONFIGS`)."""
     config = kernel_config(dtype, window, kernel)
+    cap = {} if config.max_registers is None else {'maxnreg': config.max_registers}
     return dict(meta, BLOCK_M=config.block_m, BLOCK_N=config.block_n, num_warps=config.warps,
-                UNROLL=config.unroll)
+                UNROLL=config.unroll, **cap)
 
 
 def _output(q: Tensor, device: Optional[torch.device] = None) -> Tensor:
@@ -462,6 +480,10 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
                 f'window inputs do not match queries {tuple(q.shape)}: keys '
                 f'{tuple(k_local.shape)}, values {tuple(v_local.shape)}, token weights '
                 f'{tuple(token_weights.shape)}, local bias {tuple(local_bias.shape)}')
+    import triton
+    reason = triton_release_reason(triton.__version__)
+    if reason:  # never compiled by a release below the floor, even when called directly
+        raise RuntimeError(reason)
     _check_devices(q, k_pool=k_pool, v_pool=v_pool, folded=folded, rows_w=rows_w,
                    weights_w=weights_w, k_local=k_local,
                    v_local=v_local, token_weights=token_weights, local_bias=local_bias,

@@ -4,6 +4,7 @@ and the numbers under CPU autocast in the interpreter), deterministic mode in th
 the device and int32-offset checks (on meta tensors: no memory)."""
 import contextlib
 import dataclasses
+import re
 import types
 import warnings
 
@@ -419,6 +420,37 @@ def test_deterministic_warn_only_warns_and_runs(determinism):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         torch.autograd.grad(out.sum(), inputs)
+
+
+# --- the triton release ----------------------------------------------------------------------
+
+def test_a_triton_below_the_floor_is_never_asked_to_compile(monkeypatch):
+    """Below ``TRITON_FLOOR`` the kernels are never compiled in this process: 'auto' passes
+    over them once with the reason (installed and needed release), 'triton' raises it, and a
+    direct call of the op is refused before any launch."""
+    import triton
+    floor = '.'.join(map(str, ta.TRITON_FLOOR))
+    for name in ('_decisions', '_failures', '_passed'):
+        monkeypatch.setattr(dispatch, name, {})
+    monkeypatch.setattr(dispatch.extension, 'unsupported_reason',
+                        lambda *args: 'simulated: no CUDA build')
+    monkeypatch.setenv(dispatch.SELF_TEST_ENV, '0')
+    monkeypatch.setattr(triton, '__version__', '3.0.0')
+    needs = rf'the Triton kernels need triton >= {floor}, but triton 3\.0\.0 is installed'
+    assert re.match(needs, dispatch.triton_unsupported_reason('cuda', torch.float16))
+    with pytest.warns(RuntimeWarning, match=r"attn_impl='auto' on cuda:0 .*triton: " + needs):
+        assert dispatch.choose_backend('auto', 'cuda', 0, torch.float16).name == 'torch'
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # said once
+        assert dispatch.choose_backend('auto', 'cuda', 0, torch.float16).name == 'torch'
+    with pytest.raises(RuntimeError, match=r"attn_impl='triton' was requested but " + needs):
+        dispatch.choose_backend('triton', 'cuda', 0, torch.float16)
+    args, local = _small_attention()
+    with LaunchRecorder() as recorder, pytest.raises(RuntimeError, match=needs):
+        triton_attention(*args, **local)
+    assert recorder.launches == []
+    monkeypatch.setattr(triton, '__version__', floor + '.0')
+    assert dispatch.triton_unsupported_reason('cuda', torch.float16) is None
 
 
 # --- devices and int32 offsets ---------------------------------------------------------------
