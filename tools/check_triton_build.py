@@ -133,24 +133,79 @@ def _sass(compiled) -> Optional[str]:
             os.close(saved)
 
 
+def triton_version() -> Tuple[int, int]:
+    """``(major, minor)`` of the triton this process imports."""
+    import triton
+    return tuple(int(part) for part in triton.__version__.split('.')[:2])
+
+
+def ast_source(kernel, spec: KernelSpecialization):
+    """``spec`` as the ``ASTSource`` of the triton this process imports. ``spec`` is in the
+    form triton >= 3.3 uses (signature by name with constexprs in it, constexprs and
+    attributes by argument path); triton 3.0-3.2 take the non-constexpr signature, constants
+    by name, and an ``AttrsDescriptor`` of argument indices (as their ``JITFunction.run``
+    builds them), ints made constexpr because equal to 1 staying in their signature."""
+    from triton.compiler import ASTSource
+    signature, constexprs, attrs, _ = spec.compile_args()
+    if triton_version() >= (3, 3):
+        return ASTSource(kernel, signature, constexprs, attrs)
+    declared = {p.name for p in kernel.params if p.is_constexpr}
+    names = list(signature)
+    ones = [path[0] for path, value in constexprs.items()
+            if names[path[0]] not in declared and value == 1]
+    divisible = [path[0] for path, values in attrs.items() if ['tt.divisibility', 16] in values]
+    old_signature = {name: ('i32' if i in ones else ty) for i, (name, ty) in
+                     enumerate(signature.items()) if ty != 'constexpr' or i in ones}
+    constants = {names[path[0]]: value for path, value in constexprs.items()}
+    if triton_version() >= (3, 2):
+        from triton.backends.compiler import AttrsDescriptor
+        descriptor = AttrsDescriptor.from_dict({'cls': 'AttrsDescriptor', 'arg_properties': {
+            'tt.divisibility': divisible, 'tt.equal_to': ones}})
+    else:
+        from triton.compiler import AttrsDescriptor
+        descriptor = AttrsDescriptor(tuple(divisible), tuple(ones))
+    return ASTSource(kernel, old_signature, constants, descriptor)
+
+
+def _ptxas_report(compiled, arch: int) -> str:
+    """ptxas' ``-v`` report (registers, spills) of ``compiled``'s PTX, by the ptxas bundled with
+    the triton this process imports, with the flags Triton compiles it with: for releases
+    without ``knobs.nvidia.dump_ptxas_log`` (before 3.5), which keep the report to themselves."""
+    import subprocess
+
+    import triton
+    ptxas = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'ptxas')
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, 'kernel.ptx')
+        with open(source, 'w') as f:
+            f.write(compiled.asm['ptx'])
+        result = subprocess.run([ptxas, '-lineinfo', '-v', f'--gpu-name=sm_{arch}'
+                                 + ('a' if arch >= 90 else ''), source, '-o',
+                                 os.path.join(folder, 'kernel.cubin')],
+                                capture_output=True, text=True)
+    return result.stdout + result.stderr
+
+
 def compile_specialization(spec: KernelSpecialization, arch: int,
                            module: str = KERNEL_MODULE) -> BuildStats:
-    """Compile ``spec`` (of a kernel of ``module``) for ``sm_<arch>`` down to a cubin."""
+    """Compile ``spec`` (of a kernel of ``module``) for ``sm_<arch>`` down to a cubin, with the
+    triton this process imports (3.0 or later)."""
     import importlib
 
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from mmtransnext.analysis.triton_launches import _as_jit_function
     kernel = _as_jit_function(launchable_kernels(importlib.import_module(module))[spec.kernel])
-    signature, constexprs, attrs, options = spec.compile_args()
-    triton.knobs.nvidia.dump_ptxas_log = True  # ptxas' -v report: registers and spills
+    options = spec.compile_args()[3]
+    logged = hasattr(getattr(getattr(triton, 'knobs', None), 'nvidia', None), 'dump_ptxas_log')
+    if logged:
+        triton.knobs.nvidia.dump_ptxas_log = True  # ptxas' -v report: registers and spills
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs),
-                                  target=GPUTarget('cuda', arch, 32), options=options)
-    text = log.getvalue()
+        compiled = triton.compile(ast_source(kernel, spec), target=GPUTarget('cuda', arch, 32),
+                                  options=options)
+    text = log.getvalue() if logged else _ptxas_report(compiled, arch)
     regs = re.search(r'Used (\d+) registers', text)
     spills = [int(n) for n in re.findall(r'(\d+) bytes spill (?:stores|loads)', text)]
     counts = instruction_counts(compiled.asm['ptx'], _sass(compiled))
@@ -348,6 +403,42 @@ def _compile_job(job):
         return None, f'{type(error).__name__}: {error}'.splitlines()[0]
 
 
+#: What a job gets whose compiler killed its process (triton 3.0 segfaults on some kernels).
+DIED = 'the compiler process died (a crash in Triton\'s compiler, e.g. a segfault)'
+
+
+def _compile_round(indices: Sequence[int], jobs: Sequence, workers: int) -> Dict[int, Tuple]:
+    """``{index: (stats, error)}`` of the jobs of ``indices`` compiled in a fresh pool of
+    ``workers`` processes; those the pool could not finish because one of its processes died
+    are left out."""
+    from concurrent.futures.process import BrokenProcessPool
+    done = {}
+    with ProcessPoolExecutor(workers) as pool:
+        futures = {i: pool.submit(_compile_job, jobs[i]) for i in indices}
+        for i, future in futures.items():
+            try:
+                done[i] = future.result()
+            except BrokenProcessPool:
+                pass
+    return done
+
+
+def compile_results(jobs: Sequence, workers: int) -> List[Tuple]:
+    """``(stats, error)`` of every job, compiled in child processes, so that a compiler that
+    crashes fails its own jobs (:data:`DIED`) rather than this tool: a pool broken by a crash
+    is made again for the jobs it left; when a round finishes none, its first job is compiled
+    alone, and a crash there is that job's."""
+    results: Dict[int, Tuple] = {}
+    pending = list(range(len(jobs)))
+    while pending:
+        done = _compile_round(pending, jobs, workers)
+        if not done:
+            done = _compile_round(pending[:1], jobs, 1) or {pending[0]: (None, DIED)}
+        results.update(done)
+        pending = [i for i in pending if i not in results]
+    return [results[i] for i in range(len(jobs))]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--arch', type=int, nargs='+', default=[80, 90], help='sm_ targets')
@@ -374,6 +465,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='compiler processes')
     parser.add_argument('--verbose', action='store_true',
                         help='list the specialised arguments and the launching steps')
+    parser.add_argument('--triton', metavar='VERSION', nargs='+',
+                        help='compile with these triton releases instead of the installed one, '
+                        'one after the other: each installed alone (pip install --no-deps '
+                        f'--target) once into {TRITON_CACHE}/VERSION and imported first in a '
+                        'child process; the launches are recorded once, here, with the '
+                        'installed triton')
+    parser.add_argument('--compile-specs', metavar='FILE', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.max_variants is not None and args.dino is None:
         parser.error('--max-variants needs --dino')
@@ -394,6 +492,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _run(args) -> int:
     start = time.time()
+    if args.compile_specs:  # the child of --triton: compile what the parent recorded
+        import pickle
+
+        import triton
+        with open(args.compile_specs, 'rb') as f:
+            specs, by_label = pickle.load(f)
+        print(f'triton {triton.__version__} ({os.path.dirname(triton.__file__)})', flush=True)
+        failures = compile_all(specs, by_label, args)
+        for failure in failures:
+            print(f'FAILED {failure}')
+        print(f'{"FAILED" if failures else "passed"}: {len(failures)} build problems with '
+              f'triton {triton.__version__}')
+        return 1 if failures else 0
     groups = arch_groups(args.archs)
     cases = [TrainingCase(arch, precision, extrapolation, size)
              for arch in groups for precision in args.precisions
@@ -412,7 +523,11 @@ def _run(args) -> int:
     never = sorted(set(launchable_kernels()) - set(per_kernel))
     if never:
         print(f'never launched (device functions): {", ".join(never)}')
-    failures = [] if args.no_compile else compile_all(specs, by_label, args)
+    if args.triton and not args.no_compile:
+        failures = [failure for version in args.triton
+                    for failure in compile_with_release(version, specs, by_label, args)]
+    else:
+        failures = [] if args.no_compile else compile_all(specs, by_label, args)
     over = 0
     if args.dino is not None:
         over = dino_variants(args.dino, args.dino_precisions, args.dino_sample,
@@ -428,19 +543,78 @@ def _run(args) -> int:
     return 1 if failures or over else 0
 
 
+#: Where ``--triton`` keeps the triton releases it installs, one folder per version.
+TRITON_CACHE = os.environ.get('MMTRANSNEXT_TRITON_CACHE') or os.path.join(
+    os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'mmtransnext', 'triton')
+
+
+def triton_release(version: str) -> str:
+    """The folder holding triton ``version`` alone (no torch; a few hundred MB), installed there
+    once with ``pip install --no-deps --target``; :class:`cli_common.ToolError` naming the
+    version and the folder when pip cannot install it (e.g. no network)."""
+    import subprocess
+    if not re.fullmatch(r'\d+(\.\d+){1,2}', version):
+        raise common.ToolError(f'--triton: expected a release number such as 3.6.0, '
+                               f'got {version!r}')
+    folder = os.path.join(TRITON_CACHE, version)
+    if os.path.isfile(os.path.join(folder, 'triton', '__init__.py')):
+        return folder
+    os.makedirs(TRITON_CACHE, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f'.{version}-', dir=TRITON_CACHE)
+    result = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
+                             '--disable-pip-version-check', '--target', staging,
+                             f'triton=={version}'], capture_output=True, text=True)
+    if result.returncode != 0 or not os.path.isfile(os.path.join(staging, 'triton',
+                                                                 '__init__.py')):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise common.ToolError(
+            f'could not install triton=={version} into {folder} (pip install --no-deps '
+            f'--target, exit {result.returncode}): {result.stderr.strip()[-600:]}')
+    try:
+        os.rename(staging, folder)
+    except OSError:  # another process installed it meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def compile_with_release(version: str, specs: Dict[KernelSpecialization, List[str]],
+                         by_label: Dict[str, TrainingCase], args) -> List[str]:
+    """Compile ``specs`` in a child process that imports triton ``version``
+    (:func:`triton_release`) before the installed one; its table and failures are printed
+    there. Returns one failure line if it failed (the child named the reasons)."""
+    import pickle
+    import subprocess
+    folder = triton_release(version)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'specs.pkl')
+        with open(path, 'wb') as f:
+            pickle.dump((specs, by_label), f)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [folder, ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+        env.pop('TRITON_INTERPRET', None)
+        sys.stdout.flush()  # before the child's lines
+        result = subprocess.run([sys.executable, os.path.abspath(__file__), '--compile-specs',
+                                 path, '--jobs', str(args.jobs), '--arch',
+                                 *map(str, args.arch)] + (['--verbose'] if args.verbose else []),
+                                env=env)
+    if result.returncode == 0:
+        return []
+    return [f'triton {version}: the build check failed (exit {result.returncode}; its '
+            f'reasons above)']
+
+
 def compile_all(specs: Dict[KernelSpecialization, List[str]], by_label: Dict[str, TrainingCase],
                 args) -> List[str]:
     """Compile every specialisation for every arch, print the table; returns the failures."""
     ids = {spec: i for i, spec in enumerate(specs, 1)}
     jobs = [(spec, arch) for spec in specs for arch in args.arch]
     start = time.time()
-    pool = ProcessPoolExecutor(args.jobs) if args.jobs > 1 else None
-    results = pool.map(_compile_job, jobs) if pool else map(_compile_job, jobs)
+    results = compile_results(jobs, args.jobs)
     print(f'{"id":>4s} {"kernel":21s} {"sm":>3s} {"dtype":5s} {"steps":14s} {"warps":>5s} '
           f'{"regs":>4s} {"spill":>5s} {"smem":>6s} {"mma":>4s} {"fence":>5s} {"cp.as":>5s} '
           f'{"atom":>4s}  configuration')
     failures, compiled = [], 0
-    for (spec, arch), (stats, error) in zip(jobs, results):  # printed as they come
+    for (spec, arch), (stats, error) in zip(jobs, results):
         contexts = specs[spec]
         steps = sorted({by_label[c].precision for c in contexts})
         head = (f'v{ids[spec]:<3d} {spec.kernel:21s} {arch:3d} {spec.dtype:5s} '
@@ -462,8 +636,6 @@ def compile_all(specs: Dict[KernelSpecialization, List[str]], by_label: Dict[str
             special = spec.value_specialised(declared_constexprs(spec.kernel))
             print(f'v{i}: {", ".join(f"{k}={v}" for k, v in special.items())}\n'
                   f'    launched by {"; ".join(specs[spec])}')
-    if pool:
-        pool.shutdown()
     print(f'{compiled} of {len(jobs)} specialisations compiled '
           f'(sm_{", sm_".join(map(str, args.arch))}) in {time.time() - start:.0f} s')
     return failures

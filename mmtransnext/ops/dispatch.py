@@ -133,10 +133,15 @@ def triton_unsupported_reason(device_type: str,
         import triton  # noqa: F401
     except ImportError as error:
         return f'triton cannot be imported ({error})'
+    # Checked before anything compiles: a release below the floor may crash the compiler, i.e.
+    # the process (triton 3.0 segfaults on the query backward).
+    from .triton_attention import KERNEL_CONFIGS, triton_release_reason
+    reason = triton_release_reason(triton.__version__)
+    if reason:
+        return reason
     if not (device_type == 'cuda' or (device_type == 'cpu' and interpreting())):
         return (f'the Triton kernels run on CUDA tensors (on CPU only under '
                 f'TRITON_INTERPRET=1), not on {device_type}')
-    from .triton_attention import KERNEL_CONFIGS
     if dtype is not None and dtype not in KERNEL_CONFIGS:
         return f'the Triton kernels support {tuple(KERNEL_CONFIGS)}, not {dtype}'
     return None

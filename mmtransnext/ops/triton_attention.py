@@ -7,7 +7,8 @@ Python loop over chunks and no host-device synchronisation. The query transform 
 (query embedding, temperature, length scale) is applied inside the kernels, so the scaled
 queries are never stored in the forward; the backward kernel returns their gradient, turned
 into those of the normalised queries and the transform by a few PyTorch ops. Saved for
-backward: the output and the float32 log-sum-exp of each query; the logits are recomputed.
+backward: the output (kept in float32, see :func:`_output`) and the float32 log-sum-exp of
+each query; the logits are recomputed.
 
 The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (Triton's
 interpreter, used by the tests). That variable is read when the kernels are decorated, i.e. the
@@ -16,6 +17,7 @@ first time this path runs in a process: set it before. Whether this path runs is
 """
 import contextlib
 import functools
+import re
 from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -39,35 +41,43 @@ class KernelConfig(NamedTuple):
     of the key backward's window programs), ``block_n`` pooled keys per tile, ``warps``, and
     ``unroll``: the tap loops of the position bias unrolled to ``MAX_TAPS`` (masked), which lets
     Triton software-pipeline the key (or query) loop around them (it pipelines innermost loops
-    only), at the cost of registers."""
+    only), at the cost of registers; ``max_registers``: ptxas' register cap (``maxnreg``), None
+    to leave it to ptxas, which may pick fewer registers than it needs (two blocks per
+    multiprocessor) and spill."""
     block_m: int
     block_n: int
     warps: int
     unroll: bool
+    max_registers: Optional[int] = None
 
 
 #: :class:`KernelConfig` per input dtype, attention kind (``'window'``: aggregated attention,
 #: stages 1-3; ``'full'``: stage 4) and kernel (``'forward'``, ``'query'`` and ``'keys'``
 #: backward), chosen from what ``tools/check_triton_build.py`` reads in the sm_80/sm_90 builds
 #: and its ``--launch-report`` (waves on 132 multiprocessors, Tiny 512x512 batch 2): every key
-#: and query loop software-pipelined (``unroll``), no spill, at least two waves, and, for
-#: 16-bit inputs (the AMP the configs train with), room for two blocks per multiprocessor: at
+#: and query loop software-pipelined (``unroll``), no spill with any triton release from
+#: :data:`TRITON_FLOOR` on (``--triton``), at least two waves, and, for 16-bit inputs (the AMP
+#: the configs train with), room for two blocks per multiprocessor where the tiles allow: at
 #: most 128 registers per thread at 8 warps, 255 at 4. Query tiles of 32 (16 per item in the
 #: query backward, which holds two items' queries, gradients and accumulators): tiles of 64
-#: needed 156-238 registers at 8 warps (one block per multiprocessor), and pipelining the
-#: windowed query backward spilled there. Float32 inputs run 8 warps: 106-255 registers with
-#: full-precision products (FMA dots; 4 warps spilled), 128-236 with TF32, so the backward
-#: kernels fit one block per multiprocessor. README "Triton path" lists what each compiles to.
+#: needed more registers than two blocks leave at 8 warps, and pipelining the windowed query
+#: backward spilled there. The 16-bit full-attention query backward runs 8 warps with up to 255
+#: registers, one block per multiprocessor (triton 3.6 spilled it at 4 warps on sm_80, and at
+#: 8 on sm_90 where ptxas held it to 128 registers). Float32 inputs run 8 warps (4 spilled the
+#: forward) with up to 255 registers (ptxas' own choice, 128, spilled full attention, TF32
+#: included under triton 3.6), the key backward on query tiles of 16 (32 spilled with
+#: full-precision products under triton 3.6): the backward kernels fit one block per
+#: multiprocessor. README "Triton path" lists what each compiles to.
 _SIXTEEN_BIT = {
     'window': {'forward': KernelConfig(32, 32, 8, True),
                'query': KernelConfig(16, 32, 8, True),
                'keys': KernelConfig(32, 32, 4, True)},
     'full': {'forward': KernelConfig(32, 32, 4, True),
-             'query': KernelConfig(16, 32, 4, True),
+             'query': KernelConfig(16, 32, 8, True, 255),
              'keys': KernelConfig(32, 32, 4, True)}}
-_FLOAT32 = {kind: {'forward': KernelConfig(32, 32, 8, True),
-                   'query': KernelConfig(16, 32, 8, True),
-                   'keys': KernelConfig(32, 32, 8, True)} for kind in ('window', 'full')}
+_FLOAT32 = {kind: {'forward': KernelConfig(32, 32, 8, True, 255),
+                   'query': KernelConfig(16, 32, 8, True, 255),
+                   'keys': KernelConfig(16, 32, 8, True, 255)} for kind in ('window', 'full')}
 KERNEL_CONFIGS = {torch.float32: _FLOAT32, torch.float16: _SIXTEEN_BIT,
                   torch.bfloat16: _SIXTEEN_BIT}
 #: Batch items per program of the query backward (``_attention_bwd_query``): the position bias
@@ -78,22 +88,30 @@ QUERY_ITEMS = 2
 #: Software-pipelining depth of the key and query loops (``num_stages``): the next tile's
 #: loads (``cp.async`` on sm_80+) are issued while the current one is multiplied.
 NUM_STAGES = 2
-#: ptxas register cap (``maxnreg``) per product precision where ptxas' own choice spills: with
-#: float32 full-precision products (FMA dots) it settles on 128 registers (two 256-thread blocks
-#: per SM) and spills 40-80 bytes in full attention; allowed 255 it spills nothing (one block
-#: per SM, as every float32 configuration ran before, at 172-250 registers).
-MAX_REGISTERS = {'ieee': 255}
+
+
+#: Oldest triton release that builds the kernels (torch 2.7's): from it on,
+#: ``tools/check_triton_build.py --triton VERSION`` compiles every specialisation for sm_80 and
+#: sm_90 without a spill. Older compilers crash on some (triton 3.0 segfaults on the query
+#: backward, killing the process that compiles) or spill (3.2, the windowed 16-bit query
+#: backward on sm_90); :func:`.dispatch.triton_unsupported_reason` never lets them compile.
+TRITON_FLOOR = (3, 3)
+
+
+def triton_release_reason(version: str) -> Optional[str]:
+    """Why triton ``version`` (``triton.__version__``) cannot build the kernels (a release below
+    :data:`TRITON_FLOOR`), or None."""
+    match = re.match(r'(\d+)\.(\d+)', version)
+    if match and tuple(map(int, match.groups())) >= TRITON_FLOOR:
+        return None
+    return (f'the Triton kernels need triton >= {".".join(map(str, TRITON_FLOOR))}, but '
+            f'triton {version} is installed (older compilers crash on them or spill)')
 
 
 def kernel_config(dtype: torch.dtype, window: int, kernel: str) -> KernelConfig:
     """:class:`KernelConfig` of ``kernel`` (``'forward'``, ``'query'``, ``'keys'``) for ``dtype``
     inputs and a window of ``window`` (0: full attention); see :data:`KERNEL_CONFIGS`."""
     return KERNEL_CONFIGS[dtype]['window' if window else 'full'][kernel]
-
-
-def register_cap(precision: str) -> dict:
-    """Launch option capping registers for kernels of ``precision`` (empty: ptxas chooses)."""
-    return {'maxnreg': MAX_REGISTERS[precision]} if precision in MAX_REGISTERS else {}
 
 
 #: Most taps of the unfolded axis per (query, pooled key) pair the kernels read (their
@@ -125,7 +143,10 @@ def _multiprocessors(device: torch.device) -> int:
 def key_splits(programs: int, query_tiles: int, device: torch.device) -> int:
     """Runs of query tiles the pooled-key backward splits its loop into: enough that its
     ``programs * splits`` programs fill two waves of the device's multiprocessors, none shorter
-    than :data:`MIN_TILES_PER_SPLIT` tiles (and none empty)."""
+    than :data:`MIN_TILES_PER_SPLIT` tiles (and none empty); 1 where there is nothing to split
+    (no programs or no query tiles: an empty batch or map)."""
+    if programs <= 0 or query_tiles <= 0:
+        return 1
     splits = max(1, min(_cdiv(2 * _multiprocessors(device), programs),
                         query_tiles // MIN_TILES_PER_SPLIT))
     return _cdiv(query_tiles, _cdiv(query_tiles, splits))
@@ -182,15 +203,30 @@ def _common(q: Tensor, kp: Tensor, height: int, width: int, key_h: int, key_w: i
              int(columns_folded))
     precision = _precision(q.dtype, tf32)
     meta = dict(HEAD_DIM=dim, BLOCK_D=padded_dim(dim), weighted=int(weights_w is not None),
-                PRECISION=precision, num_stages=NUM_STAGES, **register_cap(precision))
+                PRECISION=precision, num_stages=NUM_STAGES)
     return batch * heads, sizes, meta
 
 
 def _kernel_meta(meta: dict, dtype: torch.dtype, window: int, kernel: str) -> dict:
     """``meta`` plus ``kernel``'s tiles, warps and ``UNROLL`` (see :data:`KERNEL_CONFIGS`)."""
     config = kernel_config(dtype, window, kernel)
+    cap = {} if config.max_registers is None else {'maxnreg': config.max_registers}
     return dict(meta, BLOCK_M=config.block_m, BLOCK_N=config.block_n, num_warps=config.warps,
-                UNROLL=config.unroll)
+                UNROLL=config.unroll, **cap)
+
+
+def _output(q: Tensor, device: Optional[torch.device] = None) -> Tensor:
+    """The op's uninitialised float32 attention output for queries ``q`` ``(B, heads, N, d)``,
+    on ``device`` (default ``q``'s): a ``(B, heads, N, d)`` view of ``(B, N, heads, d)`` memory,
+    the layout the output projection reads (one (batch, head) slice spans up to ``heads`` times
+    ``q``'s). Float32 whatever ``q``'s dtype, because the backward's ``delta = dO . O`` cancels
+    against each query's probability-weighted logit gradients: from a 16-bit output its rounding
+    made the temperature gradient (a sum of logit gradients times logits over the map) four
+    times as far off as the PyTorch path's. :func:`triton_attention` returns it in ``q``'s
+    dtype."""
+    batch, heads, length, dim = q.shape
+    return q.new_empty(batch, length, heads, dim, device=device,
+                       dtype=torch.float32).transpose(1, 2)
 
 
 def _weight_args(folded: Tensor, weights_w: Optional[Tensor]) -> Tensor:
@@ -207,9 +243,10 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
                key_w: int, tf32: bool, columns_folded: bool) -> Tuple[Tensor, Tensor]:
     from . import triton_kernels as kernels
     batch, heads, length, dim = q.shape
-    # Output in (B, N, heads, d) memory, the layout the output projection reads.
-    out = q.new_empty(batch, length, heads, dim).transpose(1, 2)
+    out = _output(q)
     lse = q.new_empty(batch, heads, length, dtype=torch.float32)
+    if out.numel() == 0:  # an empty batch or map: nothing to launch (a grid of 0 programs)
+        return out, lse
     bh, sizes, meta = _common(q, kp, height, width, key_h, key_w, folded, rows_w, weights_w, tf32,
                               window, columns_folded)
     meta = _kernel_meta(meta, q.dtype, window, 'forward')
@@ -231,8 +268,7 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
 def _attention_fake(q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
                     weights_w, height, width, window, key_h, key_w, tf32, columns_folded):
     batch, heads, length, dim = q.shape
-    return (q.new_empty(batch, length, heads, dim).transpose(1, 2),
-            q.new_empty(batch, heads, length, dtype=torch.float32))
+    return _output(q), q.new_empty(batch, heads, length, dtype=torch.float32)
 
 
 @compat.custom_op(OP_BACKWARD, mutates_args=())
@@ -242,8 +278,9 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
                         folded: Tensor, rows_w: Tensor, weights_w: Optional[Tensor], out: Tensor,
                         lse: Tensor, height: int, width: int, window: int, key_h: int,
                         key_w: int, tf32: bool, columns_folded: bool) -> List[Tensor]:
-    # Returns dq (of the scaled queries, as the kernels form them from q), dk, dv, dtok, drpb
-    # (empty for full attention), dk_pool, dv_pool, dfolded.
+    # Returns dq (of the scaled queries, as the kernels form them from q; float32: the query
+    # transform's gradients are sums of it over the map, which a 16-bit dq would round first),
+    # dk, dv, dtok, drpb (empty for full attention), dk_pool, dv_pool, dfolded.
     from . import triton_kernels as kernels
     batch, heads, length, dim = q.shape
     f32 = torch.float32
@@ -251,7 +288,7 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
                               window, columns_folded)
     weights_w = _weight_args(folded, weights_w)
     delta = q.new_empty(batch, heads, length, dtype=f32)
-    dq = torch.empty(batch, heads, length, dim, dtype=q.dtype, device=q.device)
+    dq = torch.empty(batch, heads, length, dim, dtype=f32, device=q.device)
     query_meta = _kernel_meta(meta, q.dtype, window, 'query')
     keys_meta = _kernel_meta(meta, q.dtype, window, 'keys')
     pooled = _cdiv(kp.shape[2], keys_meta['BLOCK_N']) * bh
@@ -268,23 +305,28 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
     else:
         k = v = tok = rpb = dk = dv = dtok = drpb = q
     align = row_alignment(q, k, v, kp, vp, out, grad_out)
-    with _on_device(q):
-        # Query tiles of BLOCK_M queries of QUERY_ITEMS batch items, the bias shared by the items.
-        kernels._attention_bwd_query[(_cdiv(length, query_meta['BLOCK_M']) * heads *
-                                      _cdiv(batch, QUERY_ITEMS),)](
-            q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
-            out, grad_out, lse, delta, dq, dtok, dfolded,
-            *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
-            *_strides(kp, align), *_strides(vp, align), *_strides(out, align),
-            *_strides(grad_out, align), batch, *sizes, WINDOW=window, ALIGN=align, **query_meta)
-        # Pooled-key tiles (times their runs) first, then window-key tiles.
-        window_programs = _cdiv(length, keys_meta['BLOCK_M']) * bh if window else 0
-        kernels._attention_bwd_keys[(pooled * splits + window_programs,)](
-            q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
-            grad_out, lse, delta, dk, dv, drpb, dkvp[0], dkvp[1], *_strides(q, align),
-            *_strides(k, align), *_strides(v, align), *_strides(tok), *_strides(kp, align),
-            *_strides(vp, align), *_strides(grad_out, align), *sizes, splits, pooled * splits,
-            WINDOW=window, ALIGN=align, **keys_meta)
+    if q.numel() == 0:  # an empty batch or map: no launch (the pooled keys' gradients are 0)
+        dkvp.zero_()
+    else:
+        with _on_device(q):
+            # Query tiles of BLOCK_M queries of QUERY_ITEMS batch items, the bias shared by the
+            # items.
+            kernels._attention_bwd_query[(_cdiv(length, query_meta['BLOCK_M']) * heads *
+                                          _cdiv(batch, QUERY_ITEMS),)](
+                q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
+                weights_w, out, grad_out, lse, delta, dq, dtok, dfolded,
+                *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
+                *_strides(kp, align), *_strides(vp, align), *_strides(out, align),
+                *_strides(grad_out, align), batch, *sizes, WINDOW=window, ALIGN=align,
+                **query_meta)
+            # Pooled-key tiles (times their runs) first, then window-key tiles.
+            window_programs = _cdiv(length, keys_meta['BLOCK_M']) * bh if window else 0
+            kernels._attention_bwd_keys[(pooled * splits + window_programs,)](
+                q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
+                weights_w, grad_out, lse, delta, dk, dv, drpb, dkvp[0], dkvp[1],
+                *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
+                *_strides(kp, align), *_strides(vp, align), *_strides(grad_out, align), *sizes,
+                splits, pooled * splits, WINDOW=window, ALIGN=align, **keys_meta)
     dkp = torch.sum(dkvp[0], 2, out=torch.empty(kp.shape, dtype=kp.dtype, device=q.device))
     dvp = torch.sum(dkvp[1], 2, out=torch.empty(vp.shape, dtype=vp.dtype, device=q.device))
     if not window:
@@ -303,8 +345,8 @@ def _attention_backward_fake(grad_out, q, qe, head_scale, query_scale, k, v, tok
                  rpb.new_empty(rpb.shape))
     else:
         local = tuple(q.new_empty(0) for _ in range(4))
-    return [q.new_empty(q.shape), *local, kp.new_empty(kp.shape), vp.new_empty(vp.shape),
-            dfolded]
+    return [q.new_empty(q.shape, dtype=torch.float32), *local, kp.new_empty(kp.shape),
+            vp.new_empty(vp.shape), dfolded]
 
 
 def _setup_context(ctx, inputs, output):
@@ -324,7 +366,9 @@ def _backward(ctx, grad_out, grad_lse):
     # tests see what a GPU does.
     alert_not_deterministic(OP_BACKWARD)
     saved = ctx.saved_tensors
-    grad_out = _rows(grad_out.to(saved[-2].dtype))  # e.g. the stride-0 gradient of a sum
+    grad_out = _rows(grad_out.to(saved[0].dtype))  # e.g. the stride-0 gradient of a sum
+    if _slice_reach(grad_out) >= OFFSET_LIMIT:  # a view wider than the output checked forward
+        grad_out = grad_out.contiguous()
     dq_scaled, dk, dv, dtok, drpb, dkp, dvp, dfolded = _attention_backward(
         grad_out, *saved, *ctx.config)
     window = ctx.config[2]
@@ -337,8 +381,9 @@ def _backward(ctx, grad_out, grad_lse):
 def _query_grads(dq_scaled: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
                  query_scale: Tensor, needs: Tuple[bool, bool, bool]) -> Tuple:
     """Gradients of ``q``, ``qe``, ``head_scale``, ``query_scale`` (None where not needed) from
-    that of the scaled queries ``(q + qe[h]) * f[h, n]``, ``f = head_scale[h] *
-    query_scale[n]``. In PyTorch rather than in the backward kernel: the extra registers made
+    the float32 one of the scaled queries ``(q + qe[h]) * f[h, n]``, ``f = head_scale[h] *
+    query_scale[n]``: the parameter sums are taken in float32 and only ``q``'s gradient is cast
+    to ``q.dtype``. In PyTorch rather than in the backward kernel: the extra registers made
     ptxas spill in the float32 configurations already at their limit."""
     dq = dq_scaled * (head_scale[:, None] * query_scale)[..., None]  # float32
     dqe = dq.sum((0, 2)) if needs[0] else None
@@ -348,7 +393,7 @@ def _query_grads(dq_scaled: Tensor, q: Tensor, qe: Tensor, head_scale: Tensor,
         df = (dq_scaled * (q + qe[:, None])).sum((0, 3))
         dhead = df @ query_scale if needs[1] else None
         dquery = head_scale @ df if needs[2] else None
-    return dq.to(dq_scaled.dtype), dqe, dhead, dquery
+    return dq.to(q.dtype), dqe, dhead, dquery
 
 
 compat.register_autograd(OP, _backward, setup_context=_setup_context)
@@ -436,14 +481,20 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
                 f'window inputs do not match queries {tuple(q.shape)}: keys '
                 f'{tuple(k_local.shape)}, values {tuple(v_local.shape)}, token weights '
                 f'{tuple(token_weights.shape)}, local bias {tuple(local_bias.shape)}')
+    import triton
+    reason = triton_release_reason(triton.__version__)
+    if reason:  # never compiled by a release below the floor, even when called directly
+        raise RuntimeError(reason)
     _check_devices(q, k_pool=k_pool, v_pool=v_pool, folded=folded, rows_w=rows_w,
                    weights_w=weights_w, k_local=k_local,
                    v_local=v_local, token_weights=token_weights, local_bias=local_bias,
                    query_embedding=query_embedding, head_scale=head_scale,
                    query_scale=query_scale)
-    # q also stands for the output and the backward's gradient buffers of its shape.
-    _check_offsets(q=q, k_pool=k_pool, v_pool=v_pool, k_local=k_local, v_local=v_local,
-                   token_weights=token_weights, folded=folded, rows_w=rows_w)
+    # q also stands for the backward's gradient buffers of its shape; the output's layout (a
+    # meta tensor: no memory) spans up to heads times more per slice.
+    _check_offsets(q=q, out=_output(q, torch.device('meta')), k_pool=k_pool, v_pool=v_pool,
+                   k_local=k_local, v_local=v_local, token_weights=token_weights, folded=folded,
+                   rows_w=rows_w)
     query_args = _query_args(q, query_embedding, head_scale, query_scale)
     tensors = [q, k_pool, v_pool] + ([k_local, v_local, token_weights] if window else [])
     dtype = _kernel_dtype(q.device.type, tensors)
@@ -458,7 +509,7 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
                         folded.float().contiguous(), rows_w.contiguous(),
                         None if weights_w is None else weights_w.float().contiguous(), height,
                         width, window, key_h, key_w, tf32, columns_folded)
-    return out
+    return out.to(q.dtype)  # the float32 output (see _output) in the dtype computed in
 
 
 def _kernel_dtype(device_type: str, tensors: List[Tensor]) -> torch.dtype:
@@ -500,6 +551,14 @@ def _check_devices(q: Tensor, **tensors: Union[Tensor, float, None]) -> None:
 OFFSET_LIMIT = 2 ** 31
 
 
+def _slice_reach(t: Tensor, inner: int = 2) -> int:
+    """Elements one slice of ``t`` spans, from its first to its last (its dims from ``inner``
+    on; 0 for an empty tensor)."""
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((n - 1) * s for n, s in zip(t.shape[inner:], t.stride()[inner:]))
+
+
 def _check_offsets(**tensors: Optional[Tensor]) -> None:
     """Raise a ValueError if a tensor of ``tensors`` (None ones skipped) spans ``OFFSET_LIMIT``
     elements or more within one ``(batch, head)`` slice (its dims after the first two; for the
@@ -509,7 +568,7 @@ def _check_offsets(**tensors: Optional[Tensor]) -> None:
         if t is None or t.numel() == 0:
             continue
         inner = 2 if name not in ('folded', 'rows_w') else 0
-        reach = 1 + sum((n - 1) * s for n, s in zip(t.shape[inner:], t.stride()[inner:]))
+        reach = _slice_reach(t, inner)
         if reach >= OFFSET_LIMIT:
             where = 'one (batch, head) slice of ' if inner else ''
             raise ValueError(

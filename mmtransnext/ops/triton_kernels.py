@@ -350,8 +350,8 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OU
     gradient by float32 atomic adds. The position bias depends on the head only, so each
     (query, pooled key) pair's bias is gathered once for both items and its gradient, the two
     items' summed, added once: half the gathers and atomic adds of one item per program.
-    ``DQ`` is ``(B, heads, N, d)`` contiguous, the gradient of the scaled queries (the op's
-    backward turns it into those of ``q_norm``, ``qe`` and ``f``: computed here, the extra
+    ``DQ`` is ``(B, heads, N, d)`` contiguous float32, the gradient of the scaled queries (the
+    op's backward turns it into those of ``q_norm``, ``qe`` and ``f``: computed here, the extra
     registers made ptxas spill), ``DTOK`` ``(B, heads, N, L)``. Programs: ``pid = (pair *
     heads + head) * tiles + tile``."""
     length = height * width

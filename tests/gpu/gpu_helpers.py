@@ -26,11 +26,20 @@ DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 #: Allowed error relative to ``max(scale, floor)`` per dtype: float32 sums are exact to ~1e-6,
 #: so 1e-4 catches any wrong term. In 16 bits the end-to-end runs under autocast round every
-#: projection's output too (measured in Triton's interpreter with exact 16-bit products, as a
-#: GPU's MMA computes them: the layers' bfloat16 gradients reach 2-4% of their scale on the
-#: official computation, twice that on the Triton path, which returns its query gradient in
-#: bfloat16); an indexing or masking error is O(scale).
+#: projection's output too (in Triton's interpreter with exact 16-bit products, as a GPU's MMA
+#: computes them, the layers' bfloat16 gradients stay within this on the official computation
+#: and on the Triton path alike); an indexing or masking error is O(scale). Gradients that sum
+#: cancelling terms over a map have their own (:data:`SUM_TOLERANCES`).
 TOLERANCES = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+#: 16-bit tolerances per (attention kind, gradient) of the gradients that sum cancelling terms
+#: over the whole map, relative to max(scale, 1); the sums not named take their dtype's
+#: (:data:`TOLERANCES`). The Triton path
+#: keeps its query gradient and the output its ``delta`` reads in float32, which brought its
+#: aggregated-attention temperature gradient to the PyTorch path's error in Triton's
+#: interpreter; full attention's stays above the bfloat16 tolerance in some cases on either
+#: path (the Triton path's up to twice the official computation's), hence its own bound.
+SUM_TOLERANCES = {torch.bfloat16: {('full', 'dtemperature'): 0.15}, torch.float16: {}}
 
 #: In 16 bits a quantity may also be off by this many times the error of the official
 #: computation (attention_mode='reference') in the same dtype on the same device.

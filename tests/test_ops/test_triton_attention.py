@@ -3,7 +3,7 @@ forward and every gradient (queries, window and pooled keys/values, token weight
 CPB MLP through its grid), odd sizes, both position-bias modes, fp32 and bf16; the layers and a
 small backbone end to end with ``attn_impl='triton'``; the op on meta tensors (no host sync)."""
 import copy
-
+import dataclasses
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from mmtransnext import TransNeXt
 from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention, StageGeometry
 from mmtransnext.models.layers.position_bias import (build_position_table, cpb_grid, fold_bias,
                                                      fold_rows)
-from mmtransnext.ops.sliding_window import window_lengths
+from mmtransnext.ops.sliding_window import window_lengths, window_padding_mask
 from mmtransnext.ops.triton_attention import triton_attention
 from reference import (assert_cast_model_close, perturb_, reference_aggregated_attention,
                        reference_backbone, reference_bias, reference_full_attention)
@@ -416,6 +416,48 @@ def test_layers_with_triton_match_the_paper_equations(monkeypatch, full, size, p
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
 
 
+def test_autocast_gradients_are_as_accurate_as_the_pytorch_path():
+    """A layer under CPU bf16 autocast (the kernels' bfloat16 products exact, as a GPU's MMA
+    computes them): every gradient within twice the PyTorch path's error (``attn_impl='torch'``
+    under the same autocast), both against the official computation in float64. The
+    temperature's gradient sums logit gradients times logits over the map; with a bfloat16
+    output in ``delta = dO . O`` (and a bfloat16 query gradient) it failed this bound several
+    times over."""
+    torch.manual_seed(1)
+    size, pool = (7, 9), (3, 4)
+    layer = perturb_(AggregatedAttention(48, 2, 3, 2))
+    with torch.no_grad():  # make the small-init terms matter
+        for name, p in layer.named_parameters():
+            if name in ('relative_pos_bias_local', 'learnable_bias', 'query_embedding'):
+                p.add_(torch.randn_like(p) * 0.3)
+    # The reference path reads the window's padding mask.
+    geometry = dataclasses.replace(_geometry(size, pool, 3),
+                                   padding_mask=window_padding_mask(size, 3, CPU))
+    x, grad_out = torch.randn(2, 2, 63, 48).unbind(0)
+
+    def gradients(impl, dtype):
+        """Input and parameter gradients; ``impl`` None: the official computation."""
+        model = copy.deepcopy(layer).to(dtype)
+        model.attn_impl, model.attention_mode = (impl, 'fast') if impl else ('torch', 'reference')
+        inputs = x.to(dtype).detach().clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.float32):
+            out = model(inputs, geometry)
+        params = dict(model.named_parameters())
+        grads = torch.autograd.grad(out, [inputs, *params.values()], grad_out.to(out.dtype),
+                                    allow_unused=True)
+        return {name: g for name, g in zip(['dx', *params], grads) if g is not None}
+
+    want = gradients(None, torch.float64)
+    errors = {impl: {n: (g.double() - want[n]).abs().max().item()
+                     for n, g in gradients(impl, torch.float32).items()}
+              for impl in ('torch', 'triton')}
+    assert errors['triton'].keys() == errors['torch'].keys()
+    for name, error in errors['triton'].items():
+        scale = want[name].abs().max().item()
+        assert error <= max(2 * errors['torch'][name], 1e-3 * scale), \
+            (name, error, errors['torch'][name], scale)
+
+
 def test_backbone_with_triton_matches_the_reference():
     arch = dict(embed_dims=[16, 32, 32, 32], num_heads=[1, 2, 2, 2], depths=[1, 1, 1, 1])
     model = perturb_(TransNeXt(arch, img_size=64, pretrain_size=64, attn_impl='triton')).eval()
@@ -606,35 +648,42 @@ def test_kernels_with_many_key_splits(monkeypatch, dtype):
     _assert_all_close(got, want, dtype)
 
 
-def test_registers_are_capped_only_for_full_precision_float32():
-    """float32 with full-precision products launches with maxnreg=255 (ptxas' own choice, 128
-    registers, spilled in full attention); TF32 and 16-bit inputs leave the choice to ptxas."""
-    from mmtransnext.ops.triton_attention import _common
+def test_registers_are_capped_where_ptxas_own_choice_spilled():
+    """float32 kernels and the 16-bit full-attention query backward launch with maxnreg=255
+    (ptxas' own choice spilled them under some triton release); the other 16-bit kernels leave
+    the choice to ptxas (two blocks per multiprocessor where the tiles allow)."""
+    from mmtransnext.ops.triton_attention import _common, _kernel_meta
     q, kp = torch.zeros(1, 2, 12, 24), torch.zeros(1, 2, 4, 24)
     folded, rows_w = torch.zeros(2, 3, 2, 3), torch.zeros(4, 2, 1, dtype=torch.long)
-    for dtype, tf32, cap in [(torch.float32, False, 255), (torch.float32, True, None),
-                             (torch.bfloat16, False, None)]:
-        _, _, meta = _common(q.to(dtype), kp.to(dtype), 3, 4, 2, 2, folded, rows_w, None, tf32,
-                             3)
-        assert meta.get('maxnreg') == cap, (dtype, tf32)
-        assert meta['num_stages'] >= 2  # key and query loops software-pipelined
+    for dtype, tf32 in [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False),
+                        (torch.float16, False)]:
+        for window in (0, 3):
+            _, _, meta = _common(q.to(dtype), kp.to(dtype), 3, 4, 2, 2, folded, rows_w, None,
+                                 tf32, window)
+            assert meta['num_stages'] >= 2  # key and query loops software-pipelined
+            for kernel in ('forward', 'query', 'keys'):
+                capped = dtype == torch.float32 or (window == 0 and kernel == 'query')
+                assert _kernel_meta(meta, dtype, window, kernel).get('maxnreg') == \
+                    (255 if capped else None), (dtype, tf32, window, kernel)
 
 
 def test_kernel_configs_pipeline_every_loop_and_leave_room_for_two_blocks():
     """Every kernel's key (query) loop is pipelined (tap loops unrolled); 16-bit kernels at 4
     warps, or 8 with tiles small enough for 128 registers (two blocks per multiprocessor, read in
     the builds by tools/check_triton_build.py); query tiles of 32, 16 per batch item in the
-    query backward; 32 pooled keys per tile."""
+    query backward and in the float32 key backward; 32 pooled keys per tile."""
     from mmtransnext.ops.triton_attention import QUERY_ITEMS, kernel_config
     assert QUERY_ITEMS == 2
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for window in (0, 3):
             configs = {k: kernel_config(dtype, window, k) for k in ('forward', 'query', 'keys')}
             assert all(c.unroll and c.block_n == 32 for c in configs.values())
-            assert configs['forward'].block_m == configs['keys'].block_m == 32
+            assert configs['forward'].block_m == 32
+            assert configs['keys'].block_m == (16 if dtype == torch.float32 else 32)
             assert configs['query'].block_m == 16
     assert kernel_config(torch.bfloat16, 3, 'keys').warps == 4
     assert kernel_config(torch.bfloat16, 0, 'forward').warps == 4
+    assert kernel_config(torch.bfloat16, 0, 'query').warps == 8
     assert kernel_config(torch.float16, 0, 'query') == kernel_config(torch.bfloat16, 0, 'query')
 
 

@@ -4,6 +4,7 @@ and the numbers under CPU autocast in the interpreter), deterministic mode in th
 the device and int32-offset checks (on meta tensors: no memory)."""
 import contextlib
 import dataclasses
+import re
 import types
 import warnings
 
@@ -14,6 +15,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmtransnext import TransNeXt
+from mmtransnext.analysis.triton_launches import LaunchRecorder
 from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention
 from mmtransnext.models.layers.position_bias import cpb_grid, fold_rows
 from mmtransnext.ops import budget, dispatch
@@ -420,6 +422,37 @@ def test_deterministic_warn_only_warns_and_runs(determinism):
         torch.autograd.grad(out.sum(), inputs)
 
 
+# --- the triton release ----------------------------------------------------------------------
+
+def test_a_triton_below_the_floor_is_never_asked_to_compile(monkeypatch):
+    """Below ``TRITON_FLOOR`` the kernels are never compiled in this process: 'auto' passes
+    over them once with the reason (installed and needed release), 'triton' raises it, and a
+    direct call of the op is refused before any launch."""
+    import triton
+    floor = '.'.join(map(str, ta.TRITON_FLOOR))
+    for name in ('_decisions', '_failures', '_passed'):
+        monkeypatch.setattr(dispatch, name, {})
+    monkeypatch.setattr(dispatch.extension, 'unsupported_reason',
+                        lambda *args: 'simulated: no CUDA build')
+    monkeypatch.setenv(dispatch.SELF_TEST_ENV, '0')
+    monkeypatch.setattr(triton, '__version__', '3.0.0')
+    needs = rf'the Triton kernels need triton >= {floor}, but triton 3\.0\.0 is installed'
+    assert re.match(needs, dispatch.triton_unsupported_reason('cuda', torch.float16))
+    with pytest.warns(RuntimeWarning, match=r"attn_impl='auto' on cuda:0 .*triton: " + needs):
+        assert dispatch.choose_backend('auto', 'cuda', 0, torch.float16).name == 'torch'
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # said once
+        assert dispatch.choose_backend('auto', 'cuda', 0, torch.float16).name == 'torch'
+    with pytest.raises(RuntimeError, match=r"attn_impl='triton' was requested but " + needs):
+        dispatch.choose_backend('triton', 'cuda', 0, torch.float16)
+    args, local = _small_attention()
+    with LaunchRecorder() as recorder, pytest.raises(RuntimeError, match=needs):
+        triton_attention(*args, **local)
+    assert recorder.launches == []
+    monkeypatch.setattr(triton, '__version__', floor + '.0')
+    assert dispatch.triton_unsupported_reason('cuda', torch.float16) is None
+
+
 # --- devices and int32 offsets ---------------------------------------------------------------
 
 def test_inputs_on_another_device_raise():
@@ -480,6 +513,45 @@ def test_int32_offset_overflow_raises():
     # Just under the limit within a slice: accepted (the fake implementation runs, no memory).
     out = _overflow_call((1, 1, 2 ** 26 - 1, 32), window=0)
     assert out.shape == (1, 1, 2 ** 26 - 1, 32)
+
+
+def test_the_output_layout_is_checked_against_int32_offsets():
+    """The output is stored as ``(B, N, heads, d)``: one (batch, head) slice of it spans about
+    ``heads`` times a slice of ``q``, so 4 heads of queries within the limit can overflow it."""
+    with pytest.raises(ValueError, match=r'out of shape \(1, 4, 16777216, 64\).*int32 offsets'):
+        _overflow_call((1, 4, 2 ** 24, 64), window=0)
+    out = _overflow_call((1, 1, 2 ** 24, 64), window=0)  # one head: the layouts coincide
+    assert out.shape == (1, 1, 2 ** 24, 64)
+
+
+@pytest.mark.parametrize('full', [False, True])
+@pytest.mark.parametrize('transform', [False, True])
+def test_an_empty_batch_launches_nothing_and_gives_zero_gradients(full, transform):
+    """A batch of 0: no kernel launch (a grid of 0 programs, and no key splits to divide by),
+    an empty output, and gradients of the batch's shape (empty) or zero (the CPB grid, the
+    local bias, the query transform)."""
+    args, local = _small_attention(full=full)
+    q, kp, vp, folded, rows_w, weights_w, size, pool = args
+    empty = [t[:0].clone().requires_grad_() for t in (q, kp, vp)]
+    local = {name: (t[:0].clone().requires_grad_() if name != 'local_bias' else
+                    t.clone().requires_grad_()) for name, t in local.items()}
+    folded = folded.clone().requires_grad_()
+    extra = {}
+    if transform:
+        extra = dict(query_embedding=torch.randn(2, 24, requires_grad=True),
+                     head_scale=torch.rand(2, requires_grad=True),
+                     query_scale=torch.rand(12, requires_grad=True))
+    with LaunchRecorder() as recorder:  # a launch would be recorded (and not run)
+        out = triton_attention(*empty, folded, rows_w, weights_w, size, pool, **local, **extra)
+        assert out.shape == (0, 2, 12, 24) and out.dtype == q.dtype
+        leaves = empty + [folded] + list(local.values()) + list(extra.values())
+        grads = torch.autograd.grad(out.sum(), leaves)
+    assert recorder.launches == []
+    for leaf, grad in zip(leaves, grads):
+        assert grad.shape == leaf.shape
+        assert not grad.abs().any()
+    cpu = torch.device('cpu')
+    assert ta.key_splits(0, 5, cpu) == ta.key_splits(4, 0, cpu) == 1
 
 
 def test_large_batches_are_not_limited_by_int32_offsets():

@@ -293,8 +293,9 @@ class AggregatedAttention(_CosineAttentionBase):
             grid = self.act(self.sr(x.transpose(1, 2).reshape(batch, channels, *size)))
         pooled = F.adaptive_avg_pool2d(grid, pool_size)
         pooled = self.norm(pooled.flatten(2).transpose(1, 2))
-        k, v = self.kv(pooled).view(batch, -1, 2, self.num_heads, self.head_dim).permute(
-            2, 0, 3, 1, 4)
+        # The pooled length spelled out: -1 is ambiguous in an empty batch.
+        k, v = self.kv(pooled).view(batch, pooled.shape[1], 2, self.num_heads,
+                                    self.head_dim).permute(2, 0, 3, 1, 4)
         return F.normalize(k, dim=-1), v
 
     def _heads(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -367,7 +368,7 @@ class AggregatedAttention(_CosineAttentionBase):
             return q_norm @ self.learnable_tokens + self.learnable_bias
         by_head = q_norm.permute(1, 0, 2, 3).reshape(heads, batch * length, dim)  # a view
         out = torch.baddbmm(self.learnable_bias, by_head, self.learnable_tokens)
-        return out.view(heads, batch, length, -1).transpose(0, 1)
+        return out.view(heads, batch, length, out.shape[-1]).transpose(0, 1)
 
     def forward_reference(self, x: Tensor, geometry: StageGeometry) -> Tensor:
         """The official computation: concatenated logits, one softmax, unfolded windows."""

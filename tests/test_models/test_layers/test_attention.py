@@ -134,3 +134,25 @@ def test_reference_mode_runs_none_of_the_fast_paths_code(monkeypatch, interp):
         expected = reference_full_attention(models[1], x, reference_bias(
             models[1], size, size, (14, 14), (((7, 7),) * 2) if interp else None))
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('impl', ['torch', 'ext', 'triton'])
+@pytest.mark.parametrize('full', [False, True])
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(impl, full):
+    """A batch of 0 images: an empty output and input gradient, zero parameter gradients, on
+    every backend of the fast path (the Triton kernels in the interpreter)."""
+    from mmtransnext.ops import extension
+    if impl == 'ext' and extension.unsupported_reason('cpu', torch.float32):
+        pytest.skip(extension.unsupported_reason('cpu', torch.float32))
+    size = (7, 9)
+    pool = size if full else (3, 4)
+    layer = FullAttention(48, 2, attn_impl=impl) if full else \
+        AggregatedAttention(48, 2, 3, 2, attn_impl=impl)
+    perturb_(layer)
+    x = torch.randn(0, 63, 48, requires_grad=True)
+    out = layer(x, _geometry(size, pool, None if full else 3, (6, 6)))
+    assert out.shape == (0, 63, 48)
+    grads = torch.autograd.grad(out.sum(), [x, *layer.parameters()], allow_unused=True)
+    assert grads[0].shape == x.shape
+    for (name, _), grad in zip(layer.named_parameters(), grads[1:]):
+        assert grad is None or not grad.abs().any(), name
