@@ -363,9 +363,10 @@ def test_a_crashing_compiler_fails_only_its_own_jobs(tool, monkeypatch):
 #: The triton releases besides the installed one that the kernels must build with, each
 #: compiled by ``tools/check_triton_build.py --triton`` (installed alone once, a few hundred
 #: MB each, into ``~/.cache/mmtransnext/triton``): the floor the dispatcher lets compile
-#: (``TRITON_FLOOR``, torch 2.7's) up to the GPU machine's 3.6.0. The installed release is
-#: compiled by ``tests/test_ops/test_builds.py``.
-RELEASES = ('3.3.1', '3.4.0', '3.5.1', '3.6.0')
+#: (``TRITON_FLOOR``, torch 2.7's) up to the last one before the installed release (torch
+#: 2.14's 3.8), the GPU machine's 3.6.0 among them. The installed release is compiled by
+#: ``tests/test_ops/test_builds.py``.
+RELEASES = ('3.3.1', '3.4.0', '3.5.1', '3.6.0', '3.7.1')
 
 
 @pytest.mark.slow
