@@ -62,7 +62,8 @@ def test_weights_are_the_released_file_of_that_task_and_size(config):
 
 
 def test_readme_model_zoo_links_each_release():
-    """The README's model zoo rows link the metafiles' ``Weights`` (the one source of truth)."""
+    """The README's model zoo rows link the metafiles' ``Weights`` and ``Training Log`` (the one
+    source of truth)."""
     with open(osp.join(ROOT, 'README.md')) as f:
         rows = [line for line in f if line.startswith('|') and '.py`' in line]
     for config, model in _index().items():
@@ -72,3 +73,20 @@ def test_readme_model_zoo_links_each_release():
         row = [line for line in rows if f'`{rel}`' in line]
         assert len(row) == 1, f'{rel}: {len(row)} README rows'
         assert f'[weights]({model["Weights"]})' in row[0], rel
+        if 'Training Log' in model:
+            assert f'[log]({model["Training Log"]})' in row[0], rel
+        else:
+            assert '[log](' not in row[0], rel
+
+
+def test_training_logs_are_the_released_logs():
+    """Each ``Training Log`` sits beside its weights (same model card or release), and every
+    downstream release has one (the official READMEs link a log for each)."""
+    for config, model in _index().items():
+        log = model.get('Training Log')
+        if log is None:
+            assert config.startswith('configs/classification/'), config
+            continue
+        assert log.rsplit('/', 1)[0].replace('/raw/', '/resolve/') == \
+            model['Weights'].rsplit('/', 1)[0], config
+        assert log.endswith(('.json', '.txt')), log
