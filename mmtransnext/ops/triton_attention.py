@@ -61,16 +61,17 @@ class KernelConfig(NamedTuple):
 #: most 128 registers per thread at 8 warps, 255 at 4. Query tiles of 32 (16 per item in the
 #: query backward, which holds two items' queries, gradients and accumulators): tiles of 64
 #: needed more registers than two blocks leave at 8 warps, and pipelining the windowed query
-#: backward spilled there. The 16-bit full-attention query backward runs 8 warps with up to 255
-#: registers, one block per multiprocessor (triton 3.6 spilled it at 4 warps on sm_80, and at
-#: 8 on sm_90 where ptxas held it to 128 registers). Float32 inputs run 8 warps (4 spilled the
+#: backward spilled there. The 16-bit query backward runs 8 warps with up to 255 registers, one
+#: block per multiprocessor where it takes more than 128 (full attention: triton 3.6 spilled it
+#: at 4 warps on sm_80, and at 8 on sm_90 where ptxas held it to 128 registers; windowed:
+#: triton 3.7 spilled it on sm_90 at ptxas' own choice). Float32 inputs run 8 warps (4 spilled the
 #: forward) with up to 255 registers (ptxas' own choice, 128, spilled full attention, TF32
 #: included under triton 3.6), the key backward on query tiles of 16 (32 spilled with
 #: full-precision products under triton 3.6): the backward kernels fit one block per
 #: multiprocessor. README "Triton path" lists what each compiles to.
 _SIXTEEN_BIT = {
     'window': {'forward': KernelConfig(32, 32, 8, True),
-               'query': KernelConfig(16, 32, 8, True),
+               'query': KernelConfig(16, 32, 8, True, 255),
                'keys': KernelConfig(32, 32, 4, True)},
     'full': {'forward': KernelConfig(32, 32, 4, True),
              'query': KernelConfig(16, 32, 8, True, 255),
