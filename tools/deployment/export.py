@@ -12,7 +12,7 @@ mean/std, BGR-to-RGB and padding are left to the caller. ``--part model`` export
 ``model(x, mode='tensor')``: segmentors' logits, detectors' raw head outputs before decoding and
 NMS; ``--part features`` the backbone and neck outputs (what Mask R-CNN, DINO and Mask2Former
 export: their tensor forwards do not, the tool says why). Without a checkpoint the weights are random (the config's pretrained file is not loaded).
-See mmtransnext/deployment.py and the README's Deployment section for what does not export.
+See mmtransnext/deployment/ and the README's Deployment section for what does not export.
 """
 import argparse
 import os.path as osp
