@@ -120,6 +120,7 @@ def _result(out: str) -> dict:
         return json.load(f)
 
 
+@pytest.mark.slow  # a cached venv (first use: torch 2.1's download) and a build of the ops there
 def test_floor_runs_both_families_and_reads_checkpoints(floor):
     result = _result(floor)
     assert compat.parse_version(result['torch']) == compat.parse_version(TORCH_FLOOR)
@@ -128,6 +129,7 @@ def test_floor_runs_both_families_and_reads_checkpoints(floor):
     assert result['checkpoints_read'] == [result['torch'], str(torch.__version__)]
 
 
+@pytest.mark.slow  # needs the floor's run
 def test_top_runs_both_families_and_reads_the_floor_checkpoint(top, floor):
     result = _result(top)
     assert result['torch'] == str(torch.__version__)
