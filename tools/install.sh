@@ -115,12 +115,13 @@ MultiScaleDeformableAttention' fails: it was built without ops. Remove $MMCV_WHE
 this script again."
 fi
 
-say "installing requirements/runtime.txt, the optional extras and tests.txt"
+say "installing requirements/runtime.txt, the optional extras, docs.txt and tests.txt"
 # classification.txt (mmpretrain, torchvision) and deploy.txt (onnx, onnxruntime, onnxscript)
-# are optional for users (pip extras); the test environment has them.
+# are optional for users (pip extras); the test environment has them, and docs.txt (Sphinx,
+# MyST) for tests/test_docs.py's build of docs/.
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -r "$ROOT/requirements/runtime.txt" \
   -r "$ROOT/requirements/classification.txt" -r "$ROOT/requirements/deploy.txt" \
-  -r "$ROOT/requirements/tests.txt" \
+  -r "$ROOT/requirements/docs.txt" -r "$ROOT/requirements/tests.txt" \
   || die "could not install the requirements"
 
 say "installing mmtransnext (editable; compiles the ops in csrc/ with ninja)"
