@@ -1,0 +1,143 @@
+"""Whole models with their post-processing (``part='predict'``): which module is exported for
+an mmdet / mmseg model, what cannot be, and how a graph's outputs compare with mmdet's / mmseg's
+``predict`` and become their data samples again (for drawing, evaluation).
+
+Graph conventions are mmdeploy's: input the normalised ``(1, 3, H, W)`` image; detectors give
+``dets (1, N, 5)`` and ``labels (1, N)`` in the input's pixels, segmentors the ``(1, 1, H, W)``
+label map.
+"""
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .detectors import SingleStagePredict
+from .errors import ExportError
+from .nms import ONNX_TRANSLATIONS
+from .segmentors import SegmentorPredict
+
+__all__ = ['ONNX_TRANSLATIONS', 'compare_predictions', 'predict_module', 'predict_refusal',
+           'reference_predictions', 'to_data_sample']
+
+
+def _deformable_part(model: nn.Module) -> Optional[str]:
+    pixel_decoder = getattr(getattr(model, 'decode_head', None), 'pixel_decoder', None)
+    for part, module in (('transformer', model), ('pixel decoder', pixel_decoder)):
+        if module is not None and any(cls.__name__ in ('DeformableDETR', 'MSDeformAttnPixelDecoder')
+                                      for cls in type(module).__mro__):
+            return part
+    return None
+
+
+def predict_refusal(model: nn.Module) -> Optional[str]:
+    """Why ``model`` cannot be exported with its post-processing, or None."""
+    name = type(model).__name__
+    deformable = _deformable_part(model)
+    if deformable is not None:
+        return (f"{name}'s {deformable} builds the level shapes with torch._shape_as_tensor "
+                'and loops over their values (mmdet code), and its multi-scale deformable '
+                'attention is an mmcv kernel: no rewrite of them is shipped yet; export '
+                "part='features' and run the head in PyTorch")
+    if hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
+        return (f'{name} is a two-stage detector: its RoI head pools with mmcv\'s RoIAlign '
+                'kernel, for which no rewrite to ONNX RoiAlign is shipped yet; export '
+                "part='features' and run the heads in PyTorch")
+    if hasattr(model, 'encode_decode'):
+        return None
+    head = getattr(model, 'bbox_head', None)
+    if head is not None and getattr(head, 'use_sigmoid_cls', False) and \
+            hasattr(head, 'prior_generator') and not hasattr(head, 'centerness_predictor'):
+        return None
+    return (f'no whole-model export for {name}: single-stage anchor detectors with sigmoid '
+            'scores (RetinaNet) and mmseg encoder-decoders are covered')
+
+
+def predict_module(model: nn.Module) -> nn.Module:
+    """The module exported for ``part='predict'``: :class:`.SegmentorPredict` or
+    :class:`.SingleStagePredict`.
+
+    Raises:
+        ExportError: :func:`predict_refusal`'s reason.
+    """
+    reason = predict_refusal(model)
+    if reason is not None:
+        raise ExportError(reason)
+    if hasattr(model, 'encode_decode'):
+        return SegmentorPredict(model)
+    return SingleStagePredict(model)
+
+
+def _samples(model: nn.Module, height: int, width: int) -> list:
+    meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
+                batch_input_shape=(height, width), scale_factor=(1., 1.))
+    if hasattr(model, 'encode_decode'):
+        from mmseg.structures import SegDataSample
+        return [SegDataSample(metainfo=meta)]
+    from mmdet.structures import DetDataSample
+    return [DetDataSample(metainfo=meta)]
+
+
+def reference_predictions(model: nn.Module, x: Tensor):
+    """mmdet's / mmseg's ``model.predict`` of the normalised image ``x`` ``(1, 3, H, W)``
+    (boxes in ``x``'s pixels): the data sample the graph's outputs are compared with."""
+    with torch.no_grad():
+        return model.predict(x, _samples(model, x.shape[2], x.shape[3]))[0]
+
+
+def to_data_sample(outputs: Sequence[Tensor], model: nn.Module, x_shape: Sequence[int],
+                   score_thr: float = 0.):
+    """A graph's outputs as the data sample ``model.predict`` returns (``pred_instances`` with
+    ``bboxes``, ``scores``, ``labels``; or ``pred_sem_seg``), for drawing and evaluation.
+
+    Args:
+        outputs: the graph's outputs for one image.
+        model: the model the graph was exported from (its library and classes).
+        x_shape: the graph input's shape ``(1, 3, H, W)``.
+        score_thr: detections scoring at or below this are left out.
+    """
+    sample = _samples(model, int(x_shape[2]), int(x_shape[3]))[0]
+    if hasattr(model, 'encode_decode'):
+        from mmengine.structures import PixelData
+        sample.pred_sem_seg = PixelData(data=outputs[0][0])
+        return sample
+    from mmengine.structures import InstanceData
+    dets, labels = outputs[0][0], outputs[1][0]
+    keep = dets[:, 4] > score_thr
+    sample.pred_instances = InstanceData(bboxes=dets[keep, :4], scores=dets[keep, 4],
+                                         labels=labels[keep])
+    return sample
+
+
+def _iou_per_class(actual: Tensor, expected: Tensor, num_classes: int) -> Tensor:
+    ious = []
+    for c in range(num_classes):
+        union = ((actual == c) | (expected == c)).sum()
+        if union > 0:
+            ious.append(((actual == c) & (expected == c)).sum() / union)
+    return torch.stack(ious) if ious else torch.ones(1)
+
+
+def compare_predictions(outputs: Sequence[Tensor], reference) -> Dict[str, float]:
+    """How a graph's outputs agree with ``model.predict``'s data sample ``reference``.
+
+    Detection: ``count`` (graph) and ``reference_count``, then over the first
+    ``min`` of both in score order: ``box_max_abs`` (pixels), ``score_max_abs`` and
+    ``label_agreement`` (fraction). Segmentation: ``pixel_agreement`` and ``miou`` of the graph's
+    label map with the reference's taken as ground truth (classes present in either).
+    """
+    if 'pred_sem_seg' in reference:
+        expected = reference.pred_sem_seg.data.reshape(-1)
+        actual = outputs[0].reshape(-1).to(expected.dtype)
+        classes = int(max(actual.max(), expected.max())) + 1
+        return dict(pixel_agreement=float((actual == expected).double().mean()),
+                    miou=float(_iou_per_class(actual, expected, classes).double().mean()))
+    instances = reference.pred_instances
+    dets, labels = outputs[0][0], outputs[1][0]
+    n = min(len(dets), len(instances))
+    figures = dict(count=float(len(dets)), reference_count=float(len(instances)))
+    if n:
+        figures.update(
+            box_max_abs=float((dets[:n, :4] - instances.bboxes[:n]).abs().max()),
+            score_max_abs=float((dets[:n, 4] - instances.scores[:n]).abs().max()),
+            label_agreement=float((labels[:n] == instances.labels[:n]).double().mean()))
+    return figures
