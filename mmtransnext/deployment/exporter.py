@@ -337,6 +337,9 @@ def export(model: nn.Module, out: str, shape: Sequence[int] = (512, 512), fmt: s
     if fmt not in FORMATS:
         raise ValueError(f'fmt must be one of {FORMATS}, got {fmt!r}')
     check_exportable(model, dynamic)
+    if dynamic and part == 'predict':
+        raise ExportError("part='predict' is exported at one size (its post-processing is "
+                          'checked at fixed sizes only); export without dynamic, once per size')
     module = export_module(model, part)
     example = _example(shape)
     prepare(module, example)

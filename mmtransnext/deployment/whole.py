@@ -67,10 +67,14 @@ def predict_module(model: nn.Module) -> nn.Module:
     return SingleStagePredict(model)
 
 
-def _samples(model: nn.Module, height: int, width: int) -> list:
+def _library(model: nn.Module) -> str:
+    return 'mmseg' if hasattr(model, 'encode_decode') else 'mmdet'
+
+
+def _samples(library: str, height: int, width: int) -> list:
     meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
                 batch_input_shape=(height, width), scale_factor=(1., 1.))
-    if hasattr(model, 'encode_decode'):
+    if library == 'mmseg':
         from mmseg.structures import SegDataSample
         return [SegDataSample(metainfo=meta)]
     from mmdet.structures import DetDataSample
@@ -81,22 +85,24 @@ def reference_predictions(model: nn.Module, x: Tensor):
     """mmdet's / mmseg's ``model.predict`` of the normalised image ``x`` ``(1, 3, H, W)``
     (boxes in ``x``'s pixels): the data sample the graph's outputs are compared with."""
     with torch.no_grad():
-        return model.predict(x, _samples(model, x.shape[2], x.shape[3]))[0]
+        return model.predict(x, _samples(_library(model), x.shape[2], x.shape[3]))[0]
 
 
-def to_data_sample(outputs: Sequence[Tensor], model: nn.Module, x_shape: Sequence[int],
+def to_data_sample(outputs: Sequence[Tensor], library: str, x_shape: Sequence[int],
                    score_thr: float = 0.):
     """A graph's outputs as the data sample ``model.predict`` returns (``pred_instances`` with
     ``bboxes``, ``scores``, ``labels``; or ``pred_sem_seg``), for drawing and evaluation.
 
     Args:
         outputs: the graph's outputs for one image.
-        model: the model the graph was exported from (its library and classes).
+        library: ``'mmdet'`` (detections) or ``'mmseg'`` (label map).
         x_shape: the graph input's shape ``(1, 3, H, W)``.
         score_thr: detections scoring at or below this are left out.
     """
-    sample = _samples(model, int(x_shape[2]), int(x_shape[3]))[0]
-    if hasattr(model, 'encode_decode'):
+    if library not in ('mmdet', 'mmseg'):
+        raise ValueError(f"library must be 'mmdet' or 'mmseg', got {library!r}")
+    sample = _samples(library, int(x_shape[2]), int(x_shape[3]))[0]
+    if library == 'mmseg':
         from mmengine.structures import PixelData
         sample.pred_sem_seg = PixelData(data=outputs[0][0])
         return sample
