@@ -3,18 +3,23 @@ an mmdet / mmseg model, what cannot be, and how a graph's outputs compare with m
 ``predict`` and become their data samples again (for drawing, evaluation).
 
 Graph conventions are mmdeploy's: input the normalised ``(1, 3, H, W)`` image; detectors give
-``dets (1, N, 5)`` and ``labels (1, N)`` in the input's pixels, segmentors the ``(1, 1, H, W)``
-label map.
+``dets (1, N, 5)`` and ``labels (1, N)`` in the input's pixels (Mask R-CNN also boolean
+``masks (1, N, H, W)``), segmentors the ``(1, 1, H, W)`` label map. The graphs hold standard
+operators only (NMS as ``NonMaxSuppression``, RoI pooling as ``RoiAlign``).
 """
 from typing import Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .detectors import SingleStagePredict
+from .detectors import SingleStagePredict, TwoStagePredict
 from .errors import ExportError
-from .nms import ONNX_TRANSLATIONS
+from .nms import ONNX_TRANSLATIONS as _NMS
+from .roi_align import ONNX_TRANSLATIONS as _ROI_ALIGN
 from .segmentors import SegmentorPredict
+
+#: the ONNX translations of the operators the whole-model graphs use.
+ONNX_TRANSLATIONS = {**_NMS, **_ROI_ALIGN}
 
 __all__ = ['ONNX_TRANSLATIONS', 'compare_predictions', 'predict_module', 'predict_refusal',
            'reference_predictions', 'to_data_sample']
@@ -39,9 +44,12 @@ def predict_refusal(model: nn.Module) -> Optional[str]:
                 'attention is an mmcv kernel: no rewrite of them is shipped yet; export '
                 "part='features' and run the head in PyTorch")
     if hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
-        return (f'{name} is a two-stage detector: its RoI head pools with mmcv\'s RoIAlign '
-                'kernel, for which no rewrite to ONNX RoiAlign is shipped yet; export '
-                "part='features' and run the heads in PyTorch")
+        roi_head = model.roi_head
+        if type(roi_head).__name__ != 'StandardRoIHead' or (
+                roi_head.with_mask and type(roi_head.mask_head).__name__ != 'FCNMaskHead'):
+            return (f'{name}: only the standard RoI head with an FCN mask head (Faster / Mask '
+                    f'R-CNN) is exported whole, not {type(roi_head).__name__}')
+        return None
     if hasattr(model, 'encode_decode'):
         return None
     head = getattr(model, 'bbox_head', None)
@@ -49,12 +57,12 @@ def predict_refusal(model: nn.Module) -> Optional[str]:
             hasattr(head, 'prior_generator') and not hasattr(head, 'centerness_predictor'):
         return None
     return (f'no whole-model export for {name}: single-stage anchor detectors with sigmoid '
-            'scores (RetinaNet) and mmseg encoder-decoders are covered')
+            'scores (RetinaNet), Faster / Mask R-CNN and mmseg encoder-decoders are covered')
 
 
 def predict_module(model: nn.Module) -> nn.Module:
-    """The module exported for ``part='predict'``: :class:`.SegmentorPredict` or
-    :class:`.SingleStagePredict`.
+    """The module exported for ``part='predict'``: :class:`.SegmentorPredict`,
+    :class:`.TwoStagePredict` or :class:`.SingleStagePredict`.
 
     Raises:
         ExportError: :func:`predict_refusal`'s reason.
@@ -64,6 +72,8 @@ def predict_module(model: nn.Module) -> nn.Module:
         raise ExportError(reason)
     if hasattr(model, 'encode_decode'):
         return SegmentorPredict(model)
+    if hasattr(model, 'roi_head'):
+        return TwoStagePredict(model)
     return SingleStagePredict(model)
 
 
@@ -111,6 +121,8 @@ def to_data_sample(outputs: Sequence[Tensor], library: str, x_shape: Sequence[in
     keep = dets[:, 4] > score_thr
     sample.pred_instances = InstanceData(bboxes=dets[keep, :4], scores=dets[keep, 4],
                                          labels=labels[keep])
+    if len(outputs) > 2:
+        sample.pred_instances.masks = outputs[2][0][keep].bool()
     return sample
 
 
@@ -127,8 +139,9 @@ def compare_predictions(outputs: Sequence[Tensor], reference) -> Dict[str, float
     """How a graph's outputs agree with ``model.predict``'s data sample ``reference``.
 
     Detection: ``count`` (graph) and ``reference_count``, then over the first
-    ``min`` of both in score order: ``box_max_abs`` (pixels), ``score_max_abs`` and
-    ``label_agreement`` (fraction). Segmentation: ``pixel_agreement`` and ``miou`` of the graph's
+    ``min`` of both in score order: ``box_max_abs`` (pixels), ``score_max_abs``,
+    ``label_agreement`` (fraction) and, with masks, ``mask_iou_min`` / ``mask_iou_mean`` (IoU of
+    each instance's mask with the reference's). Segmentation: ``pixel_agreement`` and ``miou`` of the graph's
     label map with the reference's taken as ground truth (classes present in either).
     """
     if 'pred_sem_seg' in reference:
@@ -146,4 +159,10 @@ def compare_predictions(outputs: Sequence[Tensor], reference) -> Dict[str, float
             box_max_abs=float((dets[:n, :4] - instances.bboxes[:n]).abs().max()),
             score_max_abs=float((dets[:n, 4] - instances.scores[:n]).abs().max()),
             label_agreement=float((labels[:n] == instances.labels[:n]).double().mean()))
+        if len(outputs) > 2:
+            actual, expected = outputs[2][0][:n].bool(), instances.masks[:n].bool()
+            union = (actual | expected).flatten(1).sum(1)
+            inter = (actual & expected).flatten(1).sum(1)
+            iou = torch.where(union > 0, inter / union.clamp(min=1), 1.)
+            figures.update(mask_iou_min=float(iou.min()), mask_iou_mean=float(iou.mean()))
     return figures

@@ -1,6 +1,6 @@
 """Whole models with their post-processing (``part='predict'``) in onnxruntime against mmdet's
-and mmseg's ``predict`` in PyTorch, the NMS operator against mmcv's, the predict-from-ONNX demo,
-and what is refused.
+and mmseg's ``predict`` in PyTorch, the NMS and RoIAlign operators against mmcv's, the
+predict-from-ONNX demo, and what is refused.
 
 Models are the demo configs with one block per stage and mmdet's / mmseg's initial weights at
 128x128 (the demo size); a RetinaNet so initialised scores every anchor near the focal-loss prior,
@@ -13,6 +13,8 @@ import torch
 
 from mmtransnext import deployment
 from mmtransnext.deployment.nms import ONNX_TRANSLATIONS, non_max_suppression
+from mmtransnext.deployment.roi_align import ONNX_TRANSLATIONS as ROI_ALIGN_ONNX
+from mmtransnext.deployment.roi_align import roi_align
 
 from test_export import ROOT, load_export_tool, shallow_demo_model, standard_ops_only
 
@@ -78,8 +80,40 @@ def test_nms_onnx_is_standard_and_matches_eager(tmp_path):
     assert actual[0].tolist() == expected.tolist()
 
 
+class _RoiAlign(torch.nn.Module):
+    def __init__(self, sampling_ratio: int) -> None:
+        super().__init__()
+        self.sampling_ratio = sampling_ratio
+
+    def forward(self, features, rois):
+        return roi_align(features, rois, 7, 0.25, self.sampling_ratio, True)
+
+
+@pytest.mark.parametrize('sampling_ratio', [0, 2])
+def test_roi_align_onnx_matches_mmcv(tmp_path, sampling_ratio):
+    """The operator becomes ONNX RoiAlign and onnxruntime pools what mmcv's aligned average
+    RoIAlign (mmdet's RoI extractors' layer) pools, RoIs of several sizes, some past the map."""
+    ops = pytest.importorskip('mmcv.ops')
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 8, 20, 24, generator=generator)
+    boxes, _, _ = _random_boxes(12, 1, 3)
+    rois = torch.cat([torch.zeros(12, 1), boxes], dim=1)
+    module = _RoiAlign(sampling_ratio)
+    program = torch.export.export(module, (features, rois), strict=False)
+    path = str(tmp_path / 'roi_align.onnx')
+    torch.onnx.export(program, (features, rois), dynamo=True, custom_translation_table=ROI_ALIGN_ONNX,
+                      verbose=False).save(path)
+    standard_ops_only(path)
+    session = deployment.onnx_session(path)
+    names = [i.name for i in session.get_inputs()]
+    actual = session.run(None, {names[0]: features.numpy(), names[1]: rois.numpy()})[0]
+    expected = ops.roi_align(features, rois, (7, 7), 0.25, sampling_ratio, 'avg', True)
+    torch.testing.assert_close(torch.from_numpy(actual), expected, rtol=1e-5, atol=1e-5)
+
+
 WHOLE = {
     'retinanet': 'retinanet_transxnet-tiny_fpn_shapes-128.py',
+    'mask_rcnn': 'mask-rcnn_transnext-micro_fpn_shapes-128.py',
     'sem_fpn': 'fpn_transxnet-tiny_shapes-128.py',
     'upernet': 'upernet_transnext-micro_shapes-128.py',
 }
@@ -114,12 +148,16 @@ def test_whole_model_onnx_matches_predict(exported, name):
         x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(seed))
         outputs = deployment.run_onnx(session, x)
         figures = deployment.compare_predictions(outputs, deployment.reference_predictions(model, x))
-        if name == 'retinanet':
-            assert result.output_names == ['dets', 'labels']
+        if name in ('retinanet', 'mask_rcnn'):
+            masks = name == 'mask_rcnn'
+            assert result.output_names == ['dets', 'labels'] + ['masks'] * masks
             assert figures['count'] == figures['reference_count'] == 20
             assert figures['label_agreement'] == 1.0
             assert figures['box_max_abs'] < 1e-3
             assert figures['score_max_abs'] < 1e-5
+            if masks:
+                assert outputs[2].shape == (1, 20) + SIZE and outputs[2].dtype == torch.bool
+                assert figures['mask_iou_min'] > 0.99
         else:
             assert result.output_names == ['output']
             assert outputs[0].shape == (1, 1) + SIZE and outputs[0].dtype == torch.int64
@@ -127,7 +165,7 @@ def test_whole_model_onnx_matches_predict(exported, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['retinanet', 'upernet'])
+@pytest.mark.parametrize('name', ['mask_rcnn', 'upernet'])
 def test_predict_onnx_demo_draws(exported, name, tmp_path):
     """tools/deployment/predict_onnx.py draws the graph's predictions on a demo image with
     the config's visualizer; what it draws is the graph's output for that image."""
@@ -150,19 +188,15 @@ def test_predict_onnx_demo_draws(exported, name, tmp_path):
     assert not (picture == cv2.imread(image)).all()  # something was drawn
 
 
-def test_predict_refuses_dynamic_and_unsupported(tmp_path):
-    """``part='predict'`` with free sizes, and a model without a whole-model rewrite, are
-    refused with the reason."""
-    model = shallow_demo_model('mask-rcnn_transnext-micro_fpn_shapes-128.py')
-    with pytest.raises(deployment.ExportError, match='RoIAlign'):
-        deployment.export(model, str(tmp_path / 'm.onnx'), SIZE, part='predict')
+def test_predict_refuses_free_sizes(tmp_path):
+    """``part='predict'`` with free sizes is refused with the reason."""
     model = shallow_demo_model(WHOLE['sem_fpn'])
     with pytest.raises(deployment.ExportError, match='one size'):
         deployment.export(model, str(tmp_path / 's.onnx'), SIZE, part='predict', dynamic=True)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('config, match', [
+@pytest.mark.parametrize('config, match', [  # models without a whole-model rewrite
     ('dino-4scale_transnext-micro_shapes-128.py', 'transformer'),
     ('mask2former_transnext-micro_shapes-128.py', 'pixel decoder')])
 def test_predict_refuses_deformable_attention(config, match):
