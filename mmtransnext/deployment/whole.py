@@ -6,6 +6,12 @@ Graph conventions are mmdeploy's: input the normalised ``(1, 3, H, W)`` image; d
 ``dets (1, N, 5)`` and ``labels (1, N)`` in the input's pixels (Mask R-CNN also boolean
 ``masks (1, N, H, W)``), segmentors the ``(1, 1, H, W)`` label map. The graphs hold standard
 operators only (NMS as ``NonMaxSuppression``, RoI pooling as ``RoiAlign``).
+
+Why not mmdeploy's rewriters: mmdeploy 1.3 calls ``torch.onnx.export`` without ``dynamo``,
+which from torch 2.9 means the ``torch.export``-based exporter, under which its rewritten models
+fail to trace; forced back to the deprecated TorchScript exporter it exports the TransXNet
+models, but the TransNeXt ones fail in the TorchScript tracer, and its wheel pins
+``protobuf<=3.20.2``. The rewrites here follow its graph conventions on torch's current exporter.
 """
 from typing import Dict, Optional, Sequence
 

@@ -81,14 +81,14 @@ def build_model(config: str, checkpoint=None, cfg_options=None):
     return model.eval()
 
 
-def _check_predictions(path: str, model, shape) -> None:
-    """onnxruntime's predictions against mmdet's / mmseg's ``predict`` on a random image."""
-    import torch
+def _check_predictions(path: str, model, shape, cfg) -> None:
+    """onnxruntime's predictions against mmdet's / mmseg's ``predict`` on the first image of
+    the bundled demo data, resized to ``shape`` and normalised as ``cfg`` says."""
     from mmtransnext import deployment
-    x = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(1))
+    x = common.image_tensor(common.demo_image(0, shape), cfg)
     outputs = deployment.run_onnx(deployment.onnx_session(path), x)
     figures = deployment.compare_predictions(outputs, deployment.reference_predictions(model, x))
-    print('onnxruntime vs PyTorch predict: ' +
+    print('onnxruntime vs PyTorch predict (demo image): ' +
           ', '.join(f'{k} {v:.3g}' for k, v in figures.items()))
 
 
@@ -109,7 +109,8 @@ def main(argv=None) -> None:
           f'{len(result.output_names)} outputs) in {time.perf_counter() - start:.0f} s')
     print(f'position data: {result.tables}')
     if args.fmt == 'onnx' and not args.no_check and args.part == 'predict':
-        _check_predictions(args.out, model, args.shape)
+        _check_predictions(args.out, model, args.shape,
+                           common.load_config(args.config, args.cfg_options))
     elif args.fmt == 'onnx' and not args.no_check:
         sizes = [tuple(args.shape)]
         if args.dynamic:
