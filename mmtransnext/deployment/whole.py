@@ -147,8 +147,9 @@ def compare_predictions(outputs: Sequence[Tensor], reference) -> Dict[str, float
     Detection: ``count`` (graph) and ``reference_count``, then over the first
     ``min`` of both in score order: ``box_max_abs`` (pixels), ``score_max_abs``,
     ``label_agreement`` (fraction) and, with masks, ``mask_iou_min`` / ``mask_iou_mean`` (IoU of
-    each instance's mask with the reference's). Segmentation: ``pixel_agreement`` and ``miou`` of the graph's
-    label map with the reference's taken as ground truth (classes present in either).
+    each instance's mask with the reference's). Segmentation: ``pixel_agreement`` and ``miou``
+    of the graph's label map with the reference's taken as ground truth (classes present in
+    either).
     """
     if 'pred_sem_seg' in reference:
         expected = reference.pred_sem_seg.data.reshape(-1)

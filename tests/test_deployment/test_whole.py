@@ -101,8 +101,8 @@ def test_roi_align_onnx_matches_mmcv(tmp_path, sampling_ratio):
     module = _RoiAlign(sampling_ratio)
     program = torch.export.export(module, (features, rois), strict=False)
     path = str(tmp_path / 'roi_align.onnx')
-    torch.onnx.export(program, (features, rois), dynamo=True, custom_translation_table=ROI_ALIGN_ONNX,
-                      verbose=False).save(path)
+    torch.onnx.export(program, (features, rois), dynamo=True,
+                      custom_translation_table=ROI_ALIGN_ONNX, verbose=False).save(path)
     standard_ops_only(path)
     session = deployment.onnx_session(path)
     names = [i.name for i in session.get_inputs()]
@@ -147,7 +147,8 @@ def test_whole_model_onnx_matches_predict(exported, name):
     for seed in (1, 2):
         x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(seed))
         outputs = deployment.run_onnx(session, x)
-        figures = deployment.compare_predictions(outputs, deployment.reference_predictions(model, x))
+        figures = deployment.compare_predictions(outputs,
+                                                 deployment.reference_predictions(model, x))
         if name in ('retinanet', 'mask_rcnn'):
             masks = name == 'mask_rcnn'
             assert result.output_names == ['dets', 'labels'] + ['masks'] * masks

@@ -2,10 +2,11 @@
 the predictions as ``tools/test.py --show-dir`` (and so ``tools/demo.py``) does with PyTorch: the
 config's own visualizer, given the graph's outputs as mmdet's / mmseg's data samples.
 
-    python tools/deployment/export.py configs/demo/retinanet_transxnet-tiny_fpn_shapes-128.py \\
-        work_dirs/retinanet/iter_300.pth --part predict --shape 128 128 --out retinanet.onnx
-    python tools/deployment/predict_onnx.py configs/demo/retinanet_transxnet-tiny_fpn_shapes-128.py \\
-        retinanet.onnx data/generated/shapes_coco/val/000000.jpg --out-dir onnx_predictions
+    python tools/deployment/export.py configs/demo/mask-rcnn_transnext-micro_fpn_shapes-128.py \\
+        work_dirs/demo/iter_300.pth --part predict --shape 128 128 --out mask_rcnn.onnx
+    python tools/deployment/predict_onnx.py \\
+        configs/demo/mask-rcnn_transnext-micro_fpn_shapes-128.py mask_rcnn.onnx \\
+        data/generated/shapes_coco/val/000000.jpg --out-dir onnx_predictions
 
 Each image is resized to the graph's input size and normalised with the config's
 ``data_preprocessor`` mean, std and channel order (the graph takes the normalised image); the
