@@ -353,7 +353,9 @@ def export(model: nn.Module, out: str, shape: Sequence[int] = (512, 512), fmt: s
     onnx_program = torch.onnx.export(program, (example,), dynamo=True, opset_version=OPSET,
                                      input_names=[result.input_name],
                                      output_names=names or None, optimize=optimize,
-                                     custom_translation_table=ONNX_TRANSLATIONS, verbose=False)
+                                     verbose=False, **({'custom_translation_table':
+                                                        ONNX_TRANSLATIONS} if part == 'predict'
+                                                       else {}))
     onnx_program.save(out)
     return result
 

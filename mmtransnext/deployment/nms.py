@@ -12,7 +12,19 @@ from typing import Callable, Dict
 import torch
 from torch import Tensor
 
-__all__ = ['non_max_suppression', 'ONNX_TRANSLATIONS']
+__all__ = ['non_max_suppression', 'ONNX_TRANSLATIONS', 'HAS_CUSTOM_OP', 'export_operator']
+
+#: whether this torch has ``torch.library.custom_op`` (2.4 on), which the whole-model graphs'
+#: operators are made with; without it they run eagerly and refuse to export.
+HAS_CUSTOM_OP = hasattr(torch.library, 'custom_op')
+
+
+def export_operator(name: str) -> Callable[[Callable], Callable]:
+    """``torch.library.custom_op(name)`` where torch has it; otherwise the function as it is
+    (eager only: :data:`HAS_CUSTOM_OP` tells the exporter)."""
+    if HAS_CUSTOM_OP:
+        return torch.library.custom_op(name, mutates_args=())
+    return lambda function: function
 
 
 def _box_iou(box: Tensor, boxes: Tensor) -> Tensor:
@@ -26,7 +38,7 @@ def _box_iou(box: Tensor, boxes: Tensor) -> Tensor:
     return inter / (area + areas - inter).clamp(min=torch.finfo(boxes.dtype).tiny)
 
 
-@torch.library.custom_op('mmtransnext::non_max_suppression', mutates_args=())
+@export_operator('mmtransnext::non_max_suppression')
 def non_max_suppression(boxes: Tensor, scores: Tensor, max_output_boxes_per_class: int,
                         iou_threshold: float, score_threshold: float) -> Tensor:
     """ONNX ``NonMaxSuppression`` (corner boxes).
@@ -61,9 +73,8 @@ def non_max_suppression(boxes: Tensor, scores: Tensor, max_output_boxes_per_clas
     return torch.tensor(selected, dtype=torch.int64).reshape(-1, 3)
 
 
-@non_max_suppression.register_fake
-def _(boxes: Tensor, scores: Tensor, max_output_boxes_per_class: int, iou_threshold: float,
-      score_threshold: float) -> Tensor:
+def _fake(boxes: Tensor, scores: Tensor, max_output_boxes_per_class: int, iou_threshold: float,
+          score_threshold: float) -> Tensor:
     count = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((count, 3), dtype=torch.int64)
 
@@ -78,5 +89,8 @@ def _onnx_non_max_suppression(boxes, scores, max_output_boxes_per_class: int,
 
 
 #: ``custom_translation_table`` entries for ``torch.onnx.export(..., dynamo=True)``.
-ONNX_TRANSLATIONS: Dict[Callable, Callable] = {
-    torch.ops.mmtransnext.non_max_suppression.default: _onnx_non_max_suppression}
+ONNX_TRANSLATIONS: Dict[Callable, Callable] = {}
+if HAS_CUSTOM_OP:
+    non_max_suppression.register_fake(_fake)
+    ONNX_TRANSLATIONS[torch.ops.mmtransnext.non_max_suppression.default] = \
+        _onnx_non_max_suppression

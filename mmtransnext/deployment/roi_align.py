@@ -12,10 +12,12 @@ from typing import Callable, Dict, Sequence
 import torch
 from torch import Tensor, nn
 
+from .nms import HAS_CUSTOM_OP, export_operator
+
 __all__ = ['roi_align', 'extract_rois', 'ONNX_TRANSLATIONS']
 
 
-@torch.library.custom_op('mmtransnext::roi_align', mutates_args=())
+@export_operator('mmtransnext::roi_align')
 def roi_align(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
               sampling_ratio: int, aligned: bool) -> Tensor:
     """Average RoIAlign of ``rois`` ``(K, 5)`` (image index, ``x1, y1, x2, y2``) on
@@ -25,9 +27,8 @@ def roi_align(features: Tensor, rois: Tensor, output_size: int, spatial_scale: f
                           sampling_ratio, 'avg', aligned)
 
 
-@roi_align.register_fake
-def _(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
-      sampling_ratio: int, aligned: bool) -> Tensor:
+def _fake(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
+          sampling_ratio: int, aligned: bool) -> Tensor:
     return features.new_empty((rois.shape[0], features.shape[1], output_size, output_size))
 
 
@@ -48,8 +49,10 @@ def _onnx_roi_align(features, rois, output_size: int, spatial_scale: float,
 
 
 #: ``custom_translation_table`` entries for ``torch.onnx.export(..., dynamo=True)``.
-ONNX_TRANSLATIONS: Dict[Callable, Callable] = {
-    torch.ops.mmtransnext.roi_align.default: _onnx_roi_align}
+ONNX_TRANSLATIONS: Dict[Callable, Callable] = {}
+if HAS_CUSTOM_OP:
+    roi_align.register_fake(_fake)
+    ONNX_TRANSLATIONS[torch.ops.mmtransnext.roi_align.default] = _onnx_roi_align
 
 
 def extract_rois(extractor: nn.Module, features: Sequence[Tensor], rois: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .detectors import SingleStagePredict, TwoStagePredict
 from .errors import ExportError
+from .nms import HAS_CUSTOM_OP
 from .nms import ONNX_TRANSLATIONS as _NMS
 from .roi_align import ONNX_TRANSLATIONS as _ROI_ALIGN
 from .segmentors import SegmentorPredict
@@ -76,6 +77,9 @@ def predict_module(model: nn.Module) -> nn.Module:
     reason = predict_refusal(model)
     if reason is not None:
         raise ExportError(reason)
+    if not HAS_CUSTOM_OP:
+        raise ExportError(f'whole-model export needs torch >= 2.4 (torch.library.custom_op); '
+                          f'this is torch {torch.__version__}')
     if hasattr(model, 'encode_decode'):
         return SegmentorPredict(model)
     if hasattr(model, 'roi_head'):
@@ -144,10 +148,13 @@ def _iou_per_class(actual: Tensor, expected: Tensor, num_classes: int) -> Tensor
 def compare_predictions(outputs: Sequence[Tensor], reference) -> Dict[str, float]:
     """How a graph's outputs agree with ``model.predict``'s data sample ``reference``.
 
-    Detection: ``count`` (graph) and ``reference_count``, then over the first
-    ``min`` of both in score order: ``box_max_abs`` (pixels), ``score_max_abs``,
-    ``label_agreement`` (fraction) and, with masks, ``mask_iou_min`` / ``mask_iou_mean`` (IoU of
-    each instance's mask with the reference's). Segmentation: ``pixel_agreement`` and ``miou``
+    Detection: ``count`` (graph) and ``reference_count``; each reference detection is paired
+    with the graph's detection of the same class nearest to its box (so near-equal scores that
+    swap places do not count as differences), and over the pairs: ``matched`` (fraction of
+    reference detections with a same-class graph box within 1 pixel), ``box_max_abs``
+    (pixels), ``score_max_abs``, ``label_agreement`` (fraction of reference detections whose
+    nearest graph box, any class, has its class) and, with masks, ``mask_iou_min`` /
+    ``mask_iou_mean`` (IoU of the paired masks). Segmentation: ``pixel_agreement`` and ``miou``
     of the graph's label map with the reference's taken as ground truth (classes present in
     either).
     """
@@ -159,17 +166,23 @@ def compare_predictions(outputs: Sequence[Tensor], reference) -> Dict[str, float
                     miou=float(_iou_per_class(actual, expected, classes).double().mean()))
     instances = reference.pred_instances
     dets, labels = outputs[0][0], outputs[1][0]
-    n = min(len(dets), len(instances))
     figures = dict(count=float(len(dets)), reference_count=float(len(instances)))
-    if n:
-        figures.update(
-            box_max_abs=float((dets[:n, :4] - instances.bboxes[:n]).abs().max()),
-            score_max_abs=float((dets[:n, 4] - instances.scores[:n]).abs().max()),
-            label_agreement=float((labels[:n] == instances.labels[:n]).double().mean()))
-        if len(outputs) > 2:
-            actual, expected = outputs[2][0][:n].bool(), instances.masks[:n].bool()
-            union = (actual | expected).flatten(1).sum(1)
-            inter = (actual & expected).flatten(1).sum(1)
-            iou = torch.where(union > 0, inter / union.clamp(min=1), 1.)
-            figures.update(mask_iou_min=float(iou.min()), mask_iou_mean=float(iou.mean()))
+    if not len(dets) or not len(instances):
+        return figures
+    # (reference, graph) largest coordinate difference; other classes pushed out of reach
+    distance = (instances.bboxes[:, None, :] - dets[None, :, :4]).abs().amax(dim=2)
+    nearest = distance.argmin(dim=1)
+    same = instances.labels[:, None] == labels[None, :]
+    paired = torch.where(same, distance, torch.inf).argmin(dim=1)
+    box = distance.gather(1, paired[:, None])[:, 0]
+    figures.update(
+        matched=float((box <= 1.).double().mean()), box_max_abs=float(box.max()),
+        score_max_abs=float((dets[paired, 4] - instances.scores).abs().max()),
+        label_agreement=float((labels[nearest] == instances.labels).double().mean()))
+    if len(outputs) > 2:
+        actual, expected = outputs[2][0][paired].bool(), instances.masks.bool()
+        union = (actual | expected).flatten(1).sum(1)
+        inter = (actual & expected).flatten(1).sum(1)
+        iou = torch.where(union > 0, inter / union.clamp(min=1), 1.)
+        figures.update(mask_iou_min=float(iou.min()), mask_iou_mean=float(iou.mean()))
     return figures

@@ -130,17 +130,20 @@ def exported(tmp_path_factory):
             model = shallow_demo_model(WHOLE[name])
             model.init_weights()
             path = str(tmp_path_factory.mktemp(name) / f'{name}.onnx')
-            result = deployment.export(model.eval(), path, SIZE, part='predict')
+            result = deployment.export(model.eval(), path, SIZE, part='predict',
+                                       optimize=False)
             cache[name] = model, path, result
         return cache[name]
     return get
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', list(WHOLE))
+@pytest.mark.parametrize('name', ['retinanet', 'mask_rcnn', 'upernet'])
 def test_whole_model_onnx_matches_predict(exported, name):
-    """Image in, predictions out: onnxruntime's boxes, scores and labels (RetinaNet) or label
-    map (UperNet, Semantic FPN) are those of ``model.predict``, standard operators only."""
+    """Image in, predictions out: onnxruntime's boxes, scores, labels and masks (RetinaNet on
+    TransXNet, Mask R-CNN on TransNeXt) or label map (UperNet on TransNeXt) are those of
+    ``model.predict``, standard operators only. (Semantic FPN takes UperNet's path; the export
+    tool checks it on the demo image.)"""
     model, path, result = exported(name)
     standard_ops_only(path)
     session = deployment.onnx_session(path)
@@ -153,7 +156,7 @@ def test_whole_model_onnx_matches_predict(exported, name):
             masks = name == 'mask_rcnn'
             assert result.output_names == ['dets', 'labels'] + ['masks'] * masks
             assert figures['count'] == figures['reference_count'] == 20
-            assert figures['label_agreement'] == 1.0
+            assert figures['label_agreement'] == figures['matched'] == 1.0
             assert figures['box_max_abs'] < 1e-3
             assert figures['score_max_abs'] < 1e-5
             if masks:
