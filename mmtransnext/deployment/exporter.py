@@ -9,7 +9,9 @@ image tensor (the data preprocessor's mean, std, BGR-to-RGB and padding stay out
   of an mmdet / mmseg model: what every model built here exports, the ones whose heads do not
   included (:func:`tensor_forward_refusal`);
 - ``'model'``: ``model(x, data_samples, mode='tensor')``, the raw head outputs before any
-  post-processing (decoding, NMS, resizing to the image), flattened into a tuple of tensors.
+  post-processing (decoding, NMS, resizing to the image), flattened into a tuple of tensors;
+- ``'predict'``: the whole model with its post-processing, mmdeploy's outputs (detectors'
+  ``dets`` and ``labels``, segmentors' label map; :mod:`.whole`).
 
 Attention lowers to standard operators: while exporting, :func:`mmtransnext.ops.dispatch.
 backend_for` gives every layer the plain-PyTorch backend (pooled keys by matmuls, one chunk per
@@ -37,17 +39,15 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.dispatch import BACKENDS
+from .errors import ExportError
+from .whole import ONNX_TRANSLATIONS, predict_module
 
 FORMATS = ('onnx', 'exported-program')
-PARTS = ('backbone', 'features', 'model')
+PARTS = ('backbone', 'features', 'model', 'predict')
 #: ONNX opset of the exports (the dynamo exporter's translations are complete from 18 on).
 OPSET = 18
 #: Sizes (multiples of 32 plus odd remainders) a dynamic export is checked at, besides its own.
 DYNAMIC_CHECK_SIZES = ((96, 128), (160, 96), (133, 171))
-
-
-class ExportError(RuntimeError):
-    """A model or setting that cannot be exported, with what to change."""
 
 
 @dataclass
@@ -273,6 +273,8 @@ def export_module(model: nn.Module, part: str) -> nn.Module:
         return BackboneForward(backbone_of(model)).eval()
     if part == 'features':
         return FeaturesForward(model).eval()
+    if part == 'predict':
+        return predict_module(model).eval()
     reason = tensor_forward_refusal(model)
     if reason is not None:
         raise ExportError(reason)
@@ -324,7 +326,8 @@ def export(model: nn.Module, out: str, shape: Sequence[int] = (512, 512), fmt: s
         out: the file to write (``.onnx``; ``.pt2`` for an exported program).
         shape: ``(H, W)`` of the example input (the baked size without ``dynamic``).
         fmt: ``'onnx'`` or ``'exported-program'``.
-        part: ``'backbone'`` (stage features) or ``'model'`` (the tensor forward).
+        part: one of :data:`PARTS`: ``'backbone'`` (stage features), ``'features'``,
+            ``'model'`` (the tensor forward) or ``'predict'`` (with post-processing).
         dynamic: height and width free (checked by :func:`check_exportable`).
         optimize: run the ONNX exporter's graph optimisation (constant folding, fusions).
 
@@ -334,6 +337,9 @@ def export(model: nn.Module, out: str, shape: Sequence[int] = (512, 512), fmt: s
     if fmt not in FORMATS:
         raise ValueError(f'fmt must be one of {FORMATS}, got {fmt!r}')
     check_exportable(model, dynamic)
+    if dynamic and part == 'predict':
+        raise ExportError("part='predict' is exported at one size (its post-processing is "
+                          'checked at fixed sizes only); export without dynamic, once per size')
     module = export_module(model, part)
     example = _example(shape)
     prepare(module, example)
@@ -347,7 +353,9 @@ def export(model: nn.Module, out: str, shape: Sequence[int] = (512, 512), fmt: s
     onnx_program = torch.onnx.export(program, (example,), dynamo=True, opset_version=OPSET,
                                      input_names=[result.input_name],
                                      output_names=names or None, optimize=optimize,
-                                     verbose=False)
+                                     verbose=False, **({'custom_translation_table':
+                                                        ONNX_TRANSLATIONS} if part == 'predict'
+                                                       else {}))
     onnx_program.save(out)
     return result
 

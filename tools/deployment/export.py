@@ -10,8 +10,11 @@ ONNX file in onnxruntime (CPU) against PyTorch.
 The graph input is the preprocessed, normalised ``(1, 3, H, W)`` image (as mmdeploy's graphs):
 mean/std, BGR-to-RGB and padding are left to the caller. ``--part model`` exports
 ``model(x, mode='tensor')``: segmentors' logits, detectors' raw head outputs before decoding and
-NMS; ``--part features`` the backbone and neck outputs (what Mask R-CNN, DINO and Mask2Former
-export: their tensor forwards do not, the tool says why). Without a checkpoint the weights are random (the config's pretrained file is not loaded).
+NMS; ``--part predict`` the whole model with its post-processing, mmdeploy's outputs (``dets``
+``(1, N, 5)``, ``labels`` and Mask R-CNN's ``masks`` for RetinaNet and Faster / Mask R-CNN, the
+``(1, 1, H, W)`` label map of UperNet and Semantic FPN; predict_onnx.py draws them);
+``--part features`` the backbone and neck outputs (what DINO and Mask2Former export: their
+deformable attention does not, the tool says why). Without a checkpoint the weights are random (the config's pretrained file is not loaded).
 See mmtransnext/deployment/ and the README's Deployment section for what does not export.
 """
 import argparse
@@ -34,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--format', choices=FORMATS, default='onnx', dest='fmt')
     parser.add_argument('--part', choices=PARTS, default='model',
                         help="'backbone': stage features; 'features': backbone and neck "
-                        "outputs; 'model': the tensor forward (default)")
+                        "outputs; 'model': the tensor forward (default); 'predict': with the "
+                        'post-processing (boxes after NMS, masks, label map)')
     parser.add_argument('--shape', type=common.positive_int, nargs=2, default=[512, 512],
                         metavar=('H', 'W'), help='example input size (default 512 512)')
     parser.add_argument('--dynamic', action='store_true', help='height and width free')
@@ -77,6 +81,17 @@ def build_model(config: str, checkpoint=None, cfg_options=None):
     return model.eval()
 
 
+def _check_predictions(path: str, model, shape, cfg) -> None:
+    """onnxruntime's predictions against mmdet's / mmseg's ``predict`` on the first image of
+    the bundled demo data, resized to ``shape`` and normalised as ``cfg`` says."""
+    from mmtransnext import deployment
+    x = common.image_tensor(common.demo_image(0, shape), cfg)
+    outputs = deployment.run_onnx(deployment.onnx_session(path), x)
+    figures = deployment.compare_predictions(outputs, deployment.reference_predictions(model, x))
+    print('onnxruntime vs PyTorch predict (demo image): ' +
+          ', '.join(f'{k} {v:.3g}' for k, v in figures.items()))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     common.check_output_file(args.out, '--out')
@@ -93,7 +108,10 @@ def main(argv=None) -> None:
           f"1x3x{'HxW' if result.dynamic else '{}x{}'.format(*result.shape)}, "
           f'{len(result.output_names)} outputs) in {time.perf_counter() - start:.0f} s')
     print(f'position data: {result.tables}')
-    if args.fmt == 'onnx' and not args.no_check:
+    if args.fmt == 'onnx' and not args.no_check and args.part == 'predict':
+        _check_predictions(args.out, model, args.shape,
+                           common.load_config(args.config, args.cfg_options))
+    elif args.fmt == 'onnx' and not args.no_check:
         sizes = [tuple(args.shape)]
         if args.dynamic:
             sizes += list(deployment.DYNAMIC_CHECK_SIZES)
