@@ -55,21 +55,9 @@ URL_PREFIXES = ('http://', 'https://')
 DOWNLOAD_TIMEOUT = 60
 _TRUSTED = contextvars.ContextVar('mmtransnext_trusted_checkpoints', default=False)
 
-#: Keys of an ImageNet classifier that a backbone never has; dropped silently but reported
-#: (TransNeXt: ``head.``; TransXNet: ``classifier.``).
+#: Keys of an ImageNet classifier that a backbone never has; dropped silently but reported,
+#: as are those under the prefixes of the backbone family's ``official_classifier_keys``.
 CLASSIFIER_PREFIXES = ('head.', 'fc.', 'classifier.')
-
-
-#: Where the official ImageNet classifiers keep their classifier tensors, per backbone family,
-#: and where :class:`~mmtransnext.models.classifiers.OfficialImageClassifier` (backbone with
-#: ``out_indices=(3,)``, ``GlobalAveragePooling``, ``LinearClsHead``) keeps them. TransNeXt:
-#: ``norm4`` is already the backbone's, ``head`` is the linear layer. TransXNet: ``classifier``
-#: is ``GroupNorm(1, C)`` (the backbone's output norm ``norm6``), average pooling and a 1x1 conv
-#: (a linear layer on the pooled vector). Every other key is the backbone's, unchanged.
-OFFICIAL_CLASSIFIER_KEYS: Dict[str, Dict[str, str]] = {
-    'TransNeXt': {'head.': 'head.fc.'},
-    'TransXNet': {'classifier.0.': 'backbone.norm6.', 'classifier.2.': 'head.fc.'},
-}
 #: Top-level keys of an mmpretrain classifier; a file with none of them is in the official layout.
 _CLASSIFIER_PARTS = ('backbone.', 'neck.', 'head.fc.', 'data_preprocessor.')
 
@@ -346,7 +334,7 @@ def load_pretrained(model: nn.Module, filename: str, prefix: Optional[str] = Non
             else:
                 mismatched.append(f'{key}: checkpoint {tuple(value.shape)} vs model '
                                   f'{tuple(own[key].shape)}')
-        elif key.startswith(CLASSIFIER_PREFIXES):
+        elif key.startswith(CLASSIFIER_PREFIXES + tuple(official_classifier_keys(model))):
             report.ignored.append(key)
         else:
             report.unexpected.append(key)
@@ -383,11 +371,21 @@ def load_pretrained(model: nn.Module, filename: str, prefix: Optional[str] = Non
     return report
 
 
+def official_classifier_keys(backbone: Optional[nn.Module]) -> Dict[str, str]:
+    """Where the official ImageNet classifiers of ``backbone``'s family keep the tensors a
+    backbone lacks, key prefix in the file -> key prefix in
+    :class:`~mmtransnext.models.classifiers.OfficialImageClassifier`: the family contract's
+    ``official_classifier_keys`` (read from the backbone: the families import this module);
+    empty for another backbone."""
+    return dict(getattr(backbone, 'official_classifier_keys', None) or {})
+
+
 def convert_official_classifier(state: Dict[str, torch.Tensor], model: nn.Module,
                                 prefix: str = '') -> bool:
     """Rewrite, in place, an official ImageNet classifier's weights in ``state`` into the layout
-    of ``model``, an mmpretrain classifier with a TransNeXt or TransXNet backbone (see
-    :data:`OFFICIAL_CLASSIFIER_KEYS`), and check that they fit it exactly.
+    of ``model``, an mmpretrain classifier whose backbone's family has official classifier
+    files (:func:`official_classifier_keys`; every other key of such a file is the
+    backbone's, unchanged), and check that they fit it exactly.
 
     ``state`` is what mmengine hands to ``load_state_dict``: the file's ``state_dict``, or (for
     the official TransNeXt files, ``{'model': ...}``) the whole file, which is unwrapped here.
@@ -408,12 +406,13 @@ def convert_official_classifier(state: Dict[str, torch.Tensor], model: nn.Module
         del state[prefix + 'model']
         state.update({prefix + (k[len('module.'):] if k.startswith('module.') else k): v
                       for k, v in wrapped.items() if isinstance(v, torch.Tensor)})
-    family = type(getattr(model, 'backbone', None)).__name__
+    backbone = getattr(model, 'backbone', None)
+    family = type(backbone).__name__
+    renames = official_classifier_keys(backbone)
     keys = [k for k in state if k.startswith(prefix)]
-    if family not in OFFICIAL_CLASSIFIER_KEYS or not keys or any(
+    if not renames or not keys or any(
             k[len(prefix):].startswith(_CLASSIFIER_PARTS) for k in keys):
         return False
-    renames = OFFICIAL_CLASSIFIER_KEYS[family]
     own = model.state_dict()
     converted = {}
     for key in keys:

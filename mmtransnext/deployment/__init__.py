@@ -3,7 +3,7 @@
 from .exporter import (DYNAMIC_CHECK_SIZES, FORMATS, OPSET, PARTS, BackboneForward,
                        ExportError, ExportResult, FeaturesForward, TensorForward, backbone_of,
                        check_exportable, check_onnx, check_program, copy_for_export, export,
-                       export_module, export_program, family_of, flatten_outputs,
+                       export_module, export_program, flatten_outputs,
                        library_of_model, onnx_session, position_tables, prepare, relative_error,
                        run_onnx, tensor_forward_refusal)
 from .whole import (compare_predictions, predict_module, predict_refusal,
@@ -13,7 +13,7 @@ __all__ = [
     'DYNAMIC_CHECK_SIZES', 'FORMATS', 'OPSET', 'PARTS', 'BackboneForward', 'ExportError',
     'ExportResult', 'FeaturesForward', 'TensorForward', 'backbone_of', 'check_exportable',
     'check_onnx', 'check_program', 'copy_for_export', 'export', 'export_module',
-    'export_program', 'family_of', 'flatten_outputs', 'library_of_model', 'onnx_session',
+    'export_program', 'flatten_outputs', 'library_of_model', 'onnx_session',
     'position_tables', 'prepare', 'relative_error', 'run_onnx', 'tensor_forward_refusal',
     'compare_predictions', 'predict_module', 'predict_refusal', 'reference_predictions',
     'to_data_sample'

@@ -18,18 +18,11 @@ backend_for` gives every layer the plain-PyTorch backend (pooled keys by matmuls
 map), the numbers of ``attn_impl='torch'``; an explicit ``attn_impl='triton'`` or ``'ext'`` is
 refused (:func:`check_exportable`) rather than silently replaced.
 
-Size-dependent position data (:func:`position_tables`):
-
-- TransNeXt: its position tables and taps are built in an eager forward at the export size
-  (:func:`prepare`) and baked into the graph as constants; the CPB MLP, and everything else
-  derived from weights, runs in the graph (weight-derived caches are never used while
-  exporting: :func:`mmtransnext.models.layers.weight_cache.worth_keeping`). Height and width
-  cannot be free: the tables come from ``torch.unique`` over the offsets, decided on the host
-  per size (:mod:`mmtransnext.models.layers.position_bias`), so a dynamic TransNeXt export is
-  refused with that reason (export once per serving size).
-- TransXNet resizes its stored tables in the graph (bicubic ``Resize``), so with ``dynamic``
-  (height and width free) they follow the input; its adaptive pooling is exported as in-graph
-  averaging matrices (:mod:`mmtransnext.ops.pooling`).
+What a backbone family cannot export, and how a graph holds its size-dependent position data,
+are the family's export rules (its ``export_refusal`` and ``export_position_data``, e.g.
+TransNeXt bakes tables built by an eager forward at the export size, :func:`prepare`, and so
+refuses free sizes; TransXNet resizes its tables in the graph). Weight-derived caches are never
+used while exporting (:func:`mmtransnext.models.layers.weight_cache.worth_keeping`).
 """
 import copy
 from dataclasses import dataclass, field
@@ -38,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..models.backbones.base import family_of
 from ..ops.dispatch import BACKENDS
 from .errors import ExportError
 from .whole import ONNX_TRANSLATIONS, predict_module
@@ -80,18 +74,14 @@ def backbone_of(model: nn.Module) -> nn.Module:
     return getattr(model, 'backbone', model)
 
 
-def family_of(backbone: nn.Module) -> str:
-    """``'TransNeXt'``, ``'TransXNet'`` or the class name of another backbone."""
-    return type(backbone).__name__
-
-
 def check_exportable(model: nn.Module, dynamic: bool = False) -> None:
     """Raise :class:`ExportError` for what cannot be exported, naming the option to change.
 
     - a model in training mode (dropout, drop path and batch statistics would be traced);
     - an attention layer with ``attn_impl`` ``'triton'`` or ``'ext'`` (kernels, not standard
       operators);
-    - a dynamic TransNeXt (its position tables are built on the host per size).
+    - what the backbone's family refuses (its ``export_refusal``, e.g. a dynamic TransNeXt,
+      whose position tables are built on the host per size).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f'model must be an nn.Module, got {type(model).__name__}')
@@ -106,27 +96,18 @@ def check_exportable(model: nn.Module, dynamic: bool = False) -> None:
                 "standard operators an exported graph can hold; set attn_impl='auto' or 'torch' "
                 "(e.g. --cfg-options model.backbone.attn_impl=torch)")
     backbone = backbone_of(model)
-    if dynamic and family_of(backbone) == 'TransNeXt':
-        raise ExportError(
-            'TransNeXt cannot be exported with dynamic height and width: its position tables '
-            '(torch.unique over the relative offsets, and in interpolation mode the resizing '
-            'taps) are built on the host for each input size. Export at the serving size '
-            'instead (without --dynamic: the tables are baked into the graph), once per size')
+    reason = backbone.export_refusal(dynamic) if family_of(backbone) else None
+    if reason:
+        raise ExportError(reason)
 
 
 def position_tables(model: nn.Module, dynamic: bool) -> str:
-    """How an export of ``model`` holds the size-dependent position data, in words."""
+    """How an export of ``model`` holds the size-dependent position data, in words (its
+    backbone family's ``export_position_data``)."""
     backbone = backbone_of(model)
-    family = family_of(backbone)
-    if family == 'TransNeXt':
-        mode = 'extrapolation' if backbone.is_extrapolation else 'interpolation'
-        return (f'TransNeXt ({mode} mode): position tables and taps baked for the export '
-                'size; the CPB MLP runs in the graph')
-    if family == 'TransXNet':
-        return ('TransXNet: position tables resized in the graph (bicubic) from the stored '
-                'tables to the ' + ('input\'s' if dynamic else 'export size\'s') +
-                ' token counts')
-    return f'{family}: no position tables'
+    if family_of(backbone):
+        return backbone.export_position_data(dynamic)
+    return f'{type(backbone).__name__}: no position tables'
 
 
 # ------------------------------------------------------------------------------- modules
@@ -322,7 +303,7 @@ def export(model: nn.Module, out: str, shape: Sequence[int] = (512, 512), fmt: s
     """Export ``part`` of an eval-mode ``model`` to ``out``.
 
     Args:
-        model: a TransNeXt / TransXNet backbone or an mmdet / mmseg model built on one.
+        model: a backbone of a registered family or an mmdet / mmseg model built on one.
         out: the file to write (``.onnx``; ``.pt2`` for an exported program).
         shape: ``(H, W)`` of the example input (the baked size without ``dynamic``).
         fmt: ``'onnx'`` or ``'exported-program'``.

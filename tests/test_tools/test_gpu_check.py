@@ -119,7 +119,7 @@ import sys
 for name in ['mmdet', 'mmseg'] + sys.argv[1:]:  # mmdet, mmseg: not installed there
     sys.modules[name] = None
 sys.path[:0] = [{root!r}, {tests!r}, {tier!r}, {analysis!r}]
-import pytest, mmtransnext, reference, gpu_helpers, gpu_benchmark, backbone_families
+import pytest, mmtransnext, reference, gpu_helpers, gpu_benchmark
 import mmtransnext.ops.triton_attention, mmtransnext.ops.triton_kernels
 for name, module in list(sys.modules.items()):
     path = getattr(module, '__file__', None) or ''

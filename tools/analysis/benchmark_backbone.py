@@ -80,16 +80,16 @@ import time
 from contextlib import ExitStack
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # backbone_families
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cli_common as common  # noqa: E402
-from backbone_families import FAMILIES, family  # noqa: E402
+from mmtransnext.models.backbones import families, family_named  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--backbone', nargs='+', default=['transnext'], choices=sorted(FAMILIES),
+    p.add_argument('--backbone', nargs='+', default=['transnext'],
+                   choices=sorted(name.lower() for name in families()),
                    help='families to measure, each with its own modes and implementations')
     p.add_argument('--archs', nargs='+', default=['tiny'])
     p.add_argument('--sizes', nargs='+', default=['800x1216', '512x512'],
@@ -218,10 +218,10 @@ def _setup(spec: dict) -> Tuple[bool, int]:
 
 
 def _build(spec: dict, impl: str, img_size: Optional[int] = None):
-    """The case's backbone for ``impl`` (see :mod:`backbone_families`)."""
-    fam = family(spec['backbone'])
-    return fam.build(spec['arch'], tuple(spec['size']), spec['mode'], fam.impls[impl],
-                     img_size=img_size).train(spec['task'] == 'train')
+    """The case's backbone for ``impl`` (its family's ``for_input_size``)."""
+    fam = family_named(spec['backbone'])
+    return fam.for_input_size(spec['arch'], tuple(spec['size']), spec['mode'], img_size,
+                              **fam.implementations[impl]).train(spec['task'] == 'train')
 
 
 def _gpu_budgets(spec: dict):
@@ -455,24 +455,24 @@ def main(argv=None) -> None:
     print(f'fp32 matmul on {args.threads} threads: {machine:.0f} GFLOP/s', flush=True)
     cases = []
     for backbone in args.backbone:
-        fam = FAMILIES[backbone]
-        impls = [i for i in args.impls if i in fam.impls]
+        fam = family_named(backbone)
+        impls = [i for i in args.impls if i in fam.implementations]
         # FLOPs are counted on the reference, else on the first implementation that runs here.
         counted = 'reference' if 'reference' in impls else \
-            next((i for i in impls if i not in fam.gpu_impls), None)
+            next((i for i in impls if i not in fam.gpu_implementations), None)
         for arch in args.archs:
             for size in args.sizes:
                 hw = tuple(int(v) for v in size.lower().split('x'))
                 for task in args.tasks:
                     if task == 'train' and size not in args.train_sizes:
                         continue
-                    for mode in (m for m in args.modes if m in fam.modes):
+                    for mode in (m for m in args.modes if m in fam.size_modes):
                         for impl in impls:
                             cases.append(dict(backbone=backbone, arch=arch, size=hw, task=task,
                                               mode=mode, impl=impl, counted=counted,
                                               runs=args.runs, threads=args.threads,
                                               cold=args.cold,
-                                              gpu_impl=impl in fam.gpu_impls,
+                                              gpu_impl=impl in fam.gpu_implementations,
                                               gpu_memory_gb=args.gpu_memory,
                                               also_gpu_budgets=args.also_gpu_budgets,
                                               interpret=args.interpret))

@@ -13,16 +13,16 @@ import time
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # backbone_families
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import cli_common as common  # noqa: E402
-from backbone_families import FAMILIES, family  # noqa: E402
+from mmtransnext.models.backbones import families, family_named  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--backbone', default='transnext', choices=sorted(FAMILIES))
+    parser.add_argument('--backbone', default='transnext',
+                        choices=sorted(name.lower() for name in families()))
     parser.add_argument('--arch', nargs='+', default=None,
                         help='variants (default: the family\'s usual ones)')
     parser.add_argument('--size', nargs=2, type=common.positive_int, default=[224, 224], metavar=('H', 'W'))
@@ -45,20 +45,21 @@ def peak_rss_mb() -> float:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    fam = family(args.backbone)
-    archs = args.arch or list(fam.default_archs)
-    impl = args.impl or fam.default_impl
-    unknown = [a for a in archs if a not in fam.archs]
-    if unknown or impl not in fam.impls or args.mode not in fam.modes:
-        raise common.ToolError(f'{fam.name} has archs {list(fam.archs)}, implementations '
-                         f'{list(fam.impls)} and modes {list(fam.modes)}')
-    if impl in fam.gpu_impls:
+    fam = family_named(args.backbone)
+    archs = args.arch or list(fam.main_archs or fam.arch_presets)
+    impl = args.impl or fam.default_implementation
+    unknown = [a for a in archs if a not in fam.arch_presets]
+    if unknown or impl not in fam.implementations or args.mode not in fam.size_modes:
+        raise common.ToolError(f'{fam.__name__} has archs {list(fam.arch_presets)}, '
+                               f'implementations {list(fam.implementations)} and modes '
+                               f'{list(fam.size_modes)}')
+    if impl in fam.gpu_implementations:
         raise common.ToolError(f'the {impl} implementation runs its kernels on a GPU only; '
                          f'benchmark_backbone.py counts its launches and memory')
     if args.threads:
         torch.set_num_threads(args.threads)
     height, width = args.size
-    print(f'{fam.name} backbones on a {args.batch}x3x{height}x{width} input, {args.mode} mode, '
+    print(f'{fam.__name__} backbones on a {args.batch}x3x{height}x{width} input, {args.mode} mode, '
           f'{impl} implementation, '
           f'{torch.get_num_threads()} threads, torch {torch.__version__}')
     header = f"{'arch':<11}{'params (M)':>11}{'forward (s)':>13}{'peak RSS (MB)':>15}  stage outputs"
@@ -66,8 +67,8 @@ def main(argv=None) -> None:
     print('-' * len(header))
     for arch in archs:
         img_size = args.img_size or max(height, width)
-        model = fam.build(arch, (height, width), args.mode, fam.impls[impl],
-                          img_size=img_size).eval()
+        model = fam.for_input_size(arch, (height, width), args.mode, img_size,
+                                   **fam.implementations[impl]).eval()
         params = sum(p.numel() for p in model.parameters()) / 1e6
         x = torch.randn(args.batch, 3, height, width)
         with torch.inference_mode():

@@ -35,7 +35,6 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # backbone_families
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # cli_common
 # cli_common (which imports torch) is imported where it is used: tools/gpu_check/summarize.py
@@ -112,13 +111,15 @@ def unavailable(impl: str, device) -> Optional[str]:
 
 def build_model(args, impl: str, size: Size2d, device):
     import torch
-    from backbone_families import family
+    from mmtransnext.models.backbones import family_named
     torch.manual_seed(0)  # the same weights for every implementation
+    transnext = family_named('transnext')
     if args.dry_run:  # trained at 64: the reference's official table stays small
-        model = family('transnext').build(DRY_RUN_ARCH, size, args.mode,
-                                          impl_kwargs(impl, device), img_size=64)
+        model = transnext.for_input_size(DRY_RUN_ARCH, size, args.mode, 64,
+                                         **impl_kwargs(impl, device))
     else:
-        model = family('transnext').build(args.arch, size, args.mode, impl_kwargs(impl, device))
+        model = transnext.for_input_size(args.arch, size, args.mode,
+                                         **impl_kwargs(impl, device))
     return model.to(device)
 
 

@@ -5,16 +5,21 @@ allowed), stage options, freezing, pretrained loading, input checks and ``featur
 
 A family subclasses :class:`MultiStageBackbone` and fulfils its *family contract* (listed
 in the class docstring): arch presets, the parts of the stem and of each stage, its token
-mixers, the layout of its official checkpoints; it registers with :func:`register_family`.
-The rest (``out_indices`` / ``frozen_stages`` / ``norm_eval`` handling,
+mixers and how to read their attention, the layout of its official checkpoints (classifier
+keys included), its export rules; it registers with :func:`register_family`. The rest
+(``out_indices`` / ``frozen_stages`` / ``norm_eval`` handling,
 ``init_cfg=dict(type='Pretrained', ...)`` through :func:`mmtransnext.checkpoint.load_pretrained`,
-input checks, ``feature_info``) comes from here. The analysis tools, the attention-map API and
-the shared backbone tests find every family through :func:`families`.
+input checks, ``feature_info``) comes from here. Every per-family fact lives on the family
+class: checkpoint loading, deployment, the attention-map API, the analysis tools and the shared
+backbone tests ask the family (:func:`family_of`, :func:`families`, :func:`family_named`) and
+name none.
 """
 import copy
 import math
 import numbers
-from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from dataclasses import dataclass
+from typing import (Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type,
+                    Union)
 
 from mmengine.model import BaseModule
 from torch import Tensor, nn
@@ -150,6 +155,21 @@ PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location', 'strict', 'al
 Part = Union[nn.Module, nn.Parameter]
 
 
+@dataclass(frozen=True)
+class AttentionAdapter:
+    """How :func:`mmtransnext.analysis.attention_map` reads one kind of token mixer (the family
+    contract's :attr:`MultiStageBackbone.attention_adapters`).
+
+    Attributes:
+        feature_size: ``(module, inputs) -> (H, W)`` of the map its input tokens form.
+        weights: ``(module, inputs, (y, x)) -> dict`` of the query's attention weights (see
+            :func:`mmtransnext.analysis.attention_map`); ``inputs`` are the module's positional
+            arguments in the forward, ``(y, x)`` the query's cell of that map.
+    """
+    feature_size: Callable[[nn.Module, tuple], Tuple[int, int]]
+    weights: Callable[[nn.Module, tuple, Tuple[int, int]], Dict[str, Tensor]]
+
+
 class MultiStageBackbone(BaseModule):
     """Base of the package's backbones: ``num_stages`` stages at strides 4, 8, 16, 32, ...
 
@@ -165,12 +185,18 @@ class MultiStageBackbone(BaseModule):
       a dict) and ``depths`` (per-stage block counts overriding the preset), besides
       ``in_channels``, ``out_indices``, ``frozen_stages``, ``with_cp`` and ``init_cfg``;
     - **stages**: :meth:`stem_parts` and :meth:`stage_parts` (what ``frozen_stages`` freezes);
-    - **token mixers**: :meth:`token_mixers`, per stage and block the module whose softmax
-      attention :mod:`mmtransnext.analysis.attention_maps` reads (the attention-map hook);
+    - **token mixers** (the attention-map hooks): :meth:`token_mixers`, per stage and block
+      the module whose softmax attention :mod:`mmtransnext.analysis.attention_maps` reads, and
+      :attr:`attention_adapters`, how it reads each kind of them;
     - **checkpoint layout**: module and parameter names are those of the official
       checkpoints, which :func:`mmtransnext.checkpoint.load_pretrained` loads unchanged;
       :attr:`pretrained_optional_keys` are what those files lack (kept at their
-      initialisation), :attr:`pretrained_weights` says where they are published;
+      initialisation), :attr:`pretrained_weights` says where they are published,
+      :attr:`official_classifier_keys` where the official ImageNet classifiers keep their
+      classifier (:func:`mmtransnext.checkpoint.convert_official_classifier`);
+    - **export rules** (:mod:`mmtransnext.deployment`): :meth:`export_refusal` (what cannot
+      be exported, e.g. free input sizes, and why) and :meth:`export_position_data` (how a
+      graph holds the size-dependent position data);
     - **size-dependent state**: :meth:`clear_caches` drops what forwards built lazily;
     - **for the tools** (optional): :attr:`implementations`, :attr:`default_implementation`,
       :attr:`gpu_implementations`, :attr:`size_modes`, :attr:`main_archs` and
@@ -192,6 +218,16 @@ class MultiStageBackbone(BaseModule):
         pretrained_optional_keys: state-dict key prefixes a pretraining file may lack (e.g.
             output norms added for dense prediction); they keep their initialisation and do not
             fail strict loading.
+        official_classifier_keys: where the family's official ImageNet classifier files keep
+            the tensors a backbone lacks, key prefix in the file -> key prefix in an
+            :class:`~mmtransnext.models.classifiers.OfficialImageClassifier` (``backbone.``
+            with ``out_indices=(last stage,)``, ``GlobalAveragePooling``, ``LinearClsHead`` at
+            ``head.fc.``); every other key of such a file is the backbone's. Loading a backbone
+            from such a file ignores (and reports) keys under these prefixes. Empty: no
+            official classifier files.
+        attention_adapters: how to read each kind of token mixer the family's
+            :meth:`token_mixers` returns, by class (a mixer's own class first, then its
+            bases); a mixer of no listed class has no attention map.
     """
 
     arch_presets: ClassVar[Mapping[str, dict]] = {}
@@ -202,6 +238,8 @@ class MultiStageBackbone(BaseModule):
     size_modes: ClassVar[Tuple[str, ...]] = ('interpolation', )
     pretrained_weights: str = ''
     pretrained_optional_keys: Tuple[str, ...] = ()
+    official_classifier_keys: ClassVar[Mapping[str, str]] = {}
+    attention_adapters: ClassVar[Mapping[type, AttentionAdapter]] = {}
 
     def __init__(self, init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=copy.deepcopy(init_cfg))
@@ -250,8 +288,28 @@ class MultiStageBackbone(BaseModule):
         :func:`mmtransnext.analysis.attention_map` records."""
         raise NotImplementedError
 
+    @classmethod
+    def attention_adapter(cls, mixer: nn.Module) -> Optional[AttentionAdapter]:
+        """The :attr:`attention_adapters` entry for ``mixer`` (its own class first, then its
+        bases), or None."""
+        for kind in type(mixer).__mro__:
+            if kind in cls.attention_adapters:
+                return cls.attention_adapters[kind]
+        return None
+
     def clear_caches(self) -> None:
         """Drop the size-dependent state built lazily by forward passes (none here)."""
+
+    # ----------------------------------------------------------------------------- export
+    def export_refusal(self, dynamic: bool) -> Optional[str]:
+        """Why this backbone cannot be exported (``dynamic``: with free height and width),
+        naming what to do instead; None when it can (here: always)."""
+        return None
+
+    def export_position_data(self, dynamic: bool) -> str:
+        """How an export (``dynamic``: free height and width) holds the size-dependent
+        position data, in words (:attr:`mmtransnext.deployment.ExportResult.tables`)."""
+        return f'{type(self).__name__}: no position tables'
 
     @classmethod
     def for_input_size(cls, arch: str, size: Tuple[int, int], mode: str,
@@ -357,6 +415,14 @@ def _contract_problems(cls: Type[MultiStageBackbone]) -> List[str]:
             problems.append(f'{label} {unknown} are not among {list(known)}')
     if not cls.size_modes:
         problems.append('size_modes is empty')
+    problems += [f'attention_adapters[{kind!r}] is not an AttentionAdapter for an nn.Module '
+                 f'class' for kind, adapter in cls.attention_adapters.items()
+                 if not (isinstance(kind, type) and issubclass(kind, nn.Module)
+                         and isinstance(adapter, AttentionAdapter))]
+    problems += [f'official_classifier_keys maps {old!r} to {new!r}, outside the classifier\'s '
+                 f'backbone. and head. parts' for old, new in cls.official_classifier_keys.items()
+                 if not (isinstance(old, str) and old.endswith('.') and isinstance(new, str)
+                         and new.startswith(('backbone.', 'head.')) and new.endswith('.'))]
     return problems
 
 
@@ -389,3 +455,11 @@ def family_of(model: nn.Module) -> Optional[Type[MultiStageBackbone]]:
         if _FAMILIES.get(cls.__name__) is cls:
             return cls
     return None
+
+
+def family_named(name: str) -> Type[MultiStageBackbone]:
+    """The registered family called ``name`` (case-insensitive), or a ValueError listing them."""
+    found = {key.lower(): cls for key, cls in _FAMILIES.items()}
+    if not isinstance(name, str) or name.lower() not in found:
+        raise ValueError(f'unknown backbone {name!r}; choose one of {sorted(found)}')
+    return found[name.lower()]

@@ -19,9 +19,11 @@ from ..layers.checkpointing import maybe_checkpoint
 from ..layers.conv_glu import ConvGLU
 from ..layers.position_bias import (DEFAULT_CACHE_ENTRIES, cached_position_table,
                                     official_position_table)
+from ..layers.query_attention import (aggregated_attention_weights, full_attention_weights,
+                                      geometry_size)
 from ..layers.size_cache import SizeKeyedCache
-from .base import (MultiStageBackbone, Part, check_flag, check_int, check_rate,
-                   register_family, resolve_stage_settings, to_pair)
+from .base import (AttentionAdapter, MultiStageBackbone, Part, check_flag, check_int,
+                   check_rate, register_family, resolve_stage_settings, to_pair)
 
 Size2d = Tuple[int, int]
 
@@ -191,6 +193,12 @@ class TransNeXt(MultiStageBackbone):
     size_modes = ('interpolation', 'extrapolation')
     pretrained_weights = ('ImageNet-1K: https://huggingface.co/DaiShiResearch, e.g. '
                           'transnext-tiny-224-1k')
+    # The official classifier: norm4 (the backbone's), average pooling, the linear ``head``.
+    official_classifier_keys = {'head.': 'head.fc.'}
+    attention_adapters = {
+        AggregatedAttention: AttentionAdapter(geometry_size, aggregated_attention_weights),
+        FullAttention: AttentionAdapter(geometry_size, full_attention_weights),
+    }
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
@@ -346,6 +354,26 @@ class TransNeXt(MultiStageBackbone):
             img_size = 800 if max(size) >= 800 else 512
         return cls(arch, img_size=img_size, pretrain_size=224,
                    is_extrapolation=mode == 'extrapolation', **kwargs)
+
+    def export_refusal(self, dynamic: bool) -> Optional[str]:
+        """Free height and width are refused: the position tables come from ``torch.unique``
+        over the relative offsets (and in interpolation mode the resizing taps), decided on
+        the host for each input size (:mod:`mmtransnext.models.layers.position_bias`)."""
+        if not dynamic:
+            return None
+        return ('TransNeXt cannot be exported with dynamic height and width: its position '
+                'tables (torch.unique over the relative offsets, and in interpolation mode the '
+                'resizing taps) are built on the host for each input size. Export at the '
+                'serving size instead (without --dynamic: the tables are baked into the '
+                'graph), once per size')
+
+    def export_position_data(self, dynamic: bool) -> str:
+        """Position tables and taps built in an eager forward at the export size
+        (:func:`mmtransnext.deployment.prepare`) are baked into the graph as constants; the
+        CPB MLP, and everything else derived from weights, runs in the graph."""
+        mode = 'extrapolation' if self.is_extrapolation else 'interpolation'
+        return (f'TransNeXt ({mode} mode): position tables and taps baked for the export '
+                'size; the CPB MLP runs in the graph')
 
     def clear_caches(self) -> None:
         """Drop the size-dependent state built lazily by forward passes: position tables and

@@ -21,12 +21,13 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..layers.query_attention import map_size, osra_weights
 from ..layers.size_cache import SizeKeyedCache
-from ..layers.transxnet_layers import (BLOCK_NORM, BN, PatchEmbed, TransXNetBlock,
+from ..layers.transxnet_layers import (BLOCK_NORM, BN, OSRA, PatchEmbed, TransXNetBlock,
                                        check_norm_cfg)
 from ..layers.weight_cache import WeightKeyed, worth_keeping
-from .base import (MultiStageBackbone, Part, check_flag, check_int, check_rate, check_real,
-                   register_family, resolve_stage_settings, to_pair)
+from .base import (AttentionAdapter, MultiStageBackbone, Part, check_flag, check_int,
+                   check_rate, check_real, register_family, resolve_stage_settings, to_pair)
 
 Size2d = Tuple[int, int]
 
@@ -127,6 +128,11 @@ class TransXNet(MultiStageBackbone):
     pretrained_optional_keys = ('norm0.', 'norm2.', 'norm4.', 'norm6.')
     pretrained_weights = ('ImageNet-1K: the v1.0 release assets of '
                           'https://github.com/LMMMEng/TransXNet, transx-t/s/b.pth.tar')
+    # The official classifier: ``classifier.0`` is GroupNorm(1, C) (the backbone's output norm
+    # norm6), then average pooling and ``classifier.2``, a 1x1 conv (a linear layer on the
+    # pooled vector).
+    official_classifier_keys = {'classifier.0.': 'backbone.norm6.', 'classifier.2.': 'head.fc.'}
+    attention_adapters = {OSRA: AttentionAdapter(map_size, osra_weights)}
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
@@ -235,6 +241,14 @@ class TransXNet(MultiStageBackbone):
         convolution)."""
         return [[block.token_mixer.global_unit for block in self.network[2 * i]]
                 for i in range(self.num_stages)]
+
+    def export_position_data(self, dynamic: bool) -> str:
+        """The stored tables are resized in the graph (bicubic ``Resize``), so with free height
+        and width they follow the input; the adaptive pooling exports as in-graph averaging
+        matrices (:mod:`mmtransnext.ops.pooling`)."""
+        return ('TransXNet: position tables resized in the graph (bicubic) from the stored '
+                'tables to the ' + ('input\'s' if dynamic else 'export size\'s') +
+                ' token counts')
 
     def clear_caches(self) -> None:
         """Drop the resized position tables kept for inference."""

@@ -1,7 +1,9 @@
 """What every registered backbone family must do, run over each family and arch preset found in
 :func:`mmtransnext.models.backbones.families` (a new family is picked up without editing this
-file). Presets are built with one block per stage and run on tiny inputs; what only one family
-has (parity with its official computation, its own options) is tested in its own file.
+file): the package's own and ToyFormer, the third family the test suite writes itself
+(tests/third_family.py). Presets are built with one block per stage and run on tiny inputs;
+what only one family has (parity with its official computation, its own options) is tested in
+its own file.
 """
 import inspect
 import math
@@ -12,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+import third_family  # noqa: F401  (registers ToyFormer, the suite's own third family)
+from mmtransnext.analysis import attention_map
 from mmtransnext.checkpoint import CheckpointError
 from mmtransnext.models.backbones import families
 from mmtransnext.models.backbones.base import MultiStageBackbone, Part
@@ -68,6 +72,15 @@ def test_a_class_breaking_the_contract_is_refused_naming_what_is_missing():
         register_family(Incomplete)
     assert 'Incomplete' not in families()
 
+    class BadHooks(third_family.ToyFormer):
+        official_classifier_keys = {'logits.': 'fc.'}
+        attention_adapters = {'ToyAttention': None}
+
+    with pytest.raises(TypeError, match=r"attention_adapters\['ToyAttention'\] is not an "
+                       r"AttentionAdapter.*maps 'logits.' to 'fc.', outside"):
+        register_family(BadHooks)
+    assert 'BadHooks' not in families()
+
 
 # ----------------------------------------------------------------------------- outputs
 @pytest.mark.parametrize('cls,arch', PRESETS)
@@ -114,6 +127,24 @@ def test_token_mixers_are_blocks_modules_called_by_the_forward(cls):
     for handle in handles:
         handle.remove()
     assert called == [m for stage in mixers for m in stage]
+
+
+@pytest.mark.parametrize('cls', FAMILIES)
+def test_every_token_mixer_draws_an_attention_map(cls):
+    """The attention-map hooks: the family reads every kind of mixer it lists, and each map
+    is one softmax per head (its window and pooled parts sum to 1) for the query's cell."""
+    model = perturb_(quick(cls)).eval()
+    image = torch.randn(1, 3, 48, 40)
+    for stage, mixers in enumerate(model.token_mixers()):
+        assert cls.attention_adapter(mixers[0]) is not None, type(mixers[0])
+        maps = attention_map(model, image, (47, 0), stage, 0)
+        size = (math.ceil(48 / 2 ** (stage + 2)), math.ceil(40 / 2 ** (stage + 2)))
+        assert maps['feature_size'].tolist() == list(size)
+        assert maps['query'].tolist() == [size[0] - 1, 0]
+        total = maps['pooled'].flatten(1).sum(-1)
+        if 'window' in maps:
+            total = total + maps['window'].flatten(1).sum(-1)
+        torch.testing.assert_close(total, torch.ones_like(total))
 
 
 # ----------------------------------------------------------------------------- freezing
@@ -204,10 +235,13 @@ def test_with_cp_gives_same_outputs_and_gradients(cls):
 # ----------------------------------------------------------------------------- checkpoints
 def _official_file(tmp_path, model: MultiStageBackbone) -> Tuple[str, dict]:
     """The model's weights, moved off its init, as an official ImageNet file holds them: its
-    own key names, without the keys such files lack, with a classifier."""
+    own key names, without the keys such files lack, with a classifier (a generic ``head.``
+    and one under each of the family's official classifier prefixes)."""
     state = {k: v + (0.5 if v.is_floating_point() else 1) for k, v in model.state_dict().items()
              if not k.startswith(tuple(model.pretrained_optional_keys))}
     state.update({'head.weight': torch.randn(10, 8), 'head.bias': torch.randn(10)})
+    state.update({prefix + 'weight': torch.randn(10, 8)
+                  for prefix in model.official_classifier_keys})
     path = tmp_path / 'official.pth'
     torch.save({'state_dict': state}, path)
     return str(path), state
