@@ -6,17 +6,13 @@ and time.
     python tools/analysis/describe_backbone.py --backbone transxnet --size 512 512
 """
 import argparse
-import os.path as osp
 import resource
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # backbone_families
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import cli_common as common  # noqa: E402
-from backbone_families import FAMILIES, family  # noqa: E402
+from backbone_families import FAMILIES, family  # beside this script
+from mmtransnext.cli import ToolError, positive_int, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,17 +21,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--backbone', default='transnext', choices=sorted(FAMILIES))
     parser.add_argument('--arch', nargs='+', default=None,
                         help='variants (default: the family\'s usual ones)')
-    parser.add_argument('--size', nargs=2, type=common.positive_int, default=[224, 224], metavar=('H', 'W'))
-    parser.add_argument('--batch', type=common.positive_int, default=1)
-    parser.add_argument('--img-size', type=common.positive_int, default=None,
+    parser.add_argument('--size', nargs=2, type=positive_int, default=[224, 224], metavar=('H', 'W'))
+    parser.add_argument('--batch', type=positive_int, default=1)
+    parser.add_argument('--img-size', type=positive_int, default=None,
                         help='backbone img_size (default: the larger input side)')
     parser.add_argument('--mode', choices=['interpolation', 'extrapolation'],
                         default='interpolation', help='position-bias mode (TransNeXt)')
     parser.add_argument('--impl', '--attention-mode', dest='impl', default=None,
                         help='implementation (default: the family\'s default), e.g. '
                         'TransNeXt\'s fast or reference')
-    parser.add_argument('--runs', type=common.positive_int, default=1, help='timed forwards after a warm-up')
-    parser.add_argument('--threads', type=common.positive_int, default=None)
+    parser.add_argument('--runs', type=positive_int, default=1, help='timed forwards after a warm-up')
+    parser.add_argument('--threads', type=positive_int, default=None)
     return parser.parse_args(argv)
 
 
@@ -50,10 +46,10 @@ def main(argv=None) -> None:
     impl = args.impl or fam.default_impl
     unknown = [a for a in archs if a not in fam.archs]
     if unknown or impl not in fam.impls or args.mode not in fam.modes:
-        raise common.ToolError(f'{fam.name} has archs {list(fam.archs)}, implementations '
+        raise ToolError(f'{fam.name} has archs {list(fam.archs)}, implementations '
                          f'{list(fam.impls)} and modes {list(fam.modes)}')
     if impl in fam.gpu_impls:
-        raise common.ToolError(f'the {impl} implementation runs its kernels on a GPU only; '
+        raise ToolError(f'the {impl} implementation runs its kernels on a GPU only; '
                          f'benchmark_backbone.py counts its launches and memory')
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,4 +78,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)
