@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 from mmtransnext.cli import ToolError, check_file, image_size, positive_int, run_main  # noqa: E402
+
 from mmtransnext.analysis.triton_launches import (DEFAULT_SIZES, PRECISIONS,  # noqa: E402
                                                   KernelSpecialization, TrainingCase,
                                                   TrainingStepRecorder, launchable_kernels,
