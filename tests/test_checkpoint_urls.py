@@ -4,7 +4,6 @@ by the same rules as a local file (restricted unpickling, finite weights) in eve
 import os
 import os.path as osp
 import socket
-import sys
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from loopback_http import serve
 from mmengine.runner import load_checkpoint
 
 from mmtransnext.checkpoint import CheckpointError, cached_download, read_checkpoint
+from mmtransnext.cli import ToolError, check_pretrained, read_checkpoint_arg
 from mmtransnext.models import TransNeXt
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -124,30 +124,20 @@ def test_backbone_init_cfg_takes_a_url(server):
         torch.testing.assert_close(value, state[key])
 
 
-@pytest.fixture
-def cli_common():
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    try:
-        import cli_common
-        yield cli_common
-    finally:
-        sys.path.remove(osp.join(ROOT, 'tools'))
-
-
-def test_tools_read_checkpoint_urls_and_name_download_errors(server, cli_common):
+def test_tools_read_checkpoint_urls_and_name_download_errors(server):
     url = server.put('ckpt.pth', {'state_dict': {'backbone.w': torch.ones(2)}})
-    assert torch.equal(cli_common.read_checkpoint_arg(url, 'checkpoint file')
+    assert torch.equal(read_checkpoint_arg(url, 'checkpoint file')
                        ['state_dict']['backbone.w'], torch.ones(2))
     missing = f'{server.url}/nowhere.pth'
-    with pytest.raises(cli_common.ToolError, match=r'checkpoint file: cannot download .*'
+    with pytest.raises(ToolError, match=r'checkpoint file: cannot download .*'
                        r'nowhere\.pth: HTTP 404'):
-        cli_common.read_checkpoint_arg(missing, 'checkpoint file')
+        read_checkpoint_arg(missing, 'checkpoint file')
     from mmengine.config import Config
     cfg = Config(dict(model=dict(backbone=dict(
         type='TransNeXt', init_cfg=dict(type='Pretrained', checkpoint=missing)))))
-    with pytest.raises(cli_common.ToolError, match=r'model\.backbone\.init_cfg\.checkpoint of '
+    with pytest.raises(ToolError, match=r'model\.backbone\.init_cfg\.checkpoint of '
                        r'my_config\.py: cannot download .*HTTP 404'):
-        cli_common.check_pretrained(cfg, 'my_config.py')
+        check_pretrained(cfg, 'my_config.py')
     cfg.model.backbone.init_cfg.checkpoint = url
-    cli_common.check_pretrained(cfg, 'my_config.py')  # downloaded here, once
+    check_pretrained(cfg, 'my_config.py')  # downloaded here, once
     assert server.requests.count('/ckpt.pth') == 1

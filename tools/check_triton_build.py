@@ -45,9 +45,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cli_common as common  # noqa: E402
+from mmtransnext.cli import ToolError, check_file, image_size, positive_int, run_main  # noqa: E402
 
 from mmtransnext.analysis.triton_launches import (DEFAULT_SIZES, PRECISIONS,  # noqa: E402
                                                   KernelSpecialization, TrainingCase,
@@ -445,23 +443,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--archs', nargs='+', default=list(ARCHS), choices=ARCHS,
                         help='TransNeXt architectures')
     parser.add_argument('--precisions', nargs='+', default=list(PRECISIONS), choices=PRECISIONS)
-    parser.add_argument('--sizes', type=common.image_size, nargs='+', default=list(DEFAULT_SIZES),
+    parser.add_argument('--sizes', type=image_size, nargs='+', default=list(DEFAULT_SIZES),
                         help='input sizes HxW')
     parser.add_argument('--dino', nargs='?', const=DINO_CONFIG, metavar='CONFIG',
                         help='count the specialisations over the multi-scale schedule of a DINO '
                         f'config (default {os.path.relpath(DINO_CONFIG, ROOT)})')
     parser.add_argument('--dino-precisions', nargs='+', choices=PRECISIONS,
                         help="with --dino: default the config's AMP dtype")
-    parser.add_argument('--dino-sample', type=common.positive_int, metavar='N',
+    parser.add_argument('--dino-sample', type=positive_int, metavar='N',
                         help='with --dino: N sizes spread over the schedule instead of all')
-    parser.add_argument('--max-variants', type=common.positive_int, metavar='N',
+    parser.add_argument('--max-variants', type=positive_int, metavar='N',
                         help='with --dino: fail above N specialisations per kernel and dtype')
     parser.add_argument('--no-compile', action='store_true', help='record only')
     parser.add_argument('--launch-report', action='store_true',
                         help='only print the launches of full-depth training steps of --archs x '
                         '--precisions x --sizes (interpolation, batch 2): programs, waves on 132 '
                         'SMs, CPB grid-gradient atomics; exits 1 if a launch has under 2 waves')
-    parser.add_argument('--jobs', type=common.positive_int, default=min(2, os.cpu_count() or 1),
+    parser.add_argument('--jobs', type=positive_int, default=min(2, os.cpu_count() or 1),
                         help='compiler processes')
     parser.add_argument('--verbose', action='store_true',
                         help='list the specialised arguments and the launching steps')
@@ -476,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.max_variants is not None and args.dino is None:
         parser.error('--max-variants needs --dino')
     if args.dino is not None:
-        common.check_file(args.dino, '--dino config')
+        check_file(args.dino, '--dino config')
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         print('unset TRITON_INTERPRET: the interpreter compiles nothing', file=sys.stderr)
         return 2
@@ -550,12 +548,12 @@ TRITON_CACHE = os.environ.get('MMTRANSNEXT_TRITON_CACHE') or os.path.join(
 
 def triton_release(version: str) -> str:
     """The folder holding triton ``version`` alone (no torch; a few hundred MB), installed there
-    once with ``pip install --no-deps --target``; :class:`cli_common.ToolError` naming the
+    once with ``pip install --no-deps --target``; :class:`~mmtransnext.cli.ToolError` naming the
     version and the folder when pip cannot install it (e.g. no network)."""
     import subprocess
     if not re.fullmatch(r'\d+(\.\d+){1,2}', version):
-        raise common.ToolError(f'--triton: expected a release number such as 3.6.0, '
-                               f'got {version!r}')
+        raise ToolError(f'--triton: expected a release number such as 3.6.0, '
+                        f'got {version!r}')
     folder = os.path.join(TRITON_CACHE, version)
     if os.path.isfile(os.path.join(folder, 'triton', '__init__.py')):
         return folder
@@ -567,7 +565,7 @@ def triton_release(version: str) -> str:
     if result.returncode != 0 or not os.path.isfile(os.path.join(staging, 'triton',
                                                                  '__init__.py')):
         shutil.rmtree(staging, ignore_errors=True)
-        raise common.ToolError(
+        raise ToolError(
             f'could not install triton=={version} into {folder} (pip install --no-deps '
             f'--target, exit {result.returncode}): {result.stderr.strip()[-600:]}')
     try:
@@ -642,4 +640,4 @@ def compile_all(specs: Dict[KernelSpecialization, List[str]], by_label: Dict[str
 
 
 if __name__ == '__main__':
-    sys.exit(common.run_main(main))
+    sys.exit(run_main(main))

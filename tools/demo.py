@@ -21,17 +21,17 @@ each on the validation split and prints its top-1. Exits with status 1 if a top-
 import argparse
 import importlib.util
 import os.path as osp
-import sys
 import time
 from types import ModuleType
 from typing import Dict, List, Optional
 
 import torch
 
+from mmtransnext.cli import (ToolError, build_runner, cfg_options_dict, check_output_dir,
+                             key_value, load_config, positive_int, run_main)
+
 TOOLS = osp.dirname(osp.abspath(__file__))
 ROOT = osp.dirname(TOOLS)
-sys.path.insert(0, TOOLS)
-import cli_common as common  # noqa: E402
 
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'demo', 'mask-rcnn_transnext-micro_fpn_shapes-128.py')
 CLASSIFICATION_CONFIGS = tuple(
@@ -62,19 +62,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--data-root', default=None,
                         help='where the generated set is (default: the config\'s, '
                         'data/generated/shapes_coco/ under the current directory)')
-    parser.add_argument('--iters', type=common.positive_int, default=None,
+    parser.add_argument('--iters', type=positive_int, default=None,
                         help='training iterations (default: the config\'s)')
     parser.add_argument('--min-map', type=float, default=0.5,
                         help='box and mask mAP@[.5:.95] the run must reach (default: 0.5)')
     parser.add_argument('--min-top1', type=float, default=80.0,
                         help='--classification: top-1 (%%) each classifier must reach (default: '
                         '80; chance is 33.3)')
-    parser.add_argument('--cfg-options', nargs='+', type=common.key_value, default=[],
+    parser.add_argument('--cfg-options', nargs='+', type=key_value, default=[],
                         metavar='KEY=VALUE',
                         help='override entries of the demo config(s), as for tools/train.py, '
                         'e.g. model.backbone.attn_impl=torch (the demo\'s own settings, '
                         '--iters, --data-root and no validation while training, apply after)')
-    parser.add_argument('--threads', type=common.positive_int, default=None,
+    parser.add_argument('--threads', type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice, one per core); on a "
                         'machine busy with other work, 1 avoids threads waiting on each other')
     return parser.parse_args(argv)
@@ -94,13 +94,13 @@ def _data_options(data_root: Optional[str], phase: str) -> List[str]:
 def classify(args: argparse.Namespace) -> Dict[str, float]:
     """The --classification demo: train and test each config; top-1 (%) and seconds per model."""
     from mmtransnext.datasets import ensure_shapes_cls
-    common.check_output_dir(args.work_dir, '--work-dir')
+    check_output_dir(args.work_dir, '--work-dir')
     if args.data_root:
-        common.check_output_dir(args.data_root, '--data-root')
+        check_output_dir(args.data_root, '--data-root')
     results, lines = {}, []
     for config in ([args.config] if args.config else CLASSIFICATION_CONFIGS):
         start = time.perf_counter()
-        cfg = common.load_config(config, common.cfg_options_dict(args.cfg_options))
+        cfg = load_config(config, cfg_options_dict(args.cfg_options))
         name = osp.splitext(osp.basename(config))[0]
         cfg.work_dir = osp.join(args.work_dir, name)
         for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -114,7 +114,7 @@ def classify(args: argparse.Namespace) -> Dict[str, float]:
             cfg.default_hooks.checkpoint.interval = args.iters
             cfg.param_scheduler[-1].end = args.iters
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None  # tested once, below
-        runner = common.build_runner(cfg)
+        runner = build_runner(cfg)
         runner.train()
         train_time = time.perf_counter() - start
         top1 = float(runner.test()['accuracy/top1'])
@@ -131,8 +131,8 @@ def classify(args: argparse.Namespace) -> Dict[str, float]:
     print('=' * 72)
     low = {k: v for k, v in results.items() if not k.endswith('_seconds') and v < args.min_top1}
     if low:
-        raise common.ToolError(f'the demo did not reach top-1 >= {args.min_top1}: '
-                               + ', '.join(f'{k} {v:.1f}' for k, v in low.items()))
+        raise ToolError(f'the demo did not reach top-1 >= {args.min_top1}: '
+                        + ', '.join(f'{k} {v:.1f}' for k, v in low.items()))
     return results
 
 
@@ -144,10 +144,10 @@ def main(argv=None) -> Dict[str, float]:
         return classify(args)
     args.config = args.config or DEMO_CONFIG
     start = time.perf_counter()
-    cfg = common.load_config(args.config, common.cfg_options_dict(args.cfg_options))
-    common.check_output_dir(args.work_dir, '--work-dir')
+    cfg = load_config(args.config, cfg_options_dict(args.cfg_options))
+    check_output_dir(args.work_dir, '--work-dir')
     if args.data_root:
-        common.check_output_dir(args.data_root, '--data-root')
+        check_output_dir(args.data_root, '--data-root')
     data_root = args.data_root or cfg.train_dataloader.dataset.data_root
     from mmtransnext.datasets import ensure_shapes_coco
     generator = cfg.train_dataloader.dataset.get('generator') or {}
@@ -190,10 +190,10 @@ def main(argv=None) -> Dict[str, float]:
     print(f'  total time: {total / 60:.1f} min')
     print('=' * 72)
     if min(box, mask) < args.min_map:
-        raise common.ToolError(f'the demo did not reach box and mask mAP >= {args.min_map} '
-                               f'(box {box:.3f}, mask {mask:.3f})')
+        raise ToolError(f'the demo did not reach box and mask mAP >= {args.min_map} '
+                        f'(box {box:.3f}, mask {mask:.3f})')
     return dict(bbox_mAP=box, segm_mAP=mask, train_seconds=train_time, total_seconds=total)
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

@@ -82,9 +82,8 @@ die() { echo "gpu_check: $*" >&2; exit 2; }
 # wheel_specs FULL: NAME==VERSION of each line of wheels.txt ('full' ones only with FULL=1).
 wheel_specs() {
   local full=$1
-  "$PY" - "$HERE/wheels.txt" "$full" <<'EOF'
+  PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PY" - "$HERE/wheels.txt" "$full" <<'EOF'
 import sys
-sys.path.insert(0, sys.argv[1].rsplit('/', 1)[0])
 from offline_install import read_list
 for e in read_list(sys.argv[1]):
     if e.tag != 'full' or sys.argv[2] == '1':

@@ -12,11 +12,12 @@ the config's model exactly (checked before testing), and the dataset files must 
 import argparse
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-import cli_common as common  # noqa: E402
-from train import add_fixed_pool_size_flag, apply_fixed_pool_size  # noqa: E402
+from mmtransnext.cli import (ToolError, adapt_to_device, add_fixed_pool_size_flag,
+                             add_non_finite_flag, allow_non_finite, apply_fixed_pool_size,
+                             build_runner, check_checkpoint_fits, check_data, check_output_dir,
+                             default_work_dir, init_distributed, is_tta_model, library_of,
+                             load_config, positive_float, read_checkpoint_arg, run_main)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,13 +30,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'work_dirs/<config name>)')
     parser.add_argument('--show-dir', help='save images with the predictions drawn in here')
     parser.add_argument('--show', action='store_true', help='display predictions in a window')
-    parser.add_argument('--wait-time', type=common.positive_float, default=2, help='seconds per shown image')
+    parser.add_argument('--wait-time', type=positive_float, default=2,
+                        help='seconds per shown image')
     parser.add_argument('--tta', action='store_true',
                         help="test-time augmentation with the config's tta_model / tta_pipeline")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, e.g. test_dataloader.batch_size=2')
     add_fixed_pool_size_flag(parser)
-    common.add_non_finite_flag(parser)
+    add_non_finite_flag(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -48,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _enable_visualization(cfg, library: str, args: argparse.Namespace) -> None:
     hook = cfg.get('default_hooks', {}).get('visualization')
     if hook is None:
-        raise common.ToolError('--show/--show-dir: the config has no default_hooks.visualization')
+        raise ToolError('--show/--show-dir: the config has no default_hooks.visualization')
     hook.draw = True
     if args.show:
         hook.show = True
@@ -63,10 +65,10 @@ def _enable_visualization(cfg, library: str, args: argparse.Namespace) -> None:
 
 
 def _apply_tta(cfg, config_path: str) -> None:
-    if common.is_tta_model(cfg.model):
+    if is_tta_model(cfg.model):
         return  # the config tests with augmentation already
     if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-        raise common.ToolError(f'--tta: {config_path} defines no tta_model / tta_pipeline')
+        raise ToolError(f'--tta: {config_path} defines no tta_model / tta_pipeline')
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     cfg.tta_model.module = cfg.model
     cfg.model = cfg.tta_model
@@ -79,35 +81,35 @@ def setup_test_config(args: argparse.Namespace):
         The config, notes for the log and the checkpoint's content (read and checked here,
         before the Runner writes anything).
     """
-    cfg = common.load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     apply_fixed_pool_size(cfg, args.fixed_pool_size, args.config)
-    library = common.library_of(cfg, args.config)
-    checkpoint = common.read_checkpoint_arg(args.checkpoint, 'checkpoint file')
+    library = library_of(cfg, args.config)
+    checkpoint = read_checkpoint_arg(args.checkpoint, 'checkpoint file')
     cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or common.default_work_dir(args.config)
-    common.check_output_dir(cfg.work_dir, '--work-dir')
-    common.check_output_dir(args.show_dir, '--show-dir')
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
+    check_output_dir(cfg.work_dir, '--work-dir')
+    check_output_dir(args.show_dir, '--show-dir')
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if args.show or args.show_dir:
         _enable_visualization(cfg, library, args)
     if args.tta:
         _apply_tta(cfg, args.config)
-    common.check_data(cfg, args.config, ['test_dataloader'])
-    notes = common.adapt_to_device(cfg, distributed=args.launcher != 'none')
+    check_data(cfg, args.config, ['test_dataloader'])
+    notes = adapt_to_device(cfg, distributed=args.launcher != 'none')
     return cfg, notes, checkpoint
 
 
 def main(argv=None) -> dict:
     """Test; returns the metrics."""
     args = parse_args(argv)
-    common.allow_non_finite(args.allow_non_finite)
+    allow_non_finite(args.allow_non_finite)
     cfg, notes, checkpoint = setup_test_config(args)
-    common.init_distributed(args.launcher, cfg)
-    runner = common.build_runner(cfg)
+    init_distributed(args.launcher, cfg)
+    runner = build_runner(cfg)
     for note in notes:
         runner.logger.warning(note)
-    common.check_checkpoint_fits(runner.model, args.checkpoint, checkpoint)
+    check_checkpoint_fits(runner.model, args.checkpoint, checkpoint)
     metrics = runner.test()
     if args.show_dir:
         runner.logger.info(f'rendered predictions: {osp.abspath(args.show_dir)}')
@@ -115,4 +117,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

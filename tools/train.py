@@ -11,11 +11,12 @@ checkpoint and ``--resume`` / ``load_from`` files are checked before training st
 """
 import argparse
 import os
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-import cli_common as common  # noqa: E402
+from mmtransnext.cli import (MMENGINE_PREFIXES, ToolError, adapt_to_device,
+                             add_fixed_pool_size_flag, add_non_finite_flag, allow_non_finite,
+                             apply_fixed_pool_size, build_runner, check_data, check_output_dir,
+                             check_pretrained, default_work_dir, init_distributed, is_tta_model,
+                             load_config, read_checkpoint_arg, run_main)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, e.g. train_cfg.max_epochs=1')
     add_fixed_pool_size_flag(parser)
-    common.add_non_finite_flag(parser)
+    add_non_finite_flag(parser)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -45,52 +46,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def add_fixed_pool_size_flag(parser: argparse.ArgumentParser) -> None:
-    """``--fixed-pool-size N`` (tools/train.py and tools/test.py)."""
-    parser.add_argument('--fixed-pool-size', type=common.positive_int, metavar='N',
-                        help="TransNeXt's linear inference mode: pool the keys of every "
-                        'aggregated-attention stage to NxN (7 equals the normal mode at 224x224; '
-                        'the same as --cfg-options model.backbone.fixed_pool_size=N)')
-
-
-def apply_fixed_pool_size(cfg, value, config_path: str) -> None:
-    """Set the backbone's ``fixed_pool_size`` to ``value`` (nothing when None); a ToolError
-    when the config's backbone is not TransNeXt."""
-    if value is None:
-        return
-    backbone = common.backbone_config(cfg, config_path)
-    kind = backbone.get('type')
-    name = kind if isinstance(kind, str) else getattr(kind, '__name__', repr(kind))
-    if name.split('.')[-1] != 'TransNeXt':
-        raise common.ToolError(f'--fixed-pool-size: the backbone of {config_path} is {name}; '
-                               'linear inference mode is a TransNeXt setting')
-    backbone['fixed_pool_size'] = value
-
-
 def setup_train_config(args: argparse.Namespace):
     """The config of a training run: options applied, files checked, adapted to the device."""
     import torch
-    cfg = common.load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     apply_fixed_pool_size(cfg, args.fixed_pool_size, args.config)
-    if common.is_tta_model(cfg.model):
-        raise common.ToolError(
+    if is_tta_model(cfg.model):
+        raise ToolError(
             f'{args.config} is an evaluation config (test-time augmentation, model '
             f'{cfg.model.type}); train with the single-scale config it derives from and test '
             f'the checkpoint with this one')
     cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or common.default_work_dir(args.config)
-    common.check_output_dir(cfg.work_dir, '--work-dir')
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
+    check_output_dir(cfg.work_dir, '--work-dir')
 
     if args.amp:
         if not torch.cuda.is_available():
-            raise common.ToolError('--amp needs a CUDA GPU')
+            raise ToolError('--amp needs a CUDA GPU')
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise common.ToolError(f'--auto-scale-lr: {args.config} has no '
-                                   f'auto_scale_lr.base_batch_size')
+            raise ToolError(f'--auto-scale-lr: {args.config} has no '
+                            f'auto_scale_lr.base_batch_size')
         cfg.auto_scale_lr.enable = True
 
     if args.resume == 'auto':
@@ -98,29 +77,29 @@ def setup_train_config(args: argparse.Namespace):
         cfg.load_from = None
     elif args.resume is not None:
         # read here (corrupt file, non-finite weights) before the Runner writes the work dir
-        common.read_checkpoint_arg(args.resume, '--resume checkpoint')
+        read_checkpoint_arg(args.resume, '--resume checkpoint')
         cfg.resume = True
         cfg.load_from = args.resume
-    elif cfg.get('load_from') and not str(cfg.load_from).startswith(common.MMENGINE_PREFIXES):
-        common.read_checkpoint_arg(cfg.load_from, 'load_from checkpoint')
+    elif cfg.get('load_from') and not str(cfg.load_from).startswith(MMENGINE_PREFIXES):
+        read_checkpoint_arg(cfg.load_from, 'load_from checkpoint')
 
     loaders = ['train_dataloader']
     if cfg.get('val_cfg') and cfg.get('val_dataloader') and cfg.get('val_evaluator'):
         loaders.append('val_dataloader')
-    common.check_data(cfg, args.config, loaders)
+    check_data(cfg, args.config, loaders)
     # Weights are initialised (init_cfg) before load_from / resume, so the file is needed too.
-    common.check_pretrained(cfg, args.config)
-    notes = common.adapt_to_device(cfg, distributed=args.launcher != 'none')
+    check_pretrained(cfg, args.config)
+    notes = adapt_to_device(cfg, distributed=args.launcher != 'none')
     return cfg, notes
 
 
 def main(argv=None):
     """Train; returns the Runner (for tools/demo.py and the tests)."""
     args = parse_args(argv)
-    common.allow_non_finite(args.allow_non_finite)
+    allow_non_finite(args.allow_non_finite)
     cfg, notes = setup_train_config(args)
-    common.init_distributed(args.launcher, cfg)
-    runner = common.build_runner(cfg)
+    init_distributed(args.launcher, cfg)
+    runner = build_runner(cfg)
     for note in notes:
         runner.logger.warning(note)
     runner.train()
@@ -128,4 +107,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

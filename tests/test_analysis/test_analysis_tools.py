@@ -10,10 +10,10 @@ import pytest
 import torch
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'test_tools'))
-from tool_helpers import MASK_RCNN_DEMO, ROOT, SHALLOW, TOOLS, load_tool, run_tool  # noqa: E402
+from tool_helpers import MASK_RCNN_DEMO, ROOT, SHALLOW, load_tool, run_tool  # noqa: E402
 
-sys.path.insert(0, TOOLS)
-import cli_common as common  # noqa: E402
+from mmtransnext.cli import (ToolError, build_backbone, demo_image, load_config,  # noqa: E402
+                             resolve_config_path)
 
 RESNET_CONFIG = """
 default_scope = 'mmdet'
@@ -59,7 +59,7 @@ def test_attention_tool_on_a_transxnet_config(tmp_path):
     tool = load_tool('visualize_attention')
     config = osp.join(ROOT, 'configs', 'demo', 'retinanet_transxnet-tiny_fpn_shapes-128.py')
     image = tmp_path / 'input.jpg'
-    cv2.imwrite(str(image), common.demo_image(3)[..., ::-1])
+    cv2.imwrite(str(image), demo_image(3)[..., ::-1])
     written = tool.main([config, '--image', str(image), '--size', '96', '112', '--point', '10',
                          '100', '--stage', '1', '--out', str(tmp_path), '--cfg-options',
                          *SHALLOW])
@@ -72,15 +72,15 @@ def test_attention_tool_on_a_transxnet_config(tmp_path):
 def test_attention_tool_errors(tmp_path, resnet_config):
     tool = load_tool('visualize_attention')
     options = ['--out', str(tmp_path), '--cfg-options', *SHALLOW]
-    with pytest.raises(common.ToolError, match='outside the 128x128 image'):
+    with pytest.raises(ToolError, match='outside the 128x128 image'):
         tool.main([MASK_RCNN_DEMO, '--point', '128', '0', *options])
-    with pytest.raises(common.ToolError, match="'center' or Y X"):
+    with pytest.raises(ToolError, match="'center' or Y X"):
         tool.main([MASK_RCNN_DEMO, '--point', '3', *options])
-    with pytest.raises(common.ToolError, match='--stage 4'):
+    with pytest.raises(ToolError, match='--stage 4'):
         tool.main([MASK_RCNN_DEMO, '--stage', '4', *options])
-    with pytest.raises(common.ToolError, match='--head 2: stage 0 has 2 heads'):
+    with pytest.raises(ToolError, match='--head 2: stage 0 has 2 heads'):
         tool.main([MASK_RCNN_DEMO, '--stage', '0', '--head', '2', *options])
-    with pytest.raises(common.ToolError, match='TransNeXt, TransXNet backbones, got ResNet'):
+    with pytest.raises(ToolError, match='TransNeXt, TransXNet backbones, got ResNet'):
         tool.main([resnet_config, '--out', str(tmp_path)])
 
 
@@ -88,7 +88,7 @@ def test_erf_tool_on_a_resnet_config(tmp_path, resnet_config):
     """Any backbone config: a small ResNet built from a dict; its checkpoint (a runner file with
     a ``backbone.`` prefix and pickled extras) is loaded."""
     tool = load_tool('effective_receptive_field')
-    backbone, _ = common.build_backbone(common.load_config(resnet_config), resnet_config)
+    backbone, _ = build_backbone(load_config(resnet_config), resnet_config)
     torch.manual_seed(0)
     state = {f'backbone.{k}': v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
              for k, v in backbone.state_dict().items()}
@@ -103,7 +103,7 @@ def test_erf_tool_on_a_resnet_config(tmp_path, resnet_config):
     assert 0 < result['ratios'][0.2].ratio <= result['ratios'][0.99].ratio <= 1
     np.testing.assert_allclose(np.load(tmp_path / 'erf_0.npy'), result['erf'].numpy())
     _png(str(out))
-    loaded, output = common.build_backbone(common.load_config(resnet_config), resnet_config,
+    loaded, output = build_backbone(load_config(resnet_config), resnet_config,
                                            str(checkpoint), stage=1)
     assert output == 0 and loaded.out_indices == (1, )
     for key, value in loaded.state_dict().items():
@@ -125,23 +125,23 @@ def test_erf_tool_side_by_side(tmp_path, resnet_config):
 
 def test_erf_tool_errors(tmp_path, resnet_config):
     tool = load_tool('effective_receptive_field')
-    with pytest.raises(common.ToolError, match='holds 0 images'):
+    with pytest.raises(ToolError, match='holds 0 images'):
         tool.main([resnet_config, '--images', str(tmp_path), '--num', '1', '--out',
                    str(tmp_path / 'x.png')])
-    with pytest.raises(common.ToolError, match='2 titles for 1 models'):
+    with pytest.raises(ToolError, match='2 titles for 1 models'):
         tool.main([resnet_config, '--demo', '--labels', 'a', 'b'])
-    with pytest.raises(common.ToolError, match='3 stages for 1 models'):
+    with pytest.raises(ToolError, match='3 stages for 1 models'):
         tool.main([resnet_config, '--demo', '--stage', '0', '1', '2'])
-    with pytest.raises(common.ToolError, match='is not a config'):
+    with pytest.raises(ToolError, match='is not a config'):
         tool.main(['weights.pth', '--demo'])
-    with pytest.raises(common.ToolError, match='config file not found: mmdet::nothing/here.py'):
+    with pytest.raises(ToolError, match='config file not found: mmdet::nothing/here.py'):
         tool.main(['mmdet::nothing/here.py', '--demo'])
 
 
 def test_erf_tool_mmdet_config(tmp_path):
     """A config of mmdet itself, named with mmdet::, builds its backbone (PVTv2-b0)."""
     config = 'mmdet::pvt/retinanet_pvtv2-b0_fpn_1x_coco.py'
-    if not osp.isfile(common.resolve_config_path(config)):
+    if not osp.isfile(resolve_config_path(config)):
         pytest.skip('mmdet ships no configs here')
     tool = load_tool('effective_receptive_field')
     results = tool.main([config, '--demo', '--num', '1', '--size', '64', '64', '--stage', '2',

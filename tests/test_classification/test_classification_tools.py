@@ -2,7 +2,6 @@
 files in the layout they load in; the CPU demo (tools/demo.py --classification) learns."""
 import importlib.util
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -10,28 +9,27 @@ import torch
 pytest.importorskip('mmpretrain')
 
 TOOLS = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'tools')
-sys.path.insert(0, TOOLS)
-
-import cli_common as common  # noqa: E402
 
 from classification_helpers import TRANSXNET_ARCH, build_classifier  # noqa: E402
+
 from mmtransnext.checkpoint import CheckpointError  # noqa: E402
+from mmtransnext.cli import check_checkpoint_fits, library_of, load_config  # noqa: E402
 
 
 def test_checkpoint_check_reads_official_classifier_files(transxnet_file):
     path, _ = transxnet_file
     model = build_classifier('transxnet-tiny_8xb128_in1k', arch=TRANSXNET_ARCH,
                              norm_cfg=dict(type='BN'))
-    common.check_checkpoint_fits(model, str(path))  # fits: no error
+    check_checkpoint_fits(model, str(path))  # fits: no error
     model.head.fc = torch.nn.Linear(128, 10)
     with pytest.raises(CheckpointError, match='head.fc.weight'):
-        common.check_checkpoint_fits(model, str(path))
+        check_checkpoint_fits(model, str(path))
 
 
 def test_tools_accept_mmpretrain_configs():
-    cfg = common.load_config(osp.join(osp.dirname(TOOLS), 'configs', 'classification',
+    cfg = load_config(osp.join(osp.dirname(TOOLS), 'configs', 'classification',
                                       'transxnet-tiny_8xb128_in1k.py'))
-    assert common.library_of(cfg) == 'mmpretrain'
+    assert library_of(cfg) == 'mmpretrain'
 
 
 @pytest.mark.slow

@@ -205,7 +205,7 @@ def test_bad_arguments(tmp_path):
 def test_tool_reports_a_refusal_in_one_line(tmp_path, capsys):
     tool = load_export_tool()
     with pytest.raises(SystemExit) as exit_info:
-        from cli_common import run_main
+        from mmtransnext.cli import run_main
         run_main(lambda: tool.main([
             osp.join(ROOT, 'configs', 'demo', 'upernet_transnext-micro_shapes-128.py'),
             '--dynamic', '--out', str(tmp_path / 'x.onnx'), '--cfg-options', *SHALLOW]))

@@ -1,15 +1,10 @@
 import os.path as osp
-import sys
 from dataclasses import dataclass
 from typing import List
 
 import pytest
-
-# tools/ holds cli_common, which the tests import like the tools do
-sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'tools'))
-
-from tool_helpers import (MASK_RCNN_DEMO, NO_VAL, SHALLOW, TOOLS, UPERNET_DEMO,  # noqa: E402
-                          ade_options, coco_options, run_tool)
+from tool_helpers import (MASK_RCNN_DEMO, NO_VAL, SHALLOW, TOOLS, UPERNET_DEMO, ade_options,
+                          coco_options, run_tool)
 
 
 @pytest.fixture(scope='session')

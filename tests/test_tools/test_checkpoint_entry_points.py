@@ -85,7 +85,7 @@ def test_mmseg_inferencer(upernet_run):
 
 
 def test_load_from(mask_rcnn_run, tmp_path):
-    from cli_common import build_runner
+    from mmtransnext.cli import build_runner
     from tool_helpers import load_tool
     train_tool = load_tool('train')
     args = train_tool.parse_args([mask_rcnn_run.config, '--work-dir', str(tmp_path / 'work'),

@@ -3,8 +3,9 @@ import os.path as osp
 
 import pytest
 import torch
-from cli_common import ToolError
 from tool_helpers import MASK_RCNN_DEMO, ROOT, coco_options, load_tool, run_tool
+
+from mmtransnext.cli import ToolError
 
 MASK_RCNN_TINY = osp.join(ROOT, 'configs', 'mask_rcnn', 'mask-rcnn_transnext-tiny_fpn_1x_coco.py')
 UPERNET_MS = osp.join(ROOT, 'configs', 'upernet',
@@ -102,7 +103,7 @@ def _runner_checkpoint(path, state_dict):
 
 @pytest.fixture(scope='module')
 def demo_model():
-    from cli_common import load_config
+    from mmtransnext.cli import load_config
     from mmengine.registry import MODELS
     return MODELS.build(load_config(MASK_RCNN_DEMO).model)
 
@@ -114,7 +115,7 @@ def demo_model():
     ('extra', r'1 unexpected \[backbone\.block5\.0\.attn\.q\.weight\]'),
 ])
 def test_checkpoint_that_does_not_fit_is_named(demo_model, tmp_path, damage, expected):
-    from cli_common import check_checkpoint_fits
+    from mmtransnext.cli import check_checkpoint_fits
     state = demo_model.state_dict()
     key = 'roi_head.bbox_head.fc_cls.weight'
     if damage == 'drop':
@@ -131,7 +132,7 @@ def test_checkpoint_that_does_not_fit_is_named(demo_model, tmp_path, damage, exp
 
 
 def test_checkpoint_that_fits_passes(demo_model, tmp_path):
-    from cli_common import check_checkpoint_fits
+    from mmtransnext.cli import check_checkpoint_fits
     path = str(tmp_path / 'model.pth')
     _runner_checkpoint(path, demo_model.state_dict())
     check_checkpoint_fits(demo_model, path)

@@ -8,8 +8,9 @@ from typing import List, Set
 
 import pytest
 import torch
-from cli_common import run_main
 from tool_helpers import MASK_RCNN_DEMO, UPERNET_DEMO, load_tool
+
+from mmtransnext.cli import run_main
 
 SHALLOW_OPTIONS = ['--cfg-options', 'model.backbone.depths=[1,1,1,1]']
 

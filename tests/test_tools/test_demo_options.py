@@ -45,7 +45,7 @@ def test_demo_refuses_an_option_without_a_value(capsys):
 
 def test_options_parse_as_train_py_parses_them():
     """What the classification demo merges into each config: mmengine's own parsing."""
-    from cli_common import cfg_options_dict
+    from mmtransnext.cli import cfg_options_dict
     assert cfg_options_dict([]) == {}
     assert cfg_options_dict(['model.backbone.depths=[1,1,1,1]', 'a.b=x', 'a.b=2']) == \
         {'model.backbone.depths': [1, 1, 1, 1], 'a.b': 2}

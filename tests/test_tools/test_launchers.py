@@ -14,7 +14,7 @@ import textwrap
 import pytest
 from tool_helpers import ROOT, SHALLOW, UPERNET_DEMO, ade_options
 
-from cli_common import ToolError, first_slurm_node, slurm_environment
+from mmtransnext.cli import ToolError, first_slurm_node, slurm_environment
 
 #: A stand-in for Slurm's srun: starts ``--ntasks`` copies of the command here, each with the
 #: SLURM_* variables srun gives a task (one "node", ``localhost``), records its own arguments

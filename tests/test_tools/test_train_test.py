@@ -131,7 +131,7 @@ def test_resume_continues_with_the_saved_state(mask_rcnn_run, tmp_path, monkeypa
                                   '--resume', mask_rcnn_run.checkpoint(2),
                                   '--cfg-options', *mask_rcnn_run.options])
     cfg, _ = train_tool.setup_train_config(args)
-    from cli_common import build_runner
+    from mmtransnext.cli import build_runner
     runner = build_runner(cfg)
     capture = Capture()
     runner.register_hook(capture)

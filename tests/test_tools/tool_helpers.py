@@ -42,11 +42,15 @@ def run_tool(args: List[str], cwd: str, timeout: int = 900) -> subprocess.Comple
 
 
 def load_tool(name: str):
-    """tools/<name>.py (or tools/analysis/<name>.py) as a module."""
+    """tools/<name>.py (or tools/analysis/<name>.py) as a module. Its folder is put on the
+    module search path (last, so that tools/test.py does not hide the standard ``test``), as
+    ``python tools/...`` puts it first: a tool imports the modules beside it by name."""
     import importlib.util
     path = osp.join(TOOLS, f'{name}.py')
     if not osp.exists(path):
         path = osp.join(TOOLS, 'analysis', f'{name}.py')
+    if osp.dirname(path) not in sys.path:
+        sys.path.append(osp.dirname(path))
     spec = importlib.util.spec_from_file_location(f'tool_{name}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

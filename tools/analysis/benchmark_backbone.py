@@ -80,9 +80,9 @@ import time
 from contextlib import ExitStack
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cli_common as common  # noqa: E402
-from mmtransnext.models.backbones import families, family_named  # noqa: E402
+from mmtransnext.cli import (ToolError, check_output_file, non_negative_int, positive_float,
+                             positive_int, run_main)
+from mmtransnext.models.backbones import families, family_named
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -104,8 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='implementations (those a family lacks are skipped): TransNeXt '
                    'reference, fast, fast-torch, triton (GPU path: launches and memory, '
                    'no time); TransXNet default')
-    p.add_argument('--runs', type=common.non_negative_int, default=3, help='timed rounds; 0: no timing')
-    p.add_argument('--gpu-memory', type=common.positive_float, default=80,
+    p.add_argument('--runs', type=non_negative_int, default=3, help='timed rounds; 0: no timing')
+    p.add_argument('--gpu-memory', type=positive_float, default=80,
                    help='GB of the GPU whose chunk budgets the GPU path runs with')
     p.add_argument('--also-gpu-budgets', action='store_true',
                    help='also measure launches and peak tensor memory of the other '
@@ -113,16 +113,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--interpret', action='store_true',
                    help='run the Triton kernels in the interpreter for the memory figures '
                    '(slow: small inputs only)')
-    p.add_argument('--threads', type=common.positive_int, default=2)
+    p.add_argument('--threads', type=positive_int, default=2)
     p.add_argument('--cold', action='store_true',
                    help='no library warm-up before the RSS measurement (see above)')
     p.add_argument('--out', default='benchmark_backbone.json',
                    help='JSON results (a CSV is written next to it)')
     p.add_argument('--scaling', action='store_true',
                    help='normal vs linear inference mode from 224 to 1280 (see above)')
-    p.add_argument('--scaling-sizes', nargs='+', type=common.positive_int,
+    p.add_argument('--scaling-sizes', nargs='+', type=positive_int,
                    default=[224, 384, 512, 640, 896, 1280], help='square input sides of --scaling')
-    p.add_argument('--fixed-pool-size', type=common.positive_int, default=7,
+    p.add_argument('--fixed-pool-size', type=positive_int, default=7,
                    help='fixed_pool_size of the linear mode in --scaling')
     p.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case, print JSON
     p.add_argument('--timing', help=argparse.SUPPRESS)  # internal: time one case's impls
@@ -399,7 +399,7 @@ def run_scaling(args: argparse.Namespace) -> List[dict]:
     from mmtransnext.models import TransNeXt
     torch.set_num_threads(args.threads)
     if args.runs < 1:
-        raise common.ToolError('--scaling needs --runs >= 1')
+        raise ToolError('--scaling needs --runs >= 1')
     arch = args.archs[0]
     results = []
     print(f'TransNeXt-{arch}, inference, batch 1, {args.threads} threads, median of '
@@ -438,7 +438,7 @@ def run_scaling(args: argparse.Namespace) -> List[dict]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if not (args.case or args.timing):
-        common.check_output_file(args.out, '--out')
+        check_output_file(args.out, '--out')
     if args.case:
         print('RESULT ' + json.dumps(run_case(json.loads(args.case))))
         return
@@ -477,7 +477,7 @@ def main(argv=None) -> None:
                                               also_gpu_budgets=args.also_gpu_budgets,
                                               interpret=args.interpret))
     if not cases:
-        raise common.ToolError('no case to run: check --impls / --modes against the families')
+        raise ToolError('no case to run: check --impls / --modes against the families')
 
     def subprocess_result(flag: str, spec: dict):
         env = None
@@ -572,4 +572,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

@@ -13,15 +13,13 @@ prints; it asserts nothing.
 import argparse
 import os.path as osp
 import statistics
-import sys
 import tempfile
 import time
 from typing import Callable, List, Tuple
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import cli_common as common  # noqa: E402
+from mmtransnext.cli import image_size, positive_int, run_main
 
 
 
@@ -40,11 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--family', choices=FAMILIES + ('both',), default='both',
                         help="one family, or 'both' (every registered family)")
     parser.add_argument('--arch', default='tiny', help='arch of both families (default tiny)')
-    parser.add_argument('--sizes', type=common.image_size, nargs='+',
+    parser.add_argument('--sizes', type=image_size, nargs='+',
                         default=[(512, 512), (800, 1216)], metavar='HxW')
-    parser.add_argument('--repeat', type=common.positive_int, default=3,
+    parser.add_argument('--repeat', type=positive_int, default=3,
                         help='timed runs per case (median printed)')
-    parser.add_argument('--threads', type=common.positive_int, default=None,
+    parser.add_argument('--threads', type=positive_int, default=None,
                         help='threads of both runtimes (default: torch.get_num_threads())')
     return parser.parse_args(argv)
 
@@ -118,4 +116,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

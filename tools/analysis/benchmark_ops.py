@@ -19,9 +19,7 @@ including temporaries inside ops, but not memory that libraries allocate on thei
 scratch buffers, malloc inside kernels).
 """
 import argparse
-import os.path as osp
 import statistics
-import sys
 import time
 from typing import Callable, Dict, List, Tuple
 
@@ -29,9 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mmtransnext.ops import load_extension, window_av, window_padding_mask, window_qk
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import cli_common as common  # noqa: E402
+from mmtransnext.cli import ToolError, positive_int, run_main
 
 # (label, batch, (H, W)): stage 1 of TransNeXt-Tiny (3 heads, head dim 24, window 3) for an
 # 800x1216 detection input and a 512x512 segmentation crop.
@@ -103,14 +99,14 @@ def median_seconds(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--repeats', type=common.positive_int, default=3)
-    parser.add_argument('--threads', type=common.positive_int, default=None, help='torch threads (default: all)')
+    parser.add_argument('--repeats', type=positive_int, default=3)
+    parser.add_argument('--threads', type=positive_int, default=None, help='torch threads (default: all)')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     status = load_extension()
     if not status.loaded:
-        raise common.ToolError(f'the compiled ops are not available: {status.error}')
+        raise ToolError(f'the compiled ops are not available: {status.error}')
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, ops from '
           f'{status.source}; TransNeXt-Tiny stage 1: {HEADS} heads, head dim {HEAD_DIM}, '
           f'window {WINDOW}; median of {args.repeats}')
@@ -133,4 +129,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

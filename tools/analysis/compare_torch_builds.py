@@ -19,12 +19,12 @@ import json
 import os
 import statistics
 import subprocess
-import sys
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARK = os.path.join(HERE, 'benchmark_backbone.py')
-MATMUL = ('import sys, json, torch; sys.path.insert(0, {here!r}); '
+#: Run in this folder: ``python -c`` finds benchmark_backbone there.
+MATMUL = ('import json, torch; '
           'from benchmark_backbone import matmul_gflops; '
           'print("RESULT " + json.dumps([torch.__version__, matmul_gflops({threads})]))')
 
@@ -51,8 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _result(cmd: List[str]):
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _result(cmd: List[str], cwd: Optional[str] = None):
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
     if proc.returncode or not lines:
         raise SystemExit(f'error: {cmd[0]} failed:\n{proc.stderr[-2000:]}')
@@ -69,8 +69,7 @@ def main(argv=None) -> None:
     for r in range(args.rounds):
         order = exes[r % len(exes):] + exes[:r % len(exes)]
         for exe in order:
-            version, gflops = _result([exe, '-c', MATMUL.format(here=HERE,
-                                                                 threads=args.threads)])
+            version, gflops = _result([exe, '-c', MATMUL.format(threads=args.threads)], cwd=HERE)
             versions[exe] = version
             rows.setdefault('matmul GFLOP/s', {}).setdefault(exe, []).append(gflops)
         for size, task in cases:

@@ -6,16 +6,13 @@ and time.
     python tools/analysis/describe_backbone.py --backbone transxnet --size 512 512
 """
 import argparse
-import os.path as osp
 import resource
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import cli_common as common  # noqa: E402
-from mmtransnext.models.backbones import families, family_named  # noqa: E402
+from mmtransnext.cli import ToolError, positive_int, run_main
+from mmtransnext.models.backbones import families, family_named
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,17 +22,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         choices=sorted(name.lower() for name in families()))
     parser.add_argument('--arch', nargs='+', default=None,
                         help='variants (default: the family\'s usual ones)')
-    parser.add_argument('--size', nargs=2, type=common.positive_int, default=[224, 224], metavar=('H', 'W'))
-    parser.add_argument('--batch', type=common.positive_int, default=1)
-    parser.add_argument('--img-size', type=common.positive_int, default=None,
+    parser.add_argument('--size', nargs=2, type=positive_int, default=[224, 224], metavar=('H', 'W'))
+    parser.add_argument('--batch', type=positive_int, default=1)
+    parser.add_argument('--img-size', type=positive_int, default=None,
                         help='backbone img_size (default: the larger input side)')
     parser.add_argument('--mode', choices=['interpolation', 'extrapolation'],
                         default='interpolation', help='position-bias mode (TransNeXt)')
     parser.add_argument('--impl', '--attention-mode', dest='impl', default=None,
                         help='implementation (default: the family\'s default), e.g. '
                         'TransNeXt\'s fast or reference')
-    parser.add_argument('--runs', type=common.positive_int, default=1, help='timed forwards after a warm-up')
-    parser.add_argument('--threads', type=common.positive_int, default=None)
+    parser.add_argument('--runs', type=positive_int, default=1, help='timed forwards after a warm-up')
+    parser.add_argument('--threads', type=positive_int, default=None)
     return parser.parse_args(argv)
 
 
@@ -50,11 +47,11 @@ def main(argv=None) -> None:
     impl = args.impl or fam.default_implementation
     unknown = [a for a in archs if a not in fam.arch_presets]
     if unknown or impl not in fam.implementations or args.mode not in fam.size_modes:
-        raise common.ToolError(f'{fam.__name__} has archs {list(fam.arch_presets)}, '
+        raise ToolError(f'{fam.__name__} has archs {list(fam.arch_presets)}, '
                                f'implementations {list(fam.implementations)} and modes '
                                f'{list(fam.size_modes)}')
     if impl in fam.gpu_implementations:
-        raise common.ToolError(f'the {impl} implementation runs its kernels on a GPU only; '
+        raise ToolError(f'the {impl} implementation runs its kernels on a GPU only; '
                          f'benchmark_backbone.py counts its launches and memory')
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,4 +80,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

@@ -21,14 +21,14 @@ import argparse
 import glob
 import os
 import os.path as osp
-import sys
 from typing import Dict, Iterator, List
 
 import numpy as np
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import cli_common as common  # noqa: E402
+from mmtransnext.cli import (ToolError, build_backbone, check_file, check_output_file, demo_image,
+                             image_tensor, load_config, non_negative_int, positive_int, read_image,
+                             resolve_config_path, run_main, save_figure, split_models)
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
@@ -44,17 +44,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument('--images', metavar='DIR', help='folder of images (sorted by name)')
     source.add_argument('--demo', action='store_true',
                         help='validation images of the bundled demo data')
-    parser.add_argument('--num', type=common.positive_int, default=20, help='images to average (default 20)')
-    parser.add_argument('--size', type=common.positive_int, nargs=2, default=[224, 224], metavar=('H', 'W'),
+    parser.add_argument('--num', type=positive_int, default=20, help='images to average (default 20)')
+    parser.add_argument('--size', type=positive_int, nargs=2, default=[224, 224], metavar=('H', 'W'),
                         help='input size the images are resized to (default 224 224)')
-    parser.add_argument('--stage', type=common.non_negative_int, nargs='+', default=[3], metavar='K',
+    parser.add_argument('--stage', type=non_negative_int, nargs='+', default=[3], metavar='K',
                         help='0-based stage: one for every model, or one per model (default 3)')
     parser.add_argument('--relu', action='store_true',
                         help="the gradient's positive part instead of its absolute value "
                         "(RepLKNet's code)")
     parser.add_argument('--labels', nargs='+', help='panel titles (default: config names)')
     parser.add_argument('--out', default='erf.png', help='output PNG (default: %(default)s)')
-    parser.add_argument('--dpi', type=common.positive_int, default=100, help='figure resolution (default 100)')
+    parser.add_argument('--dpi', type=positive_int, default=100, help='figure resolution (default 100)')
     parser.add_argument('--save-npy', action='store_true',
                         help='also save each mean map next to --out as <out>_<i>.npy')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
@@ -66,15 +66,15 @@ def images_rgb(args: argparse.Namespace) -> Iterator[np.ndarray]:
     """The ``--num`` input images (RGB uint8, resized to ``--size``)."""
     if args.demo:
         for i in range(args.num):
-            yield common.demo_image(i, args.size)
+            yield demo_image(i, args.size)
         return
     files = sorted(f for f in glob.glob(osp.join(args.images, '*'))
                    if f.lower().endswith(IMAGE_EXTENSIONS))
     if len(files) < args.num:
-        raise common.ToolError(f'--images {args.images} holds {len(files)} images, --num asks '
-                               f'for {args.num}')
+        raise ToolError(f'--images {args.images} holds {len(files)} images, --num asks '
+                        f'for {args.num}')
     for path in files[:args.num]:
-        yield common.read_image(path, args.size)
+        yield read_image(path, args.size)
 
 
 def measure(config: str, checkpoint, stage: int,
@@ -83,9 +83,9 @@ def measure(config: str, checkpoint, stage: int,
     from mmengine.utils import ProgressBar
     from mmtransnext.analysis import (area_ratios, effective_receptive_field, log_scaled,
                                       stage_output)
-    cfg = common.load_config(config, args.cfg_options)
+    cfg = load_config(config, args.cfg_options)
     torch.manual_seed(0)  # the same random weights every run when there is no checkpoint
-    backbone, output = common.build_backbone(cfg, config, checkpoint, stage=stage)
+    backbone, output = build_backbone(cfg, config, checkpoint, stage=stage)
     for param in backbone.parameters():
         param.requires_grad_(False)  # only the input's gradient is needed
 
@@ -94,17 +94,17 @@ def measure(config: str, checkpoint, stage: int,
 
     print(f'{config}: {type(backbone).__name__}, stage {stage}, {args.num} images')
     bar = ProgressBar(args.num)
-    inputs = (common.image_tensor(img, cfg) for img in images_rgb(args))
+    inputs = (image_tensor(img, cfg) for img in images_rgb(args))
     try:
         erf = effective_receptive_field(stage_fn, inputs, 'relu' if args.relu else 'abs',
                                         progress=bar.update)
     except ValueError as err:
-        raise common.ToolError(f'{config}: {err}') from err
+        raise ToolError(f'{config}: {err}') from err
     print()
     if not bool((erf > 0).any()):
-        raise common.ToolError(f'{config}: the gradient is zero everywhere: no channel of the '
-                               f'central output pixel of stage {stage} is positive on '
-                               f'these images')
+        raise ToolError(f'{config}: the gradient is zero everywhere: no channel of the '
+                        f'central output pixel of stage {stage} is positive on '
+                        f'these images')
     return dict(config=config, backbone=type(backbone).__name__, stage=stage, erf=erf,
                 ratios=area_ratios(log_scaled(erf)))
 
@@ -135,28 +135,28 @@ def draw(results: List[Dict[str, object]], labels: List[str], args: argparse.Nam
     bar = fig.colorbar(image, ax=list(axes[0]), shrink=0.8, aspect=30)
     bar.set_label('contribution / peak (log scale)', fontsize=8)
     bar.ax.tick_params(labelsize=7)
-    common.save_figure(fig, args.out, args.dpi)
+    save_figure(fig, args.out, args.dpi)
 
 
 def main(argv=None) -> List[Dict[str, object]]:
     """Measure and draw; returns per model its mean map and area ratios."""
     args = parse_args(argv)
-    models = common.split_models(args.model)
+    models = split_models(args.model)
     labels = args.labels or [osp.splitext(osp.basename(c.split('::')[-1]))[0]
                              for c, _ in models]
     if len(labels) != len(models):
-        raise common.ToolError(f'--labels gives {len(labels)} titles for {len(models)} models')
-    common.check_output_file(args.out, '--out')
+        raise ToolError(f'--labels gives {len(labels)} titles for {len(models)} models')
+    check_output_file(args.out, '--out')
     if args.images and not osp.isdir(args.images):
-        raise common.ToolError(f'--images: not a folder: {args.images}')
+        raise ToolError(f'--images: not a folder: {args.images}')
     for config, checkpoint in models:  # every file before the first long measurement
-        common.check_file(common.resolve_config_path(config), 'config file')
+        check_file(resolve_config_path(config), 'config file')
         if checkpoint:
-            common.check_file(checkpoint, 'checkpoint file')
+            check_file(checkpoint, 'checkpoint file')
     stages = args.stage * len(models) if len(args.stage) == 1 else args.stage
     if len(stages) != len(models):
-        raise common.ToolError(f'--stage gives {len(stages)} stages for {len(models)} models '
-                               f'(give one, or one per model)')
+        raise ToolError(f'--stage gives {len(stages)} stages for {len(models)} models '
+                        f'(give one, or one per model)')
     results = [measure(config, checkpoint, stage, args)
                for (config, checkpoint), stage in zip(models, stages)]
     out_dir = osp.dirname(osp.abspath(args.out))
@@ -177,4 +177,4 @@ def main(argv=None) -> List[Dict[str, object]]:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

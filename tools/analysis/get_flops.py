@@ -14,14 +14,13 @@ not.
 """
 import argparse
 import os.path as osp
-import sys
 from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import cli_common as common  # noqa: E402
+from mmtransnext.cli import (ToolError, is_tta_model, library_of, load_config, positive_int,
+                             run_main)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='config file (mmdet or mmseg)')
-    parser.add_argument('--shape', type=common.positive_int, nargs='+', default=None, metavar='SIZE',
+    parser.add_argument('--shape', type=positive_int, nargs='+', default=None, metavar='SIZE',
                         help='input H W (or one value for both); default 1280x800 for mmdet, '
                         '512x512 for mmseg configs')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
@@ -126,7 +125,7 @@ def measure(cfg, library: str, height: int, width: int) -> List[Dict[str, object
     """Rows ``{part, params, flops}`` for the backbone and the whole model."""
     from mmengine.registry import MODELS
     model = MODELS.build(cfg.model)
-    if common.is_tta_model(cfg.model):
+    if is_tta_model(cfg.model):
         model = model.module
     model.eval()
     inputs = torch.randn(1, 3, height, width)
@@ -144,13 +143,13 @@ def measure(cfg, library: str, height: int, width: int) -> List[Dict[str, object
 
 def main(argv=None) -> List[Dict[str, object]]:
     args = parse_args(argv)
-    cfg = common.load_config(args.config, args.cfg_options)
-    library = common.library_of(cfg, args.config)
+    cfg = load_config(args.config, args.cfg_options)
+    library = library_of(cfg, args.config)
     shape = args.shape or ([800, 1280] if library == 'mmdet' else [512, 512])
     if len(shape) == 1:
         shape = shape * 2
     if len(shape) != 2:
-        raise common.ToolError(f'--shape takes H W or one size, got {shape}')
+        raise ToolError(f'--shape takes H W or one size, got {shape}')
     height, width = shape
     rows = measure(cfg, library, height, width)
     print(f'{osp.basename(args.config)}: input 1x3x{height}x{width}')
@@ -163,4 +162,4 @@ def main(argv=None) -> List[Dict[str, object]]:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

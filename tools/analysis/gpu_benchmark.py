@@ -35,9 +35,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # cli_common
-# cli_common (which imports torch) is imported where it is used: tools/gpu_check/summarize.py
+# mmtransnext (which imports torch) is imported where it is used: tools/gpu_check/summarize.py
 # imports format_table from here with the standard library alone.
 
 Size2d = Tuple[int, int]
@@ -51,20 +49,20 @@ DRY_RUN_ARCH = dict(embed_dims=[24, 48, 48, 48], num_heads=[1, 2, 2, 2], depths=
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    import cli_common as common
+    from mmtransnext.cli import image_size, non_negative_int, positive_float, positive_int
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--arch', default='tiny')
-    p.add_argument('--sizes', nargs='+', type=common.image_size,
+    p.add_argument('--sizes', nargs='+', type=image_size,
                    default=[(512, 512), (800, 1216)], help='inputs, HxW')
     p.add_argument('--tasks', nargs='+', choices=list(TASKS), default=list(TASKS))
     p.add_argument('--dtypes', nargs='+', choices=DTYPE_NAMES, default=list(DTYPE_NAMES))
     p.add_argument('--impls', nargs='+', choices=IMPLS, default=list(IMPLS))
     p.add_argument('--mode', choices=['interpolation', 'extrapolation'],
                    default='interpolation', help='position-bias mode')
-    p.add_argument('--warmup', type=common.non_negative_int, default=2, help='untimed calls per case')
-    p.add_argument('--runs', type=common.positive_int, default=5, help='timed calls per case')
-    p.add_argument('--time-limit', type=common.positive_float, default=110.,
+    p.add_argument('--warmup', type=non_negative_int, default=2, help='untimed calls per case')
+    p.add_argument('--runs', type=positive_int, default=5, help='timed calls per case')
+    p.add_argument('--time-limit', type=positive_float, default=110.,
                    help='seconds; cases not started by then are skipped')
     p.add_argument('--device', default='cuda')
     p.add_argument('--dry-run', action='store_true',
@@ -278,10 +276,10 @@ def plan(args) -> List[dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import cli_common as common
+    from mmtransnext.cli import check_output_file
     args = parse_args(argv)
     if args.out:
-        common.check_output_file(args.out, '--out')
+        check_output_file(args.out, '--out')
     import torch
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
@@ -318,5 +316,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    import cli_common
-    sys.exit(cli_common.run_main(main))
+    from mmtransnext.cli import run_main
+    sys.exit(run_main(main))

@@ -25,14 +25,14 @@ the model has random weights.
 import argparse
 import os
 import os.path as osp
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import cli_common as common  # noqa: E402
+from mmtransnext.cli import (ToolError, build_backbone, check_output_dir, demo_image, image_tensor,
+                             load_config, non_negative_int, positive_int, read_image, run_main,
+                             save_figure, split_models)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,19 +43,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='config (mmdet / mmseg, or mmdet::/mmseg:: path) and optionally a '
                         'checkpoint of its model or backbone')
     parser.add_argument('--image', help='image file (default: a bundled demo image)')
-    parser.add_argument('--size', type=common.positive_int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--size', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help='resize the image to H W first (default: its own size)')
     parser.add_argument('--point', nargs='+', action='append', metavar='Y X',
                         help="query pixel(s): 'center', or Y X pairs; may be repeated "
                         '(default: center)')
-    parser.add_argument('--stage', type=common.non_negative_int, default=0, help='0-based stage (default 0)')
-    parser.add_argument('--block', type=common.non_negative_int, default=None,
+    parser.add_argument('--stage', type=non_negative_int, default=0, help='0-based stage (default 0)')
+    parser.add_argument('--block', type=non_negative_int, default=None,
                         help="0-based block of the stage (default: the stage's last)")
-    parser.add_argument('--head', type=common.non_negative_int, default=None,
+    parser.add_argument('--head', type=non_negative_int, default=None,
                         help='draw only this head (default: every head and their mean)')
     parser.add_argument('--out', default=osp.join('work_dirs', 'attention'),
                         help='output directory (default: %(default)s)')
-    parser.add_argument('--dpi', type=common.positive_int, default=100, help='figure resolution (default 100)')
+    parser.add_argument('--dpi', type=positive_int, default=100, help='figure resolution (default 100)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries')
     return parser.parse_args(argv)
@@ -72,15 +72,15 @@ def parse_points(groups: Optional[List[List[str]]], size: Tuple[int, int]) -> Li
                 values.pop(0)
                 continue
             if len(values) < 2:
-                raise common.ToolError(f"--point takes 'center' or Y X pairs, got {group}")
+                raise ToolError(f"--point takes 'center' or Y X pairs, got {group}")
             try:
                 y, x = int(values[0]), int(values[1])
             except ValueError:
-                raise common.ToolError(f"--point takes 'center' or integer Y X pairs, "
-                                       f'got {group}') from None
+                raise ToolError(f"--point takes 'center' or integer Y X pairs, "
+                                f'got {group}') from None
             if not (0 <= y < size[0] and 0 <= x < size[1]):
-                raise common.ToolError(f'--point {y} {x} lies outside the {size[0]}x{size[1]} '
-                                       f'image')
+                raise ToolError(f'--point {y} {x} lies outside the {size[0]}x{size[1]} '
+                                f'image')
             points.append((y, x))
             values = values[2:]
     return points
@@ -193,7 +193,7 @@ def draw_panels(image_rgb: np.ndarray, panels: Sequence[Tuple[str, Dict[str, tor
     bar = fig.add_axes((0.93, 0.15, 0.015, 0.65))
     fig.colorbar(image, cax=bar).set_label('attention weight (log scale)', fontsize=8)
     bar.tick_params(labelsize=7)
-    common.save_figure(fig, path, dpi)
+    save_figure(fig, path, dpi)
 
 
 # ------------------------------------------------------------------------------- main
@@ -201,27 +201,27 @@ def main(argv=None) -> List[str]:
     """Write the figures; returns their paths."""
     from mmtransnext.analysis import attention_map, token_mixers
     args = parse_args(argv)
-    (config, checkpoint), *rest = common.split_models(args.model)
+    (config, checkpoint), *rest = split_models(args.model)
     if rest:
-        raise common.ToolError('give one CONFIG [CHECKPOINT]')
-    common.check_output_dir(args.out, '--out')
-    cfg = common.load_config(config, args.cfg_options)
+        raise ToolError('give one CONFIG [CHECKPOINT]')
+    check_output_dir(args.out, '--out')
+    cfg = load_config(config, args.cfg_options)
     torch.manual_seed(0)  # the same random weights every run when there is no checkpoint
-    backbone, _ = common.build_backbone(cfg, config, checkpoint)
+    backbone, _ = build_backbone(cfg, config, checkpoint)
     try:
         mixers = token_mixers(backbone)
     except ValueError as err:
-        raise common.ToolError(f'{config}: {err}') from err
+        raise ToolError(f'{config}: {err}') from err
     if not 0 <= args.stage < len(mixers):
-        raise common.ToolError(f'--stage {args.stage}: the backbone has {len(mixers)} stages '
-                               f'(0-based)')
+        raise ToolError(f'--stage {args.stage}: the backbone has {len(mixers)} stages '
+                        f'(0-based)')
     depth = len(mixers[args.stage])
     block = depth - 1 if args.block is None else args.block
     if not 0 <= block < depth:
-        raise common.ToolError(f'--block {block}: stage {args.stage} has {depth} blocks')
-    image_rgb = (common.read_image(args.image, args.size) if args.image
-                 else common.demo_image(0, args.size))
-    inputs = common.image_tensor(image_rgb, cfg)
+        raise ToolError(f'--block {block}: stage {args.stage} has {depth} blocks')
+    image_rgb = (read_image(args.image, args.size) if args.image
+                 else demo_image(0, args.size))
+    inputs = image_tensor(image_rgb, cfg)
     size = tuple(image_rgb.shape[:2])
     points = parse_points(args.point, size)
     name = osp.splitext(osp.basename(config.split('::')[-1]))[0]
@@ -231,12 +231,12 @@ def main(argv=None) -> List[str]:
         try:
             return attention_map(backbone, inputs, point, args.stage, b)
         except ValueError as err:
-            raise common.ToolError(str(err)) from err
+            raise ToolError(str(err)) from err
 
     first = maps_at(points[0], block)  # the head count, checked before anything is written
     heads = first['pooled'].shape[0]
     if args.head is not None and args.head >= heads:
-        raise common.ToolError(f'--head {args.head}: stage {args.stage} has {heads} heads')
+        raise ToolError(f'--head {args.head}: stage {args.stage} has {heads} heads')
     os.makedirs(args.out, exist_ok=True)
     written = []
     for y, x in points:
@@ -268,4 +268,4 @@ def main(argv=None) -> List[str]:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

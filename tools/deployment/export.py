@@ -18,12 +18,10 @@ deformable attention does not, the tool says why). Without a checkpoint the weig
 See mmtransnext/deployment/ and the README's Deployment section for what does not export.
 """
 import argparse
-import os.path as osp
-import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import cli_common as common  # noqa: E402
+from mmtransnext.cli import (ToolError, check_file, check_output_file, demo_image, image_tensor,
+                             is_tta_model, load_config, positive_int, run_main)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="'backbone': stage features; 'features': backbone and neck "
                         "outputs; 'model': the tensor forward (default); 'predict': with the "
                         'post-processing (boxes after NMS, masks, label map)')
-    parser.add_argument('--shape', type=common.positive_int, nargs=2, default=[512, 512],
+    parser.add_argument('--shape', type=positive_int, nargs=2, default=[512, 512],
                         metavar=('H', 'W'), help='example input size (default 512 512)')
     parser.add_argument('--dynamic', action='store_true', help='height and width free')
     parser.add_argument('--out', required=True, help='output file')
@@ -66,16 +64,16 @@ def _strip_pretrained(node) -> None:
 
 def build_model(config: str, checkpoint=None, cfg_options=None):
     """The config's model in eval mode on CPU, with the checkpoint's weights if given."""
-    cfg = common.load_config(config, cfg_options)
-    if common.is_tta_model(cfg.model):
-        raise common.ToolError(f'{config} builds a test-time-augmentation wrapper; export the '
-                               'model it wraps')
+    cfg = load_config(config, cfg_options)
+    if is_tta_model(cfg.model):
+        raise ToolError(f'{config} builds a test-time-augmentation wrapper; export the '
+                        'model it wraps')
     _strip_pretrained(cfg.model)
     from mmengine.registry import MODELS
     with MODELS.switch_scope_and_registry(None) as registry:
         model = registry.build(cfg.model)
     if checkpoint is not None:
-        common.check_file(checkpoint, 'checkpoint')
+        check_file(checkpoint, 'checkpoint')
         from mmengine.runner import load_checkpoint
         load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     return model.eval()
@@ -85,7 +83,7 @@ def _check_predictions(path: str, model, shape, cfg) -> None:
     """onnxruntime's predictions against mmdet's / mmseg's ``predict`` on the first image of
     the bundled demo data, resized to ``shape`` and normalised as ``cfg`` says."""
     from mmtransnext import deployment
-    x = common.image_tensor(common.demo_image(0, shape), cfg)
+    x = image_tensor(demo_image(0, shape), cfg)
     outputs = deployment.run_onnx(deployment.onnx_session(path), x)
     figures = deployment.compare_predictions(outputs, deployment.reference_predictions(model, x))
     print('onnxruntime vs PyTorch predict (demo image): ' +
@@ -94,7 +92,7 @@ def _check_predictions(path: str, model, shape, cfg) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    common.check_output_file(args.out, '--out')
+    check_output_file(args.out, '--out')
     from mmtransnext import deployment
     model = build_model(args.config, args.checkpoint, args.cfg_options)
     start = time.perf_counter()
@@ -102,7 +100,7 @@ def main(argv=None) -> None:
         result = deployment.export(model, args.out, args.shape, args.fmt, args.part,
                                    args.dynamic)
     except deployment.ExportError as err:
-        raise common.ToolError(f'cannot export {args.config} (--part {args.part}): {err}') \
+        raise ToolError(f'cannot export {args.config} (--part {args.part}): {err}') \
             from err
     print(f'wrote {result.path} ({result.fmt}, {result.part}, input {result.input_name} '
           f"1x3x{'HxW' if result.dynamic else '{}x{}'.format(*result.shape)}, "
@@ -110,7 +108,7 @@ def main(argv=None) -> None:
     print(f'position data: {result.tables}')
     if args.fmt == 'onnx' and not args.no_check and args.part == 'predict':
         _check_predictions(args.out, model, args.shape,
-                           common.load_config(args.config, args.cfg_options))
+                           load_config(args.config, args.cfg_options))
     elif args.fmt == 'onnx' and not args.no_check:
         sizes = [tuple(args.shape)]
         if args.dynamic:
@@ -121,4 +119,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

@@ -14,12 +14,10 @@ picture is drawn at that size. Needs onnxruntime, no PyTorch model and no checkp
 """
 import argparse
 import os.path as osp
-import sys
 from typing import List
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import cli_common as common  # noqa: E402
-
+from mmtransnext.cli import (ToolError, check_file, check_output_dir, image_tensor, library_of,
+                             load_config, positive_int, read_image, run_main)
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -31,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detections drawn above this score (default: %(default)s, as '
                         "mmdet's visualization hook)")
-    parser.add_argument('--threads', type=common.positive_int, default=None,
+    parser.add_argument('--threads', type=positive_int, default=None,
                         help='onnxruntime intra-op threads (default: its choice)')
     return parser.parse_args(argv)
 
@@ -39,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _graph_size(session) -> tuple:
     dims = session.get_inputs()[0].shape
     if not all(isinstance(d, int) for d in dims[2:]):
-        raise common.ToolError('the graph has free height and width; this demo draws graphs '
+        raise ToolError('the graph has free height and width; this demo draws graphs '
                                'exported at one size (export.py without --dynamic)')
     return int(dims[2]), int(dims[3])
 
@@ -63,16 +61,16 @@ def _visualizer(cfg, library: str):
 
 def main(argv=None) -> List[str]:
     args = parse_args(argv)
-    common.check_file(args.onnx, 'ONNX file')
-    common.check_output_dir(args.out_dir, '--out-dir')
-    cfg = common.load_config(args.config)
-    library = common.library_of(cfg, args.config)
+    check_file(args.onnx, 'ONNX file')
+    check_output_dir(args.out_dir, '--out-dir')
+    cfg = load_config(args.config)
+    library = library_of(cfg, args.config)
     from mmtransnext import deployment
     session = deployment.onnx_session(args.onnx, args.threads)
     names = [o.name for o in session.get_outputs()]
     expected = ['output'] if library == 'mmseg' else ['dets', 'labels']
     if names[:len(expected)] != expected:
-        raise common.ToolError(f'{args.onnx} has outputs {names}, not those of a whole '
+        raise ToolError(f'{args.onnx} has outputs {names}, not those of a whole '
                                f'{library} model ({expected}): export it with --part predict')
     size = _graph_size(session)
     visualizer = _visualizer(cfg, library)
@@ -80,8 +78,8 @@ def main(argv=None) -> List[str]:
     os.makedirs(args.out_dir, exist_ok=True)
     written = []
     for path in args.images:
-        image = common.read_image(path, size)
-        x = common.image_tensor(image, cfg)
+        image = read_image(path, size)
+        x = image_tensor(image, cfg)
         outputs = deployment.run_onnx(session, x)
         sample = deployment.to_data_sample(outputs, library, x.shape)
         out_file = osp.join(args.out_dir, osp.basename(path))
@@ -97,4 +95,4 @@ def main(argv=None) -> List[str]:
 
 
 if __name__ == '__main__':
-    common.run_main(main)
+    run_main(main)

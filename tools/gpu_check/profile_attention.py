@@ -9,10 +9,7 @@ bf16 autocast, one forward and one backward: three Triton launches (``_attention
         --section Occupancy python tools/gpu_check/profile_attention.py
 """
 import argparse
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def main() -> int:

@@ -20,12 +20,8 @@ check looks for besides the exit status).
     python tools/gpu_check/sanitize_ops.py [--batch 3] [--dtypes fp32 bf16]
 """
 import argparse
-import os
 import sys
 from typing import Sequence, Tuple
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
 
 DTYPES = ('fp32', 'bf16')
 

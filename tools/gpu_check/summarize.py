@@ -27,8 +27,19 @@ import xml.etree.ElementTree as ET
 from collections import Counter, OrderedDict
 from typing import Dict, List, Optional
 
-sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'analysis'))
-from gpu_benchmark import format_table  # noqa: E402  (standard library only at import)
+
+def _gpu_benchmark():
+    """tools/analysis/gpu_benchmark.py as a module, loaded from its file: it imports the standard
+    library alone until it runs, which is all this script may rely on."""
+    import importlib.util
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'analysis', 'gpu_benchmark.py')
+    spec = importlib.util.spec_from_file_location('gpu_benchmark', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+format_table = _gpu_benchmark().format_table
 
 #: What each step (or group of steps, ``group:part``) is, in the order they run.
 STEPS = OrderedDict([
