@@ -20,7 +20,7 @@ import torch
 #: Libraries a config can belong to (its ``default_scope``).
 LIBRARIES = ('mmdet', 'mmseg', 'mmpretrain')
 #: Checkpoint locations that mmengine's own loaders resolve (local files and ``http(s)://`` URLs
-#: are read by :func:`mmtransnext.checkpoint.read_checkpoint`).
+#: are read by :func:`mmtransnext.checkpoint.read_checkpoint`, installed by :func:`build_runner`).
 MMENGINE_PREFIXES = ('torchvision://', 'open-mmlab://', 'mmcls://', 'pavi://', 's3://',
                      'openmmlab://', 'modelzoo://')
 #: Dataset paths relative to ``data_root`` (besides ``ann_file``).
@@ -539,12 +539,18 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str,
 
 # --------------------------------------------------------------------------------- runner
 def build_runner(cfg):
-    """``Runner.from_cfg`` with the config's own runner type when it names one."""
+    """``Runner.from_cfg`` with the config's own runner type when it names one, reading
+    checkpoints through :mod:`mmtransnext.checkpoint` and, under ``compile``, keeping the
+    optimizer update out of dynamo, for its runs (:mod:`mmtransnext.hooks`)."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+
+    from mmtransnext.hooks import CheckpointReaderHook, EagerOptimizerUpdateHook
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    runner.register_hook(CheckpointReaderHook())  # load_from, --resume: runner checkpoints
+    if cfg.get('compile'):
+        runner.register_hook(EagerOptimizerUpdateHook())  # paramwise_cfg groups under dynamo
+    return runner
 
 
 # --------------------------------------------------------------------------------- backbone
