@@ -295,7 +295,7 @@ def _budget_label(spec: dict) -> str:
 
 
 def _launch_fields(count, prefix: str = '') -> dict:
-    """JSON fields of a :class:`mmtransnext.analysis.LaunchCount`."""
+    """JSON fields of a :class:`launches.LaunchCount`."""
     return {f'{prefix}launches': count.launches, f'{prefix}launches_aten': count.aten,
             f'{prefix}launches_triton': count.triton, f'{prefix}host_syncs': count.syncs,
             f'{prefix}block_launches': count.block}
