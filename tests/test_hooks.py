@@ -1,7 +1,6 @@
 """Importing mmtransnext changes nothing in mmengine; the two process-wide changes a run may
 need (:mod:`mmtransnext.hooks`) hold for that run only, and with the checkpoint reader installed
 another model's mmengine checkpoint loads exactly as it does without the plugin."""
-import json
 import os
 import os.path as osp
 import pickle
@@ -22,33 +21,28 @@ from mmtransnext.hooks import CheckpointReaderHook, EagerOptimizerUpdateHook
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-# What mmengine's loaders and OptimWrapper.update_params are, before and after `import mmtransnext`.
-_IMPORT_CHECK = '''
-import json, sys
+# Reads a checkpoint as mmengine does (its file, and a model loaded from it) and pickles both.
+# With argv[3] == 'plugin': first `import mmtransnext`, recording mmengine's loaders and
+# OptimWrapper.update_params before and after it, then reads inside the tools'
+# CheckpointReaderHook.
+_LOAD = '''
+import pickle, sys
+import torch
 from mmengine.optim import OptimWrapper
-from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint, load_checkpoint
 
 def state():
     return ({p: f'{f.__module__}.{f.__qualname__}' for p, f in CheckpointLoader._schemes.items()},
             OptimWrapper.__dict__['update_params'])
 
-before = state()
-import mmtransnext
-after = state()
-json.dump({'schemes_before': before[0], 'schemes_after': after[0],
-           'update_params_unchanged': before[1] is after[1]}, sys.stdout)
-'''
-
-# Reads a checkpoint as mmengine does (its file, and a model loaded from it) and pickles both;
-# with argv[3] == 'plugin', after `import mmtransnext` and inside the tools' CheckpointReaderHook.
-_LOAD = '''
-import pickle, sys
-import torch
-from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
 path, out, mode = sys.argv[1:4]
-hook = None
+hook, result = None, {}
 if mode == 'plugin':
+    before = state()
     import mmtransnext
+    after = state()
+    result.update(schemes_before=before[0], schemes_after=after[0],
+                  update_params_unchanged=before[1] is after[1])
     from mmtransnext.hooks import CheckpointReaderHook
     hook = CheckpointReaderHook()
     hook.before_run(None)
@@ -58,23 +52,16 @@ checkpoint = _load_checkpoint(path, map_location='cpu')
 loaded = load_checkpoint(model, path, map_location='cpu', strict=True)
 if hook is not None:
     hook.after_run(None)
+result.update(file=checkpoint, returned=loaded, model=model.state_dict())
 with open(out, 'wb') as f:
-    pickle.dump({'file': checkpoint, 'returned': loaded, 'model': model.state_dict()}, f)
+    pickle.dump(result, f)
 '''
 
 
-def _run(code: str, *args: str, env=None) -> str:
+def _run(code: str, *args: str, env=None) -> None:
     result = subprocess.run([sys.executable, '-c', code, *args], capture_output=True, text=True,
                             cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT, **(env or {})})
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-def test_import_leaves_mmengine_loaders_and_optim_wrapper_alone():
-    seen = json.loads(_run(_IMPORT_CHECK))
-    assert seen['schemes_after'] == seen['schemes_before']
-    assert seen['schemes_before'][''] == 'mmengine.runner.checkpoint.load_from_local'
-    assert seen['update_params_unchanged']
 
 
 class _Toy(BaseModel):
@@ -127,23 +114,51 @@ def _assert_same(a, b, where='checkpoint') -> None:
         assert a == b, where
 
 
-def test_another_models_runner_checkpoint_loads_as_without_the_plugin(tmp_path):
-    """Without the plugin, mmengine 0.10 reads its own runner checkpoints only with torch's
-    weights-only default lifted (torch >= 2.6), which the plain process does here; with the
-    tools' CheckpointReaderHook the same file is read without unpickling code, and comes out the
-    same: keys (in order), tensors, meta, message hub, optimizer state, and the model's weights
-    after ``load_checkpoint``."""
-    path = _runner_checkpoint(str(tmp_path / 'work'))
-    plain, plugin = str(tmp_path / 'plain.pkl'), str(tmp_path / 'plugin.pkl')
-    _run(_LOAD, path, plain, 'plain', env={'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD': '1'})
-    _run(_LOAD, path, plugin, 'plugin')
-    with open(plain, 'rb') as f:
-        want = pickle.load(f)
-    with open(plugin, 'rb') as f:
-        got = pickle.load(f)
+def test_this_process_kept_mmengines_own_loaders_and_update():
+    """The fast check (this process imported mmtransnext; no test installs anything for good):
+    the subprocess tests below show it for a fresh import."""
+    from mmengine.runner.checkpoint import load_from_http, load_from_local
+    assert CheckpointLoader._schemes[''] is load_from_local
+    assert CheckpointLoader._schemes['https://'] is load_from_http
+    assert not hasattr(OptimWrapper.__dict__['update_params'], '_mmtransnext_outside_dynamo')
+
+
+@pytest.fixture(scope='module')
+def loads(tmp_path_factory):
+    """What a plain process (mmengine only) and a plugin process read from one runner
+    checkpoint of :class:`_Toy`: ``{'plain': ..., 'plugin': ...}``."""
+    folder = tmp_path_factory.mktemp('another_model')
+    path = _runner_checkpoint(str(folder / 'work'))
+    out = {}
+    for mode in ('plain', 'plugin'):
+        # Without the plugin, mmengine 0.10 reads its own runner checkpoints only with torch's
+        # weights-only default lifted (torch >= 2.6), which the plain process does.
+        env = {'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD': '1'} if mode == 'plain' else None
+        _run(_LOAD, path, str(folder / f'{mode}.pkl'), mode, env=env)
+        with open(folder / f'{mode}.pkl', 'rb') as f:
+            out[mode] = pickle.load(f)
+    return out
+
+
+@pytest.mark.slow  # two fresh processes (one imports mmtransnext) and a short Runner run
+def test_import_leaves_mmengine_loaders_and_optim_wrapper_alone(loads):
+    """In a fresh process: the loaders of every scheme and ``OptimWrapper.update_params`` are
+    the same objects after ``import mmtransnext`` as before."""
+    seen = loads['plugin']
+    assert seen['schemes_after'] == seen['schemes_before']
+    assert seen['schemes_before'][''] == 'mmengine.runner.checkpoint.load_from_local'
+    assert seen['update_params_unchanged']
+
+
+@pytest.mark.slow  # shares the fixture above
+def test_another_models_runner_checkpoint_loads_as_without_the_plugin(loads):
+    """With the tools' CheckpointReaderHook the file is read without unpickling code, and comes
+    out as mmengine reads it without the plugin: keys (in order), tensors, meta, message hub,
+    optimizer state, and the model's weights after ``load_checkpoint``."""
+    want, got = loads['plain'], loads['plugin']
     assert {'meta', 'state_dict', 'message_hub', 'optimizer'} <= set(want['file'])
     assert isinstance(want['file']['message_hub']['log_scalars']['train/loss'], HistoryBuffer)
-    _assert_same(got, want)
+    _assert_same({k: got[k] for k in want}, want)
 
 
 def test_hooks_hold_their_change_for_the_run_only():
