@@ -3,11 +3,18 @@
 Every checkpoint, whoever asks for it, is read by :func:`read_checkpoint`: a local path, or an
 ``http://`` / ``https://`` URL, downloaded once into torch hub's checkpoint folder
 (``torch.hub.get_dir()/checkpoints``, where mmengine and torchvision keep theirs) and then read
-like a local file. Importing :mod:`mmtransnext` registers it as mmengine's loader for local files
-and for those two schemes, so ``load_from``, ``--resume``, ``init_cfg=dict(type='Pretrained')``,
-``mmdet.apis.init_detector`` / ``DetInferencer`` and ``mmseg.apis.init_model`` /
-``MMSegInferencer`` all go through it; the other schemes mmengine knows (``open-mmlab://``,
-``torchvision://``, ``s3://``, ...) keep mmengine's loaders. Nothing in a file is executed:
+like a local file. The backbones' ``init_cfg=dict(type='Pretrained')`` call it directly.
+Importing :mod:`mmtransnext` changes nothing in mmengine: what mmengine itself reads
+(``load_from``, ``--resume``, ``mmengine.runner.load_checkpoint``, ``init_detector`` /
+``init_model`` and the inferencers) goes through it only where it is installed as mmengine's
+loader for local files and those two schemes (the other schemes, ``open-mmlab://``,
+``torchvision://``, ``s3://``, ..., keep mmengine's loaders): for one block
+(:func:`mmengine_loader`), for one run (:class:`mmtransnext.hooks.CheckpointReaderHook`, which
+the project's tools add to every runner they build) or for the rest of the process
+(:func:`install_mmengine_loader`). The reason to install it: mmengine 0.10 reads local files
+with a bare ``torch.load``, which since torch 2.6 refuses mmengine's own runner checkpoints
+(numpy numbers, ``HistoryBuffer``) unless told to unpickle them in full. Nothing in a file is
+executed:
 
 - a file of tensors only (official ImageNet / downstream weights) is read with
   ``torch.load(weights_only=True)``;
@@ -259,12 +266,35 @@ def load_from_mmtransnext(filename: str, map_location=None, logger=None):
     return read_checkpoint(filename, map_location)
 
 
+#: The mmengine ``CheckpointLoader`` prefixes :func:`read_checkpoint` serves: local files and URLs.
+MMENGINE_SCHEMES = ('',) + URL_PREFIXES
+
+
 def install_mmengine_loader() -> None:
     """Make mmengine read local checkpoints and ``http(s)://`` URLs through
-    :func:`read_checkpoint` (idempotent)."""
+    :func:`read_checkpoint` for the rest of the process (idempotent). For code that calls
+    ``load_checkpoint``, ``init_detector`` or an inferencer itself; a run is better served by
+    :class:`mmtransnext.hooks.CheckpointReaderHook` and a block by :func:`mmengine_loader`."""
     from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_mmtransnext, force=True)
-    CheckpointLoader.register_scheme(prefixes=URL_PREFIXES, loader=load_from_mmtransnext, force=True)
+    CheckpointLoader.register_scheme(prefixes=MMENGINE_SCHEMES, loader=load_from_mmtransnext,
+                                     force=True)
+
+
+@contextlib.contextmanager
+def mmengine_loader() -> Iterator[None]:
+    """Within the block, mmengine reads local checkpoints and ``http(s)://`` URLs through
+    :func:`read_checkpoint`; mmengine's previous loaders for them come back afterwards (unless
+    something else replaced ours in the meantime). Nested and process-wide installs are fine."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    previous = {prefix: CheckpointLoader._schemes.get(prefix) for prefix in MMENGINE_SCHEMES}
+    install_mmengine_loader()
+    try:
+        yield
+    finally:
+        for prefix, loader in previous.items():
+            if loader is not None and CheckpointLoader._schemes.get(prefix) is \
+                    load_from_mmtransnext:
+                CheckpointLoader.register_scheme(prefixes=prefix, loader=loader, force=True)
 
 
 def extract_state_dict(checkpoint, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:

@@ -5,7 +5,8 @@ import pytest
 import torch
 from mmengine.runner import Runner
 
-from mmtransnext.checkpoint import CheckpointError, extract_state_dict, read_checkpoint
+from mmtransnext.checkpoint import (CheckpointError, extract_state_dict, mmengine_loader,
+                                    read_checkpoint)
 from mmtransnext.models import TransNeXt, TransXNet
 
 ARCH = dict(arch='micro', depths=[1, 1, 1, 1])
@@ -109,7 +110,8 @@ def test_runner_checkpoint_loads_through_runner(tmp_path, monkeypatch):
     monkeypatch.delenv('MMTRANSNEXT_TRUSTED_CHECKPOINTS', raising=False)
     path, source = _runner_checkpoint(tmp_path)
     runner = Runner(model=torch.nn.Linear(2, 2), work_dir=str(tmp_path / 'work'))
-    checkpoint = runner.load_checkpoint(str(path))
+    with mmengine_loader():  # as CheckpointReaderHook installs it for a run
+        checkpoint = runner.load_checkpoint(str(path))
     assert checkpoint['meta']['iter'] == 10
     torch.testing.assert_close(runner.model.weight, source.weight)
 
@@ -249,12 +251,13 @@ def test_mmengine_load_checkpoint_refuses_non_finite_weights(tmp_path, monkeypat
     saved['state_dict']['weight'][0, 0] = float('nan')
     torch.save(saved, path)
     model = torch.nn.Linear(2, 2)
-    with pytest.raises(CheckpointError, match=r'weight \(1 NaN of 4\)'):
+    with mmengine_loader(), pytest.raises(CheckpointError, match=r'weight \(1 NaN of 4\)'):
         load_checkpoint(model, str(path))
-    with pytest.raises(CheckpointError, match='weight'):
+    with mmengine_loader(), pytest.raises(CheckpointError, match='weight'):
         Runner(model=model, work_dir=str(tmp_path / 'work')).load_checkpoint(str(path))
     monkeypatch.setenv('MMTRANSNEXT_ALLOW_NON_FINITE_CHECKPOINTS', '1')
-    load_checkpoint(model, str(path))
+    with mmengine_loader():
+        load_checkpoint(model, str(path))
     assert bool(torch.isnan(model.weight[0, 0]))
 
 

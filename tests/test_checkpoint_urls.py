@@ -10,7 +10,8 @@ import torch
 from loopback_http import serve
 from mmengine.runner import load_checkpoint
 
-from mmtransnext.checkpoint import CheckpointError, cached_download, read_checkpoint
+from mmtransnext.checkpoint import (CheckpointError, cached_download, mmengine_loader,
+                                    read_checkpoint)
 from mmtransnext.cli import ToolError, check_pretrained, read_checkpoint_arg
 from mmtransnext.models import TransNeXt
 
@@ -102,16 +103,18 @@ def test_crafted_pickle_refused_over_http_and_nothing_runs(server, tmp_path):
 
 
 def test_mmengine_load_checkpoint_reads_urls_through_the_package(server):
-    """``load_from``, ``tools/test.py CONFIG URL``, ``init_detector``: mmengine's loader."""
+    """``load_from``, ``tools/test.py CONFIG URL``, ``init_detector``: mmengine's loader, with
+    the package's installed (as the tools' CheckpointReaderHook installs it)."""
     model = TransNeXt(**ARCH)
     weights = {k: v + 0.25 for k, v in model.state_dict().items()}
     good = server.put('good.pth', {'state_dict': weights})
-    load_checkpoint(model, good, strict=True)
+    with mmengine_loader():
+        load_checkpoint(model, good, strict=True)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, weights[key])
     weights['norm4.weight'][0] = float('inf')
     bad = server.put('bad.pth', {'state_dict': weights})
-    with pytest.raises(CheckpointError, match=r'norm4\.weight \(1 inf of'):
+    with mmengine_loader(), pytest.raises(CheckpointError, match=r'norm4\.weight \(1 inf of'):
         load_checkpoint(model, bad)
 
 

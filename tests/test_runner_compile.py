@@ -1,7 +1,7 @@
-"""mmengine's ``compile=True`` (``torch.compile(model.train_step)``) with mmtransnext imported
-(:mod:`mmtransnext.compile`): the optimizer update runs outside dynamo, and a compiled first
-training step of a classification, a detection and a segmentation config gives the loss of the
-eager one."""
+"""mmengine's ``compile=True`` (``torch.compile(model.train_step)``) with the project's
+``EagerOptimizerUpdateHook`` (:mod:`mmtransnext.compile`): the optimizer update runs outside
+dynamo, and a compiled first training step of a classification, a detection and a segmentation
+config gives the loss of the eager one."""
 import os.path as osp
 
 import pytest
@@ -11,6 +11,8 @@ from mmengine.config import ConfigDict
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 from torch import nn
 
+from mmtransnext.compile import optimizer_update_outside_compile
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
@@ -18,8 +20,6 @@ def test_update_params_with_configdict_groups_runs_under_compile():
     """Parameter groups from a ``paramwise_cfg`` are ``ConfigDict`` s, which dynamo's optimizer
     tracing cannot handle (an internal error, no fallback); with the update kept out of the
     graph, a compiled step updates the weights as an eager one does."""
-    assert getattr(OptimWrapper.update_params, '_mmtransnext_outside_dynamo', False)
-
     def make():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
@@ -37,12 +37,16 @@ def test_update_params_with_configdict_groups_runs_under_compile():
 
     x = torch.randn(3, 4)
     results = []
+    original = OptimWrapper.update_params
     for compiled in (False, True):
         torch._dynamo.reset()
         model, wrapper = make()
         run = torch.compile(step, backend='eager') if compiled else step
-        losses = [run(model, wrapper, x).item() for _ in range(2)]
+        with optimizer_update_outside_compile():
+            assert getattr(OptimWrapper.update_params, '_mmtransnext_outside_dynamo', False)
+            losses = [run(model, wrapper, x).item() for _ in range(2)]
         results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    assert OptimWrapper.update_params is original  # restored after the block
     (eager_losses, eager_params), (losses, params) = results
     assert losses == pytest.approx(eager_losses, rel=1e-6)
     assert eager_losses[1] != eager_losses[0]  # the first step did update the weights
@@ -77,6 +81,8 @@ def _first_step_losses(task: str, data_root: str, work_dir: str, compile_cfg) ->
     cfg.default_hooks.checkpoint = None
     cfg.model.backbone.update(backbone, drop_path_rate=0.)
     cfg.compile = compile_cfg
+    if compile_cfg:  # what tools/train.py adds to a compiled run (mmtransnext.hooks)
+        cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='EagerOptimizerUpdateHook')]
     cfg.experiment_name = f'{task}_{"compiled" if compile_cfg else "eager"}'
     torch._dynamo.reset()
     runner = Runner.from_cfg(cfg)

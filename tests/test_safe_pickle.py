@@ -19,7 +19,8 @@ from mmengine.logging import history_buffer as history_buffer_module
 from mmengine.runner.checkpoint import _load_checkpoint
 
 from mmtransnext import safe_pickle
-from mmtransnext.checkpoint import CheckpointError, read_checkpoint, trusted_checkpoints
+from mmtransnext.checkpoint import (CheckpointError, mmengine_loader, read_checkpoint,
+                                    trusted_checkpoints)
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +119,8 @@ def test_runner_checkpoint_loads_untrusted_and_equal(tmp_path, save_options):
     with pytest.raises(pickle.UnpicklingError):  # what the plain weights-only reader says
         torch.load(path, weights_only=True)
     _assert_same(read_checkpoint(str(path)), content)
-    _assert_same(_load_checkpoint(str(path)), content)  # mmengine's loader, as the apis call it
+    with mmengine_loader():  # mmengine's loader, as the apis call it, with the package's installed
+        _assert_same(_load_checkpoint(str(path)), content)
 
 
 def test_other_numpy_major_spelling_loads(tmp_path):

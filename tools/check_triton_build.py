@@ -9,7 +9,8 @@ for sm_80 and sm_90, and read what the hardware would run.
    of every architecture, precision (float32 with and without TF32, bfloat16 and float16 under
    CUDA autocast), position-bias mode (interpolation from ``img_size=800``, extrapolation) and
    input size at batch 2, on fake CUDA tensors, kernels not run; each launch's specialisation is
-   computed by Triton's own runtime code (see :mod:`mmtransnext.analysis.triton_launches`).
+   computed by Triton's own runtime code (see ``tools/triton_launches.py``, this script's
+   sibling module).
 2. Compiles each distinct specialisation once per arch with ``triton.compile(ASTSource(...),
    target=GPUTarget('cuda', arch, 32))`` down to a cubin (Triton's bundled ptxas) and prints
    registers per thread and spilled bytes (ptxas' report), shared memory, MMA instructions
@@ -47,10 +48,9 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from mmtransnext.cli import ToolError, check_file, image_size, positive_int, run_main  # noqa: E402
 
-from mmtransnext.analysis.triton_launches import (DEFAULT_SIZES, PRECISIONS,  # noqa: E402
-                                                  KernelSpecialization, TrainingCase,
-                                                  TrainingStepRecorder, launchable_kernels,
-                                                  size_variants, varying_arguments)
+from triton_launches import (DEFAULT_SIZES, PRECISIONS, KernelSpecialization,
+                             TrainingCase, TrainingStepRecorder, launchable_kernels,
+                             size_variants, varying_arguments)
 
 ARCHS = ('micro', 'tiny', 'small', 'base')
 KERNEL_MODULE = 'mmtransnext.ops.triton_kernels'
@@ -193,7 +193,7 @@ def compile_specialization(spec: KernelSpecialization, arch: int,
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from mmtransnext.analysis.triton_launches import _as_jit_function
+    from triton_launches import _as_jit_function
     kernel = _as_jit_function(launchable_kernels(importlib.import_module(module))[spec.kernel])
     options = spec.compile_args()[3]
     logged = hasattr(getattr(getattr(triton, 'knobs', None), 'nvidia', None), 'dump_ptxas_log')
@@ -248,7 +248,7 @@ def arch_groups(archs: Sequence[str]) -> Dict[str, List[str]]:
 
 
 def declared_constexprs(kernel_name: str) -> Set[str]:
-    from mmtransnext.analysis.triton_launches import _as_jit_function
+    from triton_launches import _as_jit_function
     kernel = _as_jit_function(launchable_kernels()[kernel_name])
     return {p.name for p in kernel.params if p.is_constexpr}
 
@@ -362,7 +362,7 @@ def launch_report(archs: Sequence[str], precisions: Sequence[str],
     (gathers per pooled logit, and atomic adds per logit in the query backward) and which axis
     of the CPB grid is folded (:func:`bias_taps`); returns the launches with fewer than two
     waves."""
-    from mmtransnext.analysis.triton_launches import bias_taps, grid_gradient_atomics
+    from triton_launches import bias_taps, grid_gradient_atomics
     short = 0
     with TrainingStepRecorder(one_block_per_stage=False) as recorder:
         for arch in archs:

@@ -1,10 +1,9 @@
-"""Looking inside the backbone: attention maps of a query, effective receptive fields, kernel
-launches."""
+"""Looking inside the backbone: attention maps of a query, effective receptive fields. (Kernel
+launch counting and recording are developer tooling: ``tools/analysis/launches.py``,
+``tools/triton_launches.py``.)"""
 from ..models.backbones.base import AttentionAdapter
 from .attention_maps import (attention_map, backbone_of, capture_inputs, pixel_to_token,
                              token_mixers)
-from .launches import (DEFAULT_GPU_MEMORY, LaunchCount, LaunchCounter, count_launches,
-                       first_aggregated_attention, triton_kernel_counters)
 from .receptive_field import (DEFAULT_THRESHOLDS, AreaRatio, area_ratios,
                               effective_receptive_field, input_gradient_map, log_scaled,
                               stage_output)
@@ -12,6 +11,4 @@ from .receptive_field import (DEFAULT_THRESHOLDS, AreaRatio, area_ratios,
 __all__ = ['AttentionAdapter', 'attention_map',
            'backbone_of', 'capture_inputs', 'pixel_to_token', 'token_mixers',
            'DEFAULT_THRESHOLDS', 'AreaRatio', 'area_ratios', 'effective_receptive_field',
-           'input_gradient_map', 'log_scaled', 'stage_output', 'DEFAULT_GPU_MEMORY',
-           'LaunchCount', 'LaunchCounter', 'count_launches', 'first_aggregated_attention',
-           'triton_kernel_counters']
+           'input_gradient_map', 'log_scaled', 'stage_output']

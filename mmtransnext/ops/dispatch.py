@@ -40,7 +40,9 @@ process there).
 Environment variable (read when a decision is made, here only):
 
 ``MMTRANSNEXT_SELF_TEST``
-    ``0`` skips the self-test.
+    ``0`` skips the self-test. Code that cannot run kernels (fake tensors) skips it without the
+    environment: ``choose_backend(..., self_test=False)``, or
+    ``DeviceProperties(self_test=False)`` under :func:`.device.assume_device`.
 
 Export. While ``torch.export`` (and so ``torch.onnx.export(..., dynamo=True)``) or the
 TorchScript-based ONNX exporter traces a model (:func:`exporting`), :func:`backend_for` decides
@@ -66,6 +68,7 @@ from torch import Tensor
 
 from ..utils import compat
 from . import extension
+from .device import assumed_device
 from .sliding_window import sliding_window_av, sliding_window_qk
 from .window_ops import sliding_window_av_ext, sliding_window_qk_ext
 
@@ -320,6 +323,8 @@ def _decide(impl: str, device_type: str, device_index: Optional[int], dtype: tor
 def _wants_self_test(name: str, device_type: str, self_test: Optional[bool]) -> bool:
     if name == 'torch':
         return False
+    if self_test is None:  # else measurement code's stand-in device may say (fake tensors)
+        self_test = assumed_device().self_test
     if self_test is not None:
         return self_test
     return device_type == 'cuda' and self_test_enabled()

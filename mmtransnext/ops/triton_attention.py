@@ -26,6 +26,7 @@ from torch._prims_common import alert_not_deterministic
 
 from ..utils import compat
 from .amp import autocast_dtype, autocast_off, cuda_matmul_allows_tf32
+from .device import assumed_device, launch_kernel
 # Whether this path can run, and for which tensors, is decided in one place: .dispatch (kept
 # importable from here for former callers).
 from .dispatch import interpreting, use_triton  # noqa: F401
@@ -123,7 +124,7 @@ MAX_TAPS_PER_PAIR = 4
 #: tap of the other.
 FOLD_AXES = ('rows', 'columns')
 #: Streaming multiprocessors assumed where the device cannot be asked (CPU tensors under the
-#: interpreter, launch counting): an H100's.
+#: interpreter; launch recording assumes it for its fake CUDA device): an H100's.
 DEFAULT_SMS = 132
 #: Fewest query tiles per run in the pooled-key backward: shorter runs would write more partial
 #: sums than they save.
@@ -134,10 +135,17 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@functools.lru_cache(maxsize=None)
 def _multiprocessors(device: torch.device) -> int:
+    assumed = assumed_device().multiprocessors  # measurement code's stand-in device
+    if assumed is not None:
+        return assumed
     if device.type != 'cuda':
         return DEFAULT_SMS
+    return _cuda_multiprocessors(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
@@ -189,8 +197,11 @@ def _strides(t: Tensor, align: int = 1) -> Tuple[int, int, int]:
 
 def _on_device(t: Tensor):
     """Launch on ``t``'s GPU even when another one is current (Triton launches on the current
-    device); nothing to switch on CPU (interpreter)."""
-    return torch.cuda.device(t.device) if t.device.type == 'cuda' else contextlib.nullcontext()
+    device); nothing to switch on CPU (interpreter) or where there is no device to switch to
+    (:attr:`.device.DeviceProperties.switch_device`: fake tensors)."""
+    if t.device.type == 'cuda' and assumed_device().switch_device:
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
 def _common(q: Tensor, kp: Tensor, height: int, width: int, key_h: int, key_w: int,
@@ -257,7 +268,7 @@ def _attention(q: Tensor, qe: Tensor, head_scale: Tensor, query_scale: Tensor,
     launch = (_cdiv(length, meta['BLOCK_M']) * bh,)
     align = row_alignment(q, k, v, kp, vp, out)
     with _on_device(q):
-        kernels._attention_fwd[launch](
+        launch_kernel(kernels._attention_fwd, launch)(
             q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w, weights_w,
             out, lse, *_strides(q, align), *_strides(k, align), *_strides(v, align),
             *_strides(tok), *_strides(kp, align), *_strides(vp, align), *_strides(out, align),
@@ -312,8 +323,8 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
         with _on_device(q):
             # Query tiles of BLOCK_M queries of QUERY_ITEMS batch items, the bias shared by the
             # items.
-            kernels._attention_bwd_query[(_cdiv(length, query_meta['BLOCK_M']) * heads *
-                                          _cdiv(batch, QUERY_ITEMS),)](
+            launch_kernel(kernels._attention_bwd_query, (_cdiv(length, query_meta['BLOCK_M']) *
+                                                        heads * _cdiv(batch, QUERY_ITEMS),))(
                 q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
                 weights_w, out, grad_out, lse, delta, dq, dtok, dfolded,
                 *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),
@@ -322,7 +333,7 @@ def _attention_backward(grad_out: Tensor, q: Tensor, qe: Tensor, head_scale: Ten
                 **query_meta)
             # Pooled-key tiles (times their runs) first, then window-key tiles.
             window_programs = _cdiv(length, keys_meta['BLOCK_M']) * bh if window else 0
-            kernels._attention_bwd_keys[(pooled * splits + window_programs,)](
+            launch_kernel(kernels._attention_bwd_keys, (pooled * splits + window_programs,))(
                 q, qe, head_scale, query_scale, k, v, tok, rpb, kp, vp, folded, rows_w,
                 weights_w, grad_out, lse, delta, dk, dv, drpb, dkvp[0], dkvp[1],
                 *_strides(q, align), *_strides(k, align), *_strides(v, align), *_strides(tok),

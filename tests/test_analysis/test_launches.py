@@ -1,4 +1,4 @@
-"""mmtransnext.analysis.launches: what the counter counts, and the GPU path's launches: flat in
+"""tools/analysis/launches.py (developer tooling): what the counter counts, and the GPU path's launches: flat in
 the input size under a GPU's chunk budgets, within the target per attention block; the fast
 path's grow with the input (the counter can tell)."""
 import contextlib
@@ -6,11 +6,13 @@ import contextlib
 import pytest
 import torch
 
-from mmtransnext.analysis import (DEFAULT_GPU_MEMORY, count_launches,
-                                  first_aggregated_attention, triton_kernel_counters)
+from launches import (DEFAULT_GPU_MEMORY, count_launches, first_aggregated_attention,
+                      triton_kernel_counters)
+
 from mmtransnext.models import TransNeXt
 from mmtransnext.ops import triton_kernels
 from mmtransnext.ops.budget import gpu_budgets
+from mmtransnext.ops.device import assumed_device, launch_kernel
 
 #: Micro's widths and heads, one block per stage (three aggregated-attention blocks, one full).
 ARCH = dict(embed_dims=[48, 96, 192, 384], num_heads=[2, 4, 8, 16], depths=[1, 1, 1, 1])
@@ -55,11 +57,13 @@ def test_counter_counts_launches_syncs_and_the_block():
 
 def test_triton_kernels_are_counted_not_run_and_restored():
     saved = triton_kernels._attention_fwd
+    before = assumed_device()
     with triton_kernel_counters() as totals:
-        triton_kernels._attention_fwd[(4, 2)](torch.zeros(1))
-        triton_kernels._attention_bwd_keys[(1, )]()
+        launch_kernel(triton_kernels._attention_fwd, (4, 2))(torch.zeros(1))
+        launch_kernel(triton_kernels._attention_bwd_keys, (1, ))()
     assert totals['triton'] == 2
-    assert triton_kernels._attention_fwd is saved
+    assert triton_kernels._attention_fwd is saved  # the kernels are never replaced
+    assert assumed_device() is before and before.launcher is None  # launches run again
 
 
 @pytest.mark.parametrize('train', [False, True], ids=['infer', 'train'])

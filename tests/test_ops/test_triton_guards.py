@@ -14,13 +14,15 @@ import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from triton_launches import LaunchRecorder
+
 from mmtransnext import TransNeXt
-from mmtransnext.analysis.triton_launches import LaunchRecorder
 from mmtransnext.models.layers.attention import AggregatedAttention, FullAttention
 from mmtransnext.models.layers.position_bias import cpb_grid, fold_rows
-from mmtransnext.ops import budget, dispatch
+from mmtransnext.ops import dispatch
 from mmtransnext.ops import triton_attention as ta
 from mmtransnext.ops.amp import autocast_dtype, cuda_matmul_allows_tf32
+from mmtransnext.ops.device import DeviceProperties, assume_device
 from mmtransnext.ops.triton_attention import triton_attention
 from reference import perturb_, reference_bias
 # The interpreter check and its bfloat16 tl.dot mend (autouse), the oracle and its inputs.
@@ -148,15 +150,15 @@ def cuda_autocast(monkeypatch):
     device's memory: an 80 GB one."""
     monkeypatch.setattr(torch.cuda.amp.common, 'amp_definitely_not_available', lambda: False)
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *args, **kwargs: True)
-    monkeypatch.setattr(budget, '_cuda_memory', lambda index: 80 << 30)
-    # The backend's self-test would run the kernels, which fake tensors cannot.
-    monkeypatch.setenv(dispatch.SELF_TEST_ENV, '0')
     dispatch.reset()
 
     def enter(dtype):
         return torch.autocast('cuda', dtype=dtype)
 
-    return enter
+    # The backend's self-test would run the kernels, which fake tensors cannot.
+    with assume_device(DeviceProperties(total_memory=80 << 30, self_test=False)):
+        yield enter
+    dispatch.reset()  # decisions made without the self-test are not kept
 
 
 def _fake_mode():

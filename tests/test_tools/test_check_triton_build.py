@@ -1,5 +1,5 @@
 """tools/check_triton_build.py and its recording machinery
-(:mod:`mmtransnext.analysis.triton_launches`): launches recorded from real training steps on
+(``tools/triton_launches.py``, developer tooling): launches recorded from real training steps on
 fake CUDA tensors, specialised as Triton's runtime does, compiled and read.
 
 The recording tests run here, under ``TRITON_INTERPRET=1`` (the kernels are Triton's
@@ -19,10 +19,8 @@ import torch
 import triton
 import triton.language as tl
 from tool_helpers import ROOT, load_tool
-
-from mmtransnext.analysis.triton_launches import (LaunchRecorder, TrainingCase,
-                                                  TrainingStepRecorder, cuda_autocast,
-                                                  fake_cuda, run_backward, specialize)
+from triton_launches import (LaunchRecorder, TrainingCase, TrainingStepRecorder, cuda_autocast,
+                             fake_cuda, launchable_kernels, run_backward, specialize)
 
 KERNELS = {'_attention_fwd', '_attention_bwd_query', '_attention_bwd_keys'}
 
@@ -80,18 +78,21 @@ def test_tensor_offsets_specialise_as_triton_does_on_real_tensors(dtype):
 
 
 def test_recorder_intercepts_launches_and_restores_the_kernels():
+    """Launches through the ops' launcher (``launch_kernel``, as the ops launch) are recorded,
+    not run; the kernels themselves are never touched, and after the block launches run."""
+    from mmtransnext.ops.device import launch_kernel
     x, y = torch.arange(8.), torch.zeros(8)
-    with LaunchRecorder(sys.modules[__name__]) as recorder:
-        assert set(recorder.kernels) == {'_copy', '_copy_any_n'}
-        _copy[(2,)](x, y, 8, 1, BLOCK=4)
-        _copy_any_n[lambda meta: (triton.cdiv(meta['n'], meta['BLOCK']),)](x, y, 8, 1,
-                                                                           BLOCK=2)
+    with LaunchRecorder() as recorder:
+        launch_kernel(_copy, (2,))(x, y, 8, 1, BLOCK=4)
+        launch_kernel(_copy_any_n, lambda meta: (triton.cdiv(meta['n'], meta['BLOCK']),))(
+            x, y, 8, 1, BLOCK=2)
     assert torch.equal(y, torch.zeros(8))  # recorded, not run
+    assert 'run' not in vars(_copy) and 'run' not in vars(_copy_any_n)
     first, second = recorder.launches
     assert (first.spec.kernel, first.grid) == ('_copy', (2,))
     assert (second.spec.kernel, second.grid) == ('_copy_any_n', (4,))
     assert first.spec.constants == {'stride': 1, 'BLOCK': 4}
-    _copy[(2,)](x, y, 8, 1, BLOCK=4)  # the interpreter runs it again
+    launch_kernel(_copy, (2,))(x, y, 8, 1, BLOCK=4)  # the interpreter runs it again
     assert torch.equal(y, x)
 
 
@@ -157,7 +158,7 @@ def steps():
             first = len(recorder.launches)
             recorder.record(case)
             launches[name] = recorder.launches[first:]
-    assert all('run' not in kernel.__dict__ for kernel in recorder.kernels.values())
+    assert all('run' not in vars(kernel) for kernel in launchable_kernels().values())
     return launches
 
 
@@ -189,7 +190,7 @@ def test_training_steps_record_the_precision_and_bias_mode(steps):
 def test_explicit_16_bit_inputs_reach_the_kernels_as_16_bit_pointers():
     from mmtransnext.ops.triton_attention import triton_attention
     with LaunchRecorder() as recorder, fake_cuda():
-        from mmtransnext.analysis.triton_launches import OpenCustomOps
+        from triton_launches import OpenCustomOps
         with OpenCustomOps():
             q, k, v = (torch.empty(2, 2, 16, 24, dtype=torch.bfloat16, device='cuda')
                        for _ in range(3))
@@ -205,7 +206,7 @@ def test_explicit_16_bit_inputs_reach_the_kernels_as_16_bit_pointers():
 
 
 def test_input_sizes_do_not_split_the_specialisations():
-    from mmtransnext.analysis.triton_launches import size_variants, varying_arguments
+    from triton_launches import size_variants, varying_arguments
     with TrainingStepRecorder() as recorder:
         for size in ((64, 64), (64, 80), (80, 112)):
             recorder.record(TrainingCase('micro', 'fp32', True, size))
@@ -228,7 +229,7 @@ def test_stages_and_sizes_of_tiny_under_autocast_compile_one_variant_per_window(
     (interpolation mode) and without (extrapolation; in interpolation mode, sizes whose width
     matches the table's): one specialisation per kernel and window (strides and the taps'
     kind unspecialised, 16-byte row alignment passed as ALIGN=8 instead)."""
-    from mmtransnext.analysis.triton_launches import size_variants
+    from triton_launches import size_variants
     with TrainingStepRecorder() as recorder:
         for size in ((96, 64), (64, 80)):
             recorder.record(TrainingCase('tiny', 'fp16', False, size))
@@ -268,7 +269,7 @@ import triton.language as tl
 import torch
 sys.path.insert(0, {tools!r})
 import check_triton_build as tool
-from mmtransnext.analysis.triton_launches import specialize
+from triton_launches import specialize
 
 
 @triton.jit
@@ -428,7 +429,7 @@ def test_launches_count_the_grid_gradient_atomics(steps):
     """One float atomic add per tap of the unfolded axis of every (query, pooled key) pair of
     every batch x head slice, by the query backward only; launches keep their integer
     arguments."""
-    from mmtransnext.analysis.triton_launches import grid_gradient_atomics
+    from triton_launches import grid_gradient_atomics
     by_kernel = {}
     for launch in steps['tf32']:
         by_kernel.setdefault(launch.spec.kernel, []).append(launch)
@@ -450,7 +451,7 @@ def test_launches_fold_the_axis_with_more_taps(steps):
     """A 160x96 Micro step (stage 1: 40x24 queries, 5x3 pooled keys; one row tap, four column
     taps): every launch reading the bias has the columns folded and one tap per pooled logit,
     one atomic add per pair; the 64x96 step (four taps on either axis) keeps the rows folded."""
-    from mmtransnext.analysis.triton_launches import bias_taps, grid_gradient_atomics
+    from triton_launches import bias_taps, grid_gradient_atomics
     launches = steps['columns']
     assert all(bias_taps(launch) == (1, 'columns') for launch in launches)
     stage1 = [launch for launch in launches if launch.spec.kernel == '_attention_bwd_query'][-1]

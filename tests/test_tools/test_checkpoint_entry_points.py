@@ -1,6 +1,8 @@
 """A runner checkpoint this stack just wrote (demo configs, a short tools/train.py run) loads in
 every entry point a user reaches for, with no trust switch: mmdet's init_detector and
-DetInferencer, mmseg's init_model and MMSegInferencer, load_from and init_cfg=Pretrained.
+DetInferencer, mmseg's init_model and MMSegInferencer (inside ``mmengine_loader()``, the opt-in
+for API users: mmengine's own reader refuses runner checkpoints on torch >= 2.6), load_from
+(the tools' runner) and init_cfg=Pretrained (the backbone's own reader).
 (--resume, and that it is exact: test_train_test.py::test_resume_continues_with_the_saved_state.)
 """
 import glob
@@ -19,6 +21,14 @@ SHALLOW_BACKBONE = {'model.backbone.depths': [1, 1, 1, 1]}
 @pytest.fixture(autouse=True)
 def _untrusted(monkeypatch):
     monkeypatch.delenv('MMTRANSNEXT_TRUSTED_CHECKPOINTS', raising=False)
+
+
+@pytest.fixture
+def _package_reader():
+    """What an API user opts in to (:func:`mmtransnext.checkpoint.mmengine_loader`)."""
+    from mmtransnext.checkpoint import mmengine_loader
+    with mmengine_loader():
+        yield
 
 
 def _saved_weights(path: str) -> dict:
@@ -46,7 +56,7 @@ def _image(run) -> str:
     return sorted(glob.glob(osp.join(data_root, '**', '*.jpg'), recursive=True))[0]
 
 
-def test_mmdet_init_detector(mask_rcnn_run):
+def test_mmdet_init_detector(mask_rcnn_run, _package_reader):
     from mmdet.apis import inference_detector, init_detector
     checkpoint = mask_rcnn_run.checkpoint(4)
     model = init_detector(_config(mask_rcnn_run), checkpoint, device='cpu')
@@ -56,7 +66,7 @@ def test_mmdet_init_detector(mask_rcnn_run):
     assert len(result.pred_instances) > 0
 
 
-def test_mmdet_det_inferencer(mask_rcnn_run):
+def test_mmdet_det_inferencer(mask_rcnn_run, _package_reader):
     from mmdet.apis import DetInferencer
     checkpoint = mask_rcnn_run.checkpoint(4)
     inferencer = DetInferencer(model=_config(mask_rcnn_run), weights=checkpoint, device='cpu',
@@ -66,7 +76,7 @@ def test_mmdet_det_inferencer(mask_rcnn_run):
     assert len(predictions) == 1 and 'bboxes' in predictions[0]
 
 
-def test_mmseg_init_model(upernet_run):
+def test_mmseg_init_model(upernet_run, _package_reader):
     from mmseg.apis import inference_model, init_model
     checkpoint = upernet_run.checkpoint(2)
     model = init_model(_config(upernet_run), checkpoint, device='cpu')
@@ -75,7 +85,7 @@ def test_mmseg_init_model(upernet_run):
     assert result.pred_sem_seg.data.shape[-2:] == (128, 128)
 
 
-def test_mmseg_inferencer(upernet_run):
+def test_mmseg_inferencer(upernet_run, _package_reader):
     from mmseg.apis import MMSegInferencer
     checkpoint = upernet_run.checkpoint(2)
     inferencer = MMSegInferencer(model=_config(upernet_run), weights=checkpoint, device='cpu')
@@ -93,7 +103,9 @@ def test_load_from(mask_rcnn_run, tmp_path):
                                   f'load_from={mask_rcnn_run.checkpoint(2)}'])
     cfg, _ = train_tool.setup_train_config(args)
     runner = build_runner(cfg)
+    runner.call_hook('before_run')  # as Runner.train does first: the tools' checkpoint reader
     runner.load_or_resume()
+    runner.call_hook('after_run')
     _assert_loaded(runner.model, mask_rcnn_run.checkpoint(2))
     assert runner.iter == 0  # load_from takes the weights only, not the training state
 

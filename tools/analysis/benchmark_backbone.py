@@ -24,9 +24,9 @@ builds the position tables and, without gradients, the CPB grids kept for reuse)
   model's size-dependent caches dropped (``TransNeXt.clear_caches``): the profiler's own
   records would otherwise count as RSS.
 
-Kernel launches (:mod:`mmtransnext.analysis.launches`): the aten ops and Triton kernels one
-warm call launches (a forward for infer, a training step for train), counted on CPU after the
-memory measurements, with the host syncs (reads of tensor values) apart and the launches of the
+Kernel launches (``launches.py``, this script's sibling module): the aten ops and Triton
+kernels one warm call launches (a forward for infer, a training step for train), counted on CPU
+after the memory measurements, with the host syncs (reads of tensor values) apart and the launches of the
 first aggregated-attention block's forward. TransNeXt's ``triton`` implementation
 (``attn_impl='triton'``, the GPU path) runs as on a GPU of ``--gpu-memory`` GB: its chunked
 loops take that GPU's budgets (:func:`mmtransnext.ops.budget.gpu_budgets`; on a GPU they run
@@ -235,7 +235,7 @@ def run_case(spec: dict) -> dict:
     (unless ``spec['interpret']``)."""
     with ExitStack() as stack:
         if spec['gpu_impl']:
-            from mmtransnext.analysis import triton_kernel_counters
+            from launches import triton_kernel_counters
             stack.enter_context(_gpu_budgets(spec))
             if not spec['interpret']:
                 stack.enter_context(triton_kernel_counters())
@@ -246,7 +246,7 @@ def _measure_case(spec: dict) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mmtransnext.analysis import count_launches, first_aggregated_attention
+    from launches import count_launches, first_aggregated_attention
     train, batch = _setup(spec)
     if not spec.get('cold'):
         # One small call on a throwaway model initialises the libraries; its memory is freed
@@ -295,7 +295,7 @@ def _budget_label(spec: dict) -> str:
 
 
 def _launch_fields(count, prefix: str = '') -> dict:
-    """JSON fields of a :class:`mmtransnext.analysis.LaunchCount`."""
+    """JSON fields of a :class:`launches.LaunchCount`."""
     return {f'{prefix}launches': count.launches, f'{prefix}launches_aten': count.aten,
             f'{prefix}launches_triton': count.triton, f'{prefix}host_syncs': count.syncs,
             f'{prefix}block_launches': count.block}

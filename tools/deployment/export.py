@@ -75,7 +75,10 @@ def build_model(config: str, checkpoint=None, cfg_options=None):
     if checkpoint is not None:
         check_file(checkpoint, 'checkpoint')
         from mmengine.runner import load_checkpoint
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+
+        from mmtransnext.checkpoint import mmengine_loader
+        with mmengine_loader():  # runner checkpoints, as tools/test.py reads them
+            load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     return model.eval()
 
 

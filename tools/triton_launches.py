@@ -1,9 +1,12 @@
 """Triton kernel launches recorded from real calls, each with the specialisation Triton would
 compile for it; no GPU, no kernel run.
 
-:class:`LaunchRecorder` replaces the ``run`` method of every Triton kernel of a module (by
-default each ``triton.jit`` function of :mod:`mmtransnext.ops.triton_kernels`), the method that
-``kernel[grid](*args, **meta)`` calls, so that a launch is recorded instead of compiled and run.
+Developer tooling, not part of the package: ``tools/check_triton_build.py`` imports it as its
+sibling module, the tests through ``pytest.ini``'s ``pythonpath``.
+
+:class:`LaunchRecorder` is the ops' kernel launcher for the block
+(:attr:`mmtransnext.ops.device.DeviceProperties.launcher`: what the ops call in place of
+``kernel[grid](*args, **meta)``), so that a launch is recorded instead of compiled and run.
 :func:`specialize` turns a launch into its :class:`KernelSpecialization` with Triton's own code:
 the argument binder ``triton.runtime.jit.create_function_from_signature`` builds for the kernel
 and ``JITFunction._pack_args``, the two steps ``JITFunction.run`` takes before it looks a kernel
@@ -19,10 +22,12 @@ have no memory, specialise as real ones would.
 without a GPU. Two things stand in for what needs a device: the ``mmtransnext`` custom ops run
 their real implementation (where the kernels are launched) instead of their fake one
 (:class:`OpenCustomOps`), and the backward is run node by node in Python
-(:func:`run_backward`), since the autograd engine wants a real device for CUDA tensors.
+(:func:`run_backward`), since the autograd engine wants a real device for CUDA tensors. The
+device itself is described to the ops by :func:`fake_cuda` (:class:`DeviceProperties`): its
+memory, its multiprocessors, no device to make current, no self-test.
 """
 import contextlib
-import os
+import dataclasses
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -33,6 +38,8 @@ from torch._library.custom_ops import _maybe_get_opdef
 from torch.autograd.function import BackwardCFunction
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from mmtransnext.ops.device import DeviceProperties, assume_device, assumed_device
 
 #: Where a stand-in pointer's storage starts: 16-byte aligned, as every storage the caching
 #: allocator hands out (it aligns to 512 bytes).
@@ -242,17 +249,17 @@ def launchable_kernels(module=None) -> Dict[str, Any]:
     :mod:`mmtransnext.ops.triton_kernels`), by name; device helpers included (never launched)."""
     from triton.runtime.jit import KernelInterface
     if module is None:
-        from ..ops import triton_kernels as module
+        from mmtransnext.ops import triton_kernels as module
     return {name: obj for name, obj in vars(module).items() if isinstance(obj, KernelInterface)}
 
 
 class LaunchRecorder:
-    """Within ``with``, launching a Triton kernel of ``module`` records a :class:`Launch`
-    (in :attr:`launches`) instead of compiling and running it; the kernel returns None.
+    """Within ``with``, a Triton kernel launched through the ops' launcher
+    (:func:`mmtransnext.ops.device.launch_kernel`: every launch of the ops) records a
+    :class:`Launch` (in :attr:`launches`) instead of compiling and running; it returns None.
+    The kernels themselves are not touched.
 
     Args:
-        module: whose ``triton.jit`` functions are intercepted (default
-            :mod:`mmtransnext.ops.triton_kernels`).
         target: as for :func:`specialize`.
 
     Attributes:
@@ -260,32 +267,31 @@ class LaunchRecorder:
         context: a label stored with each launch (set it between calls).
     """
 
-    def __init__(self, module=None, target: Tuple[str, Any, int] = DEFAULT_TARGET) -> None:
-        self.kernels = launchable_kernels(module)
+    def __init__(self, target: Tuple[str, Any, int] = DEFAULT_TARGET) -> None:
         self.target = target
         self.launches: List[Launch] = []
         self.context = ''
+        self._assumed = contextlib.ExitStack()
 
-    def _recorder(self, kernel):
-        def run(*args, grid, warmup, **kwargs):
-            if callable(grid):  # as JITFunction.run: a grid computed from the bound arguments
-                grid = grid(dict(zip(_as_jit_function(kernel).arg_names, args), **kwargs))
-            spec = specialize(kernel, args, kwargs, self.target)
+    def launcher(self, kernel, grid):
+        """Stands in for ``kernel[grid]``: the returned callable records the launch."""
+        def record(*args, **kwargs) -> None:
             named = dict(zip(_as_jit_function(kernel).arg_names, args), **kwargs)
+            launch_grid = grid(named) if callable(grid) else grid  # as JITFunction.run
+            spec = specialize(kernel, args, kwargs, self.target)
             integers = tuple((name, value) for name, value in named.items()
                              if isinstance(value, int) and not isinstance(value, bool))
-            self.launches.append(Launch(spec, tuple(int(g) for g in grid), self.context,
+            self.launches.append(Launch(spec, tuple(int(g) for g in launch_grid), self.context,
                                         integers))
-        return run
+        return record
 
     def __enter__(self) -> 'LaunchRecorder':
-        for kernel in self.kernels.values():
-            kernel.run = self._recorder(kernel)  # shadows the class's run for this object
+        self._assumed.enter_context(assume_device(dataclasses.replace(
+            assumed_device(), launcher=self.launcher)))
         return self
 
     def __exit__(self, *exc) -> None:
-        for kernel in self.kernels.values():
-            kernel.__dict__.pop('run', None)
+        self._assumed.close()
 
     def specializations(self) -> Dict[KernelSpecialization, List[str]]:
         """Distinct specialisations, each with the contexts that launched it (in order)."""
@@ -434,34 +440,29 @@ def allow_tf32(allowed: bool) -> Iterator[None]:
         matmul.allow_tf32 = saved
 
 
+def fake_cuda_device(memory: int = FAKE_GPU_MEMORY) -> DeviceProperties:
+    """The CUDA device :func:`fake_cuda` describes to the ops: ``memory`` bytes (the chunk
+    budgets of :mod:`mmtransnext.ops.budget`), an H100's multiprocessors
+    (``triton_attention.DEFAULT_SMS``), no device to make current for a launch, and no backend
+    self-test (it runs kernels, which fake tensors cannot); the launcher in force is kept."""
+    from mmtransnext.ops.triton_attention import DEFAULT_SMS
+    return dataclasses.replace(assumed_device(), total_memory=memory,
+                               multiprocessors=DEFAULT_SMS, switch_device=False, self_test=False)
+
+
 @contextlib.contextmanager
 def fake_cuda(memory: int = FAKE_GPU_MEMORY) -> Iterator[Any]:
-    """A ``FakeTensorMode`` whose CUDA device, for the chunk budgets of
-    :mod:`mmtransnext.ops.budget` (the only device property the model reads), has ``memory``
-    bytes; real tensors met inside (e.g. a module's parameters) are made fake."""
+    """A ``FakeTensorMode`` whose CUDA device, as the ops see it, is :func:`fake_cuda_device`;
+    real tensors met inside (e.g. a module's parameters) are made fake."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from ..ops import budget, dispatch, triton_attention
-    saved = (budget._cuda_memory, os.environ.get(dispatch.SELF_TEST_ENV),
-             triton_attention._on_device)
-    budget._cuda_memory = lambda index: memory
-    # The backend's self-test runs its kernels, which fake tensors cannot; and there is no
-    # device for the launches' device guard to make current.
-    os.environ[dispatch.SELF_TEST_ENV] = '0'
-    triton_attention._on_device = lambda tensor: contextlib.nullcontext()
-    multiprocessors = triton_attention._multiprocessors
-    triton_attention._multiprocessors = lambda device: triton_attention.DEFAULT_SMS
+
+    from mmtransnext.ops import dispatch
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        with assume_device(fake_cuda_device(memory)), \
+                FakeTensorMode(allow_non_fake_inputs=True) as mode:
             yield mode
     finally:
-        budget._cuda_memory = saved[0]
-        triton_attention._on_device = saved[2]
-        triton_attention._multiprocessors = multiprocessors
         dispatch.reset()  # decisions made here skipped the self-test: none is kept
-        if saved[1] is None:
-            os.environ.pop(dispatch.SELF_TEST_ENV, None)
-        else:
-            os.environ[dispatch.SELF_TEST_ENV] = saved[1]
 
 
 @dataclass(frozen=True)
@@ -496,7 +497,7 @@ def build_backbone(case: TrainingCase, one_block_per_stage: bool = True) -> torc
     configs), on CPU with real parameters. ``one_block_per_stage`` keeps one block of each
     stage: the blocks of a stage are built alike and get the same inputs' shapes, strides and
     dtypes, so they launch the same specialisations."""
-    from ..models.backbones.transnext import ARCH_SETTINGS, TransNeXt
+    from mmtransnext.models.backbones.transnext import ARCH_SETTINGS, TransNeXt
     depths = [1] * len(ARCH_SETTINGS[case.arch]['depths']) if one_block_per_stage else None
     return TransNeXt(arch=case.arch, img_size=case.img_size, pretrain_size=224,
                      is_extrapolation=case.extrapolation, depths=depths, attn_impl='triton')
@@ -508,13 +509,13 @@ class TrainingStepRecorder(LaunchRecorder):
     position-bias mode and kept with its size caches across steps, as in training.
 
     Args:
-        module, target: as for :class:`LaunchRecorder`.
+        target: as for :class:`LaunchRecorder`.
         one_block_per_stage: see :func:`build_backbone`.
     """
 
-    def __init__(self, module=None, target: Tuple[str, Any, int] = DEFAULT_TARGET,
+    def __init__(self, target: Tuple[str, Any, int] = DEFAULT_TARGET,
                  one_block_per_stage: bool = True) -> None:
-        super().__init__(module, target)
+        super().__init__(target)
         self.one_block_per_stage = one_block_per_stage
         self._models: Dict[Tuple, torch.nn.Module] = {}
         self._modes = contextlib.ExitStack()

@@ -1,12 +1,16 @@
 """Kernel launches of a forward or a training step, counted on CPU tensors (no GPU needed).
 
+Developer tooling, not part of the package: ``tools/analysis/benchmark_backbone.py`` imports it as
+its sibling module, the tests through ``pytest.ini``'s ``pythonpath``.
+
 :func:`count_launches` runs a callable under :class:`LaunchCounter`, a ``TorchDispatchMode``
 that counts every aten op that launches a device kernel: every op returning a tensor except
 views, ``empty*`` allocations and host reads of tensor values (``item``, ``nonzero``,
 ``unique``, ...), which are counted apart as host syncs. A Python custom op is opened: the aten
 ops its implementation calls (allocations, zero fills, casts) are counted; a compiled op
-(``mmtransnext::`` kernels in C++) counts one. The Triton kernels are launched through
-counters (:func:`triton_kernel_counters`) that record each launch and do not run the kernel
+(``mmtransnext::`` kernels in C++) counts one. The Triton kernels are launched through a
+counter (:func:`triton_kernel_counters`, the ops' launcher seam
+:class:`mmtransnext.ops.device.DeviceProperties`) that records each launch and does not run them
 (their outputs stay as allocated; no control flow depends on them), so a count costs a CPU
 forward, not an interpreter run. A Triton kernel allocates nothing, so skipping it changes no
 tensor-memory figure either.
@@ -21,6 +25,7 @@ CPB MLP, the ConvGLU inference bands and the pooled-attention chunks size themse
 device's memory (:mod:`mmtransnext.ops.budget`), so a GPU's counts are taken under
 :func:`mmtransnext.ops.budget.gpu_budgets` (e.g. :data:`DEFAULT_GPU_MEMORY`).
 """
+import dataclasses
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +37,8 @@ from torch._library.custom_ops import _maybe_get_opdef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from mmtransnext.ops.device import assume_device, assumed_device
+
 #: aten ops that read a tensor's values on the host (a device sync on CUDA).
 SYNC_OPS = frozenset({'_local_scalar_dense', 'nonzero', '_unique2', 'unique_dim',
                       'unique_consecutive', 'masked_select', 'equal', 'is_nonzero', 'item'})
@@ -39,8 +46,6 @@ SYNC_OPS = frozenset({'_local_scalar_dense', 'nonzero', '_unique2', 'unique_dim'
 #: is the view a matmul's reshape returns, not flagged as a view in its schema).
 NO_LAUNCH_OPS = frozenset({'empty', 'empty_like', 'empty_strided', 'new_empty',
                            'new_empty_strided', 'lift_fresh', 'detach', 'alias', '_unsafe_view'})
-#: The Triton kernels of :mod:`mmtransnext.ops.triton_kernels`.
-TRITON_KERNELS = ('_attention_fwd', '_attention_bwd_query', '_attention_bwd_keys')
 #: Memory (bytes) of the GPU whose chunk budgets a count takes by default: an 80 GB A100/H100.
 DEFAULT_GPU_MEMORY = 80 << 30
 
@@ -90,21 +95,10 @@ class LaunchCounter(TorchDispatchMode):
         return out
 
 
-class _KernelCounter:
-    """Stands in for a Triton kernel: ``kernel[grid](...)`` adds one to ``totals['triton']``."""
-
-    def __init__(self, totals: Counter) -> None:
-        self.totals = totals
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs) -> None:
-            self.totals['triton'] += 1
-        return launch
-
-
 @contextmanager
 def triton_kernel_counters(totals: Optional[Counter] = None) -> Iterator[Counter]:
-    """Within the block the Triton kernels are replaced by launch counters (not run).
+    """Within the block, a Triton kernel the ops launch adds one to ``totals['triton']`` and is
+    not run (the ops' launcher, :attr:`mmtransnext.ops.device.DeviceProperties.launcher`).
 
     Args:
         totals: where launches are added (``'triton'`` key); a new Counter by default.
@@ -112,21 +106,20 @@ def triton_kernel_counters(totals: Optional[Counter] = None) -> Iterator[Counter
     Yields:
         ``totals``.
     """
-    from ..ops import triton_kernels
     totals = Counter() if totals is None else totals
-    saved = {name: getattr(triton_kernels, name) for name in TRITON_KERNELS}
-    for name in TRITON_KERNELS:
-        setattr(triton_kernels, name, _KernelCounter(totals))
-    try:
+
+    def counter(kernel, grid):
+        def launch(*args, **kwargs) -> None:
+            totals['triton'] += 1
+        return launch
+
+    with assume_device(dataclasses.replace(assumed_device(), launcher=counter)):
         yield totals
-    finally:
-        for name, kernel in saved.items():
-            setattr(triton_kernels, name, kernel)
 
 
 def first_aggregated_attention(model: nn.Module) -> Optional[nn.Module]:
     """The first :class:`AggregatedAttention` of ``model`` (stage 1, block 1), or None."""
-    from ..models.layers.attention import AggregatedAttention
+    from mmtransnext.models.layers.attention import AggregatedAttention
     return next((m for m in model.modules() if isinstance(m, AggregatedAttention)), None)
 
 
