@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..ops.dispatch import BACKENDS
+from ..ops.backend import BACKENDS
 
 FORMATS = ('onnx', 'exported-program')
 PARTS = ('backbone', 'features', 'model')

@@ -28,7 +28,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mmtransnext.ops import load_extension, window_av, window_padding_mask, window_qk
+from mmtransnext.ops import (backend_for, load_extension, window_av, window_padding_mask,
+                             window_qk)
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import cli_common as common  # noqa: E402
@@ -60,8 +61,9 @@ def make_inputs(batch: int, size: Tuple[int, int]) -> Dict[str, object]:
 
 
 def forward(impl: str, x: Dict[str, object]):
-    attn = window_qk(x['q'], x['k'], x['rpb'], x['size'], WINDOW, x['mask'], impl=impl)
-    out = window_av(x['weights'], x['v'], x['size'], WINDOW, impl=impl)
+    backend = backend_for(impl, x['q'])
+    attn = window_qk(x['q'], x['k'], x['rpb'], x['size'], WINDOW, x['mask'], backend=backend)
+    out = window_av(x['weights'], x['v'], x['size'], WINDOW, backend=backend)
     return attn, out
 
 
