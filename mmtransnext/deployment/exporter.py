@@ -29,7 +29,6 @@ Size-dependent position data (:func:`position_tables`):
   (height and width free) they follow the input; its adaptive pooling is exported as in-graph
   averaging matrices (:mod:`mmtransnext.ops.pooling`).
 """
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -422,8 +421,3 @@ def check_program(path_or_program: Union[str, Any], model: nn.Module, part: str,
         errors[(int(size[0]), int(size[1]))] = max(
             relative_error(a, e) for a, e in zip(actual, expected))
     return errors
-
-
-def copy_for_export(model: nn.Module) -> nn.Module:
-    """An eval-mode deep copy (the export warms caches; the caller's model stays as it is)."""
-    return copy.deepcopy(model).eval()
