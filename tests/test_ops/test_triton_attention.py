@@ -383,7 +383,7 @@ def _geometry(size, pool, window, trained=None):
                                                   (True, (7, 9), (7, 9), 'rows')])
 def test_layers_with_triton_match_the_paper_equations(monkeypatch, full, size, pool, axis):
     """The layers fold the axis with more taps (``axis`` here) and match the oracle."""
-    from mmtransnext.models.layers import attention as attention_module
+    from mmtransnext.ops import cosine_attention
     trained = ((8, 8), (4, 4))
     folded_axes = []
 
@@ -391,7 +391,7 @@ def test_layers_with_triton_match_the_paper_equations(monkeypatch, full, size, p
         folded_axes.append(fold_axis)
         return triton_attention(*args, fold_axis=fold_axis, **kwargs)
 
-    monkeypatch.setattr(attention_module, 'triton_attention', spy)
+    monkeypatch.setattr(cosine_attention, 'triton_attention', spy)
     if full:
         attn = perturb_(FullAttention(48, 2, attn_impl='triton'))
     else:
