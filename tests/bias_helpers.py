@@ -8,6 +8,7 @@ from torch import Tensor
 
 from mmtransnext.models.layers.position_bias import PositionTable, fold_rows
 from mmtransnext.ops.bias_ops import expand_columns
+from mmtransnext.ops.dispatch import backend_for
 
 Size2d = Tuple[int, int]
 
@@ -22,9 +23,10 @@ def expand_bias(grid: Tensor, table: PositionTable, query_size: Size2d, key_size
                 impl: str = 'auto') -> Tensor:
     """``(heads, Hq*Wq, Hk*Wk)`` bias from the CPB ``grid``: rows mixed on the small grid
     (:func:`fold_rows`), then columns while the full-size output is written
-    (:func:`expand_columns`, ``impl`` as there). Other sizes than the table's resize the bias
-    as bilinear interpolation does (the official interpolation mode)."""
-    out = expand_columns(*fold_rows(grid, table, query_size, key_size), impl)
+    (:func:`expand_columns`, with the backend ``attn_impl=impl`` decides for ``grid``). Other
+    sizes than the table's resize the bias as bilinear interpolation does (the official
+    interpolation mode)."""
+    out = expand_columns(*fold_rows(grid, table, query_size, key_size), backend_for(impl, grid))
     return out.reshape(grid.shape[0], query_size[0] * query_size[1], key_size[0] * key_size[1])
 
 

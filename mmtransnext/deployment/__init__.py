@@ -2,7 +2,7 @@
 ``torch.export`` programs) and the checks of exported graphs against PyTorch."""
 from .exporter import (DYNAMIC_CHECK_SIZES, FORMATS, OPSET, PARTS, BackboneForward,
                        ExportError, ExportResult, FeaturesForward, TensorForward, backbone_of,
-                       check_exportable, check_onnx, check_program, copy_for_export, export,
+                       check_exportable, check_onnx, check_program, export,
                        export_module, export_program, flatten_outputs,
                        library_of_model, onnx_session, position_tables, prepare, relative_error,
                        run_onnx, tensor_forward_refusal)
@@ -12,7 +12,7 @@ from .whole import (compare_predictions, predict_module, predict_refusal,
 __all__ = [
     'DYNAMIC_CHECK_SIZES', 'FORMATS', 'OPSET', 'PARTS', 'BackboneForward', 'ExportError',
     'ExportResult', 'FeaturesForward', 'TensorForward', 'backbone_of', 'check_exportable',
-    'check_onnx', 'check_program', 'copy_for_export', 'export', 'export_module',
+    'check_onnx', 'check_program', 'export', 'export_module',
     'export_program', 'flatten_outputs', 'library_of_model', 'onnx_session',
     'position_tables', 'prepare', 'relative_error', 'run_onnx', 'tensor_forward_refusal',
     'compare_predictions', 'predict_module', 'predict_refusal', 'reference_predictions',

@@ -24,7 +24,6 @@ TransNeXt bakes tables built by an eager forward at the export size, :func:`prep
 refuses free sizes; TransXNet resizes its tables in the graph). Weight-derived caches are never
 used while exporting (:func:`mmtransnext.models.layers.weight_cache.worth_keeping`).
 """
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.backbones.base import family_of
-from ..ops.dispatch import BACKENDS
+from ..ops.backend import BACKENDS
 from .errors import ExportError
 from .whole import ONNX_TRANSLATIONS, predict_module
 
@@ -411,8 +410,3 @@ def check_program(path_or_program: Union[str, Any], model: nn.Module, part: str,
         errors[(int(size[0]), int(size[1]))] = max(
             relative_error(a, e) for a, e in zip(actual, expected))
     return errors
-
-
-def copy_for_export(model: nn.Module) -> nn.Module:
-    """An eval-mode deep copy (the export warms caches; the caller's model stays as it is)."""
-    return copy.deepcopy(model).eval()

@@ -1,7 +1,8 @@
 """Attention ops: pure-PyTorch references, (optional) compiled and Triton kernels, and the one
 chooser of the backend (:mod:`.dispatch`)."""
-from .dispatch import (ATTN_IMPLS, Backend, backend_for, check_impl, choose_backend, window_av,
-                       window_qk)
+from .backend import ATTN_IMPLS, Backend, check_impl
+from .cosine_attention import window_av, window_qk
+from .dispatch import backend_for, choose_backend
 from .extension import ExtensionStatus, load_extension
 from .sliding_window import (sliding_window_av, sliding_window_qk, window_lengths,
                              window_padding_mask)

@@ -9,45 +9,30 @@ kernel (``csrc/bias_expand.cpp``) writes the output once; the PyTorch path needs
 other devices (and always with ``attn_impl='torch'``) the PyTorch path runs, which reads no
 tensor value on the host (no device synchronisation).
 """
-import threading
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ..utils import compat
-
-if TYPE_CHECKING:
-    from .dispatch import Backend
+from .backend import Backend, require_backend
 
 OP = 'mmtransnext::expand_bias'
 OP_BACKWARD = 'mmtransnext::expand_bias_backward'
-_registered = False
-_lock = threading.Lock()
 
 
-def _op_available() -> bool:
-    """Load the compiled library once and register fake/autograd for ``expand_bias``."""
-    global _registered
-    if _registered:
-        return True
-    from . import extension
-    if not extension.load_extension().loaded:
+def op_built() -> bool:
+    """Whether the loaded compiled library has the CPU ``expand_bias`` kernel (an older build
+    may lack it)."""
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(OP, 'CPU')
+    except RuntimeError:  # not defined at all
         return False
-    with _lock:
-        if _registered:
-            return True
-        try:
-            if not torch._C._dispatch_has_kernel_for_dispatch_key(OP, 'CPU'):
-                return False
-        except RuntimeError:  # an older build without this op
-            return False
-        _register()
-        _registered = True
-    return True
 
 
-def _register() -> None:
+def register() -> None:
+    """Register the fake kernels and the autograd formula of ``expand_bias``; called once by
+    :func:`.extension.load_extension` when the library it loaded has the op."""
     def _fake(folded: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
         heads, height, kh, _ = folded.shape
         return folded.new_empty(heads, height, rows.shape[0], kh, rows.shape[1])
@@ -113,30 +98,19 @@ def expand_columns_torch_backward(grad: Tensor, rows: Tensor, weights: Optional[
     return out.view(heads, height, kh, columns)
 
 
-def expand_columns_compiled(tensor: Tensor, impl: Union[str, 'Backend'] = 'auto') -> bool:
-    """Whether :func:`expand_columns` runs the compiled kernel for tensors like ``tensor``
-    under ``impl`` (a :class:`.dispatch.Backend`, or an ``attn_impl`` decided for ``tensor``):
-    never for 'torch', else on CPU when it is built."""
-    from .dispatch import backend_for
-    return backend_for(impl, tensor).bias == 'compiled'
-
-
 def expand_columns(folded: Tensor, rows: Tensor, weights: Optional[Tensor],
-                   impl: Union[str, 'Backend'] = 'auto') -> Tensor:
+                   backend: Backend) -> Tensor:
     """``(heads, H, h, columns)`` folded grid -> ``(heads, H, W, h, w)`` bias.
 
     Args:
         folded: the CPB grid with the row axis already resolved.
         rows: ``(W, w, taps)`` int64 column of ``folded`` each tap reads.
         weights: ``(W, w, taps)`` float32 tap weights, or None for one tap of weight 1.
-        impl: the :class:`.dispatch.Backend` decided for this forward, or an ``attn_impl``
-            to decide it for ``folded``: 'auto' (compiled on CPU when built, else PyTorch),
-            'ext' (compiled on CPU or an error; PyTorch on other devices, for which there is no
-            kernel) or 'torch'.
+        backend: the :class:`.backend.Backend` decided for this forward: its ``bias``,
+            ``'compiled'`` (the kernel, CPU only; :func:`.dispatch.choose_backend` picks it
+            where the loaded library has it) or ``'torch'``.
     """
-    if expand_columns_compiled(folded, impl):
-        if not _op_available():  # registers its autograd formula on first use
-            raise RuntimeError('the compiled expand_bias op is not available')
+    if require_backend(backend, 'expand_columns').bias == 'compiled':
         compat.check_traceable(OP)
         if weights is None:
             weights = torch.ones(rows.shape, device=rows.device)

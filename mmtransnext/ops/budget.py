@@ -45,7 +45,7 @@ def element_budget(device: torch.device, cpu_elements: int, buffers: int = 4) ->
         None (no bound: the whole map at once) on other devices and while a model is exported
         (:func:`.dispatch.exporting`: a graph holds one step, whose size may be symbolic).
     """
-    from .dispatch import exporting
+    from .backend import exporting
     if exporting():
         return None
     assumed = assumed_device()

@@ -1,11 +1,11 @@
 """The one place that decides which backend runs the fast path's attention (``attn_impl``).
 
 :func:`choose_backend` decides once per (``attn_impl``, device, compute dtype) and returns a
-:class:`Backend`, kept for the rest of the process. The attention layers ask once per forward
-(:func:`backend_for`) and hand the decision down to the ops, which choose nothing themselves:
-:func:`window_qk` / :func:`window_av` here, :func:`.pooled_attention.pooled_attention`,
-:func:`.bias_ops.expand_columns` (given an ``attn_impl`` string instead, they ask this module).
-The backends, each in its own module:
+:class:`.backend.Backend`, kept for the rest of the process (in :mod:`.decisions`). The
+attention layers ask once per forward (:func:`backend_for`) and hand the decision down to the
+ops, which choose nothing themselves and take only a :class:`.backend.Backend`
+(:mod:`.cosine_attention`, :func:`.pooled_attention.pooled_attention`,
+:func:`.bias_ops.expand_columns`). The backends, each in its own module:
 
 - ``'triton'``: the fused kernels of :mod:`.triton_attention`, the whole attention in one
   forward launch (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``);
@@ -22,7 +22,7 @@ when it cannot run); ``'auto'`` takes the first that can of ``'triton'`` (CUDA t
 (``pooled_kernel``): the flash kernel on CPU, the memory-efficient one on CUDA (the fused kernel
 that takes a bias and returns the log-sum-exp), plain matmuls (``'math'``) elsewhere and on a
 CUDA device and dtype where the memory-efficient kernel has refused an input
-(:func:`report_failure`: one warning, and the decisions for that device and dtype are made
+(:func:`.decisions.report_failure`: one warning, and the decisions for that device and dtype are made
 again). Each decision is logged once with its reason through mmengine's ``print_log`` (INFO; a
 WARNING, also issued as a ``RuntimeWarning``, when ``'auto'`` fell back or a self-test failed).
 
@@ -45,8 +45,8 @@ Environment variable (read when a decision is made, here only):
     ``DeviceProperties(self_test=False)`` under :func:`.device.assume_device`.
 
 Export. While ``torch.export`` (and so ``torch.onnx.export(..., dynamo=True)``) or the
-TorchScript-based ONNX exporter traces a model (:func:`exporting`), :func:`backend_for` decides
-without the cache: ``'auto'`` and ``'torch'`` get :func:`export_backend` (the plain-PyTorch
+TorchScript-based ONNX exporter traces a model (:func:`.backend.exporting`),
+:func:`backend_for` decides without the cache: ``'auto'`` and ``'torch'`` get :func:`export_backend` (the plain-PyTorch
 window ops, the pooled chunks by matmuls, the PyTorch bias expansion: standard ONNX operators,
 the numbers of ``'torch'``); ``'triton'`` and ``'ext'`` raise, naming ``attn_impl``, since a
 graph cannot hold their kernels and a quiet switch would change the model the user asked for.
@@ -55,78 +55,20 @@ The decision is a constant for ``torch.compile`` (:func:`choose_backend` is
 ``assume_constant_result``): made (loading, self-testing, warning or raising) while tracing,
 so a compiled graph holds only the chosen ops.
 """
-import logging
 import os
-import threading
-import warnings
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
-from mmengine.logging import print_log
 from torch import Tensor
 
-from ..utils import compat
 from . import extension
+from .backend import (BACKENDS, Backend, check_impl, compute_dtype, device_name, exporting,
+                      interpreting)
+from .decisions import report, state
 from .device import assumed_device
-from .sliding_window import sliding_window_av, sliding_window_qk
-from .window_ops import sliding_window_av_ext, sliding_window_qk_ext
+from .triton_configs import KERNEL_CONFIGS, triton_release_reason
 
-ATTN_IMPLS = ('auto', 'triton', 'ext', 'torch')
-#: Backends in the order ``'auto'`` tries them.
-BACKENDS = ('triton', 'ext', 'torch')
-#: Kernels of the pooled chunks: CPU flash, CUDA memory-efficient, plain matmuls.
-POOLED_KERNELS = ('flash', 'efficient', 'math')
 SELF_TEST_ENV = 'MMTRANSNEXT_SELF_TEST'
-
-_DeviceKey = Tuple[str, Optional[int], torch.dtype]  # device type, index, dtype
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A decision of :func:`choose_backend`.
-
-    Attributes:
-        name: ``'triton'``, ``'ext'`` or ``'torch'``.
-        window: the sliding-window ops of the chunked path, ``'ext'`` or ``'torch'``.
-        pooled_kernel: the pooled chunks' kernel (:data:`POOLED_KERNELS`).
-        bias: the position-bias expansion, ``'compiled'`` or ``'torch'``.
-        device: the device the decision is for, e.g. ``'cuda:0'`` or ``'cpu'``.
-        dtype: the compute dtype it is for.
-        reason: why, in words (not compared).
-
-    For ``'triton'`` the chunked-path fields are those of ``'torch'``: the layers do not run
-    that path with it.
-    """
-    name: str
-    window: str
-    pooled_kernel: str
-    bias: str
-    device: str
-    dtype: torch.dtype
-    reason: str = field(default='', compare=False)
-
-
-_lock = threading.RLock()
-_decisions: Dict[Tuple[str, str, Optional[int], torch.dtype], Backend] = {}
-#: What failed per device and dtype: ``'triton'``, ``'ext'`` (self-test) or ``'efficient'``
-#: (the pooled kernel refused an input), with the reason.
-_failures: Dict[_DeviceKey, Dict[str, str]] = {}
-#: Backends that passed their self-test per device and dtype, with its summary.
-_passed: Dict[_DeviceKey, Dict[str, str]] = {}
-
-
-def check_impl(impl: str) -> str:
-    """Validate an ``attn_impl`` value."""
-    if impl not in ATTN_IMPLS:
-        raise ValueError(f'attn_impl must be one of {ATTN_IMPLS}, got {impl!r}')
-    return impl
-
-
-def interpreting() -> bool:
-    """Whether Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
-
 
 def triton_unsupported_reason(device_type: str,
                               dtype: Optional[torch.dtype] = None) -> Optional[str]:
@@ -137,8 +79,7 @@ def triton_unsupported_reason(device_type: str,
     except ImportError as error:
         return f'triton cannot be imported ({error})'
     # Checked before anything compiles: a release below the floor may crash the compiler, i.e.
-    # the process (triton 3.0 segfaults on the query backward).
-    from .triton_attention import KERNEL_CONFIGS, triton_release_reason
+    # the process.
     reason = triton_release_reason(triton.__version__)
     if reason:
         return reason
@@ -153,21 +94,6 @@ def triton_unsupported_reason(device_type: str,
 def self_test_enabled() -> bool:
     """Whether :data:`SELF_TEST_ENV` allows the self-test (the only place that reads it)."""
     return os.environ.get(SELF_TEST_ENV, '1').strip().lower() not in ('0', 'false', 'off', 'no')
-
-
-def compute_dtype(tensor: Tensor) -> torch.dtype:
-    """The dtype the attention of ``tensor`` computes in: autocast's for its device when
-    autocast is on there, else its own."""
-    dtype = compat.autocast_dtype(tensor.device.type) if tensor.is_floating_point() else None
-    return tensor.dtype if dtype is None else dtype
-
-
-def exporting() -> bool:
-    """Whether a model is being exported: traced by ``torch.export`` (also under
-    ``torch.onnx.export(..., dynamo=True)``) or by the TorchScript-based ONNX exporter. Plain
-    ``torch.jit.trace`` and ``torch.compile`` are not exports (they keep the compiled ops).
-    ``torch.export`` is seen from torch 2.7 on (:func:`.compat.is_exporting`)."""
-    return compat.is_exporting()
 
 
 def export_backend(impl: str, device_type: str, device_index: Optional[int],
@@ -185,17 +111,15 @@ def export_backend(impl: str, device_type: str, device_index: Optional[int],
             f'attn_impl={impl!r} cannot be exported: {_WHAT[impl]} are not standard operators '
             "an exported graph can hold. Set attn_impl='auto' or 'torch' (e.g. --cfg-options "
             "model.backbone.attn_impl=torch) to export the plain-PyTorch attention.")
-    return Backend('torch', 'torch', 'math', 'torch', _device_name(device_type, device_index),
+    return Backend('torch', 'torch', 'math', 'torch', device_name(device_type, device_index),
                    dtype, f'attn_impl={impl!r} while exporting: {_WHAT["torch"]}, pooled keys '
                    'by matmuls (standard operators)')
 
 
-def backend_for(impl: Union[str, Backend], tensor: Tensor) -> Backend:
+def backend_for(impl: str, tensor: Tensor) -> Backend:
     """The decision for ``attn_impl=impl`` on tensors like ``tensor`` (its device, the dtype
-    of :func:`compute_dtype`); a :class:`Backend` is returned as it is. While
-    :func:`exporting`, :func:`export_backend` (not cached)."""
-    if isinstance(impl, Backend):
-        return impl
+    of :func:`.backend.compute_dtype`), what a layer asks once per forward and passes down to
+    the ops. While :func:`.backend.exporting`, :func:`export_backend` (not cached)."""
     device = tensor.device
     if exporting():
         return export_backend(impl, device.type, device.index, compute_dtype(tensor))
@@ -221,19 +145,15 @@ def choose_backend(impl: str, device_type: str, device_index: Optional[int],
             for these tensors.
     """
     key = (check_impl(impl), device_type, device_index, dtype)
-    decision = _decisions.get(key)
+    decision = state.decisions.get(key)
     if decision is not None:
         return decision
-    with _lock:
-        decision = _decisions.get(key)
+    with state.lock:
+        decision = state.decisions.get(key)
         if decision is None:
             decision = _decide(impl, device_type, device_index, dtype, self_test)
-            _decisions[key] = decision
+            state.decisions[key] = decision
     return decision
-
-
-def _device_name(device_type: str, device_index: Optional[int]) -> str:
-    return device_type if device_index is None else f'{device_type}:{device_index}'
 
 
 def _candidates(impl: str, device_type: str) -> Tuple[str, ...]:
@@ -263,8 +183,7 @@ def _make(name: str, device_type: str, device_index: Optional[int], dtype: torch
           failed: Dict[str, str], reason: str, strict: bool = False) -> Backend:
     bias = 'torch'
     if name == 'ext' and device_type == 'cpu':
-        from . import bias_ops
-        if bias_ops._op_available():
+        if extension.expand_bias_available():
             bias = 'compiled'
         elif strict:
             raise RuntimeError("attn_impl='ext' was requested but the compiled expand_bias op "
@@ -275,7 +194,7 @@ def _make(name: str, device_type: str, device_index: Optional[int], dtype: torch
     if kernel == 'math' and 'efficient' in failed:
         reason += f"; pooled keys by matmuls ({failed['efficient']})"
     return Backend(name, 'ext' if name == 'ext' else 'torch', kernel, bias,
-                   _device_name(device_type, device_index), dtype, reason)
+                   device_name(device_type, device_index), dtype, reason)
 
 
 _WHAT = {'triton': 'the fused Triton kernels', 'ext': 'the compiled sliding-window ops',
@@ -284,8 +203,8 @@ _WHAT = {'triton': 'the fused Triton kernels', 'ext': 'the compiled sliding-wind
 
 def _decide(impl: str, device_type: str, device_index: Optional[int], dtype: torch.dtype,
             self_test: Optional[bool]) -> Backend:
-    failed = dict(_failures.get((device_type, device_index, dtype), {}))
-    where = f'{_device_name(device_type, device_index)} {dtype}'
+    failed = dict(state.failures.get((device_type, device_index, dtype), {}))
+    where = f'{device_name(device_type, device_index)} {dtype}'
     passed_over: List[str] = []
     for name in _candidates(impl, device_type):
         note = ''
@@ -309,14 +228,14 @@ def _decide(impl: str, device_type: str, device_index: Optional[int], dtype: tor
     why = f"attn_impl={impl!r} on {where}: {_WHAT[name]}{note}"
     decision = _make(name, device_type, device_index, dtype, failed, why, strict=impl == 'ext')
     if passed_over and name == 'torch':
-        _report(f"{why} instead of the compiled ops ({'; '.join(passed_over)}; slower, more "
+        report(f"{why} instead of the compiled ops ({'; '.join(passed_over)}; slower, more "
                 f"memory). {extension.BUILD_HINT} Pass attn_impl='torch' to silence this "
                 'warning.', warning=True)
     elif passed_over:
-        _report(f"{why} ({'; '.join(passed_over)}). Pass attn_impl={name!r} to silence this "
+        report(f"{why} ({'; '.join(passed_over)}). Pass attn_impl={name!r} to silence this "
                 'warning.', warning=True)
     else:
-        _report(decision.reason, warning=False)
+        report(decision.reason, warning=False)
     return decision
 
 
@@ -335,85 +254,24 @@ def _self_test(name: str, device_type: str, device_index: Optional[int], dtype: 
     """Run :mod:`.self_test` for a candidate: ``(None, note)`` when it passes, else
     ``(reason, '')`` with the failure recorded for the device and dtype (the caller warns or
     raises with it)."""
-    from . import self_test
+    from . import self_test_process
     key = (device_type, device_index, dtype)
-    passed = _passed.get(key, {}).get(name)
+    passed = state.passed.get(key, {}).get(name)
     if passed is not None:
         return None, passed
     candidate = _make(name, device_type, device_index, dtype, failed, 'self-test candidate')
-    result = self_test.verdict(candidate)  # in a child process on CUDA
-    with _lock:
+    result = self_test_process.verdict(candidate)  # in a child process on CUDA
+    with state.lock:
         if result.passed:
             note = f' (self-test passed: {result.summary()})'
-            _passed.setdefault(key, {})[name] = note
+            state.passed.setdefault(key, {})[name] = note
             return None, note
         reason = f'{_WHAT[name]} failed their self-test ({result.summary()})'
-        _failures.setdefault(key, {})[name] = reason
+        state.failures.setdefault(key, {})[name] = reason
     return reason, ''
 
 
-def report_failure(device: Union[str, torch.device], dtype: torch.dtype, part: str,
-                   reason: str) -> None:
-    """Record that ``part`` failed on ``device`` tensors of ``dtype`` (``'efficient'``: the
-    memory-efficient pooled kernel refused an input; ``'triton'``/``'ext'``: the backend
-    misbehaved): one warning, and the decisions for that device and dtype are made again
-    without it."""
-    device = torch.device(device)
-    key = (device.type, device.index, dtype)
-    with _lock:
-        parts = _failures.setdefault(key, {})
-        if part in parts:
-            return
-        parts[part] = reason
-        for stale in [k for k in _decisions if k[1:] == key]:
-            del _decisions[stale]
-    instead = 'unfused matmuls' if part == 'efficient' else 'the next backend'
-    _report(f'{reason}; using {instead} for {_device_name(*key[:2])} {dtype} from now on',
-            warning=True)
-
-
-def failures(device: Union[str, torch.device], dtype: torch.dtype) -> Dict[str, str]:
-    """What :func:`report_failure` and the self-test recorded for ``device`` and ``dtype``."""
-    device = torch.device(device)
-    return dict(_failures.get((device.type, device.index, dtype), {}))
-
-
 def reset() -> None:
-    """Forget every decision and failure (for tests, or after changing the environment)."""
-    with _lock:
-        _decisions.clear()
-        _failures.clear()
-        _passed.clear()
-
-
-def _report(message: str, warning: bool) -> None:
-    print_log(message, logger='current', level=logging.WARNING if warning else logging.INFO)
-    if warning:
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def use_triton(impl: str, tensor: Tensor) -> bool:
-    """Whether ``attn_impl=impl`` runs the Triton kernels for ``tensor`` (kept for callers of
-    the former helper; the layers use :func:`backend_for`)."""
-    return backend_for(impl, tensor).name == 'triton'
-
-
-def window_qk(q: Tensor, k: Tensor, rpb: Tensor, size: Tuple[int, int], window_size: int,
-              padding_mask: Optional[Tensor] = None,
-              impl: Union[str, Backend] = 'auto') -> Tensor:
-    """Window logits (see :func:`.sliding_window.sliding_window_qk`) with the decided backend
-    (``impl``: a :class:`Backend`, or an ``attn_impl`` to decide it for ``q``).
-
-    ``padding_mask`` only serves the reference; the compiled op derives it from ``size``.
-    """
-    if backend_for(impl, q).window == 'ext':
-        return sliding_window_qk_ext(q, k, rpb, size, window_size)
-    return sliding_window_qk(q, k, rpb, size, window_size, padding_mask)
-
-
-def window_av(attn: Tensor, v: Tensor, size: Tuple[int, int], window_size: int,
-              impl: Union[str, Backend] = 'auto') -> Tensor:
-    """Window aggregation (see :func:`.sliding_window.sliding_window_av`), decided backend."""
-    if backend_for(impl, v).window == 'ext':
-        return sliding_window_av_ext(attn, v, size, window_size)
-    return sliding_window_av(attn, v, size, window_size)
+    """Forget every decision, failure and passed self-test of this process: the next call
+    decides afresh (for tests, or after changing the environment)."""
+    state.clear()

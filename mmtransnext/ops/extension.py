@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from mmengine.logging import print_log
 
-from . import ext_build, window_ops
+from . import bias_ops, ext_build, window_ops
 
 JIT_ENV = 'MMTRANSNEXT_JIT_BUILD'
 JIT_NAME = 'mmtransnext_ext'
@@ -118,8 +118,16 @@ def load_extension() -> ExtensionStatus:
                         status = ExtensionStatus(False, error=f'{built_error}; {status.error}')
         if status.loaded:
             window_ops.register()
+            if bias_ops.op_built():  # an older build may lack it
+                bias_ops.register()
         _status = status
         return status
+
+
+def expand_bias_available() -> bool:
+    """Whether the compiled position-bias expansion (:mod:`.bias_ops`, CPU) can run: the
+    library loaded (on first use) and built with it."""
+    return load_extension().loaded and bias_ops.op_built()
 
 
 def unsupported_reason(device_type: str, dtype: torch.dtype) -> Optional[str]:

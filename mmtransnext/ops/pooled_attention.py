@@ -2,7 +2,7 @@
 log-sum-exp, computed in chunks of query rows so that no ``(heads, N, P)`` tensor is ever whole.
 
 The position bias of a chunk is expanded from the row-folded CPB grid just before use (see
-:func:`mmtransnext.models.layers.position_bias.fold_rows`) and dropped after it; backward
+:func:`.bias_taps.fold_grid`) and dropped after it; backward
 recomputes it chunk by chunk. So the bias costs neither memory across the forward nor memory
 saved for backward, and the softmax never materialises for the whole map:
 
@@ -20,7 +20,7 @@ Chunks are sized for the device (:func:`chunk_budget`): on CPU to stay in cache,
 its memory. Nothing here reads a tensor value on the host, so on a GPU the glue never waits for
 the device (the tests run it on ``meta`` tensors, where any such read raises).
 """
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -28,7 +28,8 @@ from torch import Tensor
 from ..utils import compat
 from .bias_ops import expand_columns, expand_columns_torch_backward
 from .budget import element_budget
-from .dispatch import Backend, backend_for, report_failure
+from .backend import Backend, require_backend
+from .decisions import report_failure
 
 #: Elements of one chunk's ``(batch, heads, rows, P)`` logits on CPU; four such buffers live at
 #: once in backward (16 MB each in float32 at the default).
@@ -110,7 +111,7 @@ def _efficient_chunk_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
     copied into a buffer whose rows are padded for alignment, the log-sum-exp (padded by the
     kernel to a multiple of 32 queries) is cut to the chunk. If the kernel refuses the inputs
     (an old GPU, an unsupported head dim), the math path, and the refusal is reported to
-    :func:`.dispatch.report_failure` for the device and dtype of ``backend`` (by default those
+    :func:`.decisions.report_failure` for the device and dtype of ``backend`` (by default those
     of ``q``): one warning, and the decisions for them take the math path from then on."""
     heads, length, keys = bias.shape
     padded = -(-keys // BIAS_ALIGNMENT) * BIAS_ALIGNMENT
@@ -220,8 +221,8 @@ class _PooledAttention(torch.autograd.Function):
 
 def pooled_attention(q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Tensor,
                      w_w: Optional[Tensor], extra_lse: Optional[Tensor] = None,
-                     chunk: Optional[int] = None,
-                     impl: Union[str, Backend] = 'auto') -> Tuple[Tensor, Optional[Tensor]]:
+                     chunk: Optional[int] = None, *,
+                     backend: Backend) -> Tuple[Tensor, Optional[Tensor]]:
     """Pooled-key attention with a CPB bias built chunk by chunk, merged with an extra key set.
 
     Args:
@@ -232,14 +233,15 @@ def pooled_attention(q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Te
             ``w_w`` None for one tap of weight 1.
         extra_lse: ``(B, heads, H*W, 1)`` log-sum-exp of the extra (window) logits, or None.
         chunk: query rows per chunk; by default sized for the device (:func:`chunk_budget`).
-        impl: the :class:`.dispatch.Backend` decided for this forward (its bias expansion and
-            chunk kernel), or an ``attn_impl`` to decide it for ``q``.
+        backend: the :class:`.backend.Backend` decided for this forward (its bias expansion and
+            chunk kernel).
 
     Returns:
         The attention output over the pooled keys, already scaled by their share of the joint
         softmax, ``(B, heads, H*W, d)``, and the extra set's share ``(B, heads, H*W, 1)`` (None
         without ``extra_lse``).
     """
+    require_backend(backend, 'pooled_attention')
     batch, heads, length, _ = q.shape
     width = rows_w.shape[0]
     if folded.shape[1] * width != length:
@@ -252,5 +254,5 @@ def pooled_attention(q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Te
     if w_w is not None:
         w_w = w_w.float()
     out, mass = _PooledAttention.apply(q, k, v, folded, rows_w, w_w, extra_lse, max(1, chunk),
-                                       backend_for(impl, q))
+                                       backend)
     return out, mass

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dispatch import exporting
+from .backend import exporting
 
 
 def averaging_matrix(length: Union[int, torch.SymInt], bins: int, device: torch.device,

@@ -2,8 +2,9 @@
 
 A case goes through the candidate backend in the dtype under test and through the ``'torch'``
 oracle (plain matmuls for the pooled keys: no fused kernel) in float64, from the same (rounded)
-parameters and input, on the same device: an aggregated attention layer (window and pooled
-keys) and a full attention one, forward and the gradients of the input and of every parameter.
+random inputs and parameters, on the same device: TransNeXt's aggregated attention (window and
+pooled keys, from the tokens and the projections) and its full attention, as the layers run
+them (:mod:`.cosine_attention`), forward and the gradient of every input.
 The default case (:data:`CASE`) is sized to reach what a small one misses in the Triton kernels
 (:mod:`.triton_attention`): several query tiles and pooled-key tiles, the pooled-key backward
 split into two runs of query tiles (``key_splits``), an odd batch of 3 (the query backward's
@@ -18,23 +19,27 @@ path itself achieves in that dtype against float64): a gradient missing one batc
 split's contribution is off by a large fraction of its scale, however small its values. An
 exception (a kernel that fails to compile or launch) fails the test too.
 
-On a CUDA device the dispatcher runs it in a child process (:mod:`.self_test_process`,
-:func:`verdict`): a kernel that faults there kills the child's CUDA context, not the user's.
+On a CUDA device the dispatcher runs it in a child process
+(:func:`.self_test_process.verdict`): a kernel that faults there kills the child's CUDA
+context, not the user's.
 The random state of the process is left as it was; gradients are computed whatever the
 caller's grad mode, autocast is off. ``MMTRANSNEXT_SELF_TEST=0`` skips it (see
 :mod:`.dispatch`).
 """
-import copy
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor
 
 from .amp import autocast_off, cuda_matmul_allows_tf32
-from .dispatch import Backend
+from .backend import Backend
+from .bias_taps import BiasTaps
+from .cosine_attention import QueryScale, WindowWeights, aggregated_attention, full_attention
+from .sliding_window import window_lengths, window_padding_mask
 
 #: Largest relative error (see the module docstring) per dtype: about twice what the ``'torch'``
 #: path reaches in that dtype against float64 on the default case (:data:`CASE`; in 16 bits
@@ -51,11 +56,6 @@ TOLERANCES = {
 #: float16's.
 TF32_TOLERANCE = TOLERANCES[torch.float16]
 
-#: Pretraining grid of the position tables (scales the offsets fed to the CPB MLP).
-PRETRAIN = (14, 14)
-#: Device types whose self-test :func:`verdict` runs in a child process: where a faulting
-#: kernel leaves the process's device context unusable.
-CHILD_DEVICE_TYPES = ('cuda',)
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ CASE = SelfTestCase()
 
 @dataclass(frozen=True)
 class SelfTestResult:
-    """Outcome of :func:`run_self_test` (or of :func:`verdict`).
+    """Outcome of :func:`run_self_test` (or of :func:`.self_test_process.verdict`).
 
     Attributes:
         passed: every output and gradient within tolerance, no error.
@@ -140,44 +140,92 @@ def oracle_backend(candidate: Backend) -> Backend:
                    'self-test oracle')
 
 
-def _cases(case: SelfTestCase, device: torch.device) -> List[Tuple[str, nn.Module, object]]:
-    """The layers and their stage geometry, float32, on ``device``."""
-    from ..models.layers.attention import AggregatedAttention, FullAttention, StageGeometry
-    from ..models.layers.position_bias import build_position_table
-    from .sliding_window import window_lengths, window_padding_mask
+def _offset_index(query_len: int, key_len: int) -> Tensor:
+    """``(query_len, key_len)`` row of each (query, key) offset along one axis in the sorted
+    unique offsets, with the key positions spread over the queries' (as a position table
+    does: pairs at the same offset share a row)."""
+    offsets = (torch.arange(query_len)[:, None] * key_len -
+               torch.arange(key_len)[None, :] * query_len)
+    return torch.unique(offsets, return_inverse=True)[1]
+
+
+def case_taps(table: Tuple[int, int], table_pool: Tuple[int, int], size: Tuple[int, int],
+              pool: Tuple[int, int]) -> Tuple[BiasTaps, Tuple[int, int]]:
+    """The taps of a position table built for ``table`` queries and ``table_pool`` keys,
+    resized to ``size`` x ``pool`` (bilinear taps where they differ), and the table's grid
+    ``(rows, columns)``."""
+    index = (_offset_index(table[0], table_pool[0]), _offset_index(table[1], table_pool[1]))
+    taps = BiasTaps.build(index, size, pool)
+    return taps, (int(index[0].max()) + 1, int(index[1].max()) + 1)
+
+
+def _inputs(case: SelfTestCase, name: str) -> Tuple[Dict[str, Tensor], BiasTaps]:
+    """Float32 inputs of layer ``name`` of ``case`` on the host, off any special value (zero
+    biases, equal tokens would hide mistakes), and its taps."""
+    dim, heads, d = case.heads * case.head_dim, case.heads, case.head_dim
+    aggregated = name == 'aggregated'
+    taps, grid = case_taps(*((case.table, case.table_pool, case.size, case.pool) if aggregated
+                             else (case.full_table, case.full_table, case.full_size,
+                                   case.full_size)))
+    tokens = math.prod(case.size if aggregated else case.full_size)
+    keys = math.prod(case.pool) if aggregated else tokens
+
+    def normalised(*shape: int) -> Tensor:
+        return F.normalize(torch.randn(*shape), dim=-1)
+
+    inputs = {'grid': torch.randn(heads, *grid),
+              'query_embedding': torch.randn(heads, 1, d) * 0.02,
+              'temperature': torch.log(torch.expm1(torch.full((heads, 1, 1), 1 / 0.24))) +
+              torch.randn(heads, 1, 1) * 0.05}
+    if aggregated:
+        window = case.window ** 2
+        inputs.update({
+            'the input': torch.randn(case.batch, tokens, dim),
+            'q_weight': torch.randn(dim, dim) / math.sqrt(dim),
+            'q_bias': torch.randn(dim) * 0.05,
+            'kv_weight': torch.randn(2 * dim, dim) / math.sqrt(dim),
+            'kv_bias': torch.randn(2 * dim) * 0.05,
+            'local_bias': torch.randn(heads, window) * 0.05,
+            'tokens': torch.randn(heads, d, window) * 0.02,
+            'token_bias': torch.randn(heads, 1, window) * 0.05,
+            'k_pool': normalised(case.batch, heads, keys, d),
+            'v_pool': torch.randn(case.batch, heads, keys, d)})
+    else:
+        inputs.update({'q_norm': normalised(case.batch, heads, tokens, d),
+                       'k': normalised(case.batch, heads, keys, d),
+                       'v': torch.randn(case.batch, heads, keys, d)})
+    return inputs, taps
+
+
+def _attend(name: str, case: SelfTestCase, leaves: Dict[str, Tensor], taps: BiasTaps,
+            backend: Backend) -> Tensor:
+    """Layer ``name``'s attention of ``case`` from ``leaves`` with ``backend``."""
+    device = leaves['grid'].device
+    if name == 'full':
+        scale = QueryScale(leaves['query_embedding'], leaves['temperature'],
+                           math.log(math.prod(case.full_size)))
+        return full_attention(leaves['q_norm'], leaves['k'], leaves['v'], leaves['grid'], taps,
+                              case.full_size, scale, backend)
     cpu = torch.device('cpu')
-    size, pool, window = case.size, case.pool, case.window
-    dim = case.heads * case.head_dim
-    layers = []
-    if 'aggregated' in case.layers:
-        num_pool = pool[0] * pool[1]
-        geometry = StageGeometry(
-            size, pool, torch.log(window_lengths(size, window, cpu) + num_pool).to(device),
-            build_position_table(case.table, case.table_pool, PRETRAIN, device), True,
-            window_padding_mask(size, window, cpu).to(device))
-        layers.append(('aggregated', AggregatedAttention(dim, case.heads, window, 2), geometry))
-    if 'full' in case.layers:
-        full = case.full_size
-        geometry = StageGeometry(full, full, math.log(full[0] * full[1]),
-                                 build_position_table(case.full_table, case.full_table,
-                                                      PRETRAIN, device), True)
-        layers.append(('full', FullAttention(dim, case.heads), geometry))
-    with torch.no_grad():  # off the init (zero biases, equal tokens would hide mistakes)
-        for _, layer, _ in layers:
-            for p in layer.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-    return [(name, layer.to(device), geometry) for name, layer, geometry in layers]
+    lengths = window_lengths(case.size, case.window, cpu) + math.prod(case.pool)
+    scale = QueryScale(leaves['query_embedding'], leaves['temperature'],
+                       torch.log(lengths).to(device))
+    weights = WindowWeights(*(leaves[key] for key in WindowWeights._fields))
+    return aggregated_attention(leaves['the input'], leaves['k_pool'], leaves['v_pool'],
+                                leaves['grid'], taps, case.size, case.pool, case.window,
+                                weights, scale,
+                                window_padding_mask(case.size, case.window, cpu).to(device),
+                                backend)
 
 
-def _run(layer: nn.Module, geometry, x: Tensor, weight: Tensor,
-         backend: Backend) -> Dict[str, Optional[Tensor]]:
-    x = x.detach().requires_grad_()
-    out = layer.forward_with(x, geometry, backend)
-    params = [(name, p) for name, p in layer.named_parameters() if p.requires_grad]
+def _run(name: str, case: SelfTestCase, inputs: Dict[str, Tensor], taps: BiasTaps,
+         weight: Tensor, backend: Backend) -> Dict[str, Optional[Tensor]]:
+    leaves = {key: t.detach().requires_grad_() for key, t in inputs.items()}
+    out = _attend(name, case, leaves, taps, backend)
     loss = (out.to(torch.promote_types(out.dtype, weight.dtype)) * weight).sum()
-    grads = torch.autograd.grad(loss, [x] + [p for _, p in params], allow_unused=True)
-    results = {'output': out, 'grad of the input': grads[0]}
-    results.update((f'grad of {name}', g) for (name, _), g in zip(params, grads[1:]))
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    results = {'output': out}
+    results.update((f'grad of {key}', g) for key, g in zip(leaves, grads))
     return results
 
 
@@ -202,37 +250,35 @@ def relative_error(got: Optional[Tensor], want: Optional[Tensor],
     return difference / scale
 
 
-#: Tensors that are zero in exact arithmetic, with the tensor whose scale measures their error:
-#: full attention adds the CPB bias's constant term to every logit of a query, which its
-#: softmax cancels, so that term's gradient is rounding noise.
-SCALE_OF = {'full: grad of cpb_fc2.bias': 'full: grad of cpb_fc2.weight'}
-
 #: The case's layers in the order they run.
 LAYERS = ('aggregated', 'full')
 
 
 def _layer_results(candidate: Backend, case: SelfTestCase):
-    """Per layer of ``case`` (in :data:`LAYERS` order), its name, ``(tensor, candidate's,
-    oracle's)`` triples and the oracle's tensors by name; the random state, grad mode and
-    autocast of the caller restored after each."""
+    """Per layer of ``case`` (in :data:`LAYERS` order), its name and ``(tensor, candidate's,
+    oracle's)`` triples; the random state, grad mode and autocast of the caller restored after
+    each."""
     device, dtype = torch.device(candidate.device), candidate.dtype
-    dim = case.heads * case.head_dim
+    names = [name for name in LAYERS if name in case.layers]
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
         torch.manual_seed(0)
-        layers = _cases(case, device)
-        inputs = []
-        for name, _, _ in layers:
-            tokens = math.prod(case.size if name == 'aggregated' else case.full_size)
-            inputs.append((torch.randn(case.batch, tokens, dim).to(device, dtype),
-                           torch.randn(case.batch, tokens, dim).to(device, torch.float64)))
-    for (name, layer, geometry), (x, weight) in zip(layers, inputs):
+        cases = []
+        for name in names:
+            inputs, taps = _inputs(case, name)
+            out_shape = (case.batch, case.heads,
+                         math.prod(case.size if name == 'aggregated' else case.full_size),
+                         case.head_dim)
+            cases.append((inputs, taps, torch.randn(out_shape)))
+    for name, (inputs, taps, weight) in zip(names, cases):
         with torch.inference_mode(False), torch.enable_grad(), autocast_off(device.type):
-            tested = copy.deepcopy(layer).to(dtype)
-            want = _run(copy.deepcopy(tested).double(), geometry, x.double(), weight,
-                        oracle_backend(candidate))
-            got = _run(tested, geometry, x, weight.float(), candidate)
+            tested = {key: t.to(device, dtype) for key, t in inputs.items()}
+            taps = taps.to(device)
+            weight = weight.to(device, torch.float64)
+            want = _run(name, case, {key: t.double() for key, t in tested.items()}, taps,
+                        weight, oracle_backend(candidate))
+            got = _run(name, case, tested, taps, weight.float(), candidate)
         yield name, [(f'{name}: {what}', got.get(what), expected)
-                     for what, expected in want.items()], want
+                     for what, expected in want.items()]
 
 
 def compare(candidate: Backend, case: Optional[SelfTestCase] = None
@@ -241,7 +287,7 @@ def compare(candidate: Backend, case: Optional[SelfTestCase] = None
     (by default :data:`CASE`), e.g. ``('aggregated: grad of kv.weight', ...)``. Raises what the
     candidate raises. The caller's random state, grad mode and autocast are left alone."""
     case = CASE if case is None else case
-    return [triple for _, triples, _ in _layer_results(candidate, case) for triple in triples]
+    return [triple for _, triples in _layer_results(candidate, case) for triple in triples]
 
 
 def run_self_test(candidate: Backend, case: Optional[SelfTestCase] = None) -> SelfTestResult:
@@ -255,12 +301,10 @@ def run_self_test(candidate: Backend, case: Optional[SelfTestCase] = None) -> Se
     worst, max_error, error = 'nothing', 0., None
     pending = [name for name in LAYERS if name in case.layers]
     try:
-        for layer, triples, wanted in _layer_results(candidate, case):
+        for layer, triples in _layer_results(candidate, case):
             pending.remove(layer)
             for name, got, want in triples:
-                scale = SCALE_OF.get(name)
-                scale = None if scale is None else wanted[scale.split(': ', 1)[1]]
-                errors[name] = relative_error(got, want, scale)
+                errors[name] = relative_error(got, want)
                 if errors[name] > max_error or worst == 'nothing':
                     worst, max_error = name, errors[name]
     except Exception as exc:  # noqa: BLE001 - any failure of the kernel is a verdict
@@ -275,12 +319,3 @@ def describe(exc: BaseException) -> str:
     """``'Type: first line of the message'``."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def verdict(candidate: Backend, case: Optional[SelfTestCase] = None) -> SelfTestResult:
-    """The self-test as the dispatcher runs it: in a child process on the device types of
-    :data:`CHILD_DEVICE_TYPES` (:func:`.self_test_process.run_in_child`), here elsewhere."""
-    if torch.device(candidate.device).type in CHILD_DEVICE_TYPES:
-        from .self_test_process import run_in_child
-        return run_in_child(candidate, case)
-    return run_self_test(candidate, case)

@@ -2,7 +2,7 @@
 
 After an illegal memory access a process's CUDA context is lost: every later CUDA call in it
 fails, the fallback backend's included. So on a GPU the dispatcher runs the self-test here
-(:func:`.self_test.verdict`): :func:`run_in_child` starts ``python -m
+(:func:`verdict`): :func:`run_in_child` starts ``python -m
 mmtransnext.ops.self_test_process`` with this process's environment (``TRITON_INTERPRET``,
 ``TRITON_CACHE_DIR`` (the kernels the child compiles are in the cache the caller loads them
 from), ``CUDA_VISIBLE_DEVICES``, the ``MMTRANSNEXT_*`` variables), this package first on its
@@ -30,9 +30,12 @@ from typing import Optional
 import torch
 
 from .amp import cuda_matmul_allows_tf32
-from .dispatch import Backend
+from .backend import Backend
 from .self_test import CASE, SelfTestCase, SelfTestResult, run_self_test, tolerance
 
+#: Device types whose self-test :func:`verdict` runs in a child process: where a faulting
+#: kernel leaves the process's device context unusable.
+CHILD_DEVICE_TYPES = ('cuda',)
 #: Seconds the child may run (imports, kernel compilation and the case) before it is killed.
 TIMEOUT = 600.
 
@@ -113,6 +116,14 @@ def run_in_child(candidate: Backend, case: Optional[SelfTestCase] = None,
             return SelfTestResult(**dict(fields, process='child process', overhead=overhead))
         return _failed(_how_it_ended(child.returncode) + _last_line(child.stderr), allowed,
                        start)
+
+
+def verdict(candidate: Backend, case: Optional[SelfTestCase] = None) -> SelfTestResult:
+    """The self-test as the dispatcher runs it: in a child process on the device types of
+    :data:`CHILD_DEVICE_TYPES` (:func:`run_in_child`), here elsewhere."""
+    if torch.device(candidate.device).type in CHILD_DEVICE_TYPES:
+        return run_in_child(candidate, case)
+    return run_self_test(candidate, case)
 
 
 def _failed(how: str, allowed: float, start: float) -> SelfTestResult:

@@ -17,8 +17,7 @@ first time this path runs in a process: set it before. Whether this path runs is
 """
 import contextlib
 import functools
-import re
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -26,62 +25,16 @@ from torch._prims_common import alert_not_deterministic
 
 from ..utils import compat
 from .amp import autocast_dtype, autocast_off, cuda_matmul_allows_tf32
+from .backend import interpreting
+from .bias_taps import FOLD_AXES
 from .device import assumed_device, launch_kernel
-# Whether this path can run, and for which tensors, is decided in one place: .dispatch (kept
-# importable from here for former callers).
-from .dispatch import interpreting, use_triton  # noqa: F401
-from .dispatch import triton_unsupported_reason as unsupported_reason  # noqa: F401
+from .triton_configs import (KERNEL_CONFIGS, MAX_TAPS_PER_PAIR, kernel_config,
+                             triton_release_reason)
 
 OP = 'mmtransnext::triton_attention'
 OP_BACKWARD = 'mmtransnext::triton_attention_backward'
 
 
-class KernelConfig(NamedTuple):
-    """Launch configuration of one kernel: ``block_m`` queries per tile (per batch item in the
-    query backward, whose programs take :data:`QUERY_ITEMS` items; also the window keys per tile
-    of the key backward's window programs), ``block_n`` pooled keys per tile, ``warps``, and
-    ``unroll``: the tap loops of the position bias unrolled to ``MAX_TAPS`` (masked), which lets
-    Triton software-pipeline the key (or query) loop around them (it pipelines innermost loops
-    only), at the cost of registers; ``max_registers``: ptxas' register cap (``maxnreg``), None
-    to leave it to ptxas, which may pick fewer registers than it needs (two blocks per
-    multiprocessor) and spill."""
-    block_m: int
-    block_n: int
-    warps: int
-    unroll: bool
-    max_registers: Optional[int] = None
-
-
-#: :class:`KernelConfig` per input dtype, attention kind (``'window'``: aggregated attention,
-#: stages 1-3; ``'full'``: stage 4) and kernel (``'forward'``, ``'query'`` and ``'keys'``
-#: backward), chosen from what ``tools/check_triton_build.py`` reads in the sm_80/sm_90 builds
-#: and its ``--launch-report`` (waves on 132 multiprocessors, Tiny 512x512 batch 2): every key
-#: and query loop software-pipelined (``unroll``), no spill with any triton release from
-#: :data:`TRITON_FLOOR` on (``--triton``), at least two waves, and, for 16-bit inputs (the AMP
-#: the configs train with), room for two blocks per multiprocessor where the tiles allow: at
-#: most 128 registers per thread at 8 warps, 255 at 4. Query tiles of 32 (16 per item in the
-#: query backward, which holds two items' queries, gradients and accumulators): tiles of 64
-#: needed more registers than two blocks leave at 8 warps, and pipelining the windowed query
-#: backward spilled there. The 16-bit query backward runs 8 warps with up to 255 registers, one
-#: block per multiprocessor where it takes more than 128 (full attention: triton 3.6 spilled it
-#: at 4 warps on sm_80, and at 8 on sm_90 where ptxas held it to 128 registers; windowed:
-#: triton 3.7 spilled it on sm_90 at ptxas' own choice). Float32 inputs run 8 warps (4 spilled the
-#: forward) with up to 255 registers (ptxas' own choice, 128, spilled full attention, TF32
-#: included under triton 3.6), the key backward on query tiles of 16 (32 spilled with
-#: full-precision products under triton 3.6): the backward kernels fit one block per
-#: multiprocessor. README "Triton path" lists what each compiles to.
-_SIXTEEN_BIT = {
-    'window': {'forward': KernelConfig(32, 32, 8, True),
-               'query': KernelConfig(16, 32, 8, True, 255),
-               'keys': KernelConfig(32, 32, 4, True)},
-    'full': {'forward': KernelConfig(32, 32, 4, True),
-             'query': KernelConfig(16, 32, 8, True, 255),
-             'keys': KernelConfig(32, 32, 4, True)}}
-_FLOAT32 = {kind: {'forward': KernelConfig(32, 32, 8, True, 255),
-                   'query': KernelConfig(16, 32, 8, True, 255),
-                   'keys': KernelConfig(16, 32, 8, True, 255)} for kind in ('window', 'full')}
-KERNEL_CONFIGS = {torch.float32: _FLOAT32, torch.float16: _SIXTEEN_BIT,
-                  torch.bfloat16: _SIXTEEN_BIT}
 #: Batch items per program of the query backward (``_attention_bwd_query``): the position bias
 #: depends on the head and positions only, so the items share its gathers and its gradient's
 #: atomic adds, half as many of each as with one item per program (the kernel is written for
@@ -92,37 +45,6 @@ QUERY_ITEMS = 2
 NUM_STAGES = 2
 
 
-#: Oldest triton release that builds the kernels (torch 2.7's): from it on,
-#: ``tools/check_triton_build.py --triton VERSION`` compiles every specialisation for sm_80 and
-#: sm_90 without a spill. Older compilers crash on some (triton 3.0 segfaults on the query
-#: backward, killing the process that compiles) or spill (3.2, the windowed 16-bit query
-#: backward on sm_90); :func:`.dispatch.triton_unsupported_reason` never lets them compile.
-TRITON_FLOOR = (3, 3)
-
-
-def triton_release_reason(version: str) -> Optional[str]:
-    """Why triton ``version`` (``triton.__version__``) cannot build the kernels (a release below
-    :data:`TRITON_FLOOR`), or None."""
-    match = re.match(r'(\d+)\.(\d+)', version)
-    if match and tuple(map(int, match.groups())) >= TRITON_FLOOR:
-        return None
-    return (f'the Triton kernels need triton >= {".".join(map(str, TRITON_FLOOR))}, but '
-            f'triton {version} is installed (older compilers crash on them or spill)')
-
-
-def kernel_config(dtype: torch.dtype, window: int, kernel: str) -> KernelConfig:
-    """:class:`KernelConfig` of ``kernel`` (``'forward'``, ``'query'``, ``'keys'``) for ``dtype``
-    inputs and a window of ``window`` (0: full attention); see :data:`KERNEL_CONFIGS`."""
-    return KERNEL_CONFIGS[dtype]['window' if window else 'full'][kernel]
-
-
-#: Most taps of the unfolded axis per (query, pooled key) pair the kernels read (their
-#: ``MAX_TAPS``): two query by two key positions, bilinear resizing's most.
-MAX_TAPS_PER_PAIR = 4
-#: Which axis of the CPB grid the ``folded`` argument has resolved (see
-#: :func:`mmtransnext.models.layers.position_bias.fold_bias`); the kernels gather one entry per
-#: tap of the other.
-FOLD_AXES = ('rows', 'columns')
 #: Streaming multiprocessors assumed where the device cannot be asked (CPU tensors under the
 #: interpreter; launch recording assumes it for its fake CUDA device): an H100's.
 DEFAULT_SMS = 132
@@ -220,11 +142,11 @@ def _common(q: Tensor, kp: Tensor, height: int, width: int, key_h: int, key_w: i
 
 
 def _kernel_meta(meta: dict, dtype: torch.dtype, window: int, kernel: str) -> dict:
-    """``meta`` plus ``kernel``'s tiles, warps and ``UNROLL`` (see :data:`KERNEL_CONFIGS`)."""
+    """``meta`` plus ``kernel``'s tiles and warps (see :data:`.triton_configs.KERNEL_CONFIGS`)."""
     config = kernel_config(dtype, window, kernel)
     cap = {} if config.max_registers is None else {'maxnreg': config.max_registers}
     return dict(meta, BLOCK_M=config.block_m, BLOCK_N=config.block_n, num_warps=config.warps,
-                UNROLL=config.unroll, **cap)
+                **cap)
 
 
 def _output(q: Tensor, device: Optional[torch.device] = None) -> Tensor:
@@ -233,7 +155,7 @@ def _output(q: Tensor, device: Optional[torch.device] = None) -> Tensor:
     the layout the output projection reads (one (batch, head) slice spans up to ``heads`` times
     ``q``'s). Float32 whatever ``q``'s dtype, because the backward's ``delta = dO . O`` cancels
     against each query's probability-weighted logit gradients: from a 16-bit output its rounding
-    made the temperature gradient (a sum of logit gradients times logits over the map) four
+    made the temperature gradient (a sum of logit gradients times logits over the map) several
     times as far off as the PyTorch path's. :func:`triton_attention` returns it in ``q``'s
     dtype."""
     batch, heads, length, dim = q.shape
@@ -436,8 +358,8 @@ def triton_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor, 
             (``pool_size``).
         folded, rows_w, weights_w: the CPB grid with one axis's taps applied and the other
             axis's taps that finish the bias (weights None for one tap of weight 1), as
-            :func:`mmtransnext.models.layers.position_bias.fold_bias` returns them: with
-            ``fold_axis`` 'rows' (what ``fold_rows`` returns), ``(heads, H, H', |values_w|)``
+            :func:`.bias_taps.fold_grid` returns them: with
+            ``fold_axis`` 'rows', ``(heads, H, H', |values_w|)``
             and column taps ``(W, W', taps)``; with 'columns', ``(heads, |values_h|, W, W')``
             and row taps ``(H, H', taps)``. ``folded`` takes a gradient.
         k_local, v_local: ``(B, heads, H*W, d)`` keys and values of the sliding window.

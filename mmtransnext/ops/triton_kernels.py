@@ -10,7 +10,7 @@ Per ``(batch, head)`` and tile of ``BLOCK_M`` queries of an ``height x width`` m
   out-of-map neighbours masked;
 - pooled keys: ``BLOCK_N`` keys at a time with ``tl.dot``, plus the continuous position bias
   gathered from the folded CPB grid (one axis's taps already applied on the small grid in
-  PyTorch by :func:`mmtransnext.models.layers.position_bias.fold_bias`, the axis with more
+  PyTorch by :func:`.bias_taps.fold_grid`, the axis with more
   taps) and the other axis's taps (:func:`_cpb_bias`): for query ``(yq, xq)`` and key ``(yk,
   xk)``, with the rows folded, ``folded (heads, H, Hk, |values_w|)``, it is ``sum_t
   wt[xq,xk,t] folded[head, yq, yk, rt[xq,xk,t]]``; with the columns folded (``transposed``),
@@ -36,7 +36,7 @@ gathered from the queries whose windows hold them, and ``drpb``): no ``dk``/``dv
 import triton
 import triton.language as tl
 
-from .triton_attention import MAX_TAPS_PER_PAIR
+from .triton_configs import MAX_TAPS_PER_PAIR
 
 #: Arguments no kernel specialises on (``do_not_specialize``; names absent from a kernel are
 #: ignored): the sizes, every stride, ``transposed`` (which axis is folded) and ``weighted``
@@ -98,46 +98,32 @@ def _tap(RT, WT, pair, t, mask, taps, weighted):
 
 @triton.jit
 def _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask, height, width, key_h, key_w, fold_n,
-              taps, transposed, weighted, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              UNROLL: tl.constexpr):
+              taps, transposed, weighted, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``(BLOCK_M, BLOCK_N)`` float32 position bias, one gather per tap of the unfolded axis
     (see :func:`_bias_offsets`): ``sum_t wt[xq, xk, t] * folded[h, yq, yk, rt[xq, xk, t]]``
     with the rows folded, ``sum_t wt[yq, yk, t] * folded[h, rt[yq, yk, t], xq, xk]`` with the
-    columns folded. ``UNROLL``: the tap loop unrolled to :data:`MAX_TAPS` (masked), so that a
-    key loop around it can be pipelined; else a runtime loop over ``taps`` (fewer registers,
-    where the key loop is not pipelined anyway)."""
+    columns folded. The tap loop is unrolled to :data:`MAX_TAPS` (masked), so that a key loop
+    around it can be pipelined."""
     row, step, pair = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_n,
                                     transposed)
     bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if UNROLL:
-        for t in tl.static_range(MAX_TAPS):
-            value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
-            bias += weight * tl.load(FOLD + row + value * step, mask=tap_mask, other=0.)
-    else:
-        for t in range(taps):
-            value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
-            bias += weight * tl.load(FOLD + row + value * step, mask=tap_mask, other=0.)
+    for t in tl.static_range(MAX_TAPS):
+        value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
+        bias += weight * tl.load(FOLD + row + value * step, mask=tap_mask, other=0.)
     return bias
 
 
 @triton.jit
 def _cpb_bias_grad(DFOLD, RT, WT, h, offs_m, offs_n, mask, grad, height, width, key_h, key_w,
-                   fold_n, taps, transposed, weighted, UNROLL: tl.constexpr):
+                   fold_n, taps, transposed, weighted):
     """Scatter-add the bias gradient ``grad (BLOCK_M, BLOCK_N)`` into the float32 gradient of
-    the folded grid: one relaxed atomic add per tap of the unfolded axis (``UNROLL``: as in
+    the folded grid: one relaxed atomic add per tap of the unfolded axis (unrolled as in
     :func:`_cpb_bias`)."""
     row, step, pair = _bias_offsets(h, offs_m, offs_n, height, width, key_h, key_w, fold_n,
                                     transposed)
-    if UNROLL:
-        for t in tl.static_range(MAX_TAPS):
-            value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
-            tl.atomic_add(DFOLD + row + value * step, grad * weight, mask=tap_mask,
-                          sem='relaxed')
-    else:
-        for t in range(taps):
-            value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
-            tl.atomic_add(DFOLD + row + value * step, grad * weight, mask=tap_mask,
-                          sem='relaxed')
+    for t in tl.static_range(MAX_TAPS):
+        value, weight, tap_mask = _tap(RT, WT, pair, t, mask, taps, weighted)
+        tl.atomic_add(DFOLD + row + value * step, grad * weight, mask=tap_mask, sem='relaxed')
 
 
 @triton.jit
@@ -187,11 +173,11 @@ def _program(pid, heads, extent, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 @triton.jit
 def _pooled_probs(q, k_tile, lse, FOLD, RT, WT, h, offs_m, offs_n, mask_mn, height, width,
                   key_h, key_w, fold_n, taps, transposed, weighted, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, UNROLL: tl.constexpr):
+                  BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Recomputed softmax probabilities of a (query tile, pooled-key tile) pair (backward)."""
     scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
     scores += _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask_mn, height, width, key_h, key_w,
-                        fold_n, taps, transposed, weighted, BLOCK_M, BLOCK_N, UNROLL)
+                        fold_n, taps, transposed, weighted, BLOCK_M, BLOCK_N)
     return tl.where(mask_mn, tl.exp(scores - lse[:, None]), 0.)
 
 
@@ -212,7 +198,7 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OUT, LSE
                    heads, height, width, num_keys, key_h, key_w, fold_n, taps, transposed,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
-                   PRECISION: tl.constexpr, ALIGN: tl.constexpr, UNROLL: tl.constexpr):
+                   PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     length = height * width
     bh, b, h, offs_m, mask_m, offs_d, mask_d = _program(tl.program_id(0), heads, length, BLOCK_M,
                                                         BLOCK_D, HEAD_DIM)
@@ -251,7 +237,7 @@ def _attention_fwd(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OUT, LSE
         scores = tl.dot(q, tl.trans(k_tile), input_precision=PRECISION)
         scores += _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask_m[:, None] & mask_n[None, :],
                             height, width, key_h, key_w, fold_n, taps, transposed, weighted,
-                            BLOCK_M, BLOCK_N, UNROLL)
+                            BLOCK_M, BLOCK_N)
         scores = tl.where(mask_n[None, :], scores, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         alpha = tl.exp(m_i - m_new)
@@ -344,7 +330,7 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OU
                          heads, height, width, num_keys, key_h, key_w, fold_n, taps, transposed,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, weighted,
-                         PRECISION: tl.constexpr, ALIGN: tl.constexpr, UNROLL: tl.constexpr):
+                         PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     """Per query tile of two batch items (``2 * pair`` and the next, where the batch has it):
     ``delta`` (stored for :func:`_attention_bwd_keys`), ``dq``, ``dtok``, and the folded grid's
     gradient by float32 atomic adds. The position bias depends on the head only, so each
@@ -370,15 +356,14 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OU
         sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, st_b, st_h, st_n, so_b, so_h, so_n, sdo_b,
         sdo_h, sdo_n, height, width, offs_m, mask_m1, offs_d, mask_d, HEAD_DIM, BLOCK_D, BLOCK_M,
         WINDOW, ALIGN)
-    # ``UNROLL``: tap loops unrolled, so this key loop is pipelined (cp.async). Query tiles of
-    # 16 per item: with 32, windowed bf16 unrolled spilled on sm_90 (tools/check_triton_build.py).
+    # The tap loops are unrolled, so this key loop is pipelined (cp.async).
     for start in range(0, num_keys, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < num_keys
         mask_kd = mask_n[:, None] & mask_d[None, :]
         mask_mn = mask_m[:, None] & mask_n[None, :]
         bias = _cpb_bias(FOLD, RT, WT, h, offs_m, offs_n, mask_mn, height, width, key_h, key_w,
-                         fold_n, taps, transposed, weighted, BLOCK_M, BLOCK_N, UNROLL)
+                         fold_n, taps, transposed, weighted, BLOCK_M, BLOCK_N)
         ds, dq0 = _pooled_query_step(KP, VP, b0, h, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                                      q0, do0, lse0, delta0, bias, dq0, offs_n, offs_d, mask_mn,
                                      mask_kd, PRECISION, ALIGN)
@@ -388,7 +373,7 @@ def _attention_bwd_query(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, OU
                                           offs_d, mask_mn, mask_kd, PRECISION, ALIGN)
             ds += ds1
         _cpb_bias_grad(DFOLD, RT, WT, h, offs_m, offs_n, mask_mn, ds, height, width, key_h,
-                       key_w, fold_n, taps, transposed, weighted, UNROLL)
+                       key_w, fold_n, taps, transposed, weighted)
     at = offs_m[:, None] * HEAD_DIM + offs_d[None, :]
     mask_md = mask_m[:, None] & mask_d[None, :]
     tl.store(DQ + row0 * HEAD_DIM + at, dq0.to(DQ.dtype.element_ty), mask=mask_md)
@@ -401,7 +386,7 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RT, WT, DO, LSE, DELTA, 
                       sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w, fold_n, taps,
                       transposed, splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, weighted,
-                      PRECISION: tl.constexpr, ALIGN: tl.constexpr, UNROLL: tl.constexpr):
+                      PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     """Partial ``dk``/``dv`` of a tile of pooled keys over one of ``splits`` runs of query
     tiles. Programs: ``pid = ((batch * heads + head) * splits + split) * tiles + tile``; the
     float32 sums go to ``(B, heads, splits, P, d)`` buffers, added up by the caller."""
@@ -437,7 +422,7 @@ def _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RT, WT, DO, LSE, DELTA, 
         delta = tl.load(DELTA + row0 + offs_m, mask=mask_m, other=0.)
         p = _pooled_probs(q, key, lse, FOLD, RT, WT, h, offs_m, offs_n, mask_mn, height, width,
                           key_h, key_w, fold_n, taps, transposed, weighted, BLOCK_M, BLOCK_N,
-                          PRECISION, UNROLL)
+                          PRECISION)
         dv += tl.dot(tl.trans(p.to(q.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(value.to(q.dtype)), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
@@ -501,20 +486,19 @@ def _attention_bwd_keys(Q, QE, HS, QS, K, V, TOK, RPB, KP, VP, FOLD, RT, WT, DO,
                         heads, height, width, num_keys, key_h, key_w, fold_n, taps, transposed,
                         splits, pooled_programs, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr,
-                        weighted, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
-                        UNROLL: tl.constexpr):
+                        weighted, PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     """Key gradients, after :func:`_attention_bwd_query` has stored ``delta``: programs below
     ``pooled_programs`` take a tile of pooled keys and a run of query tiles each
     (:func:`_pooled_key_grads`, ``DKP``/``DVP`` float32 ``(B, heads, splits, P, d)``), the others
     a tile of ``BLOCK_M`` window keys (:func:`_window_key_grads`, ``DK``/``DV`` ``(B, heads, N,
-    d)`` contiguous). ``UNROLL``: the pooled-key query loop pipelined (see :func:`_cpb_bias`)."""
+    d)`` contiguous). The pooled-key query loop is pipelined (see :func:`_cpb_bias`)."""
     pid = tl.program_id(0)
     if pid < pooled_programs:
         _pooled_key_grads(pid, Q, QE, HS, QS, KP, VP, FOLD, RT, WT, DO, LSE, DELTA, DKP, DVP,
                           sq_b, sq_h, sq_n, skp_b, skp_h, skp_n, svp_b, svp_h, svp_n,
                           sdo_b, sdo_h, sdo_n, heads, height, width, num_keys, key_h, key_w,
                           fold_n, taps, transposed, splits, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-                          weighted, PRECISION, ALIGN, UNROLL)
+                          weighted, PRECISION, ALIGN)
     elif WINDOW > 0:
         _window_key_grads(pid - pooled_programs, Q, QE, HS, QS, K, V, TOK, RPB, DO, LSE, DELTA,
                           DK, DV, DRPB, sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h,

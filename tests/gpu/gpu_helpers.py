@@ -7,7 +7,7 @@ import torch
 from mmtransnext.models.layers.attention import StageGeometry
 from mmtransnext.models.layers.position_bias import build_position_table
 from mmtransnext.ops.sliding_window import window_lengths, window_padding_mask
-from mmtransnext.ops.triton_attention import interpreting
+from mmtransnext.ops.backend import interpreting
 
 Size2d = Tuple[int, int]
 CPU = torch.device('cpu')

@@ -159,7 +159,8 @@ def compare(kind: str, got: list, want: list, dtype: torch.dtype,
 
 
 def test_auto_picks_the_triton_kernels_on_cuda():
-    from mmtransnext.ops.triton_attention import use_triton
+    from mmtransnext.ops.dispatch import backend_for
     x = torch.zeros(1, device='cuda')
-    assert use_triton('auto', x), 'triton imports here, so auto must take the Triton kernels'
-    assert not use_triton('ext', x) and not use_triton('torch', x)
+    assert backend_for('auto', x).name == 'triton', \
+        'triton imports here, so auto must take the Triton kernels'
+    assert backend_for('ext', x).name != 'triton' and backend_for('torch', x).name != 'triton'

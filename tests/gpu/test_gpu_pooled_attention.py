@@ -11,6 +11,7 @@ import torch
 from gpu_helpers import CPU, DTYPES, check_close
 from mmtransnext.models.layers.position_bias import build_position_table, fold_rows
 from mmtransnext.ops import pooled_attention as pa
+from mmtransnext.ops.dispatch import backend_for
 from reference import brute_force_table, gather_and_resize
 
 pytestmark = pytest.mark.gpu
@@ -81,7 +82,7 @@ def test_chunked_pooled_attention_matches_one_softmax(case, dtype, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter('error', RuntimeWarning)  # the fused kernel must take the inputs
         out, mass = pa.pooled_attention(q, k, v, *fold_rows(grid, cuda_table, size, pool),
-                                        extra, chunk=chunk)
+                                        extra, chunk=chunk, backend=backend_for('auto', q))
     assert calls, 'the chunks did not run the memory-efficient SDPA kernel (refused before?)'
     if chunk is not None:
         assert len(calls) == -(-size[0] // chunk), 'one kernel call per chunk of rows'

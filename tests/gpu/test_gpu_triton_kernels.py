@@ -13,7 +13,7 @@
 
 Against the paper-equation oracle at these batches: test_gpu_attention_layers.py.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import pytest
 import torch
@@ -174,8 +174,8 @@ def cases_cover_pairs_tiles_and_both_folds() -> None:
     """What the cases are for, checked against the kernels' own tables (run by the CPU suite,
     tests/test_tools/test_gpu_check.py): a half-filled last query pair, a full second one,
     several query tiles and runs of them, more pooled keys than a key tile, both folds."""
-    from mmtransnext.ops.triton_attention import (KERNEL_CONFIGS, MIN_TILES_PER_SPLIT,
-                                                  QUERY_ITEMS)
+    from mmtransnext.ops.triton_attention import MIN_TILES_PER_SPLIT, QUERY_ITEMS
+    from mmtransnext.ops.triton_configs import KERNEL_CONFIGS
     assert all(b % QUERY_ITEMS for b in BATCHES) and max(BATCHES) > 2 * QUERY_ITEMS
     assert {c[4] for c in CASES.values() if c[0] == 'aggregated'} == {'rows', 'columns'}
     for kind, size, pool, trained, _ in CASES.values():

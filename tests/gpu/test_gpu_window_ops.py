@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gpu_helpers import DTYPES, check_close, differing_bits, ext_reason
-from mmtransnext.ops.dispatch import window_av, window_qk
+from mmtransnext.ops import backend_for, window_av, window_qk
 from mmtransnext.ops.sliding_window import (sliding_window_av, sliding_window_qk,
                                             window_padding_mask)
 from mmtransnext.ops.window_ops import sliding_window_av_ext, sliding_window_qk_ext
@@ -107,8 +107,9 @@ def test_ops_compute_in_the_autocast_dtype(dtype):
     q, k = projections(1, 2, size, 24, torch.float32, 2)
     rpb = torch.randn(2, window ** 2, device=CUDA, requires_grad=True)
     with torch.autocast('cuda', dtype=dtype):
-        logits = window_qk(q, k, rpb, size, window, impl='ext')
-        out = window_av(logits.softmax(-1), k, size, window, impl='ext')
+        backend = backend_for('ext', q)
+        logits = window_qk(q, k, rpb, size, window, backend=backend)
+        out = window_av(logits.softmax(-1), k, size, window, backend=backend)
     assert logits.dtype == dtype and out.dtype == dtype
     out.float().sum().backward()
     assert q.grad.dtype == rpb.grad.dtype == torch.float32

@@ -6,7 +6,8 @@ import torch
 
 from bias_helpers import expand_bias, table_grid
 from mmtransnext.models.layers.position_bias import build_position_table
-from mmtransnext.ops import bias_ops
+from mmtransnext.ops import bias_ops, extension
+from mmtransnext.ops.dispatch import backend_for
 from reference import brute_force_table, gather_and_resize
 
 CPU = torch.device('cpu')
@@ -25,7 +26,7 @@ CASES = [
 
 @pytest.fixture(scope='module', autouse=True)
 def _compiled():
-    assert bias_ops._op_available(), 'the compiled expand_bias op is not available'
+    assert extension.expand_bias_available(), 'the compiled expand_bias op is not available'
 
 
 @pytest.mark.parametrize('impl', ['auto', 'torch'])
@@ -39,7 +40,8 @@ def test_expand_bias_equals_official_gather_then_resize(table_q, table_k, query,
     values = torch.randn(coords.shape[0], 3, dtype=torch.float64, requires_grad=True)
     expected = gather_and_resize(values, index, (table_q, table_k), query, key)
     if impl == 'torch':
-        monkeypatch.setattr(bias_ops, '_op_available', lambda: pytest.fail('kernel used'))
+        monkeypatch.setattr(torch.ops.mmtransnext, 'expand_bias',
+                            lambda *args: pytest.fail('kernel used'))
     got = expand_bias(table_grid(table, values), table, query, key, impl)
     # tap weights are computed in float32, as F.interpolate does for float32 inputs
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
@@ -54,11 +56,22 @@ def test_compiled_and_torch_paths_agree_with_gradcheck(table_q, table_k, query, 
     rows = torch.randint(0, 7, (query[1], key[1], 4))
     weights = torch.rand(query[1], key[1], 4)
     folded = torch.randn(2, 3, key[0], 7, dtype=torch.float64, requires_grad=True)
-    ext = bias_ops.expand_columns(folded, rows, weights, impl='ext')
+    backend = backend_for('ext', folded)
+    assert backend.bias == 'compiled'
+    ext = bias_ops.expand_columns(folded, rows, weights, backend)
     ref = bias_ops.expand_columns_torch(folded, rows, weights)
     torch.testing.assert_close(ext, ref)
     assert torch.autograd.gradcheck(
-        lambda f: bias_ops.expand_columns(f, rows, weights, impl='ext'), (folded,))
+        lambda f: bias_ops.expand_columns(f, rows, weights, backend), (folded,))
+
+
+def test_an_attn_impl_string_is_a_type_error():
+    """The ops choose nothing: the caller passes the Backend it decided."""
+    folded, rows = torch.randn(1, 2, 2, 3), torch.zeros(2, 2, 1, dtype=torch.long)
+    with pytest.raises(TypeError, match=r"expand_columns takes the Backend decided for this "
+                                        r"forward, got str 'ext'; decide it once with "
+                                        r'mmtransnext\.ops\.dispatch\.backend_for'):
+        bias_ops.expand_columns(folded, rows, None, 'ext')
 
 
 def test_opcheck():

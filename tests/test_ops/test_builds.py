@@ -26,13 +26,14 @@ def test_jit_build_loads_the_ops_when_the_built_module_is_missing(tmp_path):
         import sys
         sys.modules['mmtransnext._ext'] = None  # as if installed without the compiled ops
         import torch
-        from mmtransnext.ops import load_extension, window_qk
+        from mmtransnext.ops import backend_for, load_extension, window_qk
         from mmtransnext.ops.sliding_window import sliding_window_qk
         status = load_extension()
         assert status.loaded and status.source == 'jit', status
         q, k = torch.randn(2, 1, 2, 12, 4).unbind(0)
         rpb = torch.randn(2, 9)
-        torch.testing.assert_close(window_qk(q, k, rpb, (3, 4), 3, impl='ext'),
+        torch.testing.assert_close(window_qk(q, k, rpb, (3, 4), 3,
+                                             backend=backend_for('ext', q)),
                                    sliding_window_qk(q, k, rpb, (3, 4), 3))
         """)
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path), MAX_JOBS='2',

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from mmtransnext import TransNeXt
-from mmtransnext.ops import dispatch, extension, load_extension, window_av, window_qk
+from mmtransnext.ops import (cosine_attention, decisions, dispatch, extension, load_extension,
+                             window_av, window_qk)
+from mmtransnext.ops.backend import Backend
 from mmtransnext.ops.sliding_window import sliding_window_av, sliding_window_qk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,11 +37,11 @@ def _extension():
 
 
 @pytest.fixture
-def fresh(monkeypatch):
-    """No decision or failure recorded yet (restored after the test)."""
-    monkeypatch.setattr(dispatch, '_decisions', {})
-    monkeypatch.setattr(dispatch, '_failures', {})
-    monkeypatch.setattr(dispatch, '_passed', {})
+def fresh():
+    """No decision or failure recorded yet (and none kept after the test)."""
+    dispatch.reset()
+    yield
+    dispatch.reset()
 
 
 @pytest.fixture
@@ -58,8 +60,9 @@ def _inputs(size=(6, 7), window=5, heads=2, dim=8):
 
 
 def _attention(impl, q, k, v, rpb, size, window):
-    weights = window_qk(q, k, rpb, size, window, impl=impl).softmax(-1)
-    return window_av(weights, v, size, window, impl=impl)
+    backend = dispatch.backend_for(impl, q)
+    weights = window_qk(q, k, rpb, size, window, backend=backend).softmax(-1)
+    return window_av(weights, v, size, window, backend=backend)
 
 
 def test_ext_and_torch_agree_in_forward_and_backward():
@@ -76,8 +79,8 @@ def test_auto_uses_the_compiled_op_when_it_is_available(monkeypatch, fresh):
     def reference_must_not_run(*args, **kwargs):
         raise AssertionError('auto fell back although the compiled op is available')
 
-    monkeypatch.setattr(dispatch, 'sliding_window_qk', reference_must_not_run)
-    monkeypatch.setattr(dispatch, 'sliding_window_av', reference_must_not_run)
+    monkeypatch.setattr(cosine_attention, 'sliding_window_qk', reference_must_not_run)
+    monkeypatch.setattr(cosine_attention, 'sliding_window_av', reference_must_not_run)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         _attention('auto', *_inputs())
@@ -124,11 +127,11 @@ def _choose(impl, device='cuda:0', dtype=torch.float16, **kwargs):
 def test_auto_on_cuda_prefers_triton_then_the_compiled_ops(cuda):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        assert _choose('auto') == dispatch.Backend('triton', 'torch', 'efficient', 'torch',
+        assert _choose('auto') == Backend('triton', 'torch', 'efficient', 'torch',
                                                    'cuda:0', torch.float16)
         cuda['triton'] = 'simulated: no triton'
         assert _choose('auto', dtype=torch.float16).name == 'triton'  # decided, kept
-        assert _choose('ext') == dispatch.Backend('ext', 'ext', 'efficient', 'torch', 'cuda:0',
+        assert _choose('ext') == Backend('ext', 'ext', 'efficient', 'torch', 'cuda:0',
                                                   torch.float16)
     with pytest.warns(RuntimeWarning, match=r"attn_impl='auto' on cuda:1 torch.bfloat16: the "
                                             r"compiled sliding-window ops \(triton: simulated: "
@@ -142,7 +145,7 @@ def test_auto_on_cuda_without_any_compiled_code_falls_back_once(cuda):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         choices = {_choose('auto', dtype=torch.float32) for _ in range(3)}
-    assert choices == {dispatch.Backend('torch', 'torch', 'efficient', 'torch', 'cuda:0',
+    assert choices == {Backend('torch', 'torch', 'efficient', 'torch', 'cuda:0',
                                         torch.float32)}
     assert len(caught) == 1, [str(w.message) for w in caught]
     message = str(caught[0].message)
@@ -155,9 +158,9 @@ def test_auto_on_cuda_without_any_compiled_code_falls_back_once(cuda):
 
 
 def test_decisions_on_cpu_and_other_devices(fresh):
-    assert _choose('auto', 'cpu', torch.float32) == dispatch.Backend(
+    assert _choose('auto', 'cpu', torch.float32) == Backend(
         'ext', 'ext', 'flash', 'compiled', 'cpu', torch.float32)
-    assert _choose('torch', 'cpu', torch.bfloat16) == dispatch.Backend(
+    assert _choose('torch', 'cpu', torch.bfloat16) == Backend(
         'torch', 'torch', 'flash', 'torch', 'cpu', torch.bfloat16)
     # CPU tensors run the Triton kernels only in its interpreter (set by the tests' conftest)
     assert _choose('triton', 'cpu', torch.float32).name == 'triton'
@@ -166,13 +169,13 @@ def test_decisions_on_cpu_and_other_devices(fresh):
     with pytest.raises(RuntimeError, match=r"attn_impl='triton'.*float64"):
         _choose('triton', 'cpu', torch.float64)
     with pytest.warns(RuntimeWarning, match='not built for meta tensors'):
-        assert _choose('auto', 'meta', torch.float32) == dispatch.Backend(
+        assert _choose('auto', 'meta', torch.float32) == Backend(
             'torch', 'torch', 'math', 'torch', 'meta', torch.float32)
 
 
 def test_the_decision_names_its_reason_in_the_log(fresh, monkeypatch):
     logged = []
-    monkeypatch.setattr(dispatch, 'print_log',
+    monkeypatch.setattr(decisions, 'print_log',
                         lambda msg, logger=None, level=None: logged.append((msg, level, logger)))
     _choose('auto', 'cpu', torch.float32)
     _choose('auto', 'cpu', torch.float32)
@@ -223,30 +226,34 @@ def test_a_refused_pooled_kernel_changes_the_decision_for_that_key_only(cuda):
     assert _choose('ext').pooled_kernel == 'efficient'
     with pytest.warns(RuntimeWarning, match=r'No available kernel \(simulated\)\); using '
                                             r'unfused matmuls for cuda:0 torch.float16'):
-        dispatch.report_failure('cuda:0', torch.float16, 'efficient',
-                                'the kernel refused (No available kernel (simulated))')
+        decisions.report_failure('cuda:0', torch.float16, 'efficient',
+                                 'the kernel refused (No available kernel (simulated))')
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # once
-        dispatch.report_failure('cuda:0', torch.float16, 'efficient', 'again')
+        decisions.report_failure('cuda:0', torch.float16, 'efficient', 'again')
     for impl in ('ext', 'torch', 'auto'):
         decision = _choose(impl)
         assert decision.pooled_kernel == 'math' and 'No available kernel' in decision.reason
     assert _choose('ext', 'cuda:0', torch.float32).pooled_kernel == 'efficient'
     assert _choose('ext', 'cuda:1', torch.float16).pooled_kernel == 'efficient'
-    assert set(dispatch.failures('cuda:0', torch.float16)) == {'efficient'}
+    assert set(decisions.failures('cuda:0', torch.float16)) == {'efficient'}
 
 
-def test_use_triton_answers_from_the_chooser(cuda):
-    """The former helper, kept importable from triton_attention, asks the chooser."""
+def test_backend_for_decides_for_the_tensor(cuda):
+    """What a layer asks once per forward: the chooser's decision for the tensor's device and
+    dtype."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from mmtransnext.ops.triton_attention import use_triton
     with FakeTensorMode():
         tensor = torch.empty(1, device='cuda', dtype=torch.float16)  # metadata only, no GPU
-    assert use_triton('auto', tensor) and use_triton('triton', tensor)
-    assert not use_triton('ext', tensor) and not use_triton('torch', tensor)
+
+    def triton(impl, tensor):
+        return dispatch.backend_for(impl, tensor).name == 'triton'
+
+    assert triton('auto', tensor) and triton('triton', tensor)
+    assert not triton('ext', tensor) and not triton('torch', tensor)
     with pytest.warns(RuntimeWarning, match='simulated: only cuda'):
-        assert not use_triton('auto', torch.zeros(1))  # 'auto' never takes triton on CPU
+        assert not triton('auto', torch.zeros(1))  # 'auto' never takes triton on CPU
 
 
 def test_chunks_are_sized_per_device(monkeypatch):
@@ -323,9 +330,11 @@ def test_attn_impl_torch_runs_no_compiled_code(monkeypatch):
     results = {}
     for impl in ('auto', 'torch'):
         if impl == 'torch':
-            for module, name in [(extension, 'load_extension'), (bias_ops, '_op_available'),
-                                 (dispatch, 'sliding_window_qk_ext'),
-                                 (dispatch, 'sliding_window_av_ext')]:
+            for module, name in [(extension, 'load_extension'),
+                                 (extension, 'expand_bias_available'),
+                                 (bias_ops, 'register'),
+                                 (cosine_attention, 'sliding_window_qk_ext'),
+                                 (cosine_attention, 'sliding_window_av_ext')]:
                 monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail('compiled code'))
         outs = models[impl](x)
         loss = sum(out.square().mean() for out in outs)
@@ -339,6 +348,22 @@ def test_attn_impl_torch_runs_no_compiled_code(monkeypatch):
 def test_unsupported_device_type_is_a_reason_to_fall_back():
     reason = extension.unsupported_reason('mps', torch.float32)
     assert reason is not None and 'not built for mps tensors' in reason
+
+
+def test_the_ops_take_a_backend_not_an_attn_impl():
+    """The layer decides once per forward and passes the decision down; an op given an
+    ``attn_impl`` string says so instead of deciding again."""
+    from mmtransnext.ops.pooled_attention import pooled_attention
+
+    q, k, v, rpb, size, window = _inputs()
+    with pytest.raises(TypeError, match=r"window_qk takes the Backend decided for this forward, "
+                                        r"got str 'ext'"):
+        window_qk(q, k, rpb, size, window, backend='ext')
+    with pytest.raises(TypeError, match=r"window_av takes the Backend .* got str 'torch'"):
+        window_av(torch.zeros(2, 2, 42, window ** 2), v, size, window, backend='torch')
+    folded, rows = torch.zeros(2, 6, 1, 3), torch.zeros(7, 1, 1, dtype=torch.long)
+    with pytest.raises(TypeError, match=r"pooled_attention takes the Backend .* got str 'auto'"):
+        pooled_attention(q, k[:, :, :1], v[:, :, :1], folded, rows, None, backend='auto')
 
 
 def test_bad_impl_is_rejected():
@@ -378,17 +403,17 @@ def test_a_process_without_any_build_imports_and_falls_back():
         sys.modules['mmtransnext._ext'] = None  # makes `import mmtransnext._ext` fail
         import torch
         import mmtransnext
-        from mmtransnext.ops import load_extension, window_qk
+        from mmtransnext.ops import backend_for, load_extension, window_qk
         status = load_extension()
         assert not status.loaded, status
         q = torch.randn(1, 1, 6, 4)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
-            window_qk(q, q, torch.zeros(1, 9), (2, 3), 3, impl='auto')
-            window_qk(q, q, torch.zeros(1, 9), (2, 3), 3, impl='auto')
+            window_qk(q, q, torch.zeros(1, 9), (2, 3), 3, backend=backend_for('auto', q))
+            window_qk(q, q, torch.zeros(1, 9), (2, 3), 3, backend=backend_for('auto', q))
         assert len(caught) == 1, [str(w.message) for w in caught]
         try:
-            window_qk(q, q, torch.zeros(1, 9), (2, 3), 3, impl='ext')
+            window_qk(q, q, torch.zeros(1, 9), (2, 3), 3, backend=backend_for('ext', q))
         except RuntimeError as exc:
             print(exc)
         """)
@@ -411,8 +436,9 @@ class LocalAttention(nn.Module):
         self.impl = impl
 
     def forward(self, q, k, v, size):
-        weights = window_qk(q, k, self.rpb, size, self.window, impl=self.impl).softmax(-1)
-        return window_av(weights, v, size, self.window, impl=self.impl)
+        backend = dispatch.backend_for(self.impl, q)
+        weights = window_qk(q, k, self.rpb, size, self.window, backend=backend).softmax(-1)
+        return window_av(weights, v, size, self.window, backend=backend)
 
 
 @pytest.mark.parametrize('impl', ['ext', 'auto'])

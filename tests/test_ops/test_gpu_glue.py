@@ -33,7 +33,7 @@ def test_pooled_attention_glue_on_meta(table_sizes):
     extra = torch.randn(2, 3, 63, 1, device=META, requires_grad=True)
     for chunk in (None, 2):  # the whole map (the budget of meta), many chunks
         out, mass = pa.pooled_attention(q, k, v, *fold_rows(grid, table, size, pool), extra,
-                                        chunk=chunk, impl='auto')
+                                        chunk=chunk, backend=dispatch.backend_for('auto', q))
         assert out.shape == q.shape and mass.shape == extra.shape
         grads = torch.autograd.grad(out.sum() + mass.sum(), (q, k, v, grid, extra))
         assert [g.shape for g in grads] == [t.shape for t in (q, k, v, grid, extra)]
@@ -41,13 +41,14 @@ def test_pooled_attention_glue_on_meta(table_sizes):
 
 @pytest.mark.parametrize('extrapolation', [False, True])
 @pytest.mark.parametrize('impl', ['torch', 'auto', 'ext'])
-def test_backbone_forward_and_backward_on_meta(extrapolation, impl, monkeypatch):
+def test_backbone_forward_and_backward_on_meta(extrapolation, impl, monkeypatch, request):
     if impl == 'ext':
         # As on a GPU with the compiled ops: the window ops' fake (meta) kernels stand in for
         # the CUDA ones, so this runs the glue around them that CUDA tensors take.
         assert load_extension().loaded
         monkeypatch.setattr(extension, 'unsupported_reason', lambda device_type, dtype: None)
-        monkeypatch.setattr(dispatch, '_decisions', {})  # decided again, with that answer
+        dispatch.reset()  # decided again, with that answer (and not kept after the test)
+        request.addfinalizer(dispatch.reset)
     model = TransNeXt('micro', depths=[1, 1, 1, 1], img_size=128, pretrain_size=64,
                       is_extrapolation=extrapolation, attn_impl=impl).to(META)
     x = torch.randn(2, 3, 100, 132, device=META)

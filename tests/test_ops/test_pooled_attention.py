@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from mmtransnext.models.layers.position_bias import build_position_table, fold_rows
-from mmtransnext.ops import bias_ops, dispatch
+from mmtransnext.ops import decisions, dispatch
 from mmtransnext.ops import pooled_attention as pa
+from mmtransnext.ops.backend import Backend
+from mmtransnext.ops.dispatch import backend_for
 from reference import brute_force_table, gather_and_resize
 
 PRETRAIN = (14, 14)
@@ -64,7 +66,7 @@ def test_pooled_attention_equals_one_softmax_outputs_and_gradients(size, pool, t
     leaves = _leaves(q, k, v, grid) + (_leaves(extra) if with_extra else [None])
     qf, kf, vf, gf, ef = leaves
     out, mass = pa.pooled_attention(qf, kf, vf, *fold_rows(gf, table, size, pool), ef,
-                                    chunk=chunk)
+                                    chunk=chunk, backend=backend_for('auto', qf))
     loss = (out * weights_out).sum() + ((mass * weights_mass).sum() if with_extra else 0)
     loss.backward()
 
@@ -90,14 +92,16 @@ def test_pooled_attention_generic_path_and_pytorch_bias_expansion(monkeypatch):
     table, grid, q, k, v, extra = _case(size, pool, table_sizes)
     results = []
     # 'torch' with the math kernel, as decided for devices without a fused one
-    generic_backend = dispatch.Backend('torch', 'torch', 'math', 'torch', 'cpu', torch.float32)
+    generic_backend = Backend('torch', 'torch', 'math', 'torch', 'cpu', torch.float32)
     for generic in (False, True):
         if generic:
-            monkeypatch.setattr(bias_ops, '_op_available', lambda: pytest.fail('compiled'))
+            monkeypatch.setattr(torch.ops.mmtransnext, 'expand_bias',
+                                lambda *args: pytest.fail('compiled'))
         leaves = _leaves(q, k, v, grid, extra)
+        backend = generic_backend if generic else backend_for('auto', leaves[0])
         out, mass = pa.pooled_attention(leaves[0], leaves[1], leaves[2],
                                         *fold_rows(leaves[3], table, size, pool), leaves[4],
-                                        chunk=2, impl=generic_backend if generic else 'auto')
+                                        chunk=2, backend=backend)
         (out.sum() + 3 * mass.sum()).backward()
         results.append((out, mass, [t.grad for t in leaves]))
     (out_a, mass_a, grads_a), (out_b, mass_b, grads_b) = results
@@ -110,11 +114,13 @@ def test_pooled_attention_generic_path_and_pytorch_bias_expansion(monkeypatch):
 def test_pooled_attention_output_is_token_major_and_bf16_runs():
     size, pool = (4, 4), (2, 2)
     table, grid, q, k, v, extra = _case(size, pool)
-    out, _ = pa.pooled_attention(q, k, v, *fold_rows(grid, table, size, pool), extra)
+    out, _ = pa.pooled_attention(q, k, v, *fold_rows(grid, table, size, pool), extra,
+                                 backend=backend_for('auto', q))
     # (B, heads, N, d) view of (B, N, heads, d) memory: the projection reads it without a copy.
     assert out.transpose(1, 2).is_contiguous()
     out16, mass16 = pa.pooled_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(),
-                                        *fold_rows(grid, table, size, pool), extra)
+                                        *fold_rows(grid, table, size, pool), extra,
+                                        backend=backend_for('auto', q.bfloat16()))
     assert out16.dtype == torch.bfloat16
     torch.testing.assert_close(out16.float(), out, rtol=0.05, atol=0.05)
 
@@ -123,7 +129,8 @@ def test_pooled_attention_rejects_mismatched_map():
     size, pool = (4, 4), (2, 2)
     table, grid, q, k, v, extra = _case(size, pool)
     with pytest.raises(ValueError, match='do not form'):
-        pa.pooled_attention(q[:, :, :12], k, v, *fold_rows(grid, table, size, pool))
+        pa.pooled_attention(q[:, :, :12], k, v, *fold_rows(grid, table, size, pool),
+                            backend=backend_for('auto', q))
 
 
 def test_chunk_rows_respects_the_budget():
@@ -175,12 +182,12 @@ def test_cuda_glue_with_the_fused_kernel_equals_the_oracle(size, pool, table_siz
     stand-in with its contract), output, share of the extra set and every gradient against the
     oracle's one softmax."""
     monkeypatch.setattr(pa, '_efficient_attention', _efficient_kernel_stand_in)
-    cuda_like = dispatch.Backend('ext', 'ext', 'efficient', 'compiled', 'cpu', torch.float32)
+    cuda_like = Backend('ext', 'ext', 'efficient', 'compiled', 'cpu', torch.float32)
     table, grid, q, k, v, extra = _case(size, pool, table_sizes)
     leaves = _leaves(q, k, v, grid, extra)
     out, mass = pa.pooled_attention(leaves[0], leaves[1], leaves[2],
                                     *fold_rows(leaves[3], table, size, pool), leaves[4],
-                                    chunk=chunk, impl=cuda_like)
+                                    chunk=chunk, backend=cuda_like)
     (out.sum() + 2 * mass.sum()).backward()
     ref = _leaves(q, k, v, grid, extra)
     out_r, mass_r = _expected(ref[0], ref[1], ref[2], _official_bias(ref[3], table, size, pool),
@@ -209,18 +216,18 @@ def test_cuda_glue_falls_back_once_when_the_kernel_refuses(monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError('CUDA out of memory')
 
-    monkeypatch.setattr(dispatch, '_decisions', {})
-    monkeypatch.setattr(dispatch, '_failures', {})
+    dispatch.reset()
     q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)
     bias = torch.randn(2, 5, 3)
     monkeypatch.setattr(pa, '_efficient_attention', out_of_memory)
     with pytest.raises(torch.cuda.OutOfMemoryError):  # not a reason to change kernels
         pa._efficient_chunk_attention(q, k, v, bias)
-    assert 'efficient' not in dispatch.failures(q.device, q.dtype)
+    assert 'efficient' not in decisions.failures(q.device, q.dtype)
     monkeypatch.setattr(pa, '_efficient_attention', refuse)
     with pytest.warns(RuntimeWarning, match='No available kernel'):
         out, lse = pa._efficient_chunk_attention(q, k, v, bias)
-    assert 'efficient' in dispatch.failures(q.device, q.dtype)
+    assert 'efficient' in decisions.failures(q.device, q.dtype)
     expected = pa._math_chunk_attention(q, k, v, bias)
     torch.testing.assert_close(out, expected[0])
     torch.testing.assert_close(lse, expected[1])
+    dispatch.reset()

@@ -383,7 +383,7 @@ def _geometry(size, pool, window, trained=None):
                                                   (True, (7, 9), (7, 9), 'rows')])
 def test_layers_with_triton_match_the_paper_equations(monkeypatch, full, size, pool, axis):
     """The layers fold the axis with more taps (``axis`` here) and match the oracle."""
-    from mmtransnext.models.layers import attention as attention_module
+    from mmtransnext.ops import cosine_attention
     trained = ((8, 8), (4, 4))
     folded_axes = []
 
@@ -391,7 +391,7 @@ def test_layers_with_triton_match_the_paper_equations(monkeypatch, full, size, p
         folded_axes.append(fold_axis)
         return triton_attention(*args, fold_axis=fold_axis, **kwargs)
 
-    monkeypatch.setattr(attention_module, 'triton_attention', spy)
+    monkeypatch.setattr(cosine_attention, 'triton_attention', spy)
     if full:
         attn = perturb_(FullAttention(48, 2, attn_impl='triton'))
     else:
@@ -673,12 +673,13 @@ def test_kernel_configs_pipeline_every_loop_and_leave_room_for_two_blocks():
     warps, or 8 with tiles small enough for 128 registers (two blocks per multiprocessor, read in
     the builds by tools/check_triton_build.py); query tiles of 32, 16 per batch item in the
     query backward and in the float32 key backward; 32 pooled keys per tile."""
-    from mmtransnext.ops.triton_attention import QUERY_ITEMS, kernel_config
+    from mmtransnext.ops.triton_attention import QUERY_ITEMS
+    from mmtransnext.ops.triton_configs import kernel_config
     assert QUERY_ITEMS == 2
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for window in (0, 3):
             configs = {k: kernel_config(dtype, window, k) for k in ('forward', 'query', 'keys')}
-            assert all(c.unroll and c.block_n == 32 for c in configs.values())
+            assert all(c.block_n == 32 for c in configs.values())
             assert configs['forward'].block_m == 32
             assert configs['keys'].block_m == (16 if dtype == torch.float32 else 32)
             assert configs['query'].block_m == 16

@@ -24,6 +24,7 @@ from mmtransnext.ops import triton_attention as ta
 from mmtransnext.ops.amp import autocast_dtype, cuda_matmul_allows_tf32
 from mmtransnext.ops.device import DeviceProperties, assume_device
 from mmtransnext.ops.triton_attention import triton_attention
+from mmtransnext.ops.triton_configs import TRITON_FLOOR
 from reference import perturb_, reference_bias
 # The interpreter check and its bfloat16 tl.dot mend (autouse), the oracle and its inputs.
 from test_triton_attention import _interpreted_kernels  # noqa: F401
@@ -431,9 +432,8 @@ def test_a_triton_below_the_floor_is_never_asked_to_compile(monkeypatch):
     over them once with the reason (installed and needed release), 'triton' raises it, and a
     direct call of the op is refused before any launch."""
     import triton
-    floor = '.'.join(map(str, ta.TRITON_FLOOR))
-    for name in ('_decisions', '_failures', '_passed'):
-        monkeypatch.setattr(dispatch, name, {})
+    floor = '.'.join(map(str, TRITON_FLOOR))
+    dispatch.reset()
     monkeypatch.setattr(dispatch.extension, 'unsupported_reason',
                         lambda *args: 'simulated: no CUDA build')
     monkeypatch.setenv(dispatch.SELF_TEST_ENV, '0')

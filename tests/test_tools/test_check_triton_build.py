@@ -377,7 +377,7 @@ def test_kernels_build_without_spills_on_every_supported_triton_release():
     sm_90 by each release of :data:`RELEASES` in a child process that imports it first: all
     compile, none spills (the tool's judgement, as for the installed release). A release that
     cannot be downloaded fails here, naming it."""
-    from mmtransnext.ops.triton_attention import TRITON_FLOOR
+    from mmtransnext.ops.triton_configs import TRITON_FLOOR
     assert RELEASES[0].startswith('.'.join(map(str, TRITON_FLOOR)) + '.'), \
         'the floor the dispatcher allows must be compiled here'
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))

@@ -26,8 +26,9 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mmtransnext.ops import load_extension, window_av, window_padding_mask, window_qk
 from mmtransnext.cli import ToolError, positive_int, run_main
+from mmtransnext.ops import (backend_for, load_extension, window_av, window_padding_mask,
+                             window_qk)
 
 # (label, batch, (H, W)): stage 1 of TransNeXt-Tiny (3 heads, head dim 24, window 3) for an
 # 800x1216 detection input and a 512x512 segmentation crop.
@@ -56,8 +57,9 @@ def make_inputs(batch: int, size: Tuple[int, int]) -> Dict[str, object]:
 
 
 def forward(impl: str, x: Dict[str, object]):
-    attn = window_qk(x['q'], x['k'], x['rpb'], x['size'], WINDOW, x['mask'], impl=impl)
-    out = window_av(x['weights'], x['v'], x['size'], WINDOW, impl=impl)
+    backend = backend_for(impl, x['q'])
+    attn = window_qk(x['q'], x['k'], x['rpb'], x['size'], WINDOW, x['mask'], backend=backend)
+    out = window_av(x['weights'], x['v'], x['size'], WINDOW, backend=backend)
     return attn, out
 
 

@@ -103,8 +103,8 @@ def unavailable(impl: str, device) -> Optional[str]:
     """Why ``impl`` cannot run on ``device``, or None."""
     if impl != 'triton':
         return None
-    from mmtransnext.ops.triton_attention import unsupported_reason
-    return unsupported_reason(device.type)
+    from mmtransnext.ops.dispatch import triton_unsupported_reason
+    return triton_unsupported_reason(device.type)
 
 
 def build_model(args, impl: str, size: Size2d, device):

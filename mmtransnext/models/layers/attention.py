@@ -22,10 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from mmengine.model.weight_init import trunc_normal_
 
-from ...ops.dispatch import Backend, backend_for, check_impl, window_av, window_qk
-from ...ops.pooled_attention import pooled_attention
-from ...ops.triton_attention import triton_attention
-from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_bias, fold_rows,
+from ...ops.backend import Backend, check_impl
+from ...ops.bias_taps import BiasTaps
+from ...ops.cosine_attention import (QueryScale, WindowWeights, aggregated_attention,
+                                     full_attention, scaled_queries)
+from ...ops.dispatch import backend_for
+from ...ops.sliding_window import sliding_window_av, sliding_window_qk
+from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_rows,
                             official_position_bias, official_position_table)
 from .weight_cache import WeightKeyed, reuse_or_build, worth_keeping
 
@@ -183,14 +186,14 @@ class _CosineAttentionBase(nn.Module):
             scale = torch.log(local_lengths + num_pool)
         return self._scaled(q_norm, scale)
 
+    def query_scale(self, length_scale: Union[Tensor, float]) -> QueryScale:
+        """The query transform with ``length_scale`` (see
+        :func:`mmtransnext.ops.cosine_attention.scaled_queries`)."""
+        return QueryScale(self.query_embedding, self.temperature, length_scale)
+
     def _scaled(self, q_norm: Tensor, length_scale: Union[Tensor, float]) -> Tensor:
-        """``(q_norm + query_embedding) * softplus(temperature) * length_scale``, the length
-        scale (built in float32) in the parameters' dtype: a float32 scale would promote the
-        queries of a ``.half()`` / ``.bfloat16()`` model back to float32 (under autocast the
-        parameters, and so the scale, stay float32)."""
-        if isinstance(length_scale, Tensor):
-            length_scale = length_scale.to(self.temperature.dtype)
-        return (q_norm + self.query_embedding) * F.softplus(self.temperature) * length_scale
+        """``(q_norm + query_embedding) * softplus(temperature) * length_scale``."""
+        return scaled_queries(q_norm, self.query_scale(length_scale))
 
     def folded_bias(self, geometry: StageGeometry,
                     keep: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
@@ -202,32 +205,13 @@ class _CosineAttentionBase(nn.Module):
         return fold_rows(self._cpb_grid(geometry.table, keep), geometry.table, geometry.size,
                          geometry.pool_size)
 
-    def attend_pooled(self, q: Tensor, k: Tensor, v: Tensor, geometry: StageGeometry,
-                      extra_lse: Optional[Tensor] = None,
-                      backend: Optional[Backend] = None) -> Tuple[Tensor, Optional[Tensor]]:
-        """Fast path: softmax attention over ``k``/``v`` with the position bias, merged with an
-        extra key set summarised by ``extra_lse`` (see :func:`pooled_attention`), with the
-        ``backend`` decided for this forward (by default decided for ``q``)."""
-        return pooled_attention(q, k, v, *self.folded_bias(geometry), extra_lse=extra_lse,
-                                impl=self.attn_impl if backend is None else backend)
-
-    def attend_triton(self, q_norm: Tensor, k: Tensor, v: Tensor, geometry: StageGeometry,
-                      **local: Tensor) -> Tensor:
-        """GPU path: attention of the normalised queries over ``k``/``v``, with the query
-        embedding and length-scaled temperature applied (as :meth:`scale_queries` does) and the
-        position bias gathered from the folded CPB grid (:func:`fold_bias`: the taps of the axis
-        with more of them mixed on the small grid in PyTorch, differentiably) and the other
-        axis's taps inside the fused Triton kernels; ``local`` holds the window inputs of
-        aggregated attention (see :func:`mmtransnext.ops.triton_attention.triton_attention`)."""
-        scale = geometry.seq_length_scale
-        bias = fold_bias(self._cpb_grid(geometry.table, keep=False), geometry.table,
-                         geometry.size, geometry.pool_size)
-        return triton_attention(
-            q_norm, k, v, *bias[:3], geometry.size, geometry.pool_size, **local,
-            query_embedding=self.query_embedding.view(self.num_heads, self.head_dim),
-            head_scale=F.softplus(self.temperature).view(self.num_heads),
-            query_scale=scale.reshape(-1) if isinstance(scale, Tensor) else scale,
-            fold_axis=bias.axis)
+    def grid_and_taps(self, geometry: StageGeometry,
+                      backend: Backend) -> Tuple[Tensor, BiasTaps]:
+        """The CPB grid (kept for inference except on the Triton path, see
+        :meth:`_cpb_grid`) and the table's taps for the stage's sizes: the position bias as
+        :mod:`mmtransnext.ops.cosine_attention` takes it."""
+        grid = self._cpb_grid(geometry.table, keep=backend.name != 'triton')
+        return grid, geometry.table.taps(geometry.size, geometry.pool_size)
 
     def scale_queries(self, q_norm: Tensor, geometry: StageGeometry) -> Tensor:
         """Add the query embedding and apply the length-scaled temperature."""
@@ -298,20 +282,9 @@ class AggregatedAttention(_CosineAttentionBase):
                                     self.head_dim).permute(2, 0, 3, 1, 4)
         return F.normalize(k, dim=-1), v
 
-    def _heads(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        """``(B, N, C)`` tokens through a linear map into ``(B, heads, N, d)``."""
-        batch, length, _ = x.shape
-        return F.linear(x, weight, bias).view(batch, length, self.num_heads,
-                                              self.head_dim).transpose(1, 2)
-
     def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
-        """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``.
-
-        The fast path computes the official numbers in an order that keeps few full-size
-        tensors alive across the pooled attention: the learnable-token weights replace the
-        normalised queries as soon as they are made, and the local keys and values come from
-        the two halves of ``kv`` separately, the values only once they are needed.
-        """
+        """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``: the fast path with the backend decided
+        once for this forward, or the reference."""
         if not self.use_fast_path():
             return self.forward_reference(x, geometry)
         return self.forward_with(x, geometry, backend_for(self.attn_impl, x))
@@ -319,56 +292,17 @@ class AggregatedAttention(_CosineAttentionBase):
     def forward_with(self, x: Tensor, geometry: StageGeometry, backend: Backend) -> Tensor:
         """The fast path with ``backend`` (a decision of
         :func:`mmtransnext.ops.dispatch.choose_backend`): the fused Triton kernels, or the
-        window ops and chunked pooled attention it names."""
-        if backend.name == 'triton':
-            return self.forward_triton(x, geometry)
-        size, window, dim = geometry.size, self.window_size, self.dim
-        kv_w, kv_b = self.kv.weight, self.kv.bias
-        q_norm = F.normalize(self._heads(x, self.q.weight, self.q.bias), dim=-1)
-        q_scaled = self.scale_queries(q_norm, geometry)
-        token_weights = q_norm @ self.learnable_tokens + self.learnable_bias
-        del q_norm
-        k_local = F.normalize(self._heads(x, kv_w[:dim], None if kv_b is None else kv_b[:dim]),
-                              dim=-1)
-        attn_local = window_qk(q_scaled, k_local, self.relative_pos_bias_local, size, window,
-                               geometry.padding_mask, backend)
-        del k_local
-        lse_local = torch.logsumexp(attn_local, dim=-1, keepdim=True)
-        k_pool, v_pool = self.pooled_kv(x, size, geometry.pool_size, fast=True)
-        out, local_mass = self.attend_pooled(q_scaled, k_pool, v_pool, geometry, lse_local,
-                                             backend)
-        # The pooled keys' mass is float32: back to the logits' dtype, which a half model's
-        # window op needs (under autocast the window op casts to autocast's dtype anyway).
-        local_weights = (torch.exp(attn_local - lse_local) * local_mass +
-                         token_weights).to(attn_local.dtype)
-        v_local = self._heads(x, kv_w[dim:], None if kv_b is None else kv_b[dim:])
-        out = out + window_av(local_weights, v_local, size, window, backend)
-        return self.project(out)
-
-    def forward_triton(self, x: Tensor, geometry: StageGeometry) -> Tensor:
-        """GPU path: window and pooled keys under one softmax in one fused Triton kernel."""
-        batch, length, _ = x.shape
-        q_norm = F.normalize(self._heads(x, self.q.weight, self.q.bias), dim=-1)
-        token_weights = self.token_weights_by_head(q_norm)
-        k_local, v_local = self.kv(x).view(batch, length, 2, self.num_heads,
-                                           self.head_dim).permute(2, 0, 3, 1, 4)
-        k_local = F.normalize(k_local, dim=-1)
+        window ops and chunked pooled attention it names
+        (:func:`mmtransnext.ops.cosine_attention.aggregated_attention`)."""
         k_pool, v_pool = self.pooled_kv(x, geometry.size, geometry.pool_size, fast=True)
-        return self.project(self.attend_triton(
-            q_norm, k_pool, v_pool, geometry, k_local=k_local, v_local=v_local,
-            token_weights=token_weights, local_bias=self.relative_pos_bias_local))
-
-    def token_weights_by_head(self, q_norm: Tensor) -> Tensor:
-        """``q_norm @ learnable_tokens + learnable_bias`` as a ``(B, heads, N, w*w)`` view of
-        head-major memory, in one batched matmul over heads that reads the queries where they
-        are (``(B, N, heads, d)`` memory, as the projection writes them) instead of copying
-        them first; for consumers that take any strides (the Triton kernels)."""
-        batch, heads, length, dim = q_norm.shape
-        if q_norm.stride() != (length * heads * dim, dim, heads * dim, 1):
-            return q_norm @ self.learnable_tokens + self.learnable_bias
-        by_head = q_norm.permute(1, 0, 2, 3).reshape(heads, batch * length, dim)  # a view
-        out = torch.baddbmm(self.learnable_bias, by_head, self.learnable_tokens)
-        return out.view(heads, batch, length, out.shape[-1]).transpose(0, 1)
+        weights = WindowWeights(self.q.weight, self.q.bias, self.kv.weight, self.kv.bias,
+                                self.relative_pos_bias_local, self.learnable_tokens,
+                                self.learnable_bias)
+        out = aggregated_attention(x, k_pool, v_pool, *self.grid_and_taps(geometry, backend),
+                                   geometry.size, geometry.pool_size, self.window_size, weights,
+                                   self.query_scale(geometry.seq_length_scale),
+                                   geometry.padding_mask, backend)
+        return self.project(out)
 
     def forward_reference(self, x: Tensor, geometry: StageGeometry) -> Tensor:
         """The official computation: concatenated logits, one softmax, unfolded windows."""
@@ -382,8 +316,8 @@ class AggregatedAttention(_CosineAttentionBase):
         k_local = F.normalize(k_local, dim=-1)
         lengths, mask = official_window_lengths_and_mask(size, window, x.device)
         q_scaled = self.reference_queries(q_norm, geometry, lengths)
-        attn_local = window_qk(q_scaled, k_local, self.relative_pos_bias_local, size, window,
-                               mask, 'torch')
+        attn_local = sliding_window_qk(q_scaled, k_local, self.relative_pos_bias_local, size,
+                                       window, mask)
         k_pool, v_pool = self.pooled_kv(x, size, geometry.pool_size)
         attn_pool = q_scaled @ k_pool.transpose(-2, -1) + self.position_bias(geometry)
 
@@ -392,7 +326,7 @@ class AggregatedAttention(_CosineAttentionBase):
         attn_local, attn_pool = attn.split([self.local_len, attn_pool.shape[-1]], dim=-1)
 
         local_weights = q_norm @ self.learnable_tokens + self.learnable_bias + attn_local
-        out = window_av(local_weights, v_local, size, window, 'torch')
+        out = sliding_window_av(local_weights, v_local, size, window)
         out = out + attn_pool @ v_pool
         return self.project(out)
 
@@ -437,7 +371,6 @@ class FullAttention(_CosineAttentionBase):
     def forward_with(self, x: Tensor, geometry: StageGeometry, backend: Backend) -> Tensor:
         """The fast path with ``backend`` (as :meth:`AggregatedAttention.forward_with`)."""
         q_norm, k, v = self._qkv_heads(x)
-        if backend.name == 'triton':
-            return self.project(self.attend_triton(q_norm, k, v, geometry))
-        q_scaled = self.scale_queries(q_norm, geometry)
-        return self.project(self.attend_pooled(q_scaled, k, v, geometry, backend=backend)[0])
+        return self.project(full_attention(
+            q_norm, k, v, *self.grid_and_taps(geometry, backend), geometry.size,
+            self.query_scale(geometry.seq_length_scale), backend))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops.bias_ops import expand_columns
+from ...ops.dispatch import backend_for
 from ...ops.sliding_window import window_padding_mask
 from .attention import AggregatedAttention, FullAttention, StageGeometry
 from .transxnet_layers import OSRA
@@ -32,7 +33,8 @@ def _position_bias_row(attn: nn.Module, geometry: StageGeometry, query: Size2d) 
         return attn.position_bias(geometry)[:, iy * geometry.size[1] + ix]
     folded, rows_w, w_w = attn.folded_bias(geometry)
     row = expand_columns(folded[:, iy:iy + 1].contiguous(), rows_w[ix:ix + 1].contiguous(),
-                         None if w_w is None else w_w[ix:ix + 1].contiguous(), attn.attn_impl)
+                         None if w_w is None else w_w[ix:ix + 1].contiguous(),
+                         backend_for(attn.attn_impl, folded))
     return row.reshape(folded.shape[0], -1)
 
 

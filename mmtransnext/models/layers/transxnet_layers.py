@@ -20,7 +20,7 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from ...ops.dispatch import exporting
+from ...ops.backend import exporting
 from ...ops.pooling import adaptive_avg_pool2d
 from .checkpointing import maybe_checkpoint
 

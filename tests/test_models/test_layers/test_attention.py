@@ -104,7 +104,7 @@ def test_reference_mode_runs_none_of_the_fast_paths_code(monkeypatch, interp):
     fail, the reference mode still gives the tests' oracle's numbers."""
     from mmtransnext.models.layers import attention as attention_module
     from mmtransnext.models.layers import position_bias
-    from mmtransnext.ops import bias_ops, dispatch, extension
+    from mmtransnext.ops import bias_ops, cosine_attention, extension
 
     size, pool, window = (9, 7), (2, 1), 3
     trained = ((12, 10), (3, 2)) if interp else None
@@ -117,12 +117,15 @@ def test_reference_mode_runs_none_of_the_fast_paths_code(monkeypatch, interp):
         raise AssertionError('the reference path ran fast-path or compiled code')
 
     for module, name in [(attention_module, 'fold_rows'), (attention_module, 'cpb_grid'),
-                         (attention_module, 'pooled_attention'),
-                         (position_bias, 'fold_rows'), (position_bias.BiasTaps, 'build'),
+                         (attention_module, 'aggregated_attention'),
+                         (attention_module, 'full_attention'),
+                         (cosine_attention, 'pooled_attention'), (cosine_attention, 'fold_grid'),
+                         (position_bias, 'fold_rows'), (position_bias, 'fold_grid'),
+                         (position_bias.BiasTaps, 'build'),
                          (bias_ops, 'expand_columns'), (bias_ops, 'expand_columns_torch'),
-                         (bias_ops, '_op_available'), (extension, 'load_extension'),
-                         (dispatch, 'sliding_window_qk_ext'),
-                         (dispatch, 'sliding_window_av_ext')]:
+                         (extension, 'expand_bias_available'), (extension, 'load_extension'),
+                         (cosine_attention, 'sliding_window_qk_ext'),
+                         (cosine_attention, 'sliding_window_av_ext')]:
         monkeypatch.setattr(module, name, forbidden)
     x = torch.randn(2, 63, 24)
     with torch.no_grad():
