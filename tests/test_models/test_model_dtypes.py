@@ -18,5 +18,6 @@ MODELS = {
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('name', sorted(MODELS))
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_half_precision_model_is_close_to_float32(name, dtype):
     assert_cast_model_close(perturb_(MODELS[name]()).eval(), torch.randn(1, 3, 65, 71), dtype)

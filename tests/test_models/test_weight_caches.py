@@ -93,6 +93,7 @@ def _assert_matches_fresh(model, family):
 
 @pytest.mark.parametrize('update', sorted(UPDATES))
 @pytest.mark.parametrize('family', sorted(FAMILIES))
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_cached_biases_follow_weight_updates(family, update):
     model = FAMILIES[family]()
     _forward(model)  # caches warm

@@ -442,6 +442,7 @@ class LocalAttention(nn.Module):
 
 
 @pytest.mark.parametrize('impl', ['ext', 'auto'])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_torch_compile_fullgraph(impl):
     torch._dynamo.reset()
     model = LocalAttention(2, 3, impl)
@@ -459,6 +460,7 @@ def test_torch_compile_fullgraph(impl):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_a_layer_under_torch_compile_sees_the_decision_as_a_constant(monkeypatch, fresh):
     """The whole fast path of a layer in one graph: the decision is made once, while tracing,
     and the graph runs the chosen ops (same numbers and gradients as eager)."""

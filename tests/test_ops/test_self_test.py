@@ -92,6 +92,7 @@ def _perturb_gradients(monkeypatch):
     monkeypatch.setattr(triton_module, '_attention', wrong)
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_correct_kernels_pass():
     """On the default case's odd batch and column-folded bias (the whole default case, 3-5 min
     in the interpreter, passes too: max relative error 6.2e-6 for 'triton' in float32)."""
@@ -266,6 +267,7 @@ def _old_check(candidate, case):
                for _, got, want in self_test.compare(candidate, case))
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_a_kernel_wrong_on_an_odd_batch_fails_it_and_passed_the_old_case(monkeypatch):
     _lose_the_lone_last_item(monkeypatch)
     assert _old_check(_backend('triton'), OLD) <= 2e-3  # the former case and float32 check
@@ -275,6 +277,7 @@ def test_a_kernel_wrong_on_an_odd_batch_fails_it_and_passed_the_old_case(monkeyp
     assert result.errors['aggregated: output'] < 1e-5  # the forward is right
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_in_a_child_process_it_gives_the_numbers_of_this_process(monkeypatch):
     """The child inherits the environment (TRITON_INTERPRET, the MMTRANSNEXT_* variables) and
     runs the same case on the same device and dtype."""
@@ -297,6 +300,7 @@ _ABORT_IN_THE_OP = ('import os\n'
                     'cosine_attention.sliding_window_qk_ext = lambda *args: os.abort()\n')
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_a_child_that_crashes_gives_the_next_backend_and_one_message(monkeypatch):
     monkeypatch.setattr(self_test_process, 'CHILD_DEVICE_TYPES', ('cpu',))
     monkeypatch.setattr(self_test_process, 'run_in_child', functools.partial(
@@ -320,6 +324,7 @@ def test_a_child_that_crashes_gives_the_next_backend_and_one_message(monkeypatch
     ('1 / 0', r"exited with status 1 without a result; its last output line: "
               r"'ZeroDivisionError: division by zero'"),
     ('import time\ntime.sleep(600)', r'did not finish within 1 s and was killed')])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_a_child_that_exits_or_hangs_fails_it_saying_how(setup, how):
     result = self_test_process.run_in_child(_backend('triton'), SMALL, timeout=1 if 'sleep' in
                                             setup else 60, child_setup=setup)

@@ -214,6 +214,7 @@ def _assert_all_close(got, want, dtype, extra=()):
 
 
 @pytest.mark.parametrize('size,pool,trained,batch,window', CASES)
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_aggregated_kernels_match_the_oracle_fp32(size, pool, trained, batch, window):
     got, want = _run_case(size, pool, trained, batch, window, torch.float32)
     _assert_all_close(got, want, torch.float32)
@@ -283,6 +284,7 @@ def test_fold_bias_refuses_an_unknown_axis():
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('axis', ['rows', 'columns'])
 @pytest.mark.parametrize('size,pool,trained,batch,window', COLUMN_CASES + [CASES[3]])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_either_folded_axis_matches_the_oracle(size, pool, trained, batch, window, axis,
                                                dtype):
     """Forward and every gradient (the CPB MLP's through the folded grid's, exact in either
@@ -293,6 +295,7 @@ def test_either_folded_axis_matches_the_oracle(size, pool, trained, batch, windo
 
 @pytest.mark.parametrize('full,dtype', [(False, torch.float32), (False, torch.bfloat16),
                                         (True, torch.float32)])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_query_backward_pairs_batch_items_odd_batch(full, dtype):
     """The query backward takes two batch items per program (the bias and its gradient
     shared): with three items, the second program's pair has one, its other half masked off.
@@ -317,12 +320,14 @@ def test_full_attention_with_the_columns_folded(size, dtype):
 
 
 @pytest.mark.parametrize('size,pool,trained,batch,window', CASES[:4])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_aggregated_kernels_match_the_oracle_bf16(size, pool, trained, batch, window):
     got, want = _run_case(size, pool, trained, batch, window, torch.bfloat16)
     _assert_all_close(got, want, torch.bfloat16)
 
 
 @pytest.mark.parametrize('size,pool,trained,batch,window', CASES[2:4])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_aggregated_kernels_match_the_oracle_fp16(size, pool, trained, batch, window):
     got, want = _run_case(size, pool, trained, batch, window, torch.float16)
     _assert_all_close(got, want, torch.float16)
@@ -344,6 +349,7 @@ def test_full_attention_kernels_match_the_oracle(size, trained, dtype):
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('full,query_scale', [(False, 'per_query'), (False, 'tensor'),
                                                (True, 'number')])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_kernels_apply_the_query_transform(full, query_scale, dtype):
     """Normalised queries, embedding and factors in, against the oracle on the queries scaled
     in PyTorch: forward and the gradients of everything, the transform's included."""
@@ -357,6 +363,7 @@ def test_kernels_apply_the_query_transform(full, query_scale, dtype):
     _assert_all_close(got, want, dtype, extra)
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_backward_under_autocast_stays_float32():
     """A backward run under autocast (as a training loop's may be) computes the query
     transform's and the CPB MLP's gradients in float32 all the same: float32 tolerances."""
@@ -381,6 +388,7 @@ def _geometry(size, pool, window, trained=None):
 @pytest.mark.parametrize('full,size,pool,axis', [(False, (7, 9), (3, 4), 'rows'),
                                                   (False, (9, 7), (4, 3), 'columns'),
                                                   (True, (7, 9), (7, 9), 'rows')])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_layers_with_triton_match_the_paper_equations(monkeypatch, full, size, pool, axis):
     """The layers fold the axis with more taps (``axis`` here) and match the oracle."""
     from mmtransnext.ops import cosine_attention
@@ -416,6 +424,7 @@ def test_layers_with_triton_match_the_paper_equations(monkeypatch, full, size, p
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_autocast_gradients_are_as_accurate_as_the_pytorch_path():
     """A layer under CPU bf16 autocast (the kernels' bfloat16 products exact, as a GPU's MMA
     computes them): every gradient within twice the PyTorch path's error (``attn_impl='torch'``
@@ -470,6 +479,7 @@ def test_backbone_with_triton_matches_the_reference():
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_half_precision_backbone_with_triton_is_close_to_float32(dtype):
     """A whole model cast with ``.to(dtype)`` runs the kernels in that dtype, close to the
     float32 model (relative to the output's scale)."""
@@ -539,6 +549,7 @@ def test_bad_inputs_raise_value_errors():
         triton_attention(q, kp, kp, *by_columns, (3, 4), (2, 2))
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_op_traces_under_torch_compile():
     """Fake and autograd registrations let torch.compile trace the op whole (fullgraph), forward
     and backward (aot_eager: the op itself still runs in the interpreter)."""
@@ -596,6 +607,7 @@ def test_row_alignment_follows_the_channels_not_the_size():
     assert row_alignment(one_row) == 4 and _strides(one_row, 4) == (18, 6, 0)
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_launch_grids_use_one_axis(monkeypatch):
     """All programs lie on grid axis 0 (axis 1 would cap batch * heads at 65535)."""
     from mmtransnext.ops import triton_kernels
@@ -639,6 +651,7 @@ def test_pooled_key_backward_splits_fill_two_waves():
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_kernels_with_many_key_splits(monkeypatch, dtype):
     """One query tile per run (31 runs of partial pooled-key gradients, summed in PyTorch)."""
     from mmtransnext.ops import triton_attention as module

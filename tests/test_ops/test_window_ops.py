@@ -240,6 +240,7 @@ def test_results_do_not_depend_on_the_thread_count():
 
 
 @pytest.mark.parametrize('size,window', [((3, 4), 3), ((2, 5), 5), ((1, 1), 3)])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_gradcheck_float64(size, window):
     q, k, v = projections(2, 2, size, 3, torch.float64, parts=3)
     rpb = torch.randn(2, window ** 2, dtype=torch.float64, requires_grad=True)

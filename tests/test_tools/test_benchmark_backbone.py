@@ -43,6 +43,7 @@ def test_benchmark_takes_transxnet(tmp_path):
     assert result['time_s'] > 0 and result['flops'] > 0 and result['tensor_peak_mb'] > 0
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_benchmark_counts_launches_of_the_gpu_path(tmp_path):
     """The Triton implementation gets launches and memory (under a GPU's budgets) but no time;
     the fast path is still timed, and measured under both budgets; launch figures are in the

@@ -9,6 +9,8 @@ from tool_helpers import MASK_RCNN_DEMO, ROOT, load_tool
 from mmtransnext.models import TransNeXt, TransXNet
 from mmtransnext.models.layers.transxnet_layers import IDConv
 
+pytestmark = pytest.mark.slow  # tool subprocesses and FLOP counts of whole models
+
 
 @pytest.fixture(scope='module')
 def get_flops():

@@ -472,6 +472,7 @@ def test_the_sanitizer_step_fails_on_a_report_and_skips_a_refusal(tmp_path):
 
 
 # ----------------------------------------------------------------------------- interpreter
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_sanitizer_script_runs_every_kernel_in_the_interpreter():
     """tools/gpu_check/sanitize_ops.py's calls, on the CPU with the Triton kernels interpreted
     (tests/conftest.py sets TRITON_INTERPRET=1) and the compiled window ops' CPU kernels."""
@@ -501,6 +502,7 @@ def kernel_tests(monkeypatch):
     return module
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_gpu_kernel_helpers_in_the_interpreter(kernel_tests):
     """The run-twice and items-alone checks of the gpu tier pass on the interpreted kernels
     (which run in order: same bits), and fail on a changed bit or a wrong item."""

@@ -164,6 +164,7 @@ def _classes_in_meta(saved: dict) -> tuple:
     return tuple(meta['dataset_meta']['classes'] if 'dataset_meta' in meta else meta['CLASSES'])
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_init_api_loads_the_file_and_its_classes(released):
     """mmdet's init_detector / mmseg's init_model: every weight, and the classes of the file's
     meta (``CLASSES`` of the mmcv 1.x stacks, ``dataset_meta`` of mmengine's)."""
@@ -181,6 +182,7 @@ def test_init_api_loads_the_file_and_its_classes(released):
 
 
 @pytest.mark.parametrize('released', DETECTION, indirect=True)
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_det_inferencer_loads_the_file_and_predicts(released, data_dir):
     from mmdet.apis import DetInferencer
     inferencer = DetInferencer(model=copy.deepcopy(released.cfg), weights=released.path,

@@ -34,6 +34,7 @@ def test_no_graph_break_once_the_tables_are_built(impl, fixed, extrapolation):
 
 # 'ext' differs from 'torch' by the custom bias op, traced in inference above.
 @pytest.mark.parametrize('impl', ['torch', 'triton'])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_no_graph_break_in_training(impl):
     """With gradients the attention ops' autograd (the pooled attention's ``autograd.Function``,
     the custom ops' registered backward) is traced too: still one graph. (The first call at a

@@ -161,6 +161,7 @@ def test_stem_and_stages_hold_every_parameter_once(cls):
 
 @pytest.mark.parametrize('cls', FAMILIES)
 @pytest.mark.parametrize('frozen', [0, 2])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_frozen_stages_survive_train(cls, frozen):
     model = quick(cls, frozen_stages=frozen)
     model.train()
@@ -208,6 +209,7 @@ def test_norm_eval_survives_train(cls):
 
 # ----------------------------------------------------------------------------- with_cp
 @pytest.mark.parametrize('cls', FAMILIES)
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_with_cp_gives_same_outputs_and_gradients(cls):
     plain = perturb_(quick(cls)).train()
     ckpt = quick(cls, with_cp=True).train()

@@ -96,6 +96,7 @@ def _assert_grads_close(grads, ref_grads):
 
 @pytest.mark.parametrize('extrapolation', [False, True])
 @pytest.mark.parametrize('impl', ['reference', 'torch', 'ext'])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_every_backend_matches_the_oracle_outputs_and_gradients(impl, extrapolation):
     kwargs = dict(attention_mode='reference') if impl == 'reference' else dict(attn_impl=impl)
     model = perturb_(TransNeXt(**NARROW, img_size=96, is_extrapolation=extrapolation,
@@ -111,6 +112,7 @@ def test_every_backend_matches_the_oracle_outputs_and_gradients(impl, extrapolat
 
 
 @pytest.mark.parametrize('extrapolation', [False, True])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_triton_attention_matches_the_oracle_outputs_and_gradients(extrapolation):
     """The Triton kernels (in the interpreter: one aggregated-attention layer, the part
     linear mode changes) with the linear geometry, against the oracle."""

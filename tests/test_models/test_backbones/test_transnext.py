@@ -20,6 +20,7 @@ SMALL = dict(arch='tiny', depths=[1, 1, 2, 1])
 
 
 @pytest.mark.parametrize('arch', sorted(OFFICIAL_PARAMS))
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_parameter_counts_equal_official(arch):
     model = TransNeXt(arch)
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[arch]
@@ -40,6 +41,7 @@ def test_backbone_matches_reference(extrapolation, size):
 
 @pytest.mark.parametrize('extrapolation', [False, True])
 @pytest.mark.parametrize('size', [(97, 123), (128, 64), (1, 1)])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_fast_path_equals_reference_outputs_and_gradients(extrapolation, size):
     fast = perturb_(TransNeXt(**SMALL, img_size=96, pretrain_size=224,
                               is_extrapolation=extrapolation))
@@ -68,6 +70,7 @@ def test_fast_path_equals_reference_outputs_and_gradients(extrapolation, size):
 
 
 @pytest.mark.parametrize('extrapolation', [False, True])
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_fast_path_in_many_chunks_equals_reference(monkeypatch, extrapolation):
     """Small budgets split the pooled attention, the CPB MLP and the inference ConvGLU into
     many chunks (ragged ends included), as detection-size inputs do with the defaults."""
@@ -137,6 +140,7 @@ def test_clear_caches_drops_lazy_state_and_keeps_outputs():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_position_cache_is_bounded():
     model = TransNeXt(**SMALL, is_extrapolation=True, position_cache_size=6).eval()
     with torch.no_grad():

@@ -29,6 +29,7 @@ def _perturbed(model: TransXNet) -> TransXNet:
 
 
 @pytest.mark.parametrize('arch', sorted(OFFICIAL_PARAMS))
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_official_parameter_count(arch):
     model = TransXNet(arch)
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[arch]
@@ -70,6 +71,7 @@ def test_output_norms_only_for_out_indices_and_feature_info_names_them():
                                                          'norm6']
 
 
+@pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_resized_tables_are_cached_without_grad_only_and_bounded():
     model = TransXNet(**SMALL, position_cache_size=6).eval()
     cache = model.position_tables
