@@ -19,6 +19,7 @@ from typing import List
 from mmtransnext.cli import (ToolError, check_file, check_output_dir, image_tensor, library_of,
                              load_config, positive_int, read_image, run_main)
 
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
