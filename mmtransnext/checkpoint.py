@@ -61,6 +61,7 @@ URL_PREFIXES = ('http://', 'https://')
 #: Seconds a download may wait for the server before it is given up.
 DOWNLOAD_TIMEOUT = 60
 _TRUSTED = contextvars.ContextVar('mmtransnext_trusted_checkpoints', default=False)
+_NON_FINITE = contextvars.ContextVar('mmtransnext_non_finite_weights', default=False)
 
 #: Keys of an ImageNet classifier that a backbone never has; dropped silently but reported,
 #: as are those under the prefixes of the backbone family's ``official_classifier_keys``.
@@ -81,6 +82,18 @@ def trusted_checkpoints() -> Iterator[None]:
         yield
     finally:
         _TRUSTED.reset(token)
+
+
+@contextlib.contextmanager
+def non_finite_weights_allowed() -> Iterator[None]:
+    """Within the block, checkpoints whose weights hold NaN or inf are loaded (with a warning)
+    instead of refused: what ``--allow-non-finite`` of tools/train.py and tools/test.py gives
+    their whole run, mmengine's ``load_from`` / ``--resume`` included."""
+    token = _NON_FINITE.set(True)
+    try:
+        yield
+    finally:
+        _NON_FINITE.reset(token)
 
 
 def _trusted() -> bool:
@@ -248,7 +261,7 @@ def check_finite(state: Dict[str, torch.Tensor], filename: str,
     summary = (f'{filename}: {len(found)} of {len(state)} weight tensors hold non-finite '
                f'values: {_preview(parts, 4)}')
     if allow_non_finite is None:
-        allow_non_finite = os.environ.get(NON_FINITE_ENV, '') == '1'
+        allow_non_finite = _NON_FINITE.get() or os.environ.get(NON_FINITE_ENV, '') == '1'
     if allow_non_finite:
         print_log(f'{summary} (loaded anyway: non-finite weights allowed)', logger='current',
                   level=30)

@@ -103,17 +103,17 @@ def setup_test_config(args: argparse.Namespace):
 def main(argv=None) -> dict:
     """Test; returns the metrics."""
     args = parse_args(argv)
-    allow_non_finite(args.allow_non_finite)
-    cfg, notes, checkpoint = setup_test_config(args)
-    init_distributed(args.launcher, cfg)
-    runner = build_runner(cfg)
-    for note in notes:
-        runner.logger.warning(note)
-    check_checkpoint_fits(runner.model, args.checkpoint, checkpoint)
-    metrics = runner.test()
-    if args.show_dir:
-        runner.logger.info(f'rendered predictions: {osp.abspath(args.show_dir)}')
-    return metrics
+    with allow_non_finite(args.allow_non_finite):  # the whole run reads checkpoints
+        cfg, notes, checkpoint = setup_test_config(args)
+        init_distributed(args.launcher, cfg)
+        runner = build_runner(cfg)
+        for note in notes:
+            runner.logger.warning(note)
+        check_checkpoint_fits(runner.model, args.checkpoint, checkpoint)
+        metrics = runner.test()
+        if args.show_dir:
+            runner.logger.info(f'rendered predictions: {osp.abspath(args.show_dir)}')
+        return metrics
 
 
 if __name__ == '__main__':

@@ -96,14 +96,14 @@ def setup_train_config(args: argparse.Namespace):
 def main(argv=None):
     """Train; returns the Runner (for tools/demo.py and the tests)."""
     args = parse_args(argv)
-    allow_non_finite(args.allow_non_finite)
-    cfg, notes = setup_train_config(args)
-    init_distributed(args.launcher, cfg)
-    runner = build_runner(cfg)
-    for note in notes:
-        runner.logger.warning(note)
-    runner.train()
-    return runner
+    with allow_non_finite(args.allow_non_finite):  # the whole run reads checkpoints
+        cfg, notes = setup_train_config(args)
+        init_distributed(args.launcher, cfg)
+        runner = build_runner(cfg)
+        for note in notes:
+            runner.logger.warning(note)
+        runner.train()
+        return runner
 
 
 if __name__ == '__main__':

@@ -1,13 +1,13 @@
 """Checkpoints named by a config or an option: found, downloaded, read and checked to fit
 before the Runner starts."""
-import os
+import contextlib
 import os.path as osp
 from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 
-from ..checkpoint import (NON_FINITE_ENV, CheckpointError, cached_download,
-                          convert_official_classifier, extract_state_dict, is_url,
+from ..checkpoint import (CheckpointError, cached_download, convert_official_classifier,
+                          extract_state_dict, is_url, non_finite_weights_allowed,
                           read_checkpoint)
 from .errors import ToolError
 from .paths import check_file
@@ -67,12 +67,11 @@ def check_pretrained(cfg, config_path: str) -> None:
             f'or --cfg-options {option}=None to start from random weights.')
 
 
-def allow_non_finite(enabled: bool) -> None:
-    """With ``enabled``, every checkpoint this process reads (the tool's own checks, and what
-    mmengine loads: ``load_from``, ``--resume``, init_cfg) may hold non-finite weights: the
-    switch mmengine's loaders see is the environment variable, set here."""
-    if enabled:
-        os.environ[NON_FINITE_ENV] = '1'
+def allow_non_finite(enabled: bool) -> contextlib.AbstractContextManager:
+    """A context for a tool's run: with ``enabled``, every checkpoint read inside it (the tool's
+    own checks, and what mmengine loads: ``load_from``, ``--resume``, init_cfg) may hold
+    non-finite weights (:func:`mmtransnext.checkpoint.non_finite_weights_allowed`)."""
+    return non_finite_weights_allowed() if enabled else contextlib.nullcontext()
 
 
 def read_checkpoint_arg(path: str, what: str) -> dict:

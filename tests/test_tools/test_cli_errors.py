@@ -103,9 +103,10 @@ def test_test_refuses(capsys, files, argv, named):
 
 def test_allow_non_finite_lets_a_nan_checkpoint_through(capsys, files, monkeypatch):
     """``--allow-non-finite``: the NaN file is read (with a warning), so the next check speaks:
-    its keys do not fit the model. The switch mmengine's loaders see is the environment."""
-    from mmtransnext.checkpoint import NON_FINITE_ENV
-    monkeypatch.setattr(os, 'environ', os.environ.copy())
+    its keys do not fit the model. The switch holds for the tool's run only and is not left in
+    the environment."""
+    from mmtransnext.checkpoint import NON_FINITE_ENV, CheckpointError, read_checkpoint
+    monkeypatch.delenv(NON_FINITE_ENV, raising=False)
     module = load_tool('test')
     _log_to_this_capture()
     capsys.readouterr()
@@ -116,7 +117,9 @@ def test_allow_non_finite_lets_a_nan_checkpoint_through(capsys, files, monkeypat
     assert exit_info.value.code == 1, err
     (line,) = [line for line in err.splitlines() if 'error:' in line]
     assert 'checkpoint nan.pth does not fit the model' in line and 'non-finite' not in line
-    assert os.environ[NON_FINITE_ENV] == '1'
+    assert NON_FINITE_ENV not in os.environ
+    with pytest.raises(CheckpointError, match='non-finite'):  # after the run: refused again
+        read_checkpoint('nan.pth')
 
 
 def test_test_refuses_a_file_as_show_dir(capsys, files):
