@@ -82,13 +82,18 @@ def backbone_config(cfg, config_path: str) -> dict:
 
 def apply_fixed_pool_size(cfg, value: Optional[int], config_path: str) -> None:
     """Set the backbone's ``fixed_pool_size`` to ``value`` (nothing when None); a ToolError
-    when the config's backbone is not TransNeXt."""
+    when the config's backbone is not a family whose constructor takes it."""
     if value is None:
         return
+    import inspect
+
+    from ..models.backbones import families
     backbone = backbone_config(cfg, config_path)
     kind = backbone.get('type')
     name = kind if isinstance(kind, str) else getattr(kind, '__name__', repr(kind))
-    if name.split('.')[-1] != 'TransNeXt':
+    takers = [family for family, cls in families().items()
+              if 'fixed_pool_size' in inspect.signature(cls.__init__).parameters]
+    if name.split('.')[-1] not in takers:
         raise ToolError(f'--fixed-pool-size: the backbone of {config_path} is {name}; '
-                        'linear inference mode is a TransNeXt setting')
+                        f'linear inference mode is a setting of {", ".join(takers)}')
     backbone['fixed_pool_size'] = value
