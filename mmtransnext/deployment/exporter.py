@@ -355,9 +355,8 @@ def onnx_session(path: str, threads: Optional[int] = None, fold_constants: bool 
     ``fold_constants`` False (default) turns off onnxruntime's constant folding: in a TransNeXt
     graph the position bias of every block depends on weights and baked tables only, so
     folding precomputes all of them into ``(heads, N, P)`` constants when the session is made.
-    That is faster at small sizes but grows with the square of the pixel count: TransNeXt-Tiny
-    at 800x1216 ran out of 24 GB while the session was being made (measured; without folding
-    it loads in 0.24 GB and runs in 15.5 GB).
+    That is faster at small sizes but grows with the square of the pixel count (the measured
+    memory: docs/deployment.md).
     """
     import onnxruntime
     options = onnxruntime.SessionOptions()

@@ -32,7 +32,7 @@ from .backend import Backend, require_backend
 from .decisions import report_failure
 
 #: Elements of one chunk's ``(batch, heads, rows, P)`` logits on CPU; four such buffers live at
-#: once in backward (16 MB each in float32 at the default).
+#: once in backward (4 MB each in float32 at the default).
 CHUNK_ELEMENTS = 1 << 20
 
 

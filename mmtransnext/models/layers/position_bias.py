@@ -245,8 +245,8 @@ def official_position_table(query_size: Size2d, key_size: Size2d, pretrain_size:
 
     The unique rows are found as ``torch.unique(dim=0)`` orders them (lexicographically) but
     through 1-D ``torch.unique`` calls: each column's values are ranked, and the rows are
-    made unique by their pair of ranks. The row-wise sort of ``torch.unique(dim=0)`` takes
-    1.5 GB and 13 s on CPU for one 128x128-query table.
+    made unique by their pair of ranks: the row-wise sort of ``torch.unique(dim=0)`` needs
+    memory and time in the table's size squared-ish (docs/benchmarks.md).
     """
     qh = torch.arange(query_size[0], dtype=torch.float32, device=device)
     qw = torch.arange(query_size[1], dtype=torch.float32, device=device)

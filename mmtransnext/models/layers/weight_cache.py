@@ -11,9 +11,8 @@ matches a different NaN and ``-0.0`` never passes for ``0.0``.
 
 Cost: one copy and one comparison of the weights per cached value and forward, small next to
 the forward: for TransNeXt-Tiny the 21 CPB MLPs (0.63 MB), for TransXNet-T the four
-pretraining-size tables (1.15 MB), whatever the input size; about 3 ms per forward on CPU
-(best of 50, a busy 2-core machine) where a forward at 800x1216 takes minutes there (under
-0.1 %). Values are kept only for weights in host memory (:func:`worth_keeping`): on an
+pretraining-size tables (1.15 MB), whatever the input size (measured cost:
+docs/benchmarks.md). Values are kept only for weights in host memory (:func:`worth_keeping`): on an
 accelerator the comparison's answer would be a host synchronisation, which stalls a
 launch-bound forward more than recomputing the value (a few small kernels), so there the value
 is recomputed every forward and no tensor value is ever read on the host.
