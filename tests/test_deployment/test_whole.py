@@ -16,7 +16,7 @@ from mmtransnext.deployment.nms import ONNX_TRANSLATIONS, non_max_suppression
 from mmtransnext.deployment.roi_align import ONNX_TRANSLATIONS as ROI_ALIGN_ONNX
 from mmtransnext.deployment.roi_align import roi_align
 
-from test_export import ROOT, load_export_tool, shallow_demo_model, standard_ops_only
+from test_export import ROOT, shallow_demo_model, standard_ops_only
 
 SIZE = (128, 128)
 
@@ -178,8 +178,8 @@ def test_predict_onnx_demo_draws(exported, name, tmp_path):
     import cv2
     _, path, _ = exported(name)
     image = str(tmp_path / 'scene.png')
-    common = load_export_tool().common
-    cv2.imwrite(image, common.demo_image(0)[..., ::-1].copy())
+    from mmtransnext.cli import demo_image
+    cv2.imwrite(image, demo_image(0)[..., ::-1].copy())
     spec = importlib.util.spec_from_file_location(
         'predict_onnx', osp.join(ROOT, 'tools', 'deployment', 'predict_onnx.py'))
     tool = importlib.util.module_from_spec(spec)

@@ -28,6 +28,8 @@ from loopback_http import serve
 from released_files import perturbed_state, write_mmcv1_file, write_mmengine_file
 from tool_helpers import ROOT, SHALLOW, TOOLS, ade_options, coco_options, run_tool
 
+from mmtransnext.checkpoint import mmengine_loader
+
 DEMO = osp.join(ROOT, 'configs', 'demo')
 COCO_CLASSES = ('square', 'circle', 'triangle')
 
@@ -167,13 +169,17 @@ def _classes_in_meta(saved: dict) -> tuple:
 @pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_init_api_loads_the_file_and_its_classes(released):
     """mmdet's init_detector / mmseg's init_model: every weight, and the classes of the file's
-    meta (``CLASSES`` of the mmcv 1.x stacks, ``dataset_meta`` of mmengine's)."""
+    meta (``CLASSES`` of the mmcv 1.x stacks, ``dataset_meta`` of mmengine's), read through
+    the package's reader as docs/usage.md tells users (``mmengine_loader``): the runner files'
+    ``HistoryBuffer`` and numpy meta need it on torch >= 2.6."""
     if released.stack.task == 'det':
         from mmdet.apis import init_detector
-        model = init_detector(copy.deepcopy(released.cfg), released.path, device='cpu')
+        with mmengine_loader():
+            model = init_detector(copy.deepcopy(released.cfg), released.path, device='cpu')
     else:
         from mmseg.apis import init_model
-        model = init_model(copy.deepcopy(released.cfg), released.path, device='cpu')
+        with mmengine_loader():
+            model = init_model(copy.deepcopy(released.cfg), released.path, device='cpu')
         assert [list(c) for c in model.dataset_meta['palette']] == \
             [list(c) for c in (released.saved['meta'].get('PALETTE')
                                or released.saved['meta']['dataset_meta']['palette'])]
@@ -185,8 +191,9 @@ def test_init_api_loads_the_file_and_its_classes(released):
 @pytest.mark.slow  # fast tier budget (docs/testing.md)
 def test_det_inferencer_loads_the_file_and_predicts(released, data_dir):
     from mmdet.apis import DetInferencer
-    inferencer = DetInferencer(model=copy.deepcopy(released.cfg), weights=released.path,
-                               device='cpu', show_progress=False)
+    with mmengine_loader():
+        inferencer = DetInferencer(model=copy.deepcopy(released.cfg), weights=released.path,
+                                   device='cpu', show_progress=False)
     _assert_holds_the_file(inferencer.model, released)
     assert tuple(inferencer.model.dataset_meta['classes']) == _classes_in_meta(released.saved)
     predictions = inferencer(_image(data_dir, 'det'), no_save_vis=True)['predictions']
