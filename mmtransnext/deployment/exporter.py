@@ -188,7 +188,7 @@ class TensorForward(nn.Module):
 
 def tensor_forward_refusal(model: nn.Module) -> Optional[str]:
     """Why ``model``'s tensor forward cannot be exported, or None. Known cases (each found by
-    exporting the demo config, see the README's Deployment section):
+    exporting the demo config, see docs/deployment.md):
 
     - two-stage detectors (Mask R-CNN): the tensor forward runs the RPN's ``predict`` (box
       decoding, filtering by a data-dependent mask, NMS) before the RoI head;
@@ -201,7 +201,8 @@ def tensor_forward_refusal(model: nn.Module) -> Optional[str]:
     if hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
         return (f"{name}'s tensor forward runs the RPN's post-processing (box decoding, a "
                 'data-dependent filter and NMS) before the RoI head, which torch.export cannot '
-                "trace; export part='features' (backbone and neck) or part='backbone'")
+                "trace; export part='predict' (the whole model with its post-processing, "
+                "rewritten for export), part='features' (backbone and neck) or part='backbone'")
     pixel_decoder = getattr(getattr(model, 'decode_head', None), 'pixel_decoder', None)
     deformable = [m for m in (model, pixel_decoder) if m is not None and any(
         cls.__name__ in ('DeformableDETR', 'MSDeformAttnPixelDecoder')

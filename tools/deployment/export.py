@@ -15,7 +15,7 @@ NMS; ``--part predict`` the whole model with its post-processing, mmdeploy's out
 ``(1, 1, H, W)`` label map of UperNet and Semantic FPN; predict_onnx.py draws them);
 ``--part features`` the backbone and neck outputs (what DINO and Mask2Former export: their
 deformable attention does not, the tool says why). Without a checkpoint the weights are random (the config's pretrained file is not loaded).
-See mmtransnext/deployment/ and the README's Deployment section for what does not export.
+See mmtransnext/deployment/ and docs/deployment.md for what does not export.
 """
 import argparse
 import time
