@@ -126,6 +126,21 @@ else:
         return torch._dynamo.is_compiling()
 
 
+def contiguous_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, whose gradient is made contiguous before it reaches the op that produced it.
+
+    Eager CPU ``gelu_backward`` of torch 2.1 (2.1.2 measured; 2.11 and 2.14 are right) returns
+    wrong values, sometimes NaN, when the incoming gradient is strided differently from the
+    saved input: TransNeXt's channels-last pooling hands it a transposed gradient for batch-1
+    inputs and small maps (``tests/test_compat/test_torch_range.py`` compares the gradients
+    across the torch range). ``.contiguous()`` costs nothing when the gradient already is;
+    under dynamo the compiler writes its own backward and no hook is added.
+    """
+    if tensor.requires_grad and not is_compiling():
+        tensor.register_hook(lambda grad: grad.contiguous())
+    return tensor
+
+
 def check_traceable(op: str) -> None:
     """Warn once per ``op`` when torch.compile traces it on torch without
     ``torch.library.custom_op`` (its ops have no fake kernels there); nothing otherwise."""

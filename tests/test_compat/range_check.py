@@ -2,6 +2,7 @@
 the torch range (README "Supported versions"): the floor's cached venv and the test venv.
 
     python tests/test_compat/range_check.py OUT [--ext-library SO] [--read CHECKPOINT ...]
+        [--compare-gradients GRADIENTS]
 
 From the source tree, with the repository root on ``PYTHONPATH``. In order: ``import
 mmtransnext``; TransNeXt's outputs and parameter gradients with ``attn_impl='torch'`` and
@@ -9,8 +10,12 @@ mmtransnext``; TransNeXt's outputs and parameter gradients with ``attn_impl='tor
 installed build) against the official computation of ``tests/reference.py``; TransXNet's outputs
 against ``tests/reference_transxnet.py``; a runner-style checkpoint written here, then read back,
 and every ``--read`` file read, through the restricted reader (``read_checkpoint``, no trust)
-and compared with a full unpickling. Writes ``OUT/result.json`` (versions, largest errors) and
-``OUT/checkpoint.pth``; any mismatch raises (non-zero exit).
+and compared with a full unpickling; both families' training gradients (batch 1 and 2, maps smaller
+than the pooled grid included) written to ``OUT/gradients.pth`` and, with
+``--compare-gradients``, compared with another torch's file: the oracles run on the torch under
+test, so a wrong backward kernel of that torch (2.1's ``gelu_backward``) fools them, not this.
+Writes ``OUT/result.json`` (versions, largest errors), ``OUT/checkpoint.pth`` and
+``OUT/gradients.pth``; any mismatch raises (non-zero exit).
 """
 import argparse
 import json
@@ -109,6 +114,63 @@ def write_checkpoint(path: str) -> None:
                path)
 
 
+#: Training-mode gradient cases: (family, constructor arguments, input shape).
+GRADIENT_CASES = [
+    ('TransNeXt', dict(arch='tiny', depths=[1, 1, 1, 1], attn_impl='torch'), (1, 3, 32, 32)),
+    ('TransNeXt', dict(arch='tiny', depths=[1, 1, 1, 1], attn_impl='ext'), (1, 3, 32, 32)),
+    ('TransNeXt', dict(arch='tiny', depths=[1, 1, 1, 1], img_size=96), (2, 3, *SIZE)),
+    ('TransXNet', dict(arch='tiny', depths=[1, 1, 1, 1]), (2, 3, 32, 32)),
+    ('TransXNet', dict(arch='tiny', depths=[1, 1, 1, 1]), (2, 3, *SIZE)),
+]
+
+
+def training_gradients(family: str, kwargs: Dict[str, Any], state: Dict[str, torch.Tensor],
+                       x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Parameter gradients of a weighted sum of the stage outputs, training mode."""
+    import mmtransnext.models as models
+    model = getattr(models, family)(**kwargs).train()
+    model.load_state_dict(state)
+    outs = model(x)
+    loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def write_gradients(path: str) -> None:
+    """Weights, inputs and this torch's gradients of every :data:`GRADIENT_CASES` case."""
+    import mmtransnext.models as models
+    cases = []
+    for i, (family, kwargs, shape) in enumerate(GRADIENT_CASES):
+        torch.manual_seed(i)
+        state = getattr(models, family)(**kwargs).state_dict()
+        x = torch.randn(shape)
+        cases.append({'family': family, 'kwargs': kwargs, 'state': state, 'input': x,
+                      'grads': training_gradients(family, kwargs, state, x)})
+    torch.save({'torch': str(torch.__version__), 'cases': cases}, path)
+
+
+def compare_gradients(path: str) -> Dict[str, float]:
+    """This torch's gradients against the file another torch wrote, per case: the largest
+    difference of a tensor over its own largest entry, floored at 1e-4 of the case's largest
+    gradient (gradients that are zero up to rounding are noise in both). Raises over 1e-3."""
+    written = torch.load(path, map_location='cpu')
+    errors = {}
+    for case in written['cases']:
+        got = training_gradients(case['family'], case['kwargs'], case['state'], case['input'])
+        scale = max(g.abs().max().item() for g in case['grads'].values())
+        name = f"{case['family']} {case['kwargs']} {tuple(case['input'].shape)}"
+        assert set(got) == set(case['grads']), f'{name}: other parameters have gradients'
+        worst = {key: ((got[key] - want).abs().max()
+                       / want.abs().max().clamp_min(1e-4 * scale)).item()
+                 for key, want in case['grads'].items()}
+        key = max(worst, key=worst.get)
+        assert worst[key] < 1e-3, (
+            f"{name}: the gradient of {key} differs from torch {written['torch']}'s by "
+            f'{worst[key]:.2e} of its scale')
+        errors[name] = worst[key]
+    return errors
+
+
 def assert_same(got: Any, want: Any, where: str) -> None:
     """``got`` equals ``want`` exactly, containers recursively, tensors in dtype and value."""
     assert type(got) is type(want), f'{where}: {type(got).__name__} != {type(want).__name__}'
@@ -149,6 +211,7 @@ def main(argv: List[str]) -> None:
     parser.add_argument('out', help='folder for result.json and checkpoint.pth')
     parser.add_argument('--ext-library', help='a built mmtransnext._ext to load')
     parser.add_argument('--read', nargs='*', default=[], help='checkpoints to read')
+    parser.add_argument('--compare-gradients', help="another torch's gradients.pth")
     args = parser.parse_args(argv)
     os.environ.pop('MMTRANSNEXT_TRUSTED_CHECKPOINTS', None)
     if args.ext_library:
@@ -176,6 +239,9 @@ def main(argv: List[str]) -> None:
     own = osp.join(args.out, 'checkpoint.pth')
     write_checkpoint(own)
     result['checkpoints_read'] = [check_checkpoint(p) for p in [own, *args.read]]
+    write_gradients(osp.join(args.out, 'gradients.pth'))
+    if args.compare_gradients:
+        result['gradients_vs'] = compare_gradients(args.compare_gradients)
     with open(osp.join(args.out, 'result.json'), 'w') as f:
         json.dump(result, f, indent=1)
 

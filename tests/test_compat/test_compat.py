@@ -108,3 +108,32 @@ def test_tracing_an_op_on_old_torch_warns_once_per_op(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         compat.check_traceable('mmtransnext::a')
+
+
+class _RecordGrad(torch.autograd.Function):
+    """Identity that records the layout of the gradient its backward receives."""
+    seen = []
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _RecordGrad.seen.append(grad.is_contiguous())
+        return grad
+
+
+def test_contiguous_grad_hands_the_producer_a_contiguous_gradient():
+    x = torch.randn(2, 6, 5, requires_grad=True)
+    for hooked, expected in ((False, False), (True, True)):
+        _RecordGrad.seen.clear()
+        y = _RecordGrad.apply(x)
+        if hooked:
+            y = compat.contiguous_grad(y)
+        grad = torch.randn(2, 5, 6).transpose(1, 2)  # transposed, as channels-last pooling
+        x_grad, = torch.autograd.grad(y, x, grad)
+        assert _RecordGrad.seen == [expected]
+        torch.testing.assert_close(x_grad, grad, rtol=0, atol=0)
+    plain = torch.randn(3)  # no gradient: returned as is, no hook
+    assert compat.contiguous_grad(plain) is plain and plain._backward_hooks is None

@@ -111,7 +111,8 @@ def floor(floor_python, top, tmp_path_factory) -> str:
     """The floor end's run, reading the checkpoint the top end wrote: its output folder."""
     out = str(tmp_path_factory.mktemp('floor'))
     _range_check(floor_python, out, '--ext-library', _build_ops(floor_python), '--read',
-                 osp.join(top, 'checkpoint.pth'))
+                 osp.join(top, 'checkpoint.pth'), '--compare-gradients',
+                 osp.join(top, 'gradients.pth'))
     return out
 
 
@@ -127,6 +128,8 @@ def test_floor_runs_both_families_and_reads_checkpoints(floor):
     assert result['ext'] == 'preloaded'  # the ops built against the floor's torch
     # its own checkpoint, then the top end's
     assert result['checkpoints_read'] == [result['torch'], str(torch.__version__)]
+    # every training-gradient case, against the top end's (range_check raises over 1e-3)
+    assert len(result['gradients_vs']) == 5
 
 
 @pytest.mark.slow  # needs the floor's run

@@ -28,6 +28,7 @@ from ...ops.cosine_attention import (QueryScale, WindowWeights, aggregated_atten
                                      full_attention, scaled_queries)
 from ...ops.dispatch import backend_for
 from ...ops.sliding_window import sliding_window_av, sliding_window_qk
+from ...utils import compat
 from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_rows,
                             official_position_bias, official_position_table)
 from .weight_cache import WeightKeyed, reuse_or_build, worth_keeping
@@ -271,7 +272,8 @@ class AggregatedAttention(_CosineAttentionBase):
         """
         batch, _, channels = x.shape
         if fast:
-            tokens = self.act(F.linear(x, self.sr.weight.view(channels, channels), self.sr.bias))
+            tokens = compat.contiguous_grad(
+                self.act(F.linear(x, self.sr.weight.view(channels, channels), self.sr.bias)))
             grid = tokens.view(batch, size[0], size[1], channels).permute(0, 3, 1, 2)
         else:
             grid = self.act(self.sr(x.transpose(1, 2).reshape(batch, channels, *size)))
