@@ -23,7 +23,7 @@ from .errors import ExportError
 from .nms import HAS_CUSTOM_OP
 from .nms import ONNX_TRANSLATIONS as _NMS
 from .roi_align import ONNX_TRANSLATIONS as _ROI_ALIGN
-from .segmentors import SegmentorPredict
+from .segmentors import Mask2FormerPredict, SegmentorPredict, is_mask2former
 
 #: the ONNX translations of the operators the whole-model graphs use.
 ONNX_TRANSLATIONS = {**_NMS, **_ROI_ALIGN}
@@ -45,7 +45,7 @@ def predict_refusal(model: nn.Module) -> Optional[str]:
     """Why ``model`` cannot be exported with its post-processing, or None."""
     name = type(model).__name__
     deformable = _deformable_part(model)
-    if deformable is not None:
+    if deformable is not None and not is_mask2former(model):
         return (f"{name}'s {deformable} builds the level shapes with torch._shape_as_tensor "
                 'and loops over their values (mmdet code), and its multi-scale deformable '
                 'attention is an mmcv kernel: no rewrite of them is shipped yet; export '
@@ -81,7 +81,7 @@ def predict_module(model: nn.Module) -> nn.Module:
         raise ExportError(f'whole-model export needs torch >= 2.4 (torch.library.custom_op); '
                           f'this is torch {torch.__version__}')
     if hasattr(model, 'encode_decode'):
-        return SegmentorPredict(model)
+        return Mask2FormerPredict(model) if is_mask2former(model) else SegmentorPredict(model)
     if hasattr(model, 'roi_head'):
         return TwoStagePredict(model)
     return SingleStagePredict(model)

@@ -201,7 +201,71 @@ def test_predict_refuses_free_sizes(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('config, match', [  # models without a whole-model rewrite
-    ('dino-4scale_transnext-micro_shapes-128.py', 'transformer'),
-    ('mask2former_transnext-micro_shapes-128.py', 'pixel decoder')])
+    ('dino-4scale_transnext-micro_shapes-128.py', 'transformer')])
 def test_predict_refuses_deformable_attention(config, match):
     assert match in deployment.predict_refusal(shallow_demo_model(config))
+
+
+MASK2FORMER = 'mask2former_transnext-micro_shapes-128.py'
+
+
+def mask2former_model():
+    """The Mask2Former demo model (one block per stage) with the class and mask embeddings
+    redrawn: with the initial weights every query prefers the same class and the label map is
+    that class everywhere, which would check nothing; these give maps of two or three classes
+    (larger mask weights saturate the sigmoids into exact ties that either side may break)."""
+    torch.manual_seed(0)
+    model = shallow_demo_model(MASK2FORMER)
+    model.init_weights()
+    head = model.decode_head
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        head.cls_embed.weight.normal_(0, 2, generator=generator)
+        head.mask_embed[-1].weight.normal_(0, 0.2, generator=generator)
+    return model.eval()
+
+
+def test_mask2former_rewrite_matches_encode_decode():
+    """The rewritten head (level shapes as ints, deformable attention by grid sampling) gives
+    the class logits of mmseg's ``encode_decode``, at the demo size and at an odd one."""
+    from mmtransnext.deployment.segmentors import Mask2FormerPredict
+    model = mask2former_model()
+    predict = deployment.predict_module(model)
+    assert isinstance(predict, Mask2FormerPredict)
+    for seed, (height, width) in enumerate([SIZE, (96, 136)]):
+        x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(seed))
+        meta = dict(img_shape=(height, width), ori_shape=(height, width),
+                    pad_shape=(height, width), batch_input_shape=(height, width))
+        with torch.no_grad():
+            expected = model.encode_decode(x, [meta])
+            torch.testing.assert_close(predict.logits(x), expected)
+            label_map = predict(x)
+        assert label_map.dtype == torch.int64 and label_map.shape == (1, 1, height, width)
+        assert label_map.tolist() == expected.argmax(dim=1, keepdim=True).tolist()
+
+
+@pytest.mark.slow
+def test_mask2former_onnx_matches_predict(tmp_path):
+    """Mask2Former on TransNeXt, image in, label map out: onnxruntime's map is mmseg's
+    ``predict``'s at every pixel whose two best classes are not tied within rounding (all of
+    them on these inputs), standard operators only (deformable attention as ``GridSample``)."""
+    model = mask2former_model()
+    path = str(tmp_path / 'mask2former.onnx')
+    result = deployment.export(model, path, SIZE, part='predict', optimize=False)
+    assert result.output_names == ['output']
+    standard_ops_only(path)
+    import onnx
+    assert 'GridSample' in {n.op_type for n in onnx.load(path).graph.node}
+    session = deployment.onnx_session(path)
+    for seed in (1, 2):
+        x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(seed))
+        outputs = deployment.run_onnx(session, x)
+        assert outputs[0].shape == (1, 1) + SIZE and outputs[0].dtype == torch.int64
+        reference = deployment.reference_predictions(model, x)
+        expected = reference.pred_sem_seg.data[0]
+        assert torch.bincount(expected.flatten()).topk(2).values[1] > 100  # boundaries
+        scores = reference.seg_logits.data.topk(2, dim=0).values
+        clear = scores[0] - scores[1] > 1e-4 * scores[0].max()
+        assert (outputs[0][0, 0] == expected)[clear].all()
+        figures = deployment.compare_predictions(outputs, reference)
+        assert figures['pixel_agreement'] > 0.999 and figures['miou'] > 0.99

@@ -12,9 +12,9 @@ mean/std, BGR-to-RGB and padding are left to the caller. ``--part model`` export
 ``model(x, mode='tensor')``: segmentors' logits, detectors' raw head outputs before decoding and
 NMS; ``--part predict`` the whole model with its post-processing, mmdeploy's outputs (``dets``
 ``(1, N, 5)``, ``labels`` and Mask R-CNN's ``masks`` for RetinaNet and Faster / Mask R-CNN, the
-``(1, 1, H, W)`` label map of UperNet and Semantic FPN; predict_onnx.py draws them);
-``--part features`` the backbone and neck outputs (what DINO and Mask2Former export: their
-deformable attention does not, the tool says why). Without a checkpoint the weights are random (the config's pretrained file is not loaded).
+``(1, 1, H, W)`` label map of UperNet, Semantic FPN and Mask2Former; predict_onnx.py draws
+them); ``--part features`` the backbone and neck outputs (what DINO exports: its deformable
+transformer does not, the tool says why). Without a checkpoint the weights are random (the config's pretrained file is not loaded).
 See mmtransnext/deployment/ and docs/deployment.md for what does not export.
 """
 import argparse
