@@ -211,8 +211,7 @@ def _flatten_levels(model: nn.Module, features: Sequence[Tensor]) -> Tuple[dict,
     positions: List[Tensor] = []
     sizes: List[Tuple[int, int]] = []
     for level, feature in enumerate(features):
-        batch, channels, height, width = feature.shape
-        sizes.append((int(height), int(width)))
+        sizes.append((int(feature.shape[2]), int(feature.shape[3])))
         position = model.positional_encoding(None, input=feature)
         tokens.append(feature.flatten(2).transpose(1, 2))
         positions.append(position.flatten(2).transpose(1, 2) +
