@@ -8,14 +8,25 @@ written in a form ``torch.export`` holds: top-k over the flattened (anchor, clas
 level, then ONNX-style NMS per class (:mod:`.nms`) with the score threshold. Boxes are in the
 input's pixels (mmdet's ``rescale=False``): scaling back to the original image stays outside,
 as the normalisation does.
+
+DINO (:class:`DetrPredict`) runs mmdet's transformer with two rewrites: the level sizes as
+Python ints at the export size (so its graph holds one input size) and mmcv's deformable
+attention by ``GridSample`` (:mod:`.ms_deform_attn`); its post-processing is a top-k with no
+NMS, as mmdet's.
 """
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .ms_deform_attn import exportable_deformable_attention
 from .nms import non_max_suppression
+
+
+def _check_one_image(x: Tensor) -> None:
+    if x.shape[0] != 1:
+        raise ValueError(f'one image at a time (mmdeploy convention), got {x.shape[0]}')
 
 
 def _select(boxes: Tensor, scores: Tensor, labels: Tensor, num_classes: int,
@@ -61,8 +72,7 @@ class SingleStagePredict(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        if x.shape[0] != 1:
-            raise ValueError(f'one image at a time (mmdeploy convention), got {x.shape[0]}')
+        _check_one_image(x)
         head = self.model.bbox_head
         cfg = head.test_cfg
         cls_scores, bbox_preds = head(self.model.extract_feat(x))
@@ -160,8 +170,7 @@ class TwoStagePredict(nn.Module):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         from .roi_align import extract_rois
-        if x.shape[0] != 1:
-            raise ValueError(f'one image at a time (mmdeploy convention), got {x.shape[0]}')
+        _check_one_image(x)
         height, width = x.shape[2], x.shape[3]
         features = self.model.extract_feat(x)
         proposals = self._proposals(features, height, width)
@@ -191,3 +200,70 @@ class TwoStagePredict(nn.Module):
             mask_preds = mask_preds[:, 0]
         masks = _paste_masks(mask_preds, dets[:, :4], height, width)
         return dets[None], det_labels[None], (masks >= cfg.mask_thr_binary)[None]
+
+
+def _flatten_levels(model: nn.Module, features: Sequence[Tensor]) -> Tuple[dict, dict]:
+    """mmdet's ``DeformableDETR.pre_transformer`` for unpadded images (no masks, as mmdet's
+    ``predict`` runs one image), the level sizes as Python ints from the features' shapes:
+    mmdet builds them with ``torch._shape_as_tensor`` and loops over that tensor's values,
+    which ``torch.export`` cannot trace. So the graph holds one input size."""
+    tokens: List[Tensor] = []
+    positions: List[Tensor] = []
+    sizes: List[Tuple[int, int]] = []
+    for level, feature in enumerate(features):
+        sizes.append((int(feature.shape[2]), int(feature.shape[3])))
+        position = model.positional_encoding(None, input=feature)
+        tokens.append(feature.flatten(2).transpose(1, 2))
+        positions.append(position.flatten(2).transpose(1, 2) +
+                         model.level_embed[level].view(1, 1, -1))
+    starts = [0]
+    for height, width in sizes[:-1]:
+        starts.append(starts[-1] + height * width)
+    shared = dict(spatial_shapes=sizes,
+                  level_start_index=torch.tensor(starts, device=features[0].device),
+                  valid_ratios=features[0].new_ones(features[0].shape[0], len(sizes), 2))
+    encoder_inputs = dict(feat=torch.cat(tokens, 1), feat_mask=None,
+                          feat_pos=torch.cat(positions, 1), **shared)
+    return encoder_inputs, dict(memory_mask=None, **shared)
+
+
+class DetrPredict(nn.Module):
+    """mmdet's DINO (a deformable-attention DETR with a sigmoid classifier) and its
+    post-processing: the transformer with the level sizes fixed at the export size
+    (:func:`_flatten_levels`), mmcv's deformable attention by
+    :func:`.ms_deform_attn.exportable_deformable_attention`, then the head's
+    ``predict_by_feat``: top ``max_per_img`` of the last decoder layer's (query, class) scores,
+    boxes from ``(cx, cy, w, h)`` to corners in the input's pixels, clipped to it. No NMS
+    (DETRs have none): ``dets (1, max_per_img, 5)``, ``labels (1, max_per_img)``."""
+
+    output_names = ['dets', 'labels']
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        head = model.bbox_head
+        if not head.loss_cls.use_sigmoid:
+            raise TypeError(f'{type(head).__name__} has a softmax classifier; only sigmoid '
+                            'DETR heads (DINO) are exported')
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        _check_one_image(x)
+        model = self.model
+        head = model.bbox_head
+        # the swap lasts this forward only: the model is mmcv's again afterwards
+        with exportable_deformable_attention(model):
+            encoder_inputs, decoder_inputs = _flatten_levels(model, model.extract_feat(x))
+            encoder_outputs = model.forward_encoder(**encoder_inputs)
+            queries, head_inputs = model.pre_decoder(**encoder_outputs)
+            decoder_inputs.update(queries)
+            head_inputs.update(model.forward_decoder(**decoder_inputs))
+        cls_scores, box_preds = head(**head_inputs)
+        scores = cls_scores[-1, 0].sigmoid()
+        top, index = scores.flatten().topk(int(head.test_cfg.get('max_per_img',
+                                                                 scores.shape[0])))
+        labels = index % head.num_classes
+        centre, size = box_preds[-1, 0, index // head.num_classes].split(2, dim=1)
+        scale = torch.tensor([x.shape[3], x.shape[2]], dtype=x.dtype, device=x.device)
+        corners = torch.cat([centre - size / 2, centre + size / 2], dim=1) * scale.repeat(2)
+        corners = torch.minimum(corners.clamp(min=0), scale.repeat(2))
+        return torch.cat([corners, top[:, None]], dim=1)[None], labels[None]

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .detectors import SingleStagePredict, TwoStagePredict
+from .detectors import DetrPredict, SingleStagePredict, TwoStagePredict
 from .errors import ExportError
 from .nms import HAS_CUSTOM_OP
 from .nms import ONNX_TRANSLATIONS as _NMS
@@ -41,9 +41,16 @@ def _deformable_part(model: nn.Module) -> Optional[str]:
     return None
 
 
+def _is_dino(model: nn.Module) -> bool:
+    return any(cls.__name__ == 'DINO' for cls in type(model).__mro__)
+
+
 def predict_refusal(model: nn.Module) -> Optional[str]:
     """Why ``model`` cannot be exported with its post-processing, or None."""
     name = type(model).__name__
+    if _is_dino(model):
+        return None if model.bbox_head.loss_cls.use_sigmoid else \
+            f'{name}: only DINO heads with sigmoid scores are exported whole'
     deformable = _deformable_part(model)
     if deformable is not None and not is_mask2former(model):
         return (f"{name}'s {deformable} builds the level shapes with torch._shape_as_tensor "
@@ -64,12 +71,14 @@ def predict_refusal(model: nn.Module) -> Optional[str]:
             hasattr(head, 'prior_generator') and not hasattr(head, 'centerness_predictor'):
         return None
     return (f'no whole-model export for {name}: single-stage anchor detectors with sigmoid '
-            'scores (RetinaNet), Faster / Mask R-CNN and mmseg encoder-decoders are covered')
+            'scores (RetinaNet), Faster / Mask R-CNN, DINO and mmseg encoder-decoders are '
+            'covered')
 
 
 def predict_module(model: nn.Module) -> nn.Module:
     """The module exported for ``part='predict'``: :class:`.SegmentorPredict`,
-    :class:`.TwoStagePredict` or :class:`.SingleStagePredict`.
+    :class:`.Mask2FormerPredict`, :class:`.DetrPredict`, :class:`.TwoStagePredict` or
+    :class:`.SingleStagePredict`.
 
     Raises:
         ExportError: :func:`predict_refusal`'s reason.
@@ -82,6 +91,8 @@ def predict_module(model: nn.Module) -> nn.Module:
                           f'this is torch {torch.__version__}')
     if hasattr(model, 'encode_decode'):
         return Mask2FormerPredict(model) if is_mask2former(model) else SegmentorPredict(model)
+    if _is_dino(model):
+        return DetrPredict(model)
     if hasattr(model, 'roi_head'):
         return TwoStagePredict(model)
     return SingleStagePredict(model)

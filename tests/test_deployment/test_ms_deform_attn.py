@@ -119,5 +119,9 @@ def test_module_swap_matches_mmcv_module(batch_first, reference_dims):
                 torch.testing.assert_close(layer.attn[0](spatial_shapes=shapes, **kwargs),
                                            expected, rtol=1e-5, atol=1e-5)
     assert layer.attn[0] is original
+    with pytest.raises(RuntimeError, match='inside'):
+        with exportable_deformable_attention(layer):
+            raise RuntimeError('inside')
+    assert layer.attn[0] is original
     with pytest.raises(TypeError, match='MultiScaleDeformableAttention'):
         DeformableAttentionForExport(nn.Linear(2, 2))

@@ -112,6 +112,7 @@ def test_roi_align_onnx_matches_mmcv(tmp_path, sampling_ratio):
 
 
 WHOLE = {
+    'dino': 'dino-4scale_transnext-micro_shapes-128.py',
     'retinanet': 'retinanet_transxnet-tiny_fpn_shapes-128.py',
     'mask_rcnn': 'mask-rcnn_transnext-micro_fpn_shapes-128.py',
     'sem_fpn': 'fpn_transxnet-tiny_shapes-128.py',
@@ -129,6 +130,8 @@ def exported(tmp_path_factory):
             torch.manual_seed(0)
             model = shallow_demo_model(WHOLE[name])
             model.init_weights()
+            if name == 'dino':
+                _vary_sampling(model)
             path = str(tmp_path_factory.mktemp(name) / f'{name}.onnx')
             result = deployment.export(model.eval(), path, SIZE, part='predict',
                                        optimize=False)
@@ -192,6 +195,37 @@ def test_predict_onnx_demo_draws(exported, name, tmp_path):
     assert not (picture == cv2.imread(image)).all()  # something was drawn
 
 
+def _vary_sampling(model: torch.nn.Module) -> None:
+    """mmcv initialises deformable attention with sampling offsets and weights that do not
+    depend on the query; random ones make the graph's sampling follow each query."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if type(module).__name__ == 'MultiScaleDeformableAttention':
+            for linear in (module.sampling_offsets, module.attention_weights):
+                linear.weight.data.normal_(0, 0.1, generator=generator)
+
+
+@pytest.mark.slow
+def test_dino_onnx_matches_predict(exported):
+    """DINO on TransNeXt whole (transformer at the export size, deformable attention by
+    GridSample, query selection, top-k scoring, box decoding): onnxruntime's detections are
+    ``model.predict``'s in order, same labels, with standard operators only; the model keeps
+    mmcv's attention modules after the export."""
+    model, path, result = exported('dino')
+    assert result.output_names == ['dets', 'labels']
+    assert type(model.encoder.layers[0].self_attn).__module__.startswith('mmcv')
+    standard_ops_only(path)
+    session = deployment.onnx_session(path)
+    for seed in (1, 2):
+        x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(seed))
+        dets, labels = deployment.run_onnx(session, x)
+        reference = deployment.reference_predictions(model, x).pred_instances
+        assert dets.shape == (1, 20, 5) and labels.shape == (1, 20)
+        assert labels[0].tolist() == reference.labels.tolist()
+        torch.testing.assert_close(dets[0, :, :4], reference.bboxes, rtol=0, atol=1e-3)
+        torch.testing.assert_close(dets[0, :, 4], reference.scores, rtol=0, atol=1e-5)
+
+
 def test_predict_refuses_free_sizes(tmp_path):
     """``part='predict'`` with free sizes is refused with the reason."""
     model = shallow_demo_model(WHOLE['sem_fpn'])
@@ -199,11 +233,15 @@ def test_predict_refuses_free_sizes(tmp_path):
         deployment.export(model, str(tmp_path / 's.onnx'), SIZE, part='predict', dynamic=True)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('config, match', [  # models without a whole-model rewrite
-    ('dino-4scale_transnext-micro_shapes-128.py', 'transformer')])
-def test_predict_refuses_deformable_attention(config, match):
-    assert match in deployment.predict_refusal(shallow_demo_model(config))
+def test_predict_refuses_other_deformable_pixel_decoders():
+    """A Mask2Former whose pixel decoder only derives from mmdet's (its forward may differ from
+    the one rewritten) is refused with the reason."""
+    model = shallow_demo_model(MASK2FORMER)
+    decoder = model.decode_head.pixel_decoder
+    decoder.__class__ = type('CustomPixelDecoder', (type(decoder), ), {})
+    assert 'pixel decoder' in deployment.predict_refusal(model)
+    with pytest.raises(deployment.ExportError, match='pixel decoder'):
+        deployment.predict_module(model)
 
 
 MASK2FORMER = 'mask2former_transnext-micro_shapes-128.py'
@@ -239,9 +277,10 @@ def test_mask2former_rewrite_matches_encode_decode():
         with torch.no_grad():
             expected = model.encode_decode(x, [meta])
             torch.testing.assert_close(predict.logits(x), expected)
-            label_map = predict(x)
-        assert label_map.dtype == torch.int64 and label_map.shape == (1, 1, height, width)
-        assert label_map.tolist() == expected.argmax(dim=1, keepdim=True).tolist()
+    with torch.no_grad():  # the label map: the arg-max of those scores
+        label_map = predict(x)
+    assert label_map.dtype == torch.int64 and label_map.shape == (1, 1, height, width)
+    assert label_map.tolist() == expected.argmax(dim=1, keepdim=True).tolist()
 
 
 @pytest.mark.slow

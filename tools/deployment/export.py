@@ -11,10 +11,10 @@ The graph input is the preprocessed, normalised ``(1, 3, H, W)`` image (as mmdep
 mean/std, BGR-to-RGB and padding are left to the caller. ``--part model`` exports
 ``model(x, mode='tensor')``: segmentors' logits, detectors' raw head outputs before decoding and
 NMS; ``--part predict`` the whole model with its post-processing, mmdeploy's outputs (``dets``
-``(1, N, 5)``, ``labels`` and Mask R-CNN's ``masks`` for RetinaNet and Faster / Mask R-CNN, the
-``(1, 1, H, W)`` label map of UperNet, Semantic FPN and Mask2Former; predict_onnx.py draws
-them); ``--part features`` the backbone and neck outputs (what DINO exports: its deformable
-transformer does not, the tool says why). Without a checkpoint the weights are random (the config's pretrained file is not loaded).
+``(1, N, 5)``, ``labels`` and Mask R-CNN's ``masks`` for RetinaNet, Faster / Mask R-CNN and DINO,
+the ``(1, 1, H, W)`` label map of UperNet, Semantic FPN and Mask2Former; predict_onnx.py draws
+them); ``--part features`` the backbone and neck outputs. Without a checkpoint the weights are
+random (the config's pretrained file is not loaded).
 See mmtransnext/deployment/ and docs/deployment.md for what does not export.
 """
 import argparse
@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--part', choices=PARTS, default='model',
                         help="'backbone': stage features; 'features': backbone and neck "
                         "outputs; 'model': the tensor forward (default); 'predict': with the "
-                        'post-processing (boxes after NMS, masks, label map)')
+                        'post-processing (boxes after NMS or DINO\'s top-k, masks, label map)')
     parser.add_argument('--shape', type=positive_int, nargs=2, default=[512, 512],
                         metavar=('H', 'W'), help='example input size (default 512 512)')
     parser.add_argument('--dynamic', action='store_true', help='height and width free')
