@@ -211,7 +211,8 @@ def tensor_forward_refusal(model: nn.Module) -> Optional[str]:
         return (f"{name}'s {'pixel decoder' if deformable[0] is pixel_decoder else 'transformer'} "
                 "builds the level shapes with torch._shape_as_tensor and loops over their "
                 'values (mmdet code), which torch.export cannot trace; export '
-                "part='features' (backbone and neck) or part='backbone'")
+                "part='predict' (DINO, mmseg's Mask2Former: the whole model, rewritten for "
+                "export), part='features' (backbone and neck) or part='backbone'")
     return None
 
 
