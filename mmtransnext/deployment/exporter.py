@@ -18,13 +18,20 @@ refused (:func:`check_exportable`) rather than silently replaced.
 
 Size-dependent position data (:func:`position_tables`):
 
-- TransNeXt: its position tables and taps are built in an eager forward at the export size
-  (:func:`prepare`) and baked into the graph as constants; the CPB MLP, and everything else
-  derived from weights, runs in the graph (weight-derived caches are never used while
-  exporting: :func:`mmtransnext.models.layers.weight_cache.worth_keeping`). Height and width
-  cannot be free: the tables come from ``torch.unique`` over the offsets, decided on the host
-  per size (:mod:`mmtransnext.models.layers.position_bias`), so a dynamic TransNeXt export is
-  refused with that reason (export once per serving size).
+- TransNeXt at a fixed size: its position tables and taps are built in an eager forward at
+  the export size (:func:`prepare`) and baked into the graph as constants (kilobytes); the CPB
+  MLP, and everything else derived from weights, runs in the graph (weight-derived caches are
+  never used while exporting: :func:`mmtransnext.models.layers.weight_cache.worth_keeping`),
+  where a runtime may fold it into per-block constants of the folded grid's size.
+- TransNeXt with ``dynamic``: the tables (extrapolation mode: dense half-integer offsets in
+  place of ``torch.unique``) or the resizing taps of the fixed tables (interpolation mode) are
+  computed in the graph from the input size
+  (:class:`mmtransnext.models.layers.position_bias.GraphPositionTable`). The reference
+  ``attention_mode`` (the official ``torch.unique`` tables) exports at fixed sizes only.
+
+Either way the pooled keys' attention runs in bounded chunks of query rows under one ONNX
+``Scan`` (:mod:`mmtransnext.ops.export_attention`): no graph tensor holds a whole map's logits
+or position bias.
 - TransXNet resizes its stored tables in the graph (bicubic ``Resize``), so with ``dynamic``
   (height and width free) they follow the input; its adaptive pooling is exported as in-graph
   averaging matrices (:mod:`mmtransnext.ops.pooling`).
@@ -91,7 +98,8 @@ def check_exportable(model: nn.Module, dynamic: bool = False) -> None:
     - a model in training mode (dropout, drop path and batch statistics would be traced);
     - an attention layer with ``attn_impl`` ``'triton'`` or ``'ext'`` (kernels, not standard
       operators);
-    - a dynamic TransNeXt (its position tables are built on the host per size).
+    - a dynamic export of a model in the reference ``attention_mode`` (its official position
+      tables come from ``torch.unique`` on the host, per size).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f'model must be an nn.Module, got {type(model).__name__}')
@@ -105,13 +113,12 @@ def check_exportable(model: nn.Module, dynamic: bool = False) -> None:
                 f"{name or type(module).__name__} has attn_impl={impl!r}, whose kernels are not "
                 "standard operators an exported graph can hold; set attn_impl='auto' or 'torch' "
                 "(e.g. --cfg-options model.backbone.attn_impl=torch)")
-    backbone = backbone_of(model)
-    if dynamic and family_of(backbone) == 'TransNeXt':
-        raise ExportError(
-            'TransNeXt cannot be exported with dynamic height and width: its position tables '
-            '(torch.unique over the relative offsets, and in interpolation mode the resizing '
-            'taps) are built on the host for each input size. Export at the serving size '
-            'instead (without --dynamic: the tables are baked into the graph), once per size')
+        if dynamic and getattr(module, 'attention_mode', None) == 'reference':
+            raise ExportError(
+                f"{name or type(module).__name__} has attention_mode='reference', whose "
+                'official position tables (torch.unique over the relative offsets) are built '
+                'on the host for each input size, so height and width cannot be free: export '
+                "without --dynamic (once per serving size) or with attention_mode='fast'")
 
 
 def position_tables(model: nn.Module, dynamic: bool) -> str:
@@ -120,6 +127,11 @@ def position_tables(model: nn.Module, dynamic: bool) -> str:
     family = family_of(backbone)
     if family == 'TransNeXt':
         mode = 'extrapolation' if backbone.is_extrapolation else 'interpolation'
+        if dynamic:
+            held = ('position tables' if backbone.is_extrapolation else
+                    'resizing taps of the fixed tables')
+            return (f'TransNeXt ({mode} mode): {held} computed in the graph from the '
+                    "input's size; the CPB MLP runs in the graph")
         return (f'TransNeXt ({mode} mode): position tables and taps baked for the export '
                 'size; the CPB MLP runs in the graph')
     if family == 'TransXNet':

@@ -28,7 +28,8 @@ from torch import Tensor
 from ..utils import compat
 from .bias_ops import expand_columns, expand_columns_torch_backward
 from .budget import element_budget
-from .dispatch import Backend, backend_for, report_failure
+from .dispatch import Backend, backend_for, exporting, report_failure
+from .export_attention import scan_pooled_attention
 
 #: Elements of one chunk's ``(batch, heads, rows, P)`` logits on CPU; four such buffers live at
 #: once in backward (16 MB each in float32 at the default).
@@ -246,6 +247,8 @@ def pooled_attention(q: Tensor, k: Tensor, v: Tensor, folded: Tensor, rows_w: Te
         raise ValueError(f'{length} queries do not form the {folded.shape[1]}x{width} map of the '
                          'position bias')
     height = folded.shape[1]
+    if exporting() and chunk is None:  # a graph: the chunks under one Scan
+        return scan_pooled_attention(q, k, v, folded, rows_w, w_w, extra_lse)
     if chunk is None:
         rows = chunk_rows(batch, heads, width, k.shape[2], chunk_budget(q.device))
         chunk = height if rows is None else balanced_rows(height, rows)

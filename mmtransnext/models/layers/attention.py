@@ -24,6 +24,7 @@ from mmengine.model.weight_init import trunc_normal_
 
 from ...ops.dispatch import Backend, backend_for, check_impl, window_av, window_qk
 from ...ops.pooled_attention import pooled_attention
+from ...ops.pooling import adaptive_avg_pool2d
 from ...ops.triton_attention import triton_attention
 from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_bias, fold_rows,
                             official_position_bias, official_position_table)
@@ -291,7 +292,7 @@ class AggregatedAttention(_CosineAttentionBase):
             grid = tokens.view(batch, size[0], size[1], channels).permute(0, 3, 1, 2)
         else:
             grid = self.act(self.sr(x.transpose(1, 2).reshape(batch, channels, *size)))
-        pooled = F.adaptive_avg_pool2d(grid, pool_size)
+        pooled = adaptive_avg_pool2d(grid, pool_size)  # in-graph bins while exporting
         pooled = self.norm(pooled.flatten(2).transpose(1, 2))
         # The pooled length spelled out: -1 is ambiguous in an empty batch.
         k, v = self.kv(pooled).view(batch, pooled.shape[1], 2, self.num_heads,
