@@ -353,11 +353,13 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
 def onnx_session(path: str, threads: Optional[int] = None, fold_constants: bool = False):
     """An onnxruntime session on the CPU provider (no custom-op libraries).
 
-    ``fold_constants`` False (default) turns off onnxruntime's constant folding: in a TransNeXt
-    graph the position bias of every block depends on weights and baked tables only, so
-    folding precomputes all of them into ``(heads, N, P)`` constants when the session is made.
-    That is faster at small sizes but grows with the square of the pixel count (the measured
-    memory: docs/deployment.md).
+    ``fold_constants`` False (default) turns off onnxruntime's constant folding, which the
+    checks do not need. With it (onnxruntime's default) a fixed-size TransNeXt graph gets each
+    block's row-folded CPB grid precomputed when the session is made (it depends on weights and
+    sizes only); the expanded bias is formed per chunk inside the pooled attention's ``Scan``
+    (:mod:`mmtransnext.ops.export_attention`), so folding never makes ``(heads, N, P)``
+    constants (graphs exported before that could not be loaded with folding at detection
+    sizes).
     """
     import onnxruntime
     options = onnxruntime.SessionOptions()
