@@ -176,7 +176,7 @@ def aggregated_attention(x: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor
         k_local, v_local = _heads(x, kv_w, kv_b, 2 * heads).chunk(2, dim=1)
         window = WindowPart(F.normalize(k_local, dim=-1), v_local, weights.local_bias,
                             weights.tokens, weights.token_bias, window_size)
-        return scan_attention(q_scaled, k_pool, v_pool, *fold_grid(grid, taps, 'rows')[:3],
+        return scan_attention(q_scaled, k_pool, v_pool, *fold_grid(grid, taps, 'columns')[:3],
                               q_norm=q_norm, window=window)
     token_weights = q_norm @ weights.tokens + weights.token_bias
     del q_norm
@@ -206,6 +206,6 @@ def full_attention(q_norm: Tensor, k: Tensor, v: Tensor, grid: Tensor, taps: Bia
         return _triton(q_norm, k, v, grid, taps, size, size, scale)
     if exporting():  # a graph: in chunks of query rows under one Scan
         return scan_attention(scaled_queries(q_norm, scale), k, v,
-                              *fold_grid(grid, taps, 'rows')[:3])
+                              *fold_grid(grid, taps, 'columns')[:3])
     return pooled_attention(scaled_queries(q_norm, scale), k, v,
                             *fold_grid(grid, taps, 'rows')[:3], backend=backend)[0]

@@ -13,13 +13,13 @@ whole attention of its rows (:func:`scan_attention`):
 - the window logits against the chunk's rows of keys with a halo of ``window // 2`` rows (the
   map is zero-padded, out-of-map positions masked as :func:`.sliding_window.sliding_window_qk`
   masks them), plus the window's position bias;
-- the pooled keys' logits plus their position bias, expanded for the chunk's rows from the
-  row-folded CPB grid with the column taps (one ``Gather`` per tap, the indices built once
-  outside the loop, as :func:`.bias_ops.expand_columns_torch` does);
+- the pooled keys' logits plus their position bias, gathered for the chunk's rows from the
+  column-folded CPB grid, whole ``(W, Wk)`` planes per (query row, key row) pair and row tap
+  (large contiguous copies: the column taps are resolved on the grid outside the loop);
 - one softmax over both key sets, the learnable-token weights added to the window's share, and
   the output: pooled values by a matmul, window values by the same halo slices.
 
-What depends on weights and sizes only and is small (the row-folded grid, the column indices)
+What depends on weights and sizes only and is small (the column-folded grid, the row taps)
 stays outside the loop, where a runtime may fold it into a constant at a fixed size. A chunk
 holds about :data:`EXPORT_CHUNK_ELEMENTS` logits whatever the input size (the rows per chunk are
 computed in the graph from the map's width and the number of keys).
@@ -27,7 +27,7 @@ computed in the graph from the map's width and the number of keys).
 :func:`scan_mlp` evaluates the CPB MLP over a table computed in the graph (free sizes) in
 chunks of coordinates likewise, so its hidden layer is never whole.
 """
-from typing import List, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,8 @@ from torch import Tensor
 #: Logit elements (window and pooled keys) of one chunk of the exported attention (a few such
 #: buffers, of 4 MB each in float32, live at once).
 EXPORT_CHUNK_ELEMENTS = 1 << 20
+#: Query rows per chunk of a graph with free sizes.
+DYNAMIC_ROWS = 2
 #: Elements of the CPB MLP's hidden layer per chunk of :func:`scan_mlp`.
 EXPORT_MLP_ELEMENTS = 1 << 20
 
@@ -57,20 +59,6 @@ class WindowPart(NamedTuple):
     tokens: Tensor
     token_bias: Tensor
     window_size: int
-
-
-def _column_indices(rows_w: Tensor, weights: Optional[Tensor], kh: int,
-                    columns: int) -> Tuple[List[Tensor], List[Optional[Tensor]]]:
-    """Per tap: the flat ``(W*Hk*Wk)`` index into a ``(Hk*columns)`` row of the folded grid and
-    the flat ``(W*Hk*Wk)`` weight (None for one tap of weight 1)."""
-    width, kw, taps = rows_w.shape
-    offsets = (torch.arange(kh, device=rows_w.device) * columns)[None, :, None]
-    indices, tap_weights = [], []
-    for t in range(taps):
-        indices.append((offsets + rows_w[:, None, :, t]).reshape(-1))
-        tap_weights.append(None if weights is None else
-                           weights[:, None, :, t].expand(width, kh, kw).reshape(-1))
-    return indices, tap_weights
 
 
 def _halo_chunks(x: Tensor, height: int, width: int, chunks: int, rows: int,
@@ -100,7 +88,7 @@ def _shifted(halo: Tensor, window_size: int) -> Tensor:
 
 
 def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor,
-                   rows_w: Tensor, w_w: Optional[Tensor], q_norm: Optional[Tensor] = None,
+                   rows_h: Tensor, w_h: Optional[Tensor], q_norm: Optional[Tensor] = None,
                    window: Optional[WindowPart] = None,
                    budget: int = EXPORT_CHUNK_ELEMENTS) -> Tensor:
     """Attention of ``(B, heads, H*W, d)`` queries over the pooled keys (and with ``window``
@@ -110,26 +98,32 @@ def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Ten
     Args:
         q_scaled: the queries that attend (:func:`.cosine_attention.scaled_queries`).
         k_pool, v_pool: ``(B, heads, P, d)`` normalised pooled keys and their values.
-        folded, rows_w, w_w: the row-folded position bias and its column taps
-            (:func:`.bias_taps.fold_grid` with ``axis='rows'``).
+        folded, rows_h, w_h: the column-folded position bias ``(heads, |values_h|, W, Wk)``
+            and its row taps (:func:`.bias_taps.fold_grid` with ``axis='columns'``): a chunk
+            gathers whole ``(W, Wk)`` planes of it, one per (query row, key row) pair and tap.
         q_norm: the normalised queries (for the learnable-token weights; with ``window``).
         window: the window keys (:class:`WindowPart`), None for attention over ``k_pool``
             only (TransNeXt's full attention).
-        budget: logit elements per chunk: the rows per chunk are ``budget // (B * heads * W *
-            (P + window**2)) + 1``, computed in the graph from the (possibly symbolic) sizes.
+        budget: logit elements per chunk at a fixed size: ``budget // (B * heads * W * (P +
+            window**2)) + 1`` rows; with free sizes :data:`DYNAMIC_ROWS`.
 
     Returns:
         ``(B, heads, H*W, d)``, before the output projection.
     """
     from torch._higher_order_ops.scan import scan
     batch, heads, length, dim = q_scaled.shape
-    height, kh, columns = folded.shape[1], folded.shape[2], folded.shape[3]
-    width = rows_w.shape[0]
+    height = rows_h.shape[0]
+    width = folded.shape[2]
     num_keys = k_pool.shape[2]
     local_len = 0 if window is None else window.window_size ** 2
     radius = 0 if window is None else window.window_size // 2
     dtype = q_scaled.dtype
-    rows = budget // (batch * heads * width * (num_keys + local_len)) + 1
+    if isinstance(height * width * num_keys, torch.SymInt):
+        # Free sizes: a fixed number of rows. Rows computed from the symbolic sizes give
+        # guard expressions whose simplification takes the exporter hours.
+        rows = DYNAMIC_ROWS
+    else:
+        rows = budget // (batch * heads * width * (num_keys + local_len)) + 1
     chunks = (height + rows - 1) // rows
     padded = chunks * rows
 
@@ -138,38 +132,38 @@ def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Ten
         t = F.pad(t, (0, 0, 0, (padded - height) * width))
         return t.reshape(batch, heads, chunks, rows * width, t.shape[-1]).permute(2, 0, 1, 3, 4)
 
-    # Rows of the folded grid per chunk; the padding rows read the last row (their outputs are
-    # cut off below).
-    row_index = torch.arange(padded, device=q_scaled.device).clamp_max(height - 1).reshape(
-        chunks, rows)
-    indices, tap_weights = _column_indices(rows_w, None if w_w is None else w_w.to(dtype), kh,
-                                           columns)
-    key_t = k_pool.transpose(-2, -1)
-    xs = [in_chunks(q_scaled), row_index]
+    # Row taps per chunk; the padding rows read the last row's (their outputs are cut off).
+    row_index = torch.arange(padded, device=q_scaled.device).clamp_max(height - 1)
+    taps = rows_h.shape[-1]
+    xs = [in_chunks(q_scaled),
+          rows_h.index_select(0, row_index).reshape(chunks, rows, -1, taps)]
+    if w_h is not None:
+        xs.append(w_h.to(dtype).index_select(0, row_index).reshape(chunks, rows, -1, taps))
     if window is not None:
+        size = window.window_size
         inside = torch.ones(1, 1, length, 1, dtype=dtype, device=q_scaled.device)
+        inside = _halo_chunks(inside, height, width, chunks, rows, radius)[:, 0, 0]
         xs += [in_chunks(q_norm), _halo_chunks(window.k, height, width, chunks, rows, radius),
                _halo_chunks(window.v, height, width, chunks, rows, radius),
-               _halo_chunks(inside, height, width, chunks, rows, radius)[:, 0, 0, ..., 0]]
+               _shifted(inside, size)[..., 0] == 0]  # (chunks, rows*W, window**2)
 
     # The step reads sizes from its own inputs only: the scan's body cannot close over
     # symbolic sizes of the enclosing graph.
     def step(carry: Tensor, inputs):
-        q_c, y_c = inputs[0], inputs[1]
-        part = folded.index_select(1, y_c).to(dtype).flatten(2).flatten(0, 1)
+        q_c, rh_c = inputs[0], inputs[1]
+        wh_c = inputs[2] if w_h is not None else None
         bias = None
-        for index, weight in zip(indices, tap_weights):
-            term = part.index_select(1, index)  # (heads * rows, W * Hk * Wk)
-            if weight is not None:
-                term = term * weight
+        for t in range(taps):
+            term = folded.index_select(1, rh_c[..., t].reshape(-1))  # (heads, rows*Hk, W, Wk)
+            if wh_c is not None:
+                term = term * wh_c[..., t].reshape(1, -1, 1, 1)
             bias = term if bias is None else bias + term
-        logits = q_c @ key_t + bias.reshape(q_c.shape[1], q_c.shape[2], -1)
+        bias = bias.unflatten(1, (rh_c.shape[0], rh_c.shape[1])).transpose(2, 3)
+        logits = q_c @ k_pool.transpose(-2, -1) + bias.reshape(heads, q_c.shape[2], -1)
         if window is None:
             return carry.clone(), torch.softmax(logits, dim=-1) @ v_pool
-        qn_c, k_halo, v_halo, inside_halo = inputs[2:]
-        size = window.window_size
+        qn_c, k_halo, v_halo, outside = inputs[-4:]
         local = (q_c.unsqueeze(-2) * _shifted(k_halo, size)).sum(-1) + window.local_bias[:, None]
-        outside = _shifted(inside_halo[..., None], size)[..., 0] == 0  # (rows*W, window**2)
         local = local.masked_fill(outside, float('-inf'))
         probs = torch.softmax(torch.cat([local, logits], dim=-1), dim=-1)
         local_weights = probs[..., :size * size] + qn_c @ window.tokens + window.token_bias
@@ -198,5 +192,5 @@ def scan_mlp(coords: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bi
         return carry.clone(), F.linear(hidden, weight2, bias2).t()
 
     _, grid = scan(step, torch.zeros(1, device=coords.device),
-                   [padded.reshape(chunks, step_len, coords.shape[1])])
+                   padded.reshape(chunks, step_len, coords.shape[1]))
     return grid.permute(1, 0, 2).reshape(weight2.shape[0], chunks * step_len)[:, :length]
