@@ -20,9 +20,12 @@ refused (:func:`check_exportable`) rather than silently replaced.
 
 What a backbone family cannot export, and how a graph holds its size-dependent position data,
 are the family's export rules (its ``export_refusal`` and ``export_position_data``, e.g.
-TransNeXt bakes tables built by an eager forward at the export size, :func:`prepare`, and so
-refuses free sizes; TransXNet resizes its tables in the graph). Weight-derived caches are never
-used while exporting (:func:`mmtransnext.models.layers.weight_cache.worth_keeping`).
+TransNeXt bakes tables built by an eager forward at the export size, :func:`prepare`, or with
+``dynamic`` computes them in the graph, and refuses free sizes in its reference mode only;
+TransXNet resizes its tables in the graph). Weight-derived caches are never used while
+exporting (:func:`mmtransnext.models.layers.weight_cache.worth_keeping`). TransNeXt's attention
+runs in bounded chunks of query rows under one ONNX ``Scan`` per block
+(:mod:`mmtransnext.ops.export_attention`).
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -354,12 +357,10 @@ def onnx_session(path: str, threads: Optional[int] = None, fold_constants: bool 
     """An onnxruntime session on the CPU provider (no custom-op libraries).
 
     ``fold_constants`` False (default) turns off onnxruntime's constant folding, which the
-    checks do not need. With it (onnxruntime's default) a fixed-size TransNeXt graph gets each
-    block's row-folded CPB grid precomputed when the session is made (it depends on weights and
-    sizes only); the expanded bias is formed per chunk inside the pooled attention's ``Scan``
-    (:mod:`mmtransnext.ops.export_attention`), so folding never makes ``(heads, N, P)``
-    constants (graphs exported before that could not be loaded with folding at detection
-    sizes).
+    checks do not need (onnxruntime's default has it on; a TransNeXt graph is made to stay
+    small with it: what it can fold per block, the column-folded position grid, is small, and
+    the CPB MLP and the attention run under ``Scan`` nodes, :mod:`mmtransnext.ops.
+    export_attention`).
     """
     import onnxruntime
     options = onnxruntime.SessionOptions()

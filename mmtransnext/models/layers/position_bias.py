@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops.amp import autocast_off
+from ...ops.backend import exporting
 from ...ops.bias_taps import BiasTaps, FoldedBias, fold_grid, resize_taps
 from ...ops.budget import element_budget
 from ...ops.export_attention import scan_mlp
@@ -176,16 +177,20 @@ def cpb_grid(fc1: nn.Linear, fc2: nn.Linear, table: PositionTable) -> Tensor:
     row ``i`` is entry ``[:, i // |values_w|, i % |values_w|]``); the hidden layer is formed
     chunk by chunk and never saved for backward."""
     dtype, device_type = fc1.weight.dtype, fc1.weight.device.type
-    # In the parameters' dtype even under autocast: a small MLP whose output is a bias.
-    with autocast_off(device_type):
-        bias1 = fc1.bias if fc1.bias is not None else fc1.weight.new_zeros(fc1.weight.shape[0])
-        bias2 = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
-        coords = table.coords.to(dtype)
-        if isinstance(coords.shape[0], torch.SymInt):  # a table computed in an exported graph
-            grid = scan_mlp(coords, fc1.weight, bias1, fc2.weight, bias2)
-        else:
+    bias1 = fc1.bias if fc1.bias is not None else fc1.weight.new_zeros(fc1.weight.shape[0])
+    bias2 = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
+    coords = table.coords.to(dtype)
+    if exporting():
+        # In chunks under a Scan (outside the autocast context, which an exported program
+        # cannot hold around a Scan): a table computed in the graph has a symbolic length, and
+        # at a fixed size the chunks of a Python loop would be constant-folded by a runtime,
+        # every block's hidden layers at once (gigabytes at detection sizes).
+        grid = scan_mlp(coords, fc1.weight, bias1, fc2.weight, bias2)
+    else:
+        # In the parameters' dtype even under autocast: a small MLP whose output is a bias.
+        with autocast_off(device_type):
             grid = _CPBGrid.apply(coords, fc1.weight, bias1, fc2.weight, bias2)
-        return grid.view(-1, table.values_h.numel(), table.values_w.numel())
+    return grid.view(-1, table.values_h.numel(), table.values_w.numel())
 
 
 def build_position_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
