@@ -360,13 +360,16 @@ def onnx_session(path: str, threads: Optional[int] = None, fold_constants: bool 
     checks do not need (onnxruntime's default has it on; a TransNeXt graph is made to stay
     small with it: what it can fold per block, the column-folded position grid, is small, and
     the CPB MLP and the attention run under ``Scan`` nodes, :mod:`mmtransnext.ops.
-    export_attention`).
+    export_attention`). Its memory pattern is off (see the comment below).
     """
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     if threads is not None:
         options.intra_op_num_threads = threads
+    # onnxruntime's memory pattern plans one block for every tensor of a run; with the Scans
+    # of a TransNeXt graph it reserves far more than a run touches at detection sizes.
+    options.enable_mem_pattern = False
     disabled = [] if fold_constants else ['ConstantFolding']
     return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'],
                                         disabled_optimizers=disabled)
