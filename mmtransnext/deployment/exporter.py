@@ -20,9 +20,12 @@ refused (:func:`check_exportable`) rather than silently replaced.
 
 What a backbone family cannot export, and how a graph holds its size-dependent position data,
 are the family's export rules (its ``export_refusal`` and ``export_position_data``, e.g.
-TransNeXt bakes tables built by an eager forward at the export size, :func:`prepare`, and so
-refuses free sizes; TransXNet resizes its tables in the graph). Weight-derived caches are never
-used while exporting (:func:`mmtransnext.models.layers.weight_cache.worth_keeping`).
+TransNeXt bakes tables built by an eager forward at the export size, :func:`prepare`, or with
+``dynamic`` computes them in the graph, and refuses free sizes in its reference mode only;
+TransXNet resizes its tables in the graph). Weight-derived caches are never used while
+exporting (:func:`mmtransnext.models.layers.weight_cache.worth_keeping`). TransNeXt's attention
+runs in bounded chunks of query rows under one ONNX ``Scan`` per block
+(:mod:`mmtransnext.ops.export_attention`).
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -354,17 +357,20 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
 def onnx_session(path: str, threads: Optional[int] = None, fold_constants: bool = False):
     """An onnxruntime session on the CPU provider (no custom-op libraries).
 
-    ``fold_constants`` False (default) turns off onnxruntime's constant folding: in a TransNeXt
-    graph the position bias of every block depends on weights and baked tables only, so
-    folding precomputes all of them into ``(heads, N, P)`` constants when the session is made.
-    That is faster at small sizes but grows with the square of the pixel count (the measured
-    memory: docs/deployment.md).
+    ``fold_constants`` False (default) turns off onnxruntime's constant folding, which the
+    checks do not need (onnxruntime's default has it on; a TransNeXt graph is made to stay
+    small with it: what it can fold per block, the column-folded position grid, is small, and
+    the CPB MLP and the attention run under ``Scan`` nodes, :mod:`mmtransnext.ops.
+    export_attention`). Its memory pattern is off (see the comment below).
     """
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     if threads is not None:
         options.intra_op_num_threads = threads
+    # onnxruntime's memory pattern plans one block for every tensor of a run; with the Scans
+    # of a TransNeXt graph it reserves far more than a run touches at detection sizes.
+    options.enable_mem_pattern = False
     disabled = [] if fold_constants else ['ConstantFolding']
     return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'],
                                         disabled_optimizers=disabled)

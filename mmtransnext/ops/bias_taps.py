@@ -9,7 +9,7 @@ table was built for these sizes, up to two by two taps of bilinear resizing when
 other axis chunk by chunk (:func:`.bias_ops.expand_columns`) or inside the Triton kernels.
 """
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -28,6 +28,18 @@ def linear_taps(src: int, dst: int) -> Tuple[Tensor, Tensor]:
     return torch.stack([lo, hi], 1), torch.stack([1 - frac, frac], 1)
 
 
+def resize_taps(index: Tensor, query_len: Union[int, torch.SymInt],
+                key_len: Union[int, torch.SymInt]) -> Tuple[Tensor, Tensor]:
+    """The four bilinear taps ``(Q, K, 4)`` of every (query, key) pair along one axis, table
+    rows of ``index`` ``(Tq, Tk)`` and their weights (zero weights included): a computation on
+    tensors only, which a graph holds with ``Q``, ``K`` symbolic."""
+    q_idx, q_w = linear_taps(index.shape[0], query_len)
+    k_idx, k_w = linear_taps(index.shape[1], key_len)
+    rows = index[q_idx[:, None, :, None], k_idx[None, :, None, :]].reshape(query_len, key_len, 4)
+    weights = (q_w[:, None, :, None] * k_w[None, :, None, :]).reshape(query_len, key_len, 4)
+    return rows, weights
+
+
 def axis_taps(index: Tensor, query_len: int, key_len: int) -> Tuple[Tensor, Optional[Tensor]]:
     """Per (query, key) pair along one axis: the table rows ``(Q, K, T)`` it mixes and their
     weights (None when there is one tap of weight 1). Taps of zero weight everywhere are dropped,
@@ -35,10 +47,7 @@ def axis_taps(index: Tensor, query_len: int, key_len: int) -> Tuple[Tensor, Opti
     data-dependent choices are made here, once per size pair, never on the device."""
     if tuple(index.shape) == (query_len, key_len):
         return index[..., None], None
-    q_idx, q_w = linear_taps(index.shape[0], query_len)
-    k_idx, k_w = linear_taps(index.shape[1], key_len)
-    rows = index[q_idx[:, None, :, None], k_idx[None, :, None, :]].reshape(query_len, key_len, 4)
-    weights = (q_w[:, None, :, None] * k_w[None, :, None, :]).reshape(query_len, key_len, 4)
+    rows, weights = resize_taps(index, query_len, key_len)
     keep = (weights != 0).reshape(-1, 4).any(0)
     rows, weights = rows[..., keep], weights[..., keep]
     if rows.shape[-1] == 1 and bool((weights == 1).all()):

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backend import Backend, require_backend
+from .backend import Backend, exporting, require_backend
 from .bias_taps import BiasTaps, fold_grid
+from .export_attention import WindowPart, scan_attention
 from .pooled_attention import pooled_attention
 from .sliding_window import sliding_window_av, sliding_window_qk
 from .triton_attention import triton_attention
@@ -171,6 +172,12 @@ def aggregated_attention(x: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor
                        k_local=F.normalize(k_local, dim=-1), v_local=v_local,
                        token_weights=token_weights, local_bias=weights.local_bias)
     q_scaled = scaled_queries(q_norm, scale)
+    if exporting():  # a graph: the whole attention in chunks of query rows under one Scan
+        k_local, v_local = _heads(x, kv_w, kv_b, 2 * heads).chunk(2, dim=1)
+        window = WindowPart(F.normalize(k_local, dim=-1), v_local, weights.local_bias,
+                            weights.tokens, weights.token_bias, window_size)
+        return scan_attention(q_scaled, k_pool, v_pool, *fold_grid(grid, taps, 'columns')[:3],
+                              q_norm=q_norm, window=window)
     token_weights = q_norm @ weights.tokens + weights.token_bias
     del q_norm
     k_local = F.normalize(_heads(x, kv_w[:dim], None if kv_b is None else kv_b[:dim], heads),
@@ -197,5 +204,8 @@ def full_attention(q_norm: Tensor, k: Tensor, v: Tensor, grid: Tensor, taps: Bia
     :func:`aggregated_attention`): ``(B, heads, H*W, d)``, before the output projection."""
     if require_backend(backend, 'full_attention').name == 'triton':
         return _triton(q_norm, k, v, grid, taps, size, size, scale)
+    if exporting():  # a graph: in chunks of query rows under one Scan
+        return scan_attention(scaled_queries(q_norm, scale), k, v,
+                              *fold_grid(grid, taps, 'columns')[:3])
     return pooled_attention(scaled_queries(q_norm, scale), k, v,
                             *fold_grid(grid, taps, 'rows')[:3], backend=backend)[0]

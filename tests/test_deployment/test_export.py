@@ -8,6 +8,7 @@ and position tables are uneven.
 import importlib.util
 import os.path as osp
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -82,15 +83,12 @@ def test_transnext_backbone_onnx_fixed_size(tmp_path, is_extrapolation):
     assert errors[(72, 104)] < TOLERANCE, errors
 
 
-@pytest.mark.slow
-def test_transxnet_backbone_onnx_dynamic(tmp_path):
-    """Free height and width: one graph checked at three more sizes, odd ones included (the
-    adaptive pooling and the resized position tables follow the input)."""
-    model = small_transxnet()
-    path = str(tmp_path / 'transxnet.onnx')
+def export_dynamic_and_check(model, path: str) -> deployment.ExportResult:
+    """Export ``model``'s backbone with free height and width at 64x96 and check the graph:
+    symbolic height and width, standard operators, parity at its size and at the three
+    others of :data:`deployment.DYNAMIC_CHECK_SIZES` (odd ones included)."""
     result = deployment.export(model, path, (64, 96), part='backbone', dynamic=True,
                                optimize=False)
-    assert 'in the graph' in result.tables
     dims = input_dims(path)
     assert dims[:2] == [1, 3] and all(isinstance(d, str) for d in dims[2:]), dims
     standard_ops_only(path)
@@ -98,6 +96,77 @@ def test_transxnet_backbone_onnx_dynamic(tmp_path):
     assert len(sizes) == 4
     errors = deployment.check_onnx(path, model, 'backbone', sizes)
     assert max(errors.values()) < TOLERANCE, errors
+    return result
+
+
+@pytest.mark.slow
+def test_transxnet_backbone_onnx_dynamic(tmp_path):
+    """Free height and width: one graph checked at three more sizes, odd ones included (the
+    adaptive pooling and the resized position tables follow the input)."""
+    result = export_dynamic_and_check(small_transxnet(), str(tmp_path / 'transxnet.onnx'))
+    assert 'in the graph' in result.tables
+
+
+def tensor_elements(graph: onnx.GraphProto, dims: dict) -> list:
+    """Elements of every tensor of ``graph`` and its subgraphs (a Scan's body) whose shape the
+    exporter recorded, the symbolic dims (expressions of the input's, e.g. ``(s0 - 1)//4``)
+    evaluated at ``dims``; shapes with other symbols are skipped."""
+    sizes = []
+    for value in list(graph.value_info) + list(graph.output):
+        count = 1
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField('dim_value'):
+                count *= dim.dim_value
+                continue
+            expr = dim.dim_param.replace('Max(', 'max(').replace('Min(', 'min(')
+            try:
+                count *= int(eval(expr, {'__builtins__': {}, 'max': max, 'min': min}, dims))
+            except (NameError, SyntaxError, TypeError):
+                count = None
+                break
+        if count is not None:
+            sizes.append(count)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                sizes += tensor_elements(attribute.g, dims)
+    return sizes
+
+
+#: Sizes a dynamic TransNeXt graph exported at 64x96 is checked at: other multiples of 32 and
+#: sizes that are not (uneven pooling bins, ragged last stage, a last chunk of padding rows).
+TRANSNEXT_DYNAMIC_SIZES = ((64, 96), (72, 104), (100, 60), (128, 128))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('is_extrapolation', [False, True], ids=['interpolation', 'extrapolation'])
+def test_transnext_backbone_onnx_dynamic(tmp_path, is_extrapolation):
+    """Free height and width for TransNeXt, both position-bias modes: one graph exported at
+    64x96 checked against eager at sizes that are not multiples of 32 (tables or taps computed
+    in the graph); no constant of the graph is a size-dependent table (none larger than the
+    largest weight); and at 512x768 no tensor of the graph (its Scans' bodies included) holds
+    the first stage's whole logits: the attention, and the CPB MLP over an in-graph table, run
+    in chunks."""
+    model = small_transnext(is_extrapolation)
+    path = str(tmp_path / 'transnext.onnx')
+    result = deployment.export(model, path, (64, 96), part='backbone', dynamic=True,
+                               optimize=False)
+    assert 'computed in the graph' in result.tables
+    dims = input_dims(path)
+    assert dims[:2] == [1, 3] and all(isinstance(d, str) for d in dims[2:]), dims
+    standard_ops_only(path)
+    errors = deployment.check_onnx(path, model, 'backbone', TRANSNEXT_DYNAMIC_SIZES)
+    assert max(errors.values()) < TOLERANCE, errors
+
+    graph = onnx.load(path).graph
+    largest_weight = max(p.numel() for p in model.parameters())
+    constants = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
+    assert max(constants.values()) <= largest_weight, constants
+    height, width = 512, 768
+    queries, pooled = (height // 4) * (width // 4), (height // 32) * (width // 32)
+    elements = tensor_elements(graph, {dims[2]: height, dims[3]: width})
+    assert len(elements) > 100  # most shapes were evaluated
+    assert max(elements) < model.num_heads[0] * queries * pooled / 2
 
 
 def test_transnext_exported_program_round_trip(tmp_path):
@@ -165,10 +234,11 @@ def test_kernel_backends_are_refused(tmp_path, impl):
         deployment.export(model, str(tmp_path / 'x.onnx'), (64, 64))
 
 
-def test_dynamic_transnext_is_refused(tmp_path):
-    with pytest.raises(deployment.ExportError, match='TransNeXt cannot be exported with '
-                       'dynamic height and width.*without --dynamic'):
-        deployment.export(small_transnext(True), str(tmp_path / 'x.onnx'), dynamic=True)
+def test_dynamic_reference_mode_is_refused(tmp_path):
+    with pytest.raises(deployment.ExportError, match="attention_mode='reference'.*torch.unique"
+                       ".*without --dynamic"):
+        deployment.export(small_transnext(True, attention_mode='reference'),
+                          str(tmp_path / 'x.onnx'), dynamic=True)
 
 
 @pytest.mark.parametrize('config, why', [
@@ -208,10 +278,11 @@ def test_tool_reports_a_refusal_in_one_line(tmp_path, capsys):
         from mmtransnext.cli import run_main
         run_main(lambda: tool.main([
             osp.join(ROOT, 'configs', 'demo', 'upernet_transnext-micro_shapes-128.py'),
-            '--dynamic', '--out', str(tmp_path / 'x.onnx'), '--cfg-options', *SHALLOW]))
+            '--dynamic', '--out', str(tmp_path / 'x.onnx'), '--cfg-options', *SHALLOW,
+            'model.backbone.attention_mode=reference']))
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith('error: cannot export') and 'dynamic height and width' in err
+    assert err.startswith('error: cannot export') and 'height and width cannot be free' in err
 
 
 # --------------------------------------------------------------------- dispatch, caches

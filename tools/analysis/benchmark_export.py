@@ -5,13 +5,17 @@
 
 For each registered family's backbone (random weights, eval mode, the family's default
 implementation, built as for 512x512 inputs) and each size: the ONNX export (once with free
-height and width where the family allows it, as TransXNet; else once per size, as TransNeXt,
-whose position tables are baked), then ``--repeat`` timed runs of each after one
-warm-up run, the median printed, with the largest relative difference of the outputs. It
+height and width, at the first size, where the family allows it; else, or with ``--fixed``,
+once per size), then ``--repeat`` timed runs of each after one warm-up run, the median
+printed, with the largest relative difference of the outputs and the peak memory of each
+engine: how far the process's peak resident memory rose above what it held before (for
+onnxruntime from the session's creation, with its default graph optimisations, constant
+folding included, to its last run; for eager over its runs). Linux only (``/proc``). It
 prints; it asserts nothing.
 """
 import argparse
 import os.path as osp
+import re
 import statistics
 import tempfile
 import time
@@ -42,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         default=[(512, 512), (800, 1216)], metavar='HxW')
     parser.add_argument('--repeat', type=positive_int, default=3,
                         help='timed runs per case (median printed)')
+    parser.add_argument('--fixed', action='store_true',
+                        help='export once per size even where height and width can be free')
     parser.add_argument('--threads', type=positive_int, default=None,
                         help='threads of both runtimes (default: torch.get_num_threads())')
     return parser.parse_args(argv)
@@ -56,6 +62,22 @@ def median_time(run: Callable[[], object], repeat: int) -> float:
         run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _memory_kb(field: str) -> int:
+    with open('/proc/self/status') as status:
+        return int(re.search(rf'{field}:\s+(\d+)', status.read()).group(1))
+
+
+def peak_memory(run: Callable[[], object]) -> Tuple[object, float]:
+    """``run()``'s result and how far the process's peak resident memory rose above its
+    resident memory before the call, in GB (the peak is reset first, Linux
+    ``/proc/self/clear_refs``)."""
+    with open('/proc/self/clear_refs', 'w') as refs:
+        refs.write('5')
+    before = _memory_kb('VmRSS')
+    result = run()
+    return result, (_memory_kb('VmHWM') - before) / (1 << 20)
 
 
 def build_backbone(family: str, arch: str) -> torch.nn.Module:
@@ -78,10 +100,10 @@ def exports_dynamic(model: torch.nn.Module) -> bool:
 
 
 def benchmark(family: str, arch: str, sizes: List[Tuple[int, int]], repeat: int,
-              threads: int, folder: str) -> None:
+              threads: int, folder: str, fixed: bool = False) -> None:
     from mmtransnext import deployment
     model = build_backbone(family, arch)
-    dynamic = exports_dynamic(model)
+    dynamic = not fixed and exports_dynamic(model)
     path = None
     export_s = 0.
     for height, width in sizes:
@@ -90,17 +112,22 @@ def benchmark(family: str, arch: str, sizes: List[Tuple[int, int]], repeat: int,
             start = time.perf_counter()
             deployment.export(model, path, (height, width), part='backbone', dynamic=dynamic)
             export_s = time.perf_counter() - start
-        session = deployment.onnx_session(path, threads)
         x = torch.randn(1, 3, height, width)
         with torch.no_grad():
             expected = model(x)
-            eager = median_time(lambda: model(x), repeat)
-        actual = deployment.run_onnx(session, x)
-        ort = median_time(lambda: deployment.run_onnx(session, x), repeat)
+            eager, eager_gb = peak_memory(lambda: median_time(lambda: model(x), repeat))
+
+        def run_session():
+            session = deployment.onnx_session(path, threads, fold_constants=True)
+            return deployment.run_onnx(session, x), median_time(
+                lambda: deployment.run_onnx(session, x), repeat)
+
+        (actual, ort), ort_gb = peak_memory(run_session)
         error = max(deployment.relative_error(a, e) for a, e in zip(actual, expected))
         print(f'{family}-{arch:<6} {height:>4}x{width:<5} {"dynamic" if dynamic else "fixed":<8}'
-              f'eager {eager:7.3f} s  onnxruntime {ort:7.3f} s  (x{eager / ort:4.2f})  '
-              f'max rel err {error:.1e}  export {export_s:5.0f} s', flush=True)
+              f'eager {eager:7.3f} s {eager_gb:5.2f} GB  onnxruntime {ort:7.3f} s '
+              f'{ort_gb:5.2f} GB  (x{eager / ort:4.2f})  max rel err {error:.1e}  '
+              f'export {export_s:5.0f} s', flush=True)
 
 
 def main(argv=None) -> None:
@@ -112,7 +139,7 @@ def main(argv=None) -> None:
           f'{args.repeat} runs after one warm-up', flush=True)
     with tempfile.TemporaryDirectory() as folder:
         for family in families:
-            benchmark(family, args.arch, args.sizes, args.repeat, threads, folder)
+            benchmark(family, args.arch, args.sizes, args.repeat, threads, folder, args.fixed)
 
 
 if __name__ == '__main__':

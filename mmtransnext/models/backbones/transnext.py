@@ -17,7 +17,8 @@ from ...ops.sliding_window import window_lengths, window_padding_mask
 from ..layers.attention import AggregatedAttention, FullAttention, StageGeometry
 from ..layers.checkpointing import maybe_checkpoint
 from ..layers.conv_glu import ConvGLU
-from ..layers.position_bias import (DEFAULT_CACHE_ENTRIES, cached_position_table,
+from ..layers.position_bias import (DEFAULT_CACHE_ENTRIES, SymSize2d, cached_position_table,
+                                    graph_position_table, graph_resized_table,
                                     official_position_table)
 from ..layers.query_attention import (aggregated_attention_weights, full_attention_weights,
                                       geometry_size)
@@ -66,13 +67,14 @@ def resolve_arch(arch: Union[str, dict], **overrides) -> dict:
     return settings
 
 
-def _window_scale_and_mask(size: Size2d, window: int, num_pool: int,
-                           device: torch.device) -> Tuple[Tensor, Tensor]:
+def _window_scale_and_mask(size: Size2d, window: int, num_pool: int, device: torch.device,
+                           build_on: torch.device = torch.device('cpu')
+                           ) -> Tuple[Tensor, Tensor]:
     """Length scale ``log(window positions in the map + pooled keys)`` ``(H*W, 1)`` and the
-    window padding mask of an ``size`` map, built on the host and copied to ``device``."""
-    cpu = torch.device('cpu')
-    scale = torch.log(window_lengths(size, window, cpu) + num_pool)
-    return scale.to(device), window_padding_mask(size, window, cpu).to(device)
+    window padding mask of an ``size`` map, built on ``build_on`` (the host) and copied to
+    ``device``."""
+    scale = torch.log(window_lengths(size, window, build_on) + num_pool)
+    return scale.to(device), window_padding_mask(size, window, build_on).to(device)
 
 
 def check_fixed_pool_size(value: object) -> Optional[int]:
@@ -356,22 +358,33 @@ class TransNeXt(MultiStageBackbone):
                    is_extrapolation=mode == 'extrapolation', **kwargs)
 
     def export_refusal(self, dynamic: bool) -> Optional[str]:
-        """Free height and width are refused: the position tables come from ``torch.unique``
-        over the relative offsets (and in interpolation mode the resizing taps), decided on
-        the host for each input size (:mod:`mmtransnext.models.layers.position_bias`)."""
+        """Free height and width are refused in the reference ``attention_mode`` only: its
+        official position tables come from ``torch.unique`` over the relative offsets, on the
+        host for each input size. The fast path computes its tables (extrapolation mode) or
+        resizing taps (interpolation mode) in the graph
+        (:class:`~..layers.position_bias.GraphPositionTable`)."""
         if not dynamic:
             return None
-        return ('TransNeXt cannot be exported with dynamic height and width: its position '
-                'tables (torch.unique over the relative offsets, and in interpolation mode the '
-                'resizing taps) are built on the host for each input size. Export at the '
-                'serving size instead (without --dynamic: the tables are baked into the '
-                'graph), once per size')
+        for name, module in self.named_modules():
+            if getattr(module, 'attention_mode', None) == 'reference':
+                return (f"TransNeXt's {name} has attention_mode='reference', whose official "
+                        'position tables (torch.unique over the relative offsets) are built on '
+                        'the host for each input size, so height and width cannot be free: '
+                        "export without --dynamic (once per serving size) or with "
+                        "attention_mode='fast'")
+        return None
 
     def export_position_data(self, dynamic: bool) -> str:
-        """Position tables and taps built in an eager forward at the export size
-        (:func:`mmtransnext.deployment.prepare`) are baked into the graph as constants; the
-        CPB MLP, and everything else derived from weights, runs in the graph."""
+        """How a graph holds the position data: at a fixed size the tables and taps built in
+        an eager forward at the export size (:func:`mmtransnext.deployment.prepare`) are baked
+        in as constants; with free sizes they are computed in the graph from the input size.
+        Either way the CPB MLP, and everything else derived from weights, runs in the graph."""
         mode = 'extrapolation' if self.is_extrapolation else 'interpolation'
+        if dynamic:
+            held = ('position tables' if self.is_extrapolation else
+                    'resizing taps of the fixed tables')
+            return (f'TransNeXt ({mode} mode): {held} computed in the graph from the '
+                    "input's size; the CPB MLP runs in the graph")
         return (f'TransNeXt ({mode} mode): position tables and taps baked for the export '
                 'size; the CPB MLP runs in the graph')
 
@@ -398,10 +411,11 @@ class TransNeXt(MultiStageBackbone):
         stride = 2 ** (stage + 2)
         window = self.window_size[stage]
         fixed = self._fixed_pool_size if window is not None else None
+        symbolic = not all(isinstance(s, int) for s in size)  # exported with free sizes
         if fixed is None:
             pool_size = (max(1, size[0] // sr), max(1, size[1] // sr))
         else:
-            if min(size) < fixed:
+            if not symbolic and min(size) < fixed:
                 raise ValueError(
                     f'fixed_pool_size {fixed} is larger than stage {stage + 1}\'s '
                     f'{size[0]}x{size[1]} feature map: linear inference mode pools every '
@@ -409,6 +423,8 @@ class TransNeXt(MultiStageBackbone):
                     f'least about {stride * fixed} pixels on its shorter side')
             pool_size = (fixed, fixed)
         pretrain = (self.pretrain_size[0] // stride, self.pretrain_size[1] // stride)
+        if symbolic:
+            return self._graph_geometry(stage, size, pool_size, fixed, pretrain, device)
         if self.is_extrapolation:
             table_sizes = (size, pool_size)
             official_source = None
@@ -429,6 +445,30 @@ class TransNeXt(MultiStageBackbone):
                 lambda: _window_scale_and_mask(size, window, num_pool, device))
         return StageGeometry(size, pool_size, scale, table, not self.is_extrapolation, mask,
                              official_source)
+
+    def _graph_geometry(self, stage: int, size: SymSize2d, pool_size: SymSize2d,
+                        fixed: Optional[int], pretrain: Size2d,
+                        device: torch.device) -> StageGeometry:
+        """:meth:`stage_geometry` for a graph exported with free height and width: the position
+        table (extrapolation mode) or its taps (interpolation mode, whose table has fixed
+        sizes), the length scale and the window mask computed in the graph from the symbolic
+        sizes (:class:`~..layers.position_bias.GraphPositionTable`), nothing cached."""
+        window = self.window_size[stage]
+        if self.is_extrapolation:
+            table = graph_position_table(size, pool_size, pretrain, device)
+        else:
+            stride, sr = 2 ** (stage + 2), self.sr_ratios[stage]
+            trained = (self.img_size[0] // stride, self.img_size[1] // stride)
+            trained_pool = (trained[0] // sr, trained[1] // sr) if fixed is None else pool_size
+            table = graph_resized_table(cached_position_table(
+                self.position_tables, trained, trained_pool, pretrain, device))
+        num_pool = pool_size[0] * pool_size[1]
+        if window is None:
+            scale, mask = torch.full((1, 1), num_pool, dtype=torch.float32,
+                                     device=device).log(), None
+        else:
+            scale, mask = _window_scale_and_mask(size, window, num_pool, device, device)
+        return StageGeometry(size, pool_size, scale, table, not self.is_extrapolation, mask)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """``(B, in_channels, H, W)`` -> one ``(B, C_i, ceil(H / 2**(i+2)), ...)`` map per

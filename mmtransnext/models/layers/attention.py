@@ -29,6 +29,7 @@ from ...ops.cosine_attention import (QueryScale, WindowWeights, aggregated_atten
 from ...ops.dispatch import backend_for
 from ...ops.sliding_window import sliding_window_av, sliding_window_qk
 from ...utils import compat
+from ...ops.pooling import adaptive_avg_pool2d
 from .position_bias import (OfficialTable, PositionTable, cpb_grid, fold_rows,
                             official_position_bias, official_position_table)
 from .weight_cache import WeightKeyed, reuse_or_build, worth_keeping
@@ -277,7 +278,7 @@ class AggregatedAttention(_CosineAttentionBase):
             grid = tokens.view(batch, size[0], size[1], channels).permute(0, 3, 1, 2)
         else:
             grid = self.act(self.sr(x.transpose(1, 2).reshape(batch, channels, *size)))
-        pooled = F.adaptive_avg_pool2d(grid, pool_size)
+        pooled = adaptive_avg_pool2d(grid, pool_size)  # in-graph bins while exporting
         pooled = self.norm(pooled.flatten(2).transpose(1, 2))
         # The pooled length spelled out: -1 is ambiguous in an empty batch.
         k, v = self.kv(pooled).view(batch, pooled.shape[1], 2, self.num_heads,

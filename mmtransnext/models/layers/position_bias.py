@@ -21,15 +21,17 @@ path above, so that a mistake there cannot hide from the tests that compare the 
 """
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops.amp import autocast_off
-from ...ops.bias_taps import BiasTaps, FoldedBias, fold_grid
+from ...ops.backend import exporting
+from ...ops.bias_taps import BiasTaps, FoldedBias, fold_grid, resize_taps
 from ...ops.budget import element_budget
+from ...ops.export_attention import scan_mlp
 from .size_cache import SizeKeyedCache
 
 Size2d = Tuple[int, int]
@@ -175,12 +177,20 @@ def cpb_grid(fc1: nn.Linear, fc2: nn.Linear, table: PositionTable) -> Tensor:
     row ``i`` is entry ``[:, i // |values_w|, i % |values_w|]``); the hidden layer is formed
     chunk by chunk and never saved for backward."""
     dtype, device_type = fc1.weight.dtype, fc1.weight.device.type
-    # In the parameters' dtype even under autocast: a small MLP whose output is a bias.
-    with autocast_off(device_type):
-        bias1 = fc1.bias if fc1.bias is not None else fc1.weight.new_zeros(fc1.weight.shape[0])
-        bias2 = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
-        grid = _CPBGrid.apply(table.coords.to(dtype), fc1.weight, bias1, fc2.weight, bias2)
-        return grid.view(-1, table.values_h.numel(), table.values_w.numel())
+    bias1 = fc1.bias if fc1.bias is not None else fc1.weight.new_zeros(fc1.weight.shape[0])
+    bias2 = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.weight.shape[0])
+    coords = table.coords.to(dtype)
+    if exporting():
+        # In chunks under a Scan (outside the autocast context, which an exported program
+        # cannot hold around a Scan): a table computed in the graph has a symbolic length, and
+        # at a fixed size the chunks of a Python loop would be constant-folded by a runtime,
+        # every block's hidden layers at once (gigabytes at detection sizes).
+        grid = scan_mlp(coords, fc1.weight, bias1, fc2.weight, bias2)
+    else:
+        # In the parameters' dtype even under autocast: a small MLP whose output is a bias.
+        with autocast_off(device_type):
+            grid = _CPBGrid.apply(coords, fc1.weight, bias1, fc2.weight, bias2)
+    return grid.view(-1, table.values_h.numel(), table.values_w.numel())
 
 
 def build_position_table(query_size: Size2d, key_size: Size2d, pretrain_size: Size2d,
@@ -282,6 +292,75 @@ def official_position_bias(fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, table
     bias = bias.reshape(heads, tq_h * tq_w, nk).transpose(-1, -2).reshape(heads, nk, tq_h, tq_w)
     bias = F.interpolate(bias, tuple(query_size), mode='bilinear', align_corners=False)
     return bias.reshape(heads, nk, nq).transpose(-1, -2)
+
+
+# ------------------------------------------------------------------ in an exported graph
+SymSize2d = Tuple[Union[int, torch.SymInt], Union[int, torch.SymInt]]
+
+
+def graph_axis_offsets(query_len: Union[int, torch.SymInt], key_len: Union[int, torch.SymInt],
+                       pretrain_len: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """:func:`_axis_offsets` without ``torch.unique``, on tensors only (an exported graph
+    computes it from the input size): the offset of query ``q`` and pooled key ``j`` is half an
+    integer, ``(2q - (start_j + end_j - 1)) / 2`` for adaptive-pooling bin ``[start_j, end_j)``,
+    so every offset is in the dense range of half-integers in ``[-(Q - 1), Q - 1]``. Returns
+    those (a superset of the unique offsets, same values) and the ``(Q, K)`` index into them; the
+    CPB MLP over the superset gives every pair the number the unique table gives it."""
+    q = torch.arange(query_len, device=device)
+    j = torch.arange(key_len, device=device)
+    start = torch.div(j * query_len, key_len, rounding_mode='floor')
+    end = torch.div((j + 1) * query_len + key_len - 1, key_len, rounding_mode='floor')
+    # Bin centres lie in [0, Q - 1], so twice an offset lies in [-(2Q - 2), 2Q - 2]: a bound
+    # linear in Q (the exact extremes, floor divisions of symbolic sizes, make guards that
+    # torch.export cannot solve).
+    span = 2 * query_len - 2
+    twice = torch.arange(4 * query_len - 3, device=device, dtype=torch.float32) - span
+    values = twice * 0.5 / (pretrain_len - 1) * 8
+    index = 2 * q[:, None] - (start + end - 1)[None, :] + span
+    return values, index
+
+
+@dataclass(frozen=True)
+class GraphPositionTable:
+    """What :func:`cpb_grid` and :func:`fold_bias` read of a :class:`PositionTable`, computed
+    on tensors only, so that an exported graph builds it from its (possibly symbolic) input
+    size: no ``torch.unique``, no choice made on the host.
+
+    Attributes:
+        values_h, values_w, index_h, index_w, coords: as in :class:`PositionTable`.
+        resize: whether the table is resized to the map (interpolation mode): the taps are then
+            the four bilinear ones per axis (:func:`resize_taps`), else one of weight 1.
+    """
+    values_h: Tensor
+    values_w: Tensor
+    index_h: Tensor
+    index_w: Tensor
+    coords: Tensor
+    resize: bool
+
+    def taps(self, query_size: SymSize2d, key_size: SymSize2d) -> 'BiasTaps':
+        """The :class:`BiasTaps` for these sizes, computed in the graph."""
+        if not self.resize:
+            return BiasTaps(self.index_h[..., None], None, self.index_w[..., None], None)
+        return BiasTaps(*resize_taps(self.index_h, query_size[0], key_size[0]),
+                        *resize_taps(self.index_w, query_size[1], key_size[1]))
+
+
+def graph_position_table(query_size: SymSize2d, key_size: SymSize2d, pretrain_size: Size2d,
+                         device: torch.device) -> GraphPositionTable:
+    """The table of ``query_size`` queries and ``key_size`` pooled keys (extrapolation mode)
+    computed from the sizes on tensors (:func:`graph_axis_offsets`)."""
+    values_h, index_h = graph_axis_offsets(query_size[0], key_size[0], pretrain_size[0], device)
+    values_w, index_w = graph_axis_offsets(query_size[1], key_size[1], pretrain_size[1], device)
+    return GraphPositionTable(values_h, values_w, index_h, index_w,
+                              _log_coords(values_h, values_w), resize=False)
+
+
+def graph_resized_table(table: PositionTable) -> GraphPositionTable:
+    """``table`` (built for fixed sizes, interpolation mode) with its taps to any map size
+    computed in the graph."""
+    return GraphPositionTable(table.values_h, table.values_w, table.index_h, table.index_w,
+                              table.coords, resize=True)
 
 
 def cached_position_table(cache: SizeKeyedCache, query_size: Size2d, key_size: Size2d,

@@ -1,0 +1,196 @@
+"""TransNeXt's attention as an exported graph holds it: query rows in bounded chunks under one
+ONNX ``Scan``, so that no tensor of a block is larger than a chunk's.
+
+The eager path loops over row chunks in Python (:mod:`.pooled_attention`) and forms the window
+part whole with compiled or unfolding ops. A graph cannot hold a Python loop when its height is
+symbolic, and at a fixed size an unrolled loop would let a runtime's constant folding
+precompute every chunk's position bias (it depends on weights and sizes only: gigabytes at
+detection sizes). Here the loop is ``torch._higher_order_ops.scan``, which the ONNX exporter
+writes as a ``Scan`` (a standard operator). The queries are cut into ``chunks x rows`` query
+rows (zero rows pad the last chunk, their outputs are cut off), and each step computes the
+whole attention of its rows (:func:`scan_attention`):
+
+- the window logits against the chunk's rows of keys with a halo of ``window // 2`` rows (the
+  map is zero-padded, out-of-map positions masked as :func:`.sliding_window.sliding_window_qk`
+  masks them), plus the window's position bias;
+- the pooled keys' logits plus their position bias, gathered for the chunk's rows from the
+  column-folded CPB grid, whole ``(W, Wk)`` planes per (query row, key row) pair and row tap
+  (large contiguous copies: the column taps are resolved on the grid outside the loop);
+- one softmax over both key sets, the learnable-token weights added to the window's share, and
+  the output: pooled values by a matmul, window values by the same halo slices.
+
+What depends on weights and sizes only and is small (the column-folded grid, the row taps)
+stays outside the loop, where a runtime may fold it into a constant at a fixed size. A chunk
+holds about :data:`EXPORT_CHUNK_ELEMENTS` logits whatever the input size (the rows per chunk are
+computed in the graph from the map's width and the number of keys).
+
+:func:`scan_mlp` evaluates the CPB MLP over a table computed in the graph (free sizes) in
+chunks of coordinates likewise, so its hidden layer is never whole.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Logit elements (window and pooled keys) of one chunk of the exported attention (a few such
+#: buffers, of 4 MB each in float32, live at once).
+EXPORT_CHUNK_ELEMENTS = 1 << 20
+#: Query rows per chunk of a graph with free sizes.
+DYNAMIC_ROWS = 2
+#: Elements of the CPB MLP's hidden layer per chunk of :func:`scan_mlp`.
+EXPORT_MLP_ELEMENTS = 1 << 20
+
+
+class WindowPart(NamedTuple):
+    """The sliding-window keys of aggregated attention, as :func:`scan_attention` takes them.
+
+    Attributes:
+        k, v: ``(B, heads, H*W, d)`` normalised window keys and their values.
+        local_bias: ``(heads, window**2)`` position bias of the window keys.
+        tokens, token_bias: ``(heads, d, window**2)`` learnable tokens and ``(heads, 1,
+            window**2)`` their bias (``q_norm @ tokens + token_bias`` is added to the window
+            probabilities).
+        window_size: odd side of the window.
+    """
+    k: Tensor
+    v: Tensor
+    local_bias: Tensor
+    tokens: Tensor
+    token_bias: Tensor
+    window_size: int
+
+
+def _halo_chunks(x: Tensor, height: int, width: int, chunks: int, rows: int,
+                 radius: int) -> Tensor:
+    """``(B, heads, H*W, d)`` -> ``(chunks, B, heads, rows + 2r, W + 2r, d)``: each chunk's
+    rows of the zero-padded map with ``radius`` rows and columns around them."""
+    batch, heads, _, dim = x.shape
+    grid = x.reshape(batch, heads, height, width, dim)
+    padded = chunks * rows
+    grid = F.pad(grid, (0, 0, radius, radius, radius, padded - height + radius))
+    index = (torch.arange(chunks, device=x.device)[:, None] * rows +
+             torch.arange(rows + 2 * radius, device=x.device)[None, :]).reshape(-1)
+    halo = grid.index_select(2, index)
+    halo = halo.reshape(batch, heads, chunks, rows + 2 * radius, width + 2 * radius, dim)
+    return halo.permute(2, 0, 1, 3, 4, 5)
+
+
+def _shifted(halo: Tensor, window_size: int) -> Tensor:
+    """``(..., rows + 2r, W + 2r, c)`` -> ``(..., rows*W, window**2, c)``: the window
+    neighbours of every position of the chunk, row-major over ``(dy, dx)``."""
+    rows = halo.shape[-3] - (window_size - 1)
+    width = halo.shape[-2] - (window_size - 1)
+    parts = [halo[..., dy:dy + rows, dx:dx + width, :]
+             for dy in range(window_size) for dx in range(window_size)]
+    stacked = torch.stack(parts, dim=-2)  # (..., rows, W, window**2, c)
+    return stacked.flatten(-4, -3)
+
+
+def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor,
+                   rows_h: Tensor, w_h: Optional[Tensor], q_norm: Optional[Tensor] = None,
+                   window: Optional[WindowPart] = None,
+                   budget: int = EXPORT_CHUNK_ELEMENTS) -> Tensor:
+    """Attention of ``(B, heads, H*W, d)`` queries over the pooled keys (and with ``window``
+    the sliding-window keys, one softmax over both) in chunks of query rows under a scan, for
+    exported graphs (see the module docstring).
+
+    Args:
+        q_scaled: the queries that attend (:func:`.cosine_attention.scaled_queries`).
+        k_pool, v_pool: ``(B, heads, P, d)`` normalised pooled keys and their values.
+        folded, rows_h, w_h: the column-folded position bias ``(heads, |values_h|, W, Wk)``
+            and its row taps (:func:`.bias_taps.fold_grid` with ``axis='columns'``): a chunk
+            gathers whole ``(W, Wk)`` planes of it, one per (query row, key row) pair and tap.
+        q_norm: the normalised queries (for the learnable-token weights; with ``window``).
+        window: the window keys (:class:`WindowPart`), None for attention over ``k_pool``
+            only (TransNeXt's full attention).
+        budget: logit elements per chunk at a fixed size: ``budget // (B * heads * W * (P +
+            window**2)) + 1`` rows; with free sizes :data:`DYNAMIC_ROWS`.
+
+    Returns:
+        ``(B, heads, H*W, d)``, before the output projection.
+    """
+    from torch._higher_order_ops.scan import scan
+    batch, heads, length, dim = q_scaled.shape
+    height = rows_h.shape[0]
+    width = folded.shape[2]
+    num_keys = k_pool.shape[2]
+    local_len = 0 if window is None else window.window_size ** 2
+    radius = 0 if window is None else window.window_size // 2
+    dtype = q_scaled.dtype
+    if isinstance(height * width * num_keys, torch.SymInt):
+        # Free sizes: a fixed number of rows. Rows computed from the symbolic sizes give
+        # guard expressions whose simplification takes the exporter hours.
+        rows = DYNAMIC_ROWS
+    else:
+        rows = budget // (batch * heads * width * (num_keys + local_len)) + 1
+    chunks = (height + rows - 1) // rows
+    padded = chunks * rows
+
+    def in_chunks(t: Tensor) -> Tensor:
+        """``(B, heads, H*W, c)`` -> ``(chunks, B, heads, rows*W, c)``, zero rows appended."""
+        t = F.pad(t, (0, 0, 0, (padded - height) * width))
+        return t.reshape(batch, heads, chunks, rows * width, t.shape[-1]).permute(2, 0, 1, 3, 4)
+
+    # Row taps per chunk; the padding rows read the last row's (their outputs are cut off).
+    row_index = torch.arange(padded, device=q_scaled.device).clamp_max(height - 1)
+    taps = rows_h.shape[-1]
+    xs = [in_chunks(q_scaled),
+          rows_h.index_select(0, row_index).reshape(chunks, rows, -1, taps)]
+    if w_h is not None:
+        xs.append(w_h.to(dtype).index_select(0, row_index).reshape(chunks, rows, -1, taps))
+    if window is not None:
+        size = window.window_size
+        inside = torch.ones(1, 1, length, 1, dtype=dtype, device=q_scaled.device)
+        inside = _halo_chunks(inside, height, width, chunks, rows, radius)[:, 0, 0]
+        xs += [in_chunks(q_norm), _halo_chunks(window.k, height, width, chunks, rows, radius),
+               _halo_chunks(window.v, height, width, chunks, rows, radius),
+               _shifted(inside, size)[..., 0] == 0]  # (chunks, rows*W, window**2)
+
+    # The step reads sizes from its own inputs only: the scan's body cannot close over
+    # symbolic sizes of the enclosing graph.
+    def step(carry: Tensor, inputs):
+        q_c, rh_c = inputs[0], inputs[1]
+        wh_c = inputs[2] if w_h is not None else None
+        bias = None
+        for t in range(taps):
+            term = folded.index_select(1, rh_c[..., t].reshape(-1))  # (heads, rows*Hk, W, Wk)
+            if wh_c is not None:
+                term = term * wh_c[..., t].reshape(1, -1, 1, 1)
+            bias = term if bias is None else bias + term
+        bias = bias.unflatten(1, (rh_c.shape[0], rh_c.shape[1])).transpose(2, 3)
+        logits = q_c @ k_pool.transpose(-2, -1) + bias.reshape(heads, q_c.shape[2], -1)
+        if window is None:
+            return carry.clone(), torch.softmax(logits, dim=-1) @ v_pool
+        qn_c, k_halo, v_halo, outside = inputs[-4:]
+        local = (q_c.unsqueeze(-2) * _shifted(k_halo, size)).sum(-1) + window.local_bias[:, None]
+        local = local.masked_fill(outside, float('-inf'))
+        probs = torch.softmax(torch.cat([local, logits], dim=-1), dim=-1)
+        local_weights = probs[..., :size * size] + qn_c @ window.tokens + window.token_bias
+        out = probs[..., size * size:] @ v_pool
+        out = out + (local_weights.unsqueeze(-1) * _shifted(v_halo, size)).sum(-2)
+        return carry.clone(), out
+
+    _, out = scan(step, torch.zeros(1, device=q_scaled.device), xs)
+    out = out.permute(1, 2, 0, 3, 4).reshape(batch, heads, padded * width, dim)
+    return out[:, :, :length]
+
+
+def scan_mlp(coords: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor,
+             budget: int = EXPORT_MLP_ELEMENTS) -> Tensor:
+    """``fc2(relu(fc1(coords)))`` of ``(T, 2)`` coordinates as a ``(heads, T)`` grid, in
+    chunks of ``budget // hidden`` coordinates under a scan (for a table computed in an
+    exported graph, whose ``T`` is symbolic)."""
+    from torch._higher_order_ops.scan import scan
+    length = coords.shape[0]
+    step_len = max(1, budget // weight1.shape[0])
+    chunks = (length + step_len - 1) // step_len
+    padded = F.pad(coords, (0, 0, 0, chunks * step_len - length))
+
+    def step(carry: Tensor, part: Tensor):
+        hidden = torch.relu(F.linear(part, weight1, bias1))
+        return carry.clone(), F.linear(hidden, weight2, bias2).t()
+
+    _, grid = scan(step, torch.zeros(1, device=coords.device),
+                   padded.reshape(chunks, step_len, coords.shape[1]))
+    return grid.permute(1, 0, 2).reshape(weight2.shape[0], chunks * step_len)[:, :length]
