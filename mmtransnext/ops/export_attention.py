@@ -20,9 +20,10 @@ whole attention of its rows (:func:`scan_attention`):
   the output: pooled values by a matmul, window values by the same halo slices.
 
 What depends on weights and sizes only and is small (the column-folded grid, the row taps)
-stays outside the loop, where a runtime may fold it into a constant at a fixed size. A chunk
-holds about :data:`EXPORT_CHUNK_ELEMENTS` logits whatever the input size (the rows per chunk are
-computed in the graph from the map's width and the number of keys).
+stays outside the loop, where a runtime may fold it into a constant at a fixed size. At a fixed
+size a chunk holds about :data:`EXPORT_CHUNK_ELEMENTS` logits (the rows per chunk follow from the
+map's width and the number of keys); with free sizes it is :data:`DYNAMIC_ROWS` query rows
+(rows computed from symbolic sizes make the exporter's shape reasoning run for very long).
 
 :func:`scan_mlp` evaluates the CPB MLP over a table computed in the graph (free sizes) in
 chunks of coordinates likewise, so its hidden layer is never whole.
