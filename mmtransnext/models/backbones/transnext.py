@@ -411,7 +411,9 @@ class TransNeXt(MultiStageBackbone):
         stride = 2 ** (stage + 2)
         window = self.window_size[stage]
         fixed = self._fixed_pool_size if window is not None else None
-        symbolic = not all(isinstance(s, int) for s in size)  # exported with free sizes
+        # Exported with free sizes (dynamo's symbolic ints). TorchScript's tracer (mmengine's
+        # FLOP counter) hands 0-dim tensors, which the host-side path below handles.
+        symbolic = any(isinstance(s, torch.SymInt) for s in size)
         if fixed is None:
             pool_size = (max(1, size[0] // sr), max(1, size[1] // sr))
         else:
