@@ -51,6 +51,12 @@ def check_autocast_query() -> None:
         assert compat.autocast_dtype('meta') is None
 
 
+def weighted_sum(outs) -> torch.Tensor:
+    """A loss that weighs every output element differently (so no gradient is trivially
+    uniform)."""
+    return sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
+
+
 def check_transnext(impl: str) -> Dict[str, float]:
     """Outputs and parameter gradients of ``attn_impl=impl`` against the official
     computation."""
@@ -63,7 +69,7 @@ def check_transnext(impl: str) -> Dict[str, float]:
     results = []
     for forward in (model, lambda img: reference_backbone(model, img)):
         outs = forward(x)
-        loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
+        loss = weighted_sum(outs)
         results.append((outs, torch.autograd.grad(loss, list(params.values()))))
     (outs, grads), (ref_outs, ref_grads) = results
     out_error = max(relative_error(o, r) for o, r in zip(outs, ref_outs))
@@ -131,7 +137,7 @@ def training_gradients(family: str, kwargs: Dict[str, Any], state: Dict[str, tor
     model = getattr(models, family)(**kwargs).train()
     model.load_state_dict(state)
     outs = model(x)
-    loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
+    loss = weighted_sum(outs)
     loss.backward()
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
