@@ -110,8 +110,9 @@ def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Ten
         q_norm: the normalised queries (for the learnable-token weights; with ``window``).
         window: the window keys (:class:`WindowPart`), None for attention over ``k_pool``
             only (TransNeXt's full attention).
-        budget: logit elements per chunk at a fixed size: ``budget // (B * heads * W * (P +
-            window**2)) + 1`` rows; with free sizes :data:`DYNAMIC_ROWS`.
+        budget: logit elements per chunk at a fixed size: at most ``budget // (B * heads *
+            W * (P + window**2)) + 1`` rows, evened out over the chunks that takes; with free
+            sizes :data:`DYNAMIC_ROWS`.
 
     Returns:
         ``(B, heads, H*W, d)``, before the output projection.
@@ -130,6 +131,8 @@ def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Ten
         rows = DYNAMIC_ROWS
     else:
         rows = budget // (batch * heads * width * (num_keys + local_len)) + 1
+        # As few padding rows as that many chunks allow.
+        rows = -(-height // -(-height // rows))
     chunks = (height + rows - 1) // rows
     padded = chunks * rows
 
