@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from mmtransnext.cli import image_size, positive_int, run_main
+from mmtransnext.cli import ToolError, image_size, positive_int, run_main
 
 
 
@@ -90,7 +90,7 @@ def build_backbone(family: str, arch: str, mode: Optional[str] = None) -> torch.
     backbone = {name.lower(): cls for name, cls in families().items()}[family]
     mode = backbone.size_modes[0] if mode is None else mode
     if mode not in backbone.size_modes:
-        raise ValueError(f'{family} has the size modes {backbone.size_modes}, not {mode!r}')
+        raise ToolError(f'{family} has the size modes {backbone.size_modes}, not {mode!r}')
     return backbone.for_input_size(arch, (512, 512), mode,
                                    **backbone.implementations[backbone.default_implementation]
                                    ).eval()
