@@ -14,10 +14,16 @@ whole attention of its rows (:func:`scan_attention`):
   map is zero-padded, out-of-map positions masked as :func:`.sliding_window.sliding_window_qk`
   masks them), plus the window's position bias;
 - the pooled keys' logits plus their position bias, gathered for the chunk's rows from the
-  column-folded CPB grid, whole ``(W, Wk)`` planes per (query row, key row) pair and row tap
-  (large contiguous copies: the column taps are resolved on the grid outside the loop);
+  column-folded CPB grid (the column taps are resolved on the grid outside the loop) in the
+  logits' own layout, one run of ``Wk`` entries per (query, key row) pair and row tap, so
+  that nothing is transposed in the loop;
 - one softmax over both key sets, the learnable-token weights added to the window's share, and
   the output: pooled values by a matmul, window values by the same halo slices.
+
+The window part goes one neighbour at a time (a product and a sum over the last axis each):
+a stacked ``(rows*W, window**2, d)`` copy of the keys or values, and sums over its middle
+axis, are what a runtime does slowest here. The window's position bias, masked outside the
+map, is made per chunk outside the loop.
 
 What depends on weights and sizes only and is small (the column-folded grid, the row taps)
 stays outside the loop, where a runtime may fold it into a constant at a fixed size. At a fixed
@@ -28,7 +34,7 @@ map's width and the number of keys); with free sizes it is :data:`DYNAMIC_ROWS` 
 :func:`scan_mlp` evaluates the CPB MLP over a table computed in the graph (free sizes) in
 chunks of coordinates likewise, so its hidden layer is never whole.
 """
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -77,15 +83,14 @@ def _halo_chunks(x: Tensor, height: int, width: int, chunks: int, rows: int,
     return halo.permute(2, 0, 1, 3, 4, 5)
 
 
-def _shifted(halo: Tensor, window_size: int) -> Tensor:
-    """``(..., rows + 2r, W + 2r, c)`` -> ``(..., rows*W, window**2, c)``: the window
-    neighbours of every position of the chunk, row-major over ``(dy, dx)``."""
+def _neighbours(halo: Tensor, window_size: int) -> Iterator[Tensor]:
+    """``(..., rows + 2r, W + 2r, c)`` -> the ``window**2`` tensors ``(..., rows*W, c)`` of
+    the window neighbours of every position of the chunk, row-major over ``(dy, dx)``."""
     rows = halo.shape[-3] - (window_size - 1)
     width = halo.shape[-2] - (window_size - 1)
-    parts = [halo[..., dy:dy + rows, dx:dx + width, :]
-             for dy in range(window_size) for dx in range(window_size)]
-    stacked = torch.stack(parts, dim=-2)  # (..., rows, W, window**2, c)
-    return stacked.flatten(-4, -3)
+    for dy in range(window_size):
+        for dx in range(window_size):
+            yield halo[..., dy:dy + rows, dx:dx + width, :].flatten(-3, -2)
 
 
 def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Tensor,
@@ -101,12 +106,13 @@ def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Ten
         k_pool, v_pool: ``(B, heads, P, d)`` normalised pooled keys and their values.
         folded, rows_h, w_h: the column-folded position bias ``(heads, |values_h|, W, Wk)``
             and its row taps (:func:`.bias_taps.fold_grid` with ``axis='columns'``): a chunk
-            gathers whole ``(W, Wk)`` planes of it, one per (query row, key row) pair and tap.
+            gathers runs of ``Wk`` entries of it, one per (query, key row) pair and tap.
         q_norm: the normalised queries (for the learnable-token weights; with ``window``).
         window: the window keys (:class:`WindowPart`), None for attention over ``k_pool``
             only (TransNeXt's full attention).
-        budget: logit elements per chunk at a fixed size: ``budget // (B * heads * W * (P +
-            window**2)) + 1`` rows; with free sizes :data:`DYNAMIC_ROWS`.
+        budget: logit elements per chunk at a fixed size: at most ``budget // (B * heads *
+            W * (P + window**2)) + 1`` rows, evened out over the chunks that takes; with free
+            sizes :data:`DYNAMIC_ROWS`.
 
     Returns:
         ``(B, heads, H*W, d)``, before the output projection.
@@ -125,6 +131,8 @@ def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Ten
         rows = DYNAMIC_ROWS
     else:
         rows = budget // (batch * heads * width * (num_keys + local_len)) + 1
+        # As few padding rows as that many chunks allow.
+        rows = -(-height // -(-height // rows))
     chunks = (height + rows - 1) // rows
     padded = chunks * rows
 
@@ -136,17 +144,29 @@ def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Ten
     # Row taps per chunk; the padding rows read the last row's (their outputs are cut off).
     row_index = torch.arange(padded, device=q_scaled.device).clamp_max(height - 1)
     taps = rows_h.shape[-1]
+    # The bias is gathered as (W, Hk) rows of Wk entries of ``folded`` viewed as (heads,
+    # |values_h|*W, Wk), straight in the logits' layout (rows, W, Hk, Wk): no transposition
+    # in the loop. The indices are the row taps times W plus the query column.
+    planes = folded.flatten(1, 2)
+    columns = torch.arange(width, device=q_scaled.device)[:, None]
     xs = [in_chunks(q_scaled),
-          rows_h.index_select(0, row_index).reshape(chunks, rows, -1, taps)]
+          (rows_h * width).index_select(0, row_index).reshape(chunks, rows, 1, -1, taps)]
     if w_h is not None:
-        xs.append(w_h.to(dtype).index_select(0, row_index).reshape(chunks, rows, -1, taps))
+        xs.append(w_h.to(dtype).index_select(0, row_index).reshape(chunks, rows, 1, -1, taps))
     if window is not None:
         size = window.window_size
         inside = torch.ones(1, 1, length, 1, dtype=dtype, device=q_scaled.device)
-        inside = _halo_chunks(inside, height, width, chunks, rows, radius)[:, 0, 0]
+        inside = _halo_chunks(inside, height, width, chunks, rows, radius)[:, 0]
+        # The window's position bias with its out-of-map positions masked, per chunk
+        # (chunks, heads, rows*W, window**2): one addition in the loop.
+        outside = torch.cat(list(_neighbours(inside, size)), dim=-1) == 0
+        local_bias = window.local_bias[None, :, None].to(dtype).masked_fill(
+            outside, float('-inf'))
+        # The pooled values after window**2 zero rows: the output's pooled share is one matmul
+        # of all probabilities, no copy of their pooled columns.
+        v_padded = F.pad(v_pool, (0, 0, local_len, 0))
         xs += [in_chunks(q_norm), _halo_chunks(window.k, height, width, chunks, rows, radius),
-               _halo_chunks(window.v, height, width, chunks, rows, radius),
-               _shifted(inside, size)[..., 0] == 0]  # (chunks, rows*W, window**2)
+               _halo_chunks(window.v, height, width, chunks, rows, radius), local_bias]
 
     # The step reads sizes from its own inputs only: the scan's body cannot close over
     # symbolic sizes of the enclosing graph.
@@ -155,21 +175,22 @@ def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Ten
         wh_c = inputs[2] if w_h is not None else None
         bias = None
         for t in range(taps):
-            term = folded.index_select(1, rh_c[..., t].reshape(-1))  # (heads, rows*Hk, W, Wk)
-            if wh_c is not None:
-                term = term * wh_c[..., t].reshape(1, -1, 1, 1)
+            index = (rh_c[..., t] + columns).reshape(-1)
+            term = planes.index_select(1, index).unflatten(1, (rh_c.shape[0], -1, rh_c.shape[2]))
+            if wh_c is not None:  # (heads, rows, W, Hk, Wk) by (rows, 1, Hk, 1)
+                term = term * wh_c[..., t].unsqueeze(-1)
             bias = term if bias is None else bias + term
-        bias = bias.unflatten(1, (rh_c.shape[0], rh_c.shape[1])).transpose(2, 3)
         logits = q_c @ k_pool.transpose(-2, -1) + bias.reshape(heads, q_c.shape[2], -1)
         if window is None:
             return carry.clone(), torch.softmax(logits, dim=-1) @ v_pool
-        qn_c, k_halo, v_halo, outside = inputs[-4:]
-        local = (q_c.unsqueeze(-2) * _shifted(k_halo, size)).sum(-1) + window.local_bias[:, None]
-        local = local.masked_fill(outside, float('-inf'))
+        qn_c, k_halo, v_halo, bias_c = inputs[-4:]
+        local = torch.cat([(q_c * k_j).sum(-1, keepdim=True)
+                           for k_j in _neighbours(k_halo, size)], dim=-1) + bias_c
         probs = torch.softmax(torch.cat([local, logits], dim=-1), dim=-1)
         local_weights = probs[..., :size * size] + qn_c @ window.tokens + window.token_bias
-        out = probs[..., size * size:] @ v_pool
-        out = out + (local_weights.unsqueeze(-1) * _shifted(v_halo, size)).sum(-2)
+        out = probs @ v_padded
+        for j, v_j in enumerate(_neighbours(v_halo, size)):
+            out = out + local_weights[..., j:j + 1] * v_j
         return carry.clone(), out
 
     _, out = scan(step, torch.zeros(1, device=q_scaled.device), xs)

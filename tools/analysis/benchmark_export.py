@@ -19,11 +19,11 @@ import re
 import statistics
 import tempfile
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from mmtransnext.cli import image_size, positive_int, run_main
+from mmtransnext.cli import ToolError, image_size, positive_int, run_main
 
 
 
@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='export once per size even where height and width can be free')
     parser.add_argument('--threads', type=positive_int, default=None,
                         help='threads of both runtimes (default: torch.get_num_threads())')
+    parser.add_argument('--mode', default=None,
+                        help="the backbone's size mode (TransNeXt: 'interpolation' or "
+                        "'extrapolation'; default: the family's first)")
     return parser.parse_args(argv)
 
 
@@ -80,11 +83,15 @@ def peak_memory(run: Callable[[], object]) -> Tuple[object, float]:
     return result, (_memory_kb('VmHWM') - before) / (1 << 20)
 
 
-def build_backbone(family: str, arch: str) -> torch.nn.Module:
-    """``family``'s ``arch`` as its recipes build it for 512x512 inputs, in eval mode."""
+def build_backbone(family: str, arch: str, mode: Optional[str] = None) -> torch.nn.Module:
+    """``family``'s ``arch`` as its recipes build it for 512x512 inputs in size ``mode``
+    (default the family's first), in eval mode."""
     from mmtransnext.models.backbones import families
     backbone = {name.lower(): cls for name, cls in families().items()}[family]
-    return backbone.for_input_size(arch, (512, 512), backbone.size_modes[0],
+    mode = backbone.size_modes[0] if mode is None else mode
+    if mode not in backbone.size_modes:
+        raise ToolError(f'{family} has the size modes {backbone.size_modes}, not {mode!r}')
+    return backbone.for_input_size(arch, (512, 512), mode,
                                    **backbone.implementations[backbone.default_implementation]
                                    ).eval()
 
@@ -100,9 +107,10 @@ def exports_dynamic(model: torch.nn.Module) -> bool:
 
 
 def benchmark(family: str, arch: str, sizes: List[Tuple[int, int]], repeat: int,
-              threads: int, folder: str, fixed: bool = False) -> None:
+              threads: int, folder: str, fixed: bool = False,
+              mode: Optional[str] = None) -> None:
     from mmtransnext import deployment
-    model = build_backbone(family, arch)
+    model = build_backbone(family, arch, mode)
     dynamic = not fixed and exports_dynamic(model)
     path = None
     export_s = 0.
@@ -124,7 +132,8 @@ def benchmark(family: str, arch: str, sizes: List[Tuple[int, int]], repeat: int,
 
         (actual, ort), ort_gb = peak_memory(run_session)
         error = max(deployment.relative_error(a, e) for a, e in zip(actual, expected))
-        print(f'{family}-{arch:<6} {height:>4}x{width:<5} {"dynamic" if dynamic else "fixed":<8}'
+        print(f'{family}-{arch:<6} {mode or "":<13} {height:>4}x{width:<5} '
+              f'{"dynamic" if dynamic else "fixed":<8}'
               f'eager {eager:7.3f} s {eager_gb:5.2f} GB  onnxruntime {ort:7.3f} s '
               f'{ort_gb:5.2f} GB  (x{eager / ort:4.2f})  max rel err {error:.1e}  '
               f'export {export_s:5.0f} s', flush=True)
@@ -139,7 +148,8 @@ def main(argv=None) -> None:
           f'{args.repeat} runs after one warm-up', flush=True)
     with tempfile.TemporaryDirectory() as folder:
         for family in families:
-            benchmark(family, args.arch, args.sizes, args.repeat, threads, folder, args.fixed)
+            benchmark(family, args.arch, args.sizes, args.repeat, threads, folder, args.fixed,
+                      args.mode)
 
 
 if __name__ == '__main__':
