@@ -34,6 +34,10 @@ def perturbed_state(model: torch.nn.Module, seed: int = 0) -> 'OrderedDict[str, 
     generator = torch.Generator().manual_seed(seed)
     params = {name for name, _ in model.named_parameters()}
     state = model.state_dict()
+    unset = [name for name, value in state.items()
+             if value.is_floating_point() and not torch.isfinite(value).all()]
+    if unset:  # e.g. a parameter made with torch.empty and no init_weights() yet
+        raise ValueError(f'the model to write holds non-finite tensors: {unset}')
     for name, value in state.items():
         if name in params and value.is_floating_point():
             state[name] = value + 0.01 * torch.randn(value.shape, generator=generator)

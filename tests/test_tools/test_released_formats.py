@@ -125,6 +125,9 @@ def released(request, tmp_path_factory) -> Released:
     import_modules_from_strings(**cfg.custom_imports)
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
         model = MODELS.build(copy.deepcopy(cfg.model))  # DINO edits its config in place
+    # DINO's ``level_embed`` is ``torch.Tensor(...)``: memory as found until ``init_weights``
+    torch.manual_seed(0)
+    model.init_weights()
     path = str(tmp_path_factory.mktemp(request.param) / stack.released_as)
     saved = stack.write(path, perturbed_state(model), cfg)
     _check_envelope(saved, path)
