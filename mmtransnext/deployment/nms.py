@@ -81,7 +81,7 @@ def _fake(boxes: Tensor, scores: Tensor, max_output_boxes_per_class: int, iou_th
 
 def _onnx_non_max_suppression(boxes, scores, max_output_boxes_per_class: int,
                               iou_threshold: float, score_threshold: float):
-    from onnxscript import opset18 as op
+    from onnxscript import opset20 as op  # the exports' opset (exporter.OPSET)
     return op.NonMaxSuppression(
         boxes, scores, op.Constant(value_ints=[max_output_boxes_per_class]),
         op.Constant(value_floats=[iou_threshold]), op.Constant(value_floats=[score_threshold]),

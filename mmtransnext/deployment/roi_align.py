@@ -34,7 +34,7 @@ def _fake(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float
 
 def _onnx_roi_align(features, rois, output_size: int, spatial_scale: float,
                     sampling_ratio: int, aligned: bool):
-    from onnxscript import opset18 as op
+    from onnxscript import opset20 as op  # the exports' opset (exporter.OPSET)
     boxes = op.Slice(rois, op.Constant(value_ints=[1]), op.Constant(value_ints=[5]),
                      op.Constant(value_ints=[1]))
     index = op.Cast(op.Squeeze(op.Slice(rois, op.Constant(value_ints=[0]),

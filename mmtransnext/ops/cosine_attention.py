@@ -31,6 +31,13 @@ from .window_ops import sliding_window_av_ext, sliding_window_qk_ext
 Size2d = Tuple[int, int]
 
 
+def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``x`` over its L2 norm along the last axis, the norm clamped to ``eps``: the numbers of
+    ``F.normalize(x, dim=-1)``, by a broadcasting division (``F.normalize`` expands the norms to
+    ``x``'s shape first, which an exported graph holds as an ``Expand`` per call)."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
+
+
 def window_qk(q: Tensor, k: Tensor, rpb: Tensor, size: Size2d, window_size: int,
               padding_mask: Optional[Tensor] = None, *, backend: Backend) -> Tensor:
     """Window logits (see :func:`.sliding_window.sliding_window_qk`) with the ``backend``'s
@@ -162,26 +169,25 @@ def aggregated_attention(x: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor
     heads = k_pool.shape[1]
     dim = x.shape[-1]
     kv_w, kv_b = weights.kv_weight, weights.kv_bias
-    q_norm = F.normalize(_heads(x, weights.q_weight, weights.q_bias, heads), dim=-1)
+    q_norm = l2_normalize(_heads(x, weights.q_weight, weights.q_bias, heads))
     if require_backend(backend, 'aggregated_attention').name == 'triton':
         token_weights = token_weights_by_head(q_norm, weights.tokens, weights.token_bias)
         batch, length, _ = x.shape
         k_local, v_local = F.linear(x, kv_w, kv_b).view(batch, length, 2, heads,
                                                         dim // heads).permute(2, 0, 3, 1, 4)
         return _triton(q_norm, k_pool, v_pool, grid, taps, size, pool_size, scale,
-                       k_local=F.normalize(k_local, dim=-1), v_local=v_local,
+                       k_local=l2_normalize(k_local), v_local=v_local,
                        token_weights=token_weights, local_bias=weights.local_bias)
     q_scaled = scaled_queries(q_norm, scale)
     if exporting():  # a graph: the whole attention in chunks of query rows under one Scan
         k_local, v_local = _heads(x, kv_w, kv_b, 2 * heads).chunk(2, dim=1)
-        window = WindowPart(F.normalize(k_local, dim=-1), v_local, weights.local_bias,
+        window = WindowPart(l2_normalize(k_local), v_local, weights.local_bias,
                             weights.tokens, weights.token_bias, window_size)
         return scan_attention(q_scaled, k_pool, v_pool, *fold_grid(grid, taps, 'columns')[:3],
                               q_norm=q_norm, window=window)
     token_weights = q_norm @ weights.tokens + weights.token_bias
     del q_norm
-    k_local = F.normalize(_heads(x, kv_w[:dim], None if kv_b is None else kv_b[:dim], heads),
-                          dim=-1)
+    k_local = l2_normalize(_heads(x, kv_w[:dim], None if kv_b is None else kv_b[:dim], heads))
     attn_local = window_qk(q_scaled, k_local, weights.local_bias, size, window_size,
                            padding_mask, backend=backend)
     del k_local

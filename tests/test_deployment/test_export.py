@@ -7,6 +7,7 @@ and position tables are uneven.
 """
 import importlib.util
 import os.path as osp
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -71,8 +72,18 @@ def shallow_demo_model(config: str):
     False, pytest.param(True, marks=pytest.mark.slow)], ids=['interpolation', 'extrapolation'])
 def test_transnext_backbone_onnx_fixed_size(tmp_path, is_extrapolation):
     """Both position-bias modes at an odd size other than img_size (interpolation mode
-    resizes its tables to it): tables baked, parity within 1e-4, standard operators only."""
+    resizes its tables to it): tables and CPB grids baked, parity within 1e-4, standard
+    operators only.
+
+    The CPB MLP's output is baked from the weights being exported, even when they changed
+    (through ``.data``, no version counter) after an eager forward kept a grid at that size;
+    the graph holds one Scan per attention block (none runs the MLP), GELU as ONNX ``Gelu``
+    and normalisations without ``Expand``."""
     model = small_transnext(is_extrapolation)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 72, 104))  # keeps every block's grid at the export size
+        for attn in (model.block1[0].attn, model.block4[0].attn):
+            attn.cpb_fc2.weight.data.mul_(-50.)  # a bias that moves the outputs
     path = str(tmp_path / 'transnext.onnx')
     result = deployment.export(model, path, (72, 104), part='backbone', optimize=False)
     assert result.output_names == ['stage1', 'stage2', 'stage3', 'stage4']
@@ -81,6 +92,24 @@ def test_transnext_backbone_onnx_fixed_size(tmp_path, is_extrapolation):
     standard_ops_only(path)
     errors = deployment.check_onnx(path, model, 'backbone', [(72, 104)])
     assert errors[(72, 104)] < TOLERANCE, errors
+
+    nodes = graph_nodes(onnx.load(path).graph)
+    ops = Counter(node.op_type for node in nodes)
+    assert ops['Scan'] == 4 and ops['Gelu'] > 0 and ops['Erf'] == 0, ops
+    expanded = {out for node in nodes if node.op_type == 'Expand' for out in node.output}
+    assert not [node.name for node in nodes
+                if node.op_type == 'Div' and expanded.intersection(node.input)]
+
+
+def graph_nodes(graph: onnx.GraphProto) -> list:
+    """The nodes of ``graph`` and of the graphs its nodes hold (Scan bodies)."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                nodes += graph_nodes(attribute.g)
+    return nodes
 
 
 def export_dynamic_and_check(model, path: str) -> deployment.ExportResult:

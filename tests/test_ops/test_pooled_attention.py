@@ -181,6 +181,9 @@ def test_cuda_glue_with_the_fused_kernel_equals_the_oracle(size, pool, table_siz
     """The CUDA path without Triton: chunks through the memory-efficient SDPA kernel (here a
     stand-in with its contract), output, share of the extra set and every gradient against the
     oracle's one softmax."""
+    from mmtransnext.ops import load_extension
+    status = load_extension()  # the backend below expands the bias with the compiled op
+    assert status.loaded, f'the compiled ops could not be loaded: {status.error}'
     monkeypatch.setattr(pa, '_efficient_attention', _efficient_kernel_stand_in)
     cuda_like = Backend('ext', 'ext', 'efficient', 'compiled', 'cpu', torch.float32)
     table, grid, q, k, v, extra = _case(size, pool, table_sizes)
@@ -231,3 +234,17 @@ def test_cuda_glue_falls_back_once_when_the_kernel_refuses(monkeypatch):
     torch.testing.assert_close(out, expected[0])
     torch.testing.assert_close(lse, expected[1])
     dispatch.reset()
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
+def test_l2_normalize_gives_the_numbers_of_f_normalize(dtype):
+    """The fast path's normalisation (a broadcasting division, no ``Expand`` in a graph) is
+    ``F.normalize(x, dim=-1)`` bit for bit: strided input, zero and tiny rows included."""
+    from torch.nn.functional import normalize
+    from mmtransnext.ops.cosine_attention import l2_normalize
+    x = torch.randn(2, 6, 5, 24, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x[0, 0, 0] = 0
+    x[1, 2, 3] = 1e-30
+    x = x.transpose(1, 2)
+    out = l2_normalize(x)
+    assert out.dtype == dtype and torch.equal(out, normalize(x, dim=-1))

@@ -376,17 +376,18 @@ class TransNeXt(MultiStageBackbone):
 
     def export_position_data(self, dynamic: bool) -> str:
         """How a graph holds the position data: at a fixed size the tables and taps built in
-        an eager forward at the export size (:func:`mmtransnext.deployment.prepare`) are baked
-        in as constants; with free sizes they are computed in the graph from the input size.
-        Either way the CPB MLP, and everything else derived from weights, runs in the graph."""
+        an eager forward at the export size (:func:`mmtransnext.deployment.prepare`), and each
+        block's CPB grid (the MLP's output over its table) that forward computed from the
+        weights, are baked in as constants; with free sizes the tables or taps are computed in
+        the graph from the input size, and the CPB MLP runs in the graph."""
         mode = 'extrapolation' if self.is_extrapolation else 'interpolation'
         if dynamic:
             held = ('position tables' if self.is_extrapolation else
                     'resizing taps of the fixed tables')
             return (f'TransNeXt ({mode} mode): {held} computed in the graph from the '
                     "input's size; the CPB MLP runs in the graph")
-        return (f'TransNeXt ({mode} mode): position tables and taps baked for the export '
-                'size; the CPB MLP runs in the graph')
+        return (f'TransNeXt ({mode} mode): position tables, taps and the CPB MLP\'s output '
+                'baked for the export size')
 
     def clear_caches(self) -> None:
         """Drop the size-dependent state built lazily by forward passes: position tables and

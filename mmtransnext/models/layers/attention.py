@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from mmengine.model.weight_init import trunc_normal_
 
-from ...ops.backend import Backend, check_impl
+from ...ops.backend import Backend, check_impl, exporting
 from ...ops.bias_taps import BiasTaps
 from ...ops.cosine_attention import (QueryScale, WindowWeights, aggregated_attention,
-                                     full_attention, scaled_queries)
+                                     full_attention, l2_normalize, scaled_queries)
 from ...ops.dispatch import backend_for
 from ...ops.sliding_window import sliding_window_av, sliding_window_qk
 from ...utils import compat
@@ -152,13 +152,21 @@ class _CosineAttentionBase(nn.Module):
         as EMA and Mean-Teacher hooks make, change no version counter). On a GPU, and on the
         Triton path (``keep=False``), it is recomputed per forward: the check would be a host
         synchronisation.
+
+        While exporting at a fixed size, the grid kept for ``table`` is the graph's constant:
+        :func:`mmtransnext.deployment.prepare` runs the eager forward at the export size, which
+        keeps it from the weights being exported, just before tracing (a traced forward sees
+        placeholder weights and cannot check them). Without a kept grid (free sizes, weights on
+        a GPU) the graph runs the MLP.
         """
+        cached = self._grid_cache
+        if exporting() and cached is not None and cached[0] is table:
+            return cached[1].value
         weights = [p for p in (self.cpb_fc1.weight, self.cpb_fc1.bias, self.cpb_fc2.weight,
                                self.cpb_fc2.bias) if p is not None]
         if torch.is_grad_enabled() or not keep or not worth_keeping(weights):
             self._grid_cache = None
             return cpb_grid(self.cpb_fc1, self.cpb_fc2, table)
-        cached = self._grid_cache
         entry = cached[1] if cached is not None and cached[0] is table else None
         entry = reuse_or_build(entry, weights,
                                lambda: cpb_grid(self.cpb_fc1, self.cpb_fc2, table))
@@ -283,7 +291,7 @@ class AggregatedAttention(_CosineAttentionBase):
         # The pooled length spelled out: -1 is ambiguous in an empty batch.
         k, v = self.kv(pooled).view(batch, pooled.shape[1], 2, self.num_heads,
                                     self.head_dim).permute(2, 0, 3, 1, 4)
-        return F.normalize(k, dim=-1), v
+        return l2_normalize(k), v
 
     def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
         """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``: the fast path with the backend decided
@@ -359,7 +367,7 @@ class FullAttention(_CosineAttentionBase):
         batch, length, _ = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(
             2, 0, 3, 1, 4)
-        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v
+        return l2_normalize(q), l2_normalize(k), v
 
     def forward(self, x: Tensor, geometry: StageGeometry) -> Tensor:
         """``(B, H*W, C)`` tokens -> ``(B, H*W, C)``."""
