@@ -25,8 +25,10 @@ a stacked ``(rows*W, window**2, d)`` copy of the keys or values, and sums over i
 axis, are what a runtime does slowest here. The window's position bias, masked outside the
 map, is made per chunk outside the loop.
 
-What depends on weights and sizes only and is small (the column-folded grid, the row taps)
-stays outside the loop, where a runtime may fold it into a constant at a fixed size. At a fixed
+What depends on sizes only and is small (the row taps, the window mask) stays outside the
+loop, where a runtime may fold it into a constant at a fixed size; the column-folded grid is
+made per run outside the loop from the CPB grid passed through :func:`per_run` (folded into
+constants, it would be held for every block at once: hundreds of MB at detection sizes). At a fixed
 size a chunk holds about :data:`EXPORT_CHUNK_ELEMENTS` logits (the rows per chunk follow from the
 map's width and the number of keys); with free sizes it is :data:`DYNAMIC_ROWS` query rows
 (rows computed from symbolic sizes make the exporter's shape reasoning run for very long).
@@ -196,6 +198,21 @@ def scan_attention(q_scaled: Tensor, k_pool: Tensor, v_pool: Tensor, folded: Ten
     _, out = scan(step, torch.zeros(1, device=q_scaled.device), xs)
     out = out.permute(1, 2, 0, 3, 4).reshape(batch, heads, padded * width, dim)
     return out[:, :, :length]
+
+
+def per_run(t: Tensor) -> Tensor:
+    """``t`` copied through a one-step ``Scan``: what a graph computes from the copy is computed
+    on every run, never folded into a constant by a runtime (onnxruntime's constant folding
+    does not evaluate ``Scan`` nodes). For small constants whose products are large: at a fixed
+    size TransNeXt's baked CPB grids are a few MB, their column-folded forms hundreds of MB over
+    all blocks at detection sizes, which folding would hold at once."""
+    from torch._higher_order_ops.scan import scan
+
+    def step(carry: Tensor, part: Tensor):
+        return carry.clone(), part.clone()
+
+    _, out = scan(step, torch.zeros(1, device=t.device), t[None])
+    return out[0]
 
 
 def scan_mlp(coords: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor,
