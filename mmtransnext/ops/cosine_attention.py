@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .backend import Backend, exporting, require_backend
 from .bias_taps import BiasTaps, fold_grid
-from .export_attention import WindowPart, per_run, scan_attention
+from .export_attention import WindowPart, scan_attention
 from .pooled_attention import pooled_attention
 from .sliding_window import sliding_window_av, sliding_window_qk
 from .triton_attention import triton_attention
@@ -183,9 +183,8 @@ def aggregated_attention(x: Tensor, k_pool: Tensor, v_pool: Tensor, grid: Tensor
         k_local, v_local = _heads(x, kv_w, kv_b, 2 * heads).chunk(2, dim=1)
         window = WindowPart(l2_normalize(k_local), v_local, weights.local_bias,
                             weights.tokens, weights.token_bias, window_size)
-        return scan_attention(q_scaled, k_pool, v_pool,
-                              *fold_grid(per_run(grid), taps, 'columns')[:3], q_norm=q_norm,
-                              window=window)
+        return scan_attention(q_scaled, k_pool, v_pool, *fold_grid(grid, taps, 'columns')[:3],
+                              q_norm=q_norm, window=window)
     token_weights = q_norm @ weights.tokens + weights.token_bias
     del q_norm
     k_local = l2_normalize(_heads(x, kv_w[:dim], None if kv_b is None else kv_b[:dim], heads))
@@ -213,6 +212,6 @@ def full_attention(q_norm: Tensor, k: Tensor, v: Tensor, grid: Tensor, taps: Bia
         return _triton(q_norm, k, v, grid, taps, size, size, scale)
     if exporting():  # a graph: in chunks of query rows under one Scan
         return scan_attention(scaled_queries(q_norm, scale), k, v,
-                              *fold_grid(per_run(grid), taps, 'columns')[:3])
+                              *fold_grid(grid, taps, 'columns')[:3])
     return pooled_attention(scaled_queries(q_norm, scale), k, v,
                             *fold_grid(grid, taps, 'rows')[:3], backend=backend)[0]

@@ -27,9 +27,9 @@ map, is made per chunk outside the loop.
 
 What depends on sizes only and is small (the row taps, the window mask) stays outside the
 loop, where a runtime may fold it into a constant at a fixed size; the column-folded grid is
-made per run outside the loop from the CPB grid passed through :func:`per_run` (folded into
-constants, it would be held for every block at once: hundreds of MB at detection sizes). At a fixed
-size a chunk holds about :data:`EXPORT_CHUNK_ELEMENTS` logits (the rows per chunk follow from the
+made per run outside the loop from a baked CPB grid passed through :func:`per_run` (folded
+into constants, it would be held for every block at once: hundreds of MB at detection sizes).
+At a fixed size a chunk holds about :data:`EXPORT_CHUNK_ELEMENTS` logits (the rows per chunk follow from the
 map's width and the number of keys); with free sizes it is :data:`DYNAMIC_ROWS` query rows
 (rows computed from symbolic sizes make the exporter's shape reasoning run for very long).
 

@@ -27,6 +27,7 @@ from ...ops.bias_taps import BiasTaps
 from ...ops.cosine_attention import (QueryScale, WindowWeights, aggregated_attention,
                                      full_attention, l2_normalize, scaled_queries)
 from ...ops.dispatch import backend_for
+from ...ops.export_attention import per_run
 from ...ops.sliding_window import sliding_window_av, sliding_window_qk
 from ...utils import compat
 from ...ops.pooling import adaptive_avg_pool2d
@@ -156,12 +157,14 @@ class _CosineAttentionBase(nn.Module):
         While exporting at a fixed size, the grid kept for ``table`` is the graph's constant:
         :func:`mmtransnext.deployment.prepare` runs the eager forward at the export size, which
         keeps it from the weights being exported, just before tracing (a traced forward sees
-        placeholder weights and cannot check them). Without a kept grid (free sizes, weights on
-        a GPU) the graph runs the MLP.
+        placeholder weights and cannot check them). It passes through
+        :func:`~mmtransnext.ops.export_attention.per_run`, so that a runtime folds none of its
+        large products (the column-folded grid) into constants. Without a kept grid (free
+        sizes, weights on a GPU) the graph runs the MLP.
         """
         cached = self._grid_cache
         if exporting() and cached is not None and cached[0] is table:
-            return cached[1].value
+            return per_run(cached[1].value)
         weights = [p for p in (self.cpb_fc1.weight, self.cpb_fc1.bias, self.cpb_fc2.weight,
                                self.cpb_fc2.bias) if p is not None]
         if torch.is_grad_enabled() or not keep or not worth_keeping(weights):
