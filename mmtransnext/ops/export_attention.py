@@ -29,9 +29,10 @@ What depends on sizes only and is small (the row taps, the window mask) stays ou
 loop, where a runtime may fold it into a constant at a fixed size; the column-folded grid is
 made per run outside the loop from a baked CPB grid passed through :func:`per_run` (folded
 into constants, it would be held for every block at once: hundreds of MB at detection sizes).
-At a fixed size a chunk holds about :data:`EXPORT_CHUNK_ELEMENTS` logits (the rows per chunk follow from the
-map's width and the number of keys); with free sizes it is :data:`DYNAMIC_ROWS` query rows
-(rows computed from symbolic sizes make the exporter's shape reasoning run for very long).
+At a fixed size a chunk holds about :data:`EXPORT_CHUNK_ELEMENTS` logits (the rows per chunk
+follow from the map's width and the number of keys); with free sizes it is
+:data:`DYNAMIC_ROWS` query rows (rows computed from symbolic sizes make the exporter's shape
+reasoning run for very long).
 
 :func:`scan_mlp` evaluates the CPB MLP over a table computed in the graph (free sizes) in
 chunks of coordinates likewise, so its hidden layer is never whole.
